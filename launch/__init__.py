@@ -1,0 +1,1 @@
+"""Entry points and launch recipes: the CLI, run orchestration, accelerate configs."""

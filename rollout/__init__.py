@@ -1,0 +1,4 @@
+"""Rollout side: vLLM worker processes, grouped generation, adapter publish/load.
+
+Knows nothing about stocks or rewards.
+"""

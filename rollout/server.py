@@ -1,0 +1,227 @@
+"""vLLM worker processes: start, health-check and stop OpenAI-compatible servers.
+
+Each worker is ``python -m vllm.entrypoints.openai.api_server`` in its own process session
+with runtime LoRA updating on. Stopping kills the whole process group (vLLM spawns engine
+processes), SIGTERM first, then SIGKILL; each worker also asks the kernel to SIGTERM it if
+the launcher dies, so no worker outlives its launcher.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PR_SET_PDEATHSIG = 1
+
+
+class WorkerError(RuntimeError):
+    """A worker failed to start, died, or stopped answering."""
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+@dataclass
+class WorkerSpec:
+    model: str
+    port: int
+    host: str = "127.0.0.1"
+    max_lora_rank: int = 16
+    max_model_len: int = 1024
+    dtype: str = "auto"
+    gpu_memory_utilization: float = 0.85
+    enforce_eager: bool = False
+    seed: int = 0
+    api_key: str | None = None
+    trust_remote_code: bool = False
+    served_name: str = "base"
+    extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    devices: str | None = None  # CUDA_VISIBLE_DEVICES for this worker, None: inherit
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        cmd = [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", self.model,
+            "--served-model-name", self.served_name,
+            "--host", self.host,
+            "--port", str(self.port),
+            "--enable-lora",
+            "--max-lora-rank", str(self.max_lora_rank),
+            "--max-loras", "1",
+            "--max-model-len", str(self.max_model_len),
+            "--dtype", self.dtype,
+            "--gpu-memory-utilization", str(self.gpu_memory_utilization),
+            "--seed", str(self.seed),
+            "--logprobs-mode", "processed_logprobs",
+            "--disable-uvicorn-access-log",
+        ]
+        if self.enforce_eager:
+            cmd.append("--enforce-eager")
+        if self.trust_remote_code:
+            cmd.append("--trust-remote-code")
+        if self.api_key:
+            cmd += ["--api-key", self.api_key]
+        return cmd + list(self.extra_args)
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+        env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        if self.devices is not None:
+            env["CUDA_VISIBLE_DEVICES"] = self.devices
+        env.update(self.env)
+        return env
+
+
+class WorkerProcess:
+    def __init__(self, spec: WorkerSpec, log_path: Path):
+        self.spec = spec
+        self.log_path = Path(log_path)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return self.spec.url
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        try:
+            self.proc = subprocess.Popen(
+                self.spec.command(), stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env=self.spec.environment(),
+                start_new_session=True, preexec_fn=_die_with_parent,
+            )
+        finally:
+            log.close()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def healthy(self, timeout: float = 5.0) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=timeout) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise WorkerError(
+                    f"vLLM worker {self.url} exited with code {self.proc.returncode} while "
+                    f"starting; last lines of {self.log_path}:\n{self.log_tail()}"
+                )
+            if self.healthy():
+                return
+            time.sleep(1.0)
+        raise WorkerError(
+            f"vLLM worker {self.url} not healthy after {timeout:.0f}s "
+            f"(rollout.startup_timeout_s); last lines of {self.log_path}:\n{self.log_tail()}"
+        )
+
+    def stop(self, grace: float = 20.0) -> None:
+        """SIGTERM the worker's process group, then SIGKILL what is left after ``grace``."""
+        if self.proc is None:
+            return
+        pgid = self.proc.pid  # start_new_session: the worker leads its own group
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and _group_alive(pgid):
+                self.proc.poll()
+                time.sleep(0.1)
+            if not _group_alive(pgid):
+                break
+        self.proc.poll()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # zombies of our own direct child still count as members until reaped
+    try:
+        pid, _ = os.waitpid(pgid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+class WorkerPool:
+    """Start N workers, wait for all to be healthy, stop all on exit (any exit)."""
+
+    def __init__(self, specs: list[WorkerSpec], log_dir: Path, startup_timeout: float):
+        self.workers = [WorkerProcess(s, Path(log_dir) / f"worker{i}.log")
+                        for i, s in enumerate(specs)]
+        self.startup_timeout = startup_timeout
+
+    @property
+    def urls(self) -> list[str]:
+        return [w.url for w in self.workers]
+
+    def start(self) -> None:
+        for w in self.workers:
+            w.start()
+        for w in self.workers:
+            w.wait_healthy(self.startup_timeout)
+
+    def stop(self) -> None:
+        for w in self.workers:
+            w.stop()
+
+    def describe(self) -> list[dict]:
+        return [{"url": w.url, "pid": w.pid, "log": str(w.log_path)} for w in self.workers]
+
+    def write_manifest(self, path: Path) -> None:
+        path.write_text(json.dumps({"workers": self.describe()}, indent=2))
+
+    def __enter__(self) -> WorkerPool:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

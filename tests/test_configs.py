@@ -1,0 +1,64 @@
+"""Every YAML in configs/ loads and validates; bad configs fail naming the field."""
+
+from pathlib import Path
+
+import pytest
+
+from trainer.config import ConfigError, from_dict, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
+
+
+def test_there_are_configs():
+    assert {p.relative_to(REPO).as_posix() for p in CONFIGS} >= {
+        "configs/stage1.yaml", "configs/demo/stage1.yaml"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_config_loads_and_validates(path):
+    cfg = load_config(path)
+    assert cfg.train.steps >= 1
+    assert (REPO / cfg.launch.accelerate_config).is_file()
+    assert (REPO / cfg.launch.ds_config).is_file()
+
+
+def test_production_config_is_qwen_4bit_on_gpu():
+    cfg = load_config(REPO / "configs/stage1.yaml")
+    assert cfg.model.name_or_path == "Qwen/Qwen2.5-1.5B-Instruct"
+    assert cfg.model.load_in_4bit and cfg.launch.device == "cuda"
+    assert cfg.lora.r == 16 and cfg.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"train": {"stepz": 3}}, r"train\.stepz: unknown key; allowed keys here: steps"),
+    ({"train": {"steps": "many"}}, r"train\.steps: expected an integer, got 'many'"),
+    ({"lora": {"r": 12}}, r"lora\.r: 12 is not a rank vLLM accepts"),
+    ({"launch": {"device": "tpu"}}, r"launch\.device: 'tpu' is not allowed; use one of 'cpu', 'cuda'"),
+    ({"model": {"load_in_4bit": "yes"}}, r"model\.load_in_4bit: expected true or false"),
+    ({"train": {"micro_batch_size": 5}}, r"train\.micro_batch_size: 5 must divide"),
+    ({"reward": {"weights": {"vibes": 1.0}}}, r"reward\.weights\.vibes: unknown reward component"),
+    ({"rollout": {"group_size": 1}}, r"rollout\.group_size: must be at least 2"),
+])
+def test_bad_fields_are_named(data, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(data, "x.yaml")
+
+
+def test_overrides_apply_and_are_validated(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {steps: 5}\n")
+    assert load_config(path, ["train.steps=7", "rollout.temperature=0.7"]).train.steps == 7
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_config(path, ["train.steps"])
+    with pytest.raises(ConfigError, match=r"c\.yaml: train\.steps: expected an integer"):
+        load_config(path, ["train.steps=lots"])
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)

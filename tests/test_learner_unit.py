@@ -1,0 +1,66 @@
+"""Learner pieces on the embedded model, without DeepSpeed: log-prob alignment and 4-bit."""
+
+import torch
+
+from trainer.config import StageConfig
+from trainer.learner import build_inputs, load_policy, token_logprobs
+from trainer.types import RolloutBatch
+
+
+def _cfg(model_path, **model):
+    cfg = StageConfig()
+    cfg.model.name_or_path = str(model_path)
+    cfg.model.dtype = "float32"
+    for k, v in model.items():
+        setattr(cfg.model, k, v)
+    return cfg
+
+
+def _batch(prompts, completions, pad_id=0):
+    t = max(len(c) for c in completions)
+    ids = torch.full((len(completions), t), pad_id)
+    mask = torch.zeros((len(completions), t))
+    for i, c in enumerate(completions):
+        ids[i, :len(c)] = torch.tensor(c)
+        mask[i, :len(c)] = 1
+    zeros = torch.zeros(len(completions))
+    return RolloutBatch(prompts, ids, mask, torch.zeros_like(mask), zeros, zeros,
+                        zeros.long(), group_size=1)
+
+
+def test_build_inputs_left_pads_prompts_and_counts_positions():
+    ids, attn, pos, p = build_inputs([[5, 6, 7], [8]], torch.tensor([[1, 2], [3, 0]]),
+                                     torch.tensor([[1.0, 1.0], [1.0, 0.0]]), pad_id=0)
+    assert p == 3
+    assert ids.tolist() == [[5, 6, 7, 1, 2], [0, 0, 8, 3, 0]]
+    assert attn.tolist() == [[1, 1, 1, 1, 1], [0, 0, 1, 1, 0]]
+    assert pos[1, 2:4].tolist() == [0, 1]  # the short prompt starts at position 0
+
+
+def test_batched_logprobs_match_unpadded_single_sequences(tiny_model):
+    model = load_policy(_cfg(tiny_model), torch.device("cpu")).eval()
+    prompts = [[1, 40, 41, 42, 43, 44], [1, 50, 51]]
+    completions = [[60, 61, 62], [70, 71, 72, 73, 74]]
+    with torch.no_grad():
+        batched = token_logprobs(model, _batch(prompts, completions), 0, 1.0,
+                                 torch.device("cpu"))
+        for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+            logits = model(input_ids=torch.tensor([p + c])).logits[0].float()
+            ref = torch.log_softmax(logits, -1)[len(p) - 1:len(p) + len(c) - 1]
+            naive = ref.gather(-1, torch.tensor(c).unsqueeze(-1)).squeeze(-1)
+            assert torch.allclose(batched[i, :len(c)], naive, atol=1e-5)
+
+
+def test_4bit_base_loads_nf4_and_lora_gets_gradients(tiny_model):
+    import bitsandbytes as bnb
+
+    model = load_policy(_cfg(tiny_model, load_in_4bit=True), torch.device("cpu"))
+    four_bit = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert four_bit and four_bit[0].weight.quant_type == "nf4"
+    batch = _batch([[1, 40, 41]], [[60, 61]])
+    logp = token_logprobs(model, batch, 0, 1.0, torch.device("cpu"))
+    logp.sum().backward()
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.grad is not None for p in lora_b)
+    assert any(p.grad.abs().sum() > 0 for p in lora_b)
+    assert not any(p.requires_grad for n, p in model.named_parameters() if "lora" not in n)

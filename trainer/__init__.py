@@ -1,0 +1,1 @@
+"""Learner side of Stonk-Trainer: config, GRPO math, the learner loop, metrics, tasks."""

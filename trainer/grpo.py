@@ -1,0 +1,154 @@
+"""GRPO math as pure functions over tensors: advantages, KL, the clipped surrogate loss.
+
+Shapes: ``N`` sequences (= prompts x group size G), ``T`` completion tokens (right padded).
+Variants (advantage estimators, loss aggregations) are small registered functions chosen by
+name from config, never string switches inside the loss.
+
+Where we depart from the paper (DeepSeekMath GRPO) and why:
+- The reference policy is the base with the LoRA adapter disabled (no second model copy).
+- KL uses the k3 estimator ``exp(ref - logp) - (ref - logp) - 1`` per token, as in the paper.
+- Rollouts come from vLLM workers, whose numerics differ slightly from the learner's. The
+  policy-gradient term is weighted by a truncated importance ratio
+  ``min(exp(old_logp - rollout_logp), is_cap)`` (detached), so the update stays correct when
+  the sampler and learner disagree a little (truncated IS, Yao et al. 2025).
+- With one update per batch ``old_logp`` is the detached current log-prob, so the ratio is 1
+  and clipping is inactive; clipping matters when a batch is reused for several updates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+AdvantageFn = Callable[[torch.Tensor, int], torch.Tensor]
+AggregateFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+ADVANTAGE_ESTIMATORS: dict[str, AdvantageFn] = {}
+LOSS_AGGREGATIONS: dict[str, AggregateFn] = {}
+
+
+def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
+    def deco(fn: AdvantageFn) -> AdvantageFn:
+        ADVANTAGE_ESTIMATORS[name] = fn
+        return fn
+
+    return deco
+
+
+def register_aggregation(name: str) -> Callable[[AggregateFn], AggregateFn]:
+    def deco(fn: AggregateFn) -> AggregateFn:
+        LOSS_AGGREGATIONS[name] = fn
+        return fn
+
+    return deco
+
+
+def _grouped(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    if rewards.dim() != 1 or rewards.numel() % group_size:
+        raise ValueError(
+            f"rewards must be 1-D with a multiple of group_size={group_size} entries, "
+            f"got shape {tuple(rewards.shape)}"
+        )
+    return rewards.view(-1, group_size)
+
+
+@register_advantage("grpo")
+def grpo_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
+    """rewards [N] (N = P*G, groups contiguous) -> advantages [N]: (r - mean_g) / (std_g + eps).
+
+    std is the unbiased sample std; a group whose rewards are all equal (std < eps) gets
+    exact zeros, not rounding noise divided by eps.
+    """
+    g = _grouped(rewards.float(), group_size)
+    mean = g.mean(dim=1, keepdim=True)
+    std = g.std(dim=1, keepdim=True, unbiased=True)
+    adv = (g - mean) / (std + eps)
+    return torch.where(std < eps, torch.zeros_like(adv), adv).view(-1)
+
+
+@register_advantage("dr_grpo")
+def dr_grpo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """rewards [N] -> advantages [N]: r - mean_g, no std scaling (Dr. GRPO, Liu et al. 2025)."""
+    g = _grouped(rewards.float(), group_size)
+    return (g - g.mean(dim=1, keepdim=True)).view(-1)
+
+
+@register_aggregation("seq-mean-token-mean")
+def seq_mean_token_mean(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[N, T] -> scalar: mean over each sequence's tokens, then over sequences (GRPO paper)."""
+    lengths = mask.sum(dim=1).clamp(min=1)
+    return ((per_token * mask).sum(dim=1) / lengths).mean()
+
+
+@register_aggregation("token-mean")
+def token_mean(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[N, T] -> scalar: mean over every completion token of the batch (DAPO)."""
+    return (per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """[N, T], [N, T] -> [N, T]: k3 estimate of KL(policy || ref), >= 0, zero where equal."""
+    delta = ref_logp - logp
+    return torch.exp(delta) - delta - 1.0
+
+
+@dataclass
+class LossStats:
+    """Detached scalars for logging (means over valid tokens)."""
+
+    policy_loss: float
+    kl: float
+    clip_frac: float
+    is_weight: float
+    is_truncated_frac: float
+
+
+def grpo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    rollout_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_eps: float,
+    kl_coef: float,
+    is_cap: float,
+    aggregation: str = "seq-mean-token-mean",
+) -> tuple[torch.Tensor, LossStats]:
+    """Clipped surrogate + k3 KL with truncated importance sampling.
+
+    logp [N, T]: learner log-probs of the sampled tokens (requires grad)
+    old_logp [N, T]: learner log-probs before this update (detached)
+    ref_logp [N, T] or None: reference policy log-probs (None when kl_coef == 0)
+    rollout_logp [N, T]: the worker's log-probs of the same tokens
+    advantages [N]; mask [N, T] (1.0 on completion tokens, 0.0 on padding)
+    Returns the scalar loss and detached stats.
+    """
+    mask = mask.to(logp.dtype)
+    adv = advantages.to(logp.dtype).unsqueeze(1)  # [N, 1]
+    ratio = torch.exp(logp - old_logp)  # [N, T]
+    clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    pg = -torch.minimum(ratio * adv, clipped * adv)  # [N, T]
+
+    raw_is = torch.exp(old_logp - rollout_logp).detach()
+    is_weight = torch.clamp(raw_is, max=is_cap)
+    per_token = is_weight * pg
+    kl = torch.zeros_like(logp)
+    if ref_logp is not None and kl_coef > 0:
+        kl = k3_kl(logp, ref_logp)
+        per_token = per_token + kl_coef * kl
+
+    loss = LOSS_AGGREGATIONS[aggregation](per_token, mask)
+    with torch.no_grad():
+        n = mask.sum().clamp(min=1)
+        stats = LossStats(
+            policy_loss=float(LOSS_AGGREGATIONS[aggregation](pg, mask)),
+            kl=float((kl * mask).sum() / n),
+            clip_frac=float((((ratio - 1.0).abs() > clip_eps).to(mask.dtype) * mask).sum() / n),
+            is_weight=float((is_weight * mask).sum() / n),
+            is_truncated_frac=float(((raw_is > is_cap).to(mask.dtype) * mask).sum() / n),
+        )
+    return loss, stats

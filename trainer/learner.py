@@ -1,0 +1,170 @@
+"""The learner: a peft LoRA policy on a (optionally 4-bit) base, trained under DeepSpeed.
+
+Owns model loading, token log-probs of sampled completions (policy and reference), the GRPO
+update and adapter saving. The reference policy is the same model with the adapter disabled,
+so there is no second model copy.
+
+The update bypasses ``accelerator.backward`` on purpose: with DeepSpeed it steps the engine
+on every call, while we accumulate gradients over micro-batches; ``engine.backward`` /
+``engine.step`` let DeepSpeed own accumulation boundaries (``gradient_accumulation_steps``
+is set from the batch shape below) and gradient clipping (``ds_config.json``).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from trainer.config import StageConfig
+from trainer.dist import rank_and_world
+from trainer.grpo import grpo_loss
+from trainer.types import RolloutBatch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_tokenizer(cfg: StageConfig):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(cfg.model.name_or_path,
+                                        trust_remote_code=cfg.model.trust_remote_code)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_policy(cfg: StageConfig, device: torch.device):
+    """Base model (4-bit nf4 through bitsandbytes when configured) + a fresh LoRA adapter."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    dtype = DTYPES[cfg.model.dtype]
+    kwargs: dict = {"dtype": dtype, "trust_remote_code": cfg.model.trust_remote_code,
+                    "use_safetensors": True}
+    if cfg.model.load_in_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+        kwargs["device_map"] = {"": device}
+    model = AutoModelForCausalLM.from_pretrained(cfg.model.name_or_path, **kwargs)
+    if cfg.model.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def build_inputs(prompt_ids: list[list[int]], completion_ids: torch.Tensor,
+                 completion_mask: torch.Tensor, pad_id: int):
+    """Left-pad prompts so every completion starts at column P (the longest prompt).
+
+    Returns input_ids [n, P+T], attention_mask [n, P+T], position_ids [n, P+T], P.
+    Position ids count real tokens only, so they match what the worker used.
+    """
+    n, t = completion_ids.shape
+    p = max(len(x) for x in prompt_ids)
+    input_ids = torch.full((n, p + t), pad_id, dtype=torch.long)
+    attn = torch.zeros((n, p + t), dtype=torch.long)
+    for i, ids in enumerate(prompt_ids):
+        input_ids[i, p - len(ids):p] = torch.tensor(ids, dtype=torch.long)
+        attn[i, p - len(ids):p] = 1
+    input_ids[:, p:] = completion_ids
+    attn[:, p:] = completion_mask.long()
+    position_ids = (attn.cumsum(dim=1) - 1).clamp(min=0)
+    return input_ids, attn, position_ids, p
+
+
+def token_logprobs(model, batch: RolloutBatch, pad_id: int, temperature: float,
+                   device: torch.device) -> torch.Tensor:
+    """log p(sampled token) for every completion position: [n, T] (float32)."""
+    input_ids, attn, pos, _ = build_inputs(batch.prompt_ids, batch.completion_ids,
+                                           batch.completion_mask, pad_id)
+    t = batch.completion_ids.shape[1]
+    out = model(input_ids=input_ids.to(device), attention_mask=attn.to(device),
+                position_ids=pos.to(device), logits_to_keep=t + 1, use_cache=False)
+    logits = out.logits[:, :t].float() / temperature  # position j predicts completion token j
+    logp = torch.log_softmax(logits, dim=-1)
+    return logp.gather(-1, batch.completion_ids.to(device).unsqueeze(-1)).squeeze(-1)
+
+
+class Learner:
+    def __init__(self, cfg: StageConfig, accelerator):
+        self.cfg = cfg
+        self.acc = accelerator
+        self.device = accelerator.device
+        self.tokenizer = load_tokenizer(cfg)
+        self.pad_id = self.tokenizer.pad_token_id
+        torch.manual_seed(cfg.train.seed)  # identical LoRA init on every rank
+        model = load_policy(cfg, self.device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.train.learning_rate,
+                                      weight_decay=cfg.train.weight_decay)
+        self.per_rank = cfg.train.prompts_per_rank * cfg.rollout.group_size
+        self.micro = cfg.train.micro_batch_size
+        plugin = accelerator.state.deepspeed_plugin
+        if plugin is not None:
+            ds = plugin.deepspeed_config
+            ds["train_micro_batch_size_per_gpu"] = self.micro
+            ds["gradient_accumulation_steps"] = self.per_rank // self.micro
+            ds["train_batch_size"] = self.per_rank * rank_and_world()[1]
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self.is_deepspeed = plugin is not None
+
+    @property
+    def peft_model(self):
+        return self.acc.unwrap_model(self.model)
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone().cpu() for k, v in self.peft_model.named_parameters()
+                if v.requires_grad}
+
+    def logprobs(self, batch: RolloutBatch, adapter: bool = True) -> torch.Tensor:
+        ctx = nullcontext() if adapter else self.peft_model.disable_adapter()
+        with ctx:
+            return token_logprobs(self.model, batch, self.pad_id, self.cfg.rollout.temperature,
+                                  self.device)
+
+    def train_step(self, batch: RolloutBatch) -> dict[str, float]:
+        """One optimizer step on this rank's batch, accumulated over micro-batches."""
+        tc = self.cfg.train
+        self.model.train()
+        totals: dict[str, float] = {}
+        n_micro = len(batch) // self.micro
+        for k in range(n_micro):
+            mb = batch.slice(k * self.micro, (k + 1) * self.micro)
+            mask = mb.completion_mask.to(self.device)
+            logp = self.logprobs(mb)
+            ref = None
+            if tc.kl_coef > 0:
+                with torch.no_grad():
+                    ref = self.logprobs(mb, adapter=False)
+            loss, st = grpo_loss(
+                logp, logp.detach(), ref, mb.rollout_logp.to(self.device),
+                mb.advantages.to(self.device), mask, clip_eps=tc.clip_eps,
+                kl_coef=tc.kl_coef, is_cap=tc.is_cap, aggregation=tc.loss_agg,
+            )
+            with torch.no_grad():
+                n = mask.sum().clamp(min=1)
+                lp_gap = float(((logp.detach() - mb.rollout_logp.to(self.device)).abs()
+                                * mask).sum() / n)
+            if self.is_deepspeed:
+                self.model.backward(loss)
+                self.model.step()
+            else:
+                self.acc.backward(loss / n_micro)
+            for key, val in {"loss": float(loss), "logp_gap": lp_gap, **vars(st)}.items():
+                totals[key] = totals.get(key, 0.0) + val / n_micro
+        if not self.is_deepspeed:
+            self.acc.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+        else:
+            norm = self.model.get_global_grad_norm()
+            totals["grad_norm"] = float(norm) if norm is not None else float("nan")
+        return totals
+
+    def save_adapter(self, path: Path) -> None:
+        self.peft_model.save_pretrained(str(path), safe_serialization=True)

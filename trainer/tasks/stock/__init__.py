@@ -1,0 +1,1 @@
+"""The stock task: market windows as prompts, answer parsing, rewards."""

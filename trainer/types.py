@@ -1,0 +1,65 @@
+"""RolloutBatch: the one rollout-batch type, defined once, with its shapes.
+
+N = P prompts x G completions per prompt (groups contiguous: rows g*G .. g*G+G-1 share a
+prompt), T = longest completion in the batch (right padded with ``pad_id``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class RolloutBatch:
+    prompt_ids: list[list[int]]  # N lists (each prompt repeated G times)
+    completion_ids: torch.Tensor  # [N, T] long, padded with pad_id
+    completion_mask: torch.Tensor  # [N, T] float, 1.0 on sampled tokens
+    rollout_logp: torch.Tensor  # [N, T] float, the worker's log-probs of the sampled tokens
+    rewards: torch.Tensor  # [N] float, total reward
+    advantages: torch.Tensor  # [N] float
+    adapter_version: torch.Tensor  # [N] long, version of the adapter that sampled each row
+    group_size: int
+
+    def __len__(self) -> int:
+        return self.completion_ids.shape[0]
+
+    def slice(self, start: int, stop: int) -> RolloutBatch:
+        return RolloutBatch(
+            prompt_ids=self.prompt_ids[start:stop],
+            completion_ids=self.completion_ids[start:stop],
+            completion_mask=self.completion_mask[start:stop],
+            rollout_logp=self.rollout_logp[start:stop],
+            rewards=self.rewards[start:stop],
+            advantages=self.advantages[start:stop],
+            adapter_version=self.adapter_version[start:stop],
+            group_size=self.group_size,
+        )
+
+    @staticmethod
+    def from_groups(prompt_ids: list[list[int]], groups: list[list], rewards: list[float],
+                    advantages: torch.Tensor, pad_id: int) -> RolloutBatch:
+        """prompt_ids: P prompts; groups: P lists of G Completions; rewards: N floats."""
+        g = len(groups[0])
+        flat = [c for group in groups for c in group]
+        t = max(1, max(len(c.token_ids) for c in flat))
+        n = len(flat)
+        ids = torch.full((n, t), pad_id, dtype=torch.long)
+        mask = torch.zeros((n, t))
+        lps = torch.zeros((n, t))
+        for i, c in enumerate(flat):
+            k = len(c.token_ids)
+            ids[i, :k] = torch.tensor(c.token_ids, dtype=torch.long)
+            mask[i, :k] = 1.0
+            lps[i, :k] = torch.tensor(c.logprobs)
+        return RolloutBatch(
+            prompt_ids=[p for p in prompt_ids for _ in range(g)],
+            completion_ids=ids,
+            completion_mask=mask,
+            rollout_logp=lps,
+            rewards=torch.tensor(rewards, dtype=torch.float32),
+            advantages=advantages.float(),
+            adapter_version=torch.tensor([c.adapter_version for c in flat], dtype=torch.long),
+            group_size=g,
+        )

@@ -1,0 +1,102 @@
+"""Format warm start: a short supervised pass that teaches a model the answer format.
+
+A randomly initialised model (the embedded one) cannot yet produce ``Reasoning / Prediction /
+Confidence``, so every completion would score zero and GRPO would have no signal. This step
+fine-tunes all weights on prompts from the training split paired with templated answers
+(``trainer/warm_answers.py``) whose prediction and confidence are random: it teaches the
+format and data-grounded reasoning, never the label. The result is saved with
+``save_pretrained`` and used as a base model like any other. A real instruct model (Qwen2.5)
+does not need this step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from trainer.config import DataConfig
+from trainer.tasks.stock.data import Window
+from trainer.warm_answers import templated_answer
+
+
+def _examples(data: DataConfig, tokenizer, rng: random.Random) -> list[tuple[list[int], int]]:
+    """(input ids, prompt length) pairs from the training windows of the data source."""
+    from trainer.tasks.stock import data as market
+    from trainer.tasks.stock.task import window_to_sample
+
+    if data.source == "synthetic":
+        series = [market.synthetic_series(data.synthetic_days, data.seed)]
+    else:
+        series = market.load_bundled(data.tickers or None)
+    wins: list[Window] = [w for s in series for w in market.windows(s, data.window)
+                          if w.next_date <= data.train_end]
+    out = []
+    for w in wins:
+        msgs = window_to_sample(w).messages
+        prompt = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        answer = templated_answer(w.closes, rng) + tokenizer.eos_token
+        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        a_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        out.append((p_ids + a_ids, len(p_ids)))
+    return out
+
+
+def warm_start(base: str, out: str, data: DataConfig, steps: int, batch_size: int, lr: float,
+               seed: int) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    tok = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    examples = _examples(data, tok, rng)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20)
+                                              * max(0.1, 1 - s / steps))
+    model.train()
+    t0 = time.perf_counter()
+    for step in range(1, steps + 1):
+        chunk = rng.sample(examples, batch_size)
+        width = max(len(ids) for ids, _ in chunk)
+        ids = torch.full((batch_size, width), tok.pad_token_id, dtype=torch.long)
+        labels = torch.full((batch_size, width), -100, dtype=torch.long)
+        attn = torch.zeros((batch_size, width), dtype=torch.long)
+        for i, (x, p) in enumerate(chunk):
+            ids[i, :len(x)] = torch.tensor(x)
+            labels[i, p:len(x)] = torch.tensor(x[p:])  # loss on the answer only
+            attn[i, :len(x)] = 1
+        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        if step % 25 == 0 or step == steps:
+            rate = (time.perf_counter() - t0) / step
+            print(f"warmstart step {step}/{steps} | loss {loss.item():.4f} | "
+                  f"{rate:.2f} s/step | ETA {rate * (steps - step):.0f}s", flush=True)
+    out_dir = Path(out)
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    print(f"saved warm-started model to {out_dir}")
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="stonk warmstart", description=__doc__.splitlines()[0])
+    p.add_argument("--base", default="models/tiny-qwen2")
+    p.add_argument("--out", default="models/tiny-qwen2-fmt")
+    p.add_argument("--source", choices=["bundled", "synthetic"], default="bundled")
+    p.add_argument("--window", type=int, default=5)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    data = DataConfig(source=a.source, window=a.window)
+    warm_start(a.base, a.out, data, a.steps, a.batch_size, a.lr, a.seed)
+
