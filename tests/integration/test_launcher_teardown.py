@@ -1,0 +1,53 @@
+"""No orphans: workers and learner ranks are stopped on Ctrl-C, SIGTERM and learner crash."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from tests.integration.helpers import alive, processes_mentioning, start_cli, worker_pids
+
+pytestmark = pytest.mark.integration
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(1.0)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_signal_mid_run_stops_everything(tmp_path, warm_model, sig):
+    run_dir = tmp_path / "sig"
+    log = tmp_path / "launcher.log"
+    proc = start_cli(tmp_path, "sig", "train.steps=200", log=log)
+    try:
+        _wait_for(lambda: (run_dir / "metrics.jsonl").exists()
+                  and (run_dir / "metrics.jsonl").read_text().strip(), 600, "a first step")
+        learners = processes_mentioning(str(run_dir.resolve())) + processes_mentioning(
+            str(run_dir))
+        assert learners, "learner ranks should be running"
+        proc.send_signal(sig)
+        assert proc.wait(timeout=120) == 130, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "stopping learner and workers" in log.read_text()
+    assert not [pid for pid in worker_pids(run_dir) if alive(pid)]
+    assert not [p.pid for p in learners if alive(p.pid)]
+
+
+def test_learner_crash_stops_workers(tmp_path, warm_model):
+    run_dir = tmp_path / "crash"
+    log = tmp_path / "launcher.log"
+    proc = start_cli(tmp_path, "crash", "lora.target_modules=[no_such_proj]", log=log)
+    assert proc.wait(timeout=600) not in (0, 130)
+    text = log.read_text()
+    assert "learner exited with code" in text and "workers stopped" in text
+    assert not [pid for pid in worker_pids(run_dir) if alive(pid)]
+    assert not processes_mentioning(str(run_dir))
