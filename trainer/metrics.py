@@ -62,6 +62,6 @@ class Progress:
         rate = elapsed / max(done, 1)
         eta = rate * (self.total - step)
         return (f"step {step}/{self.total} | reward {m.get('reward/mean', 0):.3f} "
-                f"| acc {m.get('reward/accuracy', 0):.3f} | loss {m.get('loss', 0):+.4f} "
+                f"| acc {m.get('task/accuracy', 0):.3f} | valid {m.get('task/format_valid', 0):.2f} | loss {m.get('loss', 0):+.4f} "
                 f"| kl {m.get('kl', 0):.4f} | adapter v{m.get('adapter_version', '?')} "
                 f"| {rate:.1f} s/step | elapsed {_hms(elapsed)} | ETA {_hms(eta)}")

@@ -104,6 +104,10 @@ def main(argv: list[str] | None = None) -> None:
                                            for c in g) / len(batch)}
             for name in components[0]:
                 local[f"reward/{name}"] = sum(c[name] for c in components) / len(components)
+            diags = [task.diagnostics(s, c.text) for s, g in zip(samples, groups, strict=True)
+                     for c in g]
+            for name in diags[0]:
+                local[f"task/{name}"] = sum(d[name] for d in diags) / len(diags)
             if cfg.run.log_rollouts_every and step % cfg.run.log_rollouts_every == 0:
                 write_rollouts(rollouts_path, step, samples, batch, groups, components)
         with timer("learner"):

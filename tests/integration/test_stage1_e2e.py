@@ -63,7 +63,7 @@ def test_metrics_per_step(run):
     for r in rows:
         for key in ("reward/mean", "reward/accuracy", "reward/data_usage", "reward/coherence",
                     "loss", "kl", "clip_frac", "time/generate", "time/reward",
-                    "time/learner", "time/sync"):
+                    "time/learner", "time/sync", "task/accuracy", "task/format_valid"):
             assert key in r, key
         assert r["logp_gap"] < LOGP_TOL_MEAN  # learner's own check, every step
     assert rows[-1]["kl"] > 0  # the policy moved away from the reference

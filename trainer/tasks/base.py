@@ -24,5 +24,8 @@ class Task(Protocol):
     def score(self, sample: Sample, completion: str) -> dict[str, float]:
         """Reward components for one completion; the total is their sum (already weighted)."""
 
+    def diagnostics(self, sample: Sample, completion: str) -> dict[str, float]:
+        """Non-reward measurements of one completion (e.g. correct, format valid), 0..1."""
+
     def describe(self) -> dict[str, Any]:
         """Counts and facts worth logging once (sizes, label balance)."""

@@ -53,6 +53,12 @@ class StockTask:
         facts = Facts(label=m["label"], closes=m["closes"], changes_pct=m["changes_pct"])
         return score(parse_answer(completion), facts, self.weights)
 
+    def diagnostics(self, sample: Sample, completion: str) -> dict[str, float]:
+        ans = parse_answer(completion)
+        return {"accuracy": float(ans.prediction == sample.meta["label"]),
+                "format_valid": float(ans.valid),
+                "predicted_up": float(ans.prediction == "UP")}
+
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"source": self.cfg.source}
         for name, samples in self._splits.items():
