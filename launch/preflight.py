@@ -26,8 +26,8 @@ def model_problem(name: str) -> str | None:
         return None if (path / "config.json").is_file() else (
             f"model folder {path} has no config.json (not a save_pretrained checkpoint)")
     if name.startswith((".", "/")) or name.startswith("models/"):
-        hint = " (build it with `make tiny-model`)" if "tiny" in name else ""
-        return f"model folder {name} does not exist{hint}"
+        return (f"model folder {name} does not exist (the embedded models under models/ are "
+                f"built by `make warmstart`)")
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover - huggingface_hub ships with transformers

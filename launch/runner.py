@@ -72,6 +72,7 @@ def learner_command(cfg: StageConfig, run_dir: Path, module: str) -> list[str]:
     return [
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", str(REPO_ROOT / cfg.launch.accelerate_config),
+        "--deepspeed_config_file", str(REPO_ROOT / cfg.launch.ds_config),
         "--num_processes", str(cfg.launch.num_processes),
         "--main_process_port", str(free_port(29500)),
         "-m", module, "--run-dir", str(run_dir),
