@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 .PHONY: setup demo stage1 tiny-model warmstart test test-fast test-integration lint fix bench clean help
 
 help:
-	@echo "make demo | test | setup | stage1 [CONFIG=...] | tiny-model | warmstart | test-fast | lint | fix | bench | clean"
+	@echo "make demo | test | setup | stage1 [CONFIG=...] [NPROC=n] | tiny-model | warmstart | test-fast | lint | fix | bench | clean"
 
 # ---- install (idempotent: a stamp that depends on pyproject.toml; seconds when done)
 setup: $(STAMP)
@@ -37,11 +37,11 @@ $(WARM)/config.json: $(TINY)/config.json
 
 # ---- training
 demo: setup warmstart
-	$(BIN)/python -m launch.cli stage1 --config configs/demo/stage1.yaml
+	$(BIN)/python -m launch.cli stage1 --config configs/demo/stage1.yaml $(ARGS)
 
 stage1: setup
 	@case "$(CONFIG)" in configs/demo/*) $(MAKE) --no-print-directory warmstart;; esac
-	$(BIN)/python -m launch.cli stage1 --config $(CONFIG)
+	$(BIN)/python -m launch.cli stage1 --config $(CONFIG) $(if $(NPROC),--nproc $(NPROC)) $(ARGS)
 
 # ---- tests: unit tests first (fast), then integration (real vLLM workers + DeepSpeed)
 test: setup warmstart

@@ -1,25 +1,34 @@
-"""Run a stage: run folder, vLLM workers, the ``accelerate launch`` learner, clean teardown.
+"""Run a stage from a :class:`launch.plan.Plan`: run folder, workers, learner, teardown.
 
-Topology (DESIGN.md): the launcher owns the worker processes and the learner process tree.
-Workers and learners each run in their own process session; on every exit path (normal end,
-exception, Ctrl-C, SIGTERM) both trees are terminated, and each child also gets SIGTERM from
-the kernel if the launcher itself dies.
+The launcher owns the worker processes and the ``accelerate launch`` learner tree on its
+node. Workers and learners each run in their own process session; on every exit path
+(normal end, exception, Ctrl-C, SIGTERM) both trees are terminated, and each child also gets
+SIGTERM from the kernel if the launcher itself dies.
+
+Multi-node Slurm jobs run :func:`run_slurm_node` on every node (``srun stonk slurm``):
+worker nodes serve until the learner writes ``DONE`` into the shared run folder; learner
+nodes wait for every worker to be healthy, then start their ranks.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
+from launch.plan import LearnerSlot, Plan, WorkerSlot
 from rollout.server import WorkerPool, WorkerSpec, _die_with_parent, _group_alive
-from trainer.config import StageConfig, save_config
+from trainer.config import ConfigError, StageConfig, save_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+DONE = "DONE"
 
 
 class Terminated(Exception):
@@ -44,42 +53,81 @@ def free_port(start: int, host: str = "127.0.0.1", taken: set[int] | None = None
         port += 1
 
 
-def make_run_dir(cfg: StageConfig, stage: str) -> Path:
-    name = cfg.run.name or f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(cfg.run.output_dir) / name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+def run_dir_for(cfg: StageConfig, stage: str, job_id: str | None = None) -> Path:
+    stamp = f"job{job_id}" if job_id else time.strftime("%Y%m%d-%H%M%S")
+    return Path(cfg.run.output_dir) / (cfg.run.name or f"{stage}-{stamp}")
 
 
-def worker_specs(cfg: StageConfig) -> list[WorkerSpec]:
+def api_key(cfg: StageConfig, plan: Plan) -> str | None:
+    if not plan.api_key_required:
+        return None
+    key = os.environ.get(cfg.rollout.api_key_env)
+    if not key:
+        raise ConfigError(
+            f"rollout.api_key_env: workers serve other hosts here, so they need an API key: "
+            f"export {cfg.rollout.api_key_env}=<secret> (the Slurm batch files make one)")
+    return key
+
+
+def worker_specs(cfg: StageConfig, slots: list[WorkerSlot], key: str | None,
+                 probe_ports: bool) -> list[WorkerSpec]:
+    """Specs for the workers of this node. Local runs move to a free port if one is taken;
+    multi-node runs keep the planned ports (the learner nodes expect them)."""
     rc = cfg.rollout
-    ports: set[int] = set()
+    taken: set[int] = set()
     specs = []
-    for i in range(rc.num_workers):
-        port = free_port(rc.base_port + i, rc.host, ports)
-        ports.add(port)
+    for i, slot in enumerate(slots):
+        port = free_port(slot.port, slot.host, taken) if probe_ports else slot.port
+        taken.add(port)
         specs.append(WorkerSpec(
-            model=cfg.model.name_or_path, port=port, host=rc.host, max_lora_rank=cfg.lora.r,
+            model=cfg.model.name_or_path, port=port, host=slot.host, max_lora_rank=cfg.lora.r,
             max_model_len=cfg.model.max_model_len, dtype=rc.dtype,
             gpu_memory_utilization=rc.gpu_memory_utilization, enforce_eager=rc.enforce_eager,
-            seed=cfg.train.seed + i, trust_remote_code=cfg.model.trust_remote_code,
+            seed=cfg.train.seed + i, api_key=key, trust_remote_code=cfg.model.trust_remote_code,
+            tensor_parallel_size=rc.tensor_parallel_size, devices=slot.devices,
             extra_args=list(rc.extra_args), env=dict(rc.env),
         ))
     return specs
 
 
-def learner_command(cfg: StageConfig, run_dir: Path, module: str) -> list[str]:
-    return [
+def accelerate_files(cfg: StageConfig, slot: LearnerSlot) -> tuple[str, str]:
+    """(accelerate config, DeepSpeed config), repo-relative, resolving "auto"."""
+    la = cfg.launch
+    acc = la.accelerate_config
+    if acc == "auto":
+        if la.device == "cpu":
+            name = "cpu_deepspeed"
+        elif slot.num_machines > 1:
+            name = "multinode_zero2"
+        elif la.zero_stage == 3:
+            name = "node_zero3"
+        else:
+            name = "gpu_single" if slot.num_processes == 1 else "node_zero2"
+        acc = f"launch/accelerate/{name}.yaml"
+    ds = la.ds_config
+    if ds == "auto":
+        ds = "launch/accelerate/ds_zero3.json" if la.zero_stage == 3 else "ds_config.json"
+    return acc, ds
+
+
+def learner_command(cfg: StageConfig, run_dir: Path, module: str, slot: LearnerSlot,
+                    probe_port: bool = True) -> list[str]:
+    port = free_port(slot.main_process_port) if probe_port else slot.main_process_port
+    acc, ds = accelerate_files(cfg, slot)
+    cmd = [
         sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(REPO_ROOT / cfg.launch.accelerate_config),
-        "--deepspeed_config_file", str(REPO_ROOT / cfg.launch.ds_config),
-        "--num_processes", str(cfg.launch.num_processes),
-        "--main_process_port", str(free_port(29500)),
-        "-m", module, "--run-dir", str(run_dir),
+        "--config_file", str(REPO_ROOT / acc),
+        "--deepspeed_config_file", str(REPO_ROOT / ds),
+        "--num_processes", str(slot.num_processes),
+        "--num_machines", str(slot.num_machines),
+        "--machine_rank", str(slot.machine_rank),
+        "--main_process_ip", slot.main_process_ip,
+        "--main_process_port", str(port),
     ]
+    return cmd + ["-m", module, "--run-dir", str(run_dir)]
 
 
-def learner_env(cfg: StageConfig) -> dict[str, str]:
+def learner_env(cfg: StageConfig, slot: LearnerSlot) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     if cfg.launch.device == "cpu":
@@ -87,7 +135,24 @@ def learner_env(cfg: StageConfig) -> dict[str, str]:
         env.setdefault("CUDA_VISIBLE_DEVICES", "")
         if cfg.launch.learner_threads:
             env["OMP_NUM_THREADS"] = str(cfg.launch.learner_threads)
+    elif slot.devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = slot.devices
     return env
+
+
+def dry_run(cfg: StageConfig, plan: Plan, module: str, run_dir: Path) -> str:
+    """The exact processes this node would start, without starting any."""
+    key = "<$" + cfg.rollout.api_key_env + ">" if plan.api_key_required else None
+    lines = [plan.describe()]
+    for spec in worker_specs(cfg, plan.local_workers, key, probe_ports=False):
+        lines.append(f"start worker (CUDA_VISIBLE_DEVICES={spec.devices or ''}): "
+                     + " ".join(spec.command()))
+    if plan.learner:
+        env = learner_env(cfg, plan.learner)
+        cmd = learner_command(cfg, run_dir, module, plan.learner, probe_port=False)
+        lines.append(f"start learner (CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '')}): "
+                     + " ".join(cmd))
+    return "\n".join(lines)
 
 
 def _stop_tree(proc: subprocess.Popen, grace: float = 20.0) -> None:
@@ -103,36 +168,135 @@ def _stop_tree(proc: subprocess.Popen, grace: float = 20.0) -> None:
     proc.poll()
 
 
-def run_stage(cfg: StageConfig, stage: str, module: str) -> int:
-    """Start workers, run the learner to completion, tear everything down; returns exit code."""
-    run_dir = make_run_dir(cfg, stage)
+def _start_learner(cfg: StageConfig, run_dir: Path, module: str, slot: LearnerSlot,
+                   probe_port: bool) -> subprocess.Popen:
+    return subprocess.Popen(learner_command(cfg, run_dir, module, slot, probe_port),
+                            env=learner_env(cfg, slot), cwd=REPO_ROOT, start_new_session=True,
+                            preexec_fn=_die_with_parent)
+
+
+def _prepare(cfg: StageConfig, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     print(f"[launch] run folder {run_dir}", flush=True)
+
+
+def _guarded(body) -> int:
+    """Run ``body(cleanups)`` with SIGTERM turned into an exception; run cleanups always."""
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    pool = WorkerPool(worker_specs(cfg), run_dir / "logs", cfg.rollout.startup_timeout_s)
-    learner: subprocess.Popen | None = None
+    cleanups: list = []
     try:
-        t0 = time.perf_counter()
-        print(f"[launch] starting {len(pool.workers)} vLLM worker(s): "
-              f"{', '.join(pool.urls)} (logs in {run_dir / 'logs'})", flush=True)
-        pool.start()
-        pool.write_manifest(run_dir / "workers.json")
-        print(f"[launch] workers healthy after {time.perf_counter() - t0:.0f}s; starting "
-              f"{cfg.launch.num_processes} learner rank(s)", flush=True)
-        learner = subprocess.Popen(learner_command(cfg, run_dir, module), env=learner_env(cfg),
-                                   cwd=REPO_ROOT, start_new_session=True,
-                                   preexec_fn=_die_with_parent)
-        code = learner.wait()
-        if code != 0:
-            print(f"[launch] learner exited with code {code}", file=sys.stderr, flush=True)
-        return code
+        return body(cleanups)
     except (KeyboardInterrupt, Terminated) as exc:
         print(f"[launch] interrupted ({exc or 'Ctrl-C'}); stopping learner and workers",
               file=sys.stderr, flush=True)
         return 130
     finally:
-        if learner is not None:
-            _stop_tree(learner)
-        pool.stop()
+        for fn in reversed(cleanups):
+            fn()
         signal.signal(signal.SIGTERM, previous)
-        print("[launch] workers stopped", flush=True)
+
+
+def run_stage(cfg: StageConfig, stage: str, module: str, plan: Plan,
+              run_dir: Path | None = None) -> int:
+    """One node does everything: start workers, run the learner, tear down."""
+    run_dir = run_dir or run_dir_for(cfg, stage)
+    key = api_key(cfg, plan)
+    _prepare(cfg, run_dir)
+
+    def body(cleanups) -> int:
+        pool = WorkerPool(worker_specs(cfg, plan.local_workers, key, probe_ports=True),
+                          run_dir / "logs", cfg.rollout.startup_timeout_s)
+        cleanups.append(lambda: (pool.stop(), print("[launch] workers stopped", flush=True)))
+        t0 = time.perf_counter()
+        print(f"[launch] starting {len(pool.workers)} vLLM worker(s): {', '.join(pool.urls)} "
+              f"(logs in {run_dir / 'logs'})", flush=True)
+        pool.start()
+        pool.write_manifest(run_dir / "workers.json")
+        print(f"[launch] workers healthy after {time.perf_counter() - t0:.0f}s; starting "
+              f"{plan.learner.num_processes} learner rank(s)", flush=True)
+        learner = _start_learner(cfg, run_dir, module, plan.learner, probe_port=True)
+        cleanups.append(lambda: _stop_tree(learner))
+        code = learner.wait()
+        if code != 0:
+            print(f"[launch] learner exited with code {code}", file=sys.stderr, flush=True)
+        return code
+
+    return _guarded(body)
+
+
+def serve_workers(cfg: StageConfig, plan: Plan, log_dir: Path) -> int:
+    """Start this node's workers and serve until Ctrl-C or SIGTERM (``stonk workers``)."""
+    key = api_key(cfg, plan)
+
+    def body(cleanups) -> int:
+        pool = WorkerPool(worker_specs(cfg, plan.local_workers, key, probe_ports=False),
+                          log_dir, cfg.rollout.startup_timeout_s)
+        cleanups.append(lambda: (pool.stop(), print("[workers] stopped", flush=True)))
+        pool.start()
+        print(f"[workers] serving {','.join(pool.urls)} (logs in {log_dir}); Ctrl-C stops",
+              flush=True)
+        while True:
+            dead = [w.url for w in pool.workers if not w.alive()]
+            if dead:
+                print(f"[workers] died: {dead}", file=sys.stderr, flush=True)
+                return 1
+            time.sleep(2)
+
+    return _guarded(body)
+
+
+def _healthy(url: str, key: str | None) -> bool:
+    req = urllib.request.Request(f"{url}/health")
+    if key:
+        req.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def run_slurm_node(cfg: StageConfig, stage: str, module: str, plan: Plan, job_id: str) -> int:
+    """This node's part of a Slurm job (every node runs this under ``srun``)."""
+    run_dir = run_dir_for(cfg, stage, job_id)
+    if len(plan.nodes) == 1:
+        return run_stage(cfg, stage, module, plan, run_dir)
+    key = api_key(cfg, plan)
+    if plan.learner is None or plan.learner.machine_rank == 0:
+        _prepare(cfg, run_dir)
+
+    def worker_node(cleanups) -> int:
+        pool = WorkerPool(worker_specs(cfg, plan.local_workers, key, probe_ports=False),
+                          run_dir / "logs" / plan.this_node, cfg.rollout.startup_timeout_s)
+        cleanups.append(pool.stop)
+        pool.start()
+        print(f"[launch] {plan.this_node}: serving {', '.join(pool.urls)} until "
+              f"{run_dir / DONE} appears", flush=True)
+        while not (run_dir / DONE).exists():
+            dead = [w.url for w in pool.workers if not w.alive()]
+            if dead:
+                print(f"[launch] worker(s) died: {dead}", file=sys.stderr, flush=True)
+                return 1
+            time.sleep(5)
+        return 0
+
+    def learner_node(cleanups) -> int:
+        urls = [w.url for w in plan.workers]
+        deadline = time.monotonic() + cfg.rollout.startup_timeout_s
+        while not all(_healthy(u, key) for u in urls):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"workers not healthy after {cfg.rollout.startup_timeout_s}s: "
+                                   f"{[u for u in urls if not _healthy(u, key)]}")
+            time.sleep(5)
+        manifest = run_dir / "workers.json"
+        if plan.learner.machine_rank == 0:
+            manifest.write_text(json.dumps({"workers": [{"url": u} for u in urls]}, indent=2))
+            cleanups.append(lambda: (run_dir / DONE).write_text("done\n"))
+        while not manifest.exists():  # other learner nodes: wait for machine rank 0
+            time.sleep(1)
+        learner = _start_learner(cfg, run_dir, module, plan.learner, probe_port=False)
+        cleanups.append(lambda: _stop_tree(learner))
+        return learner.wait()
+
+    return _guarded(learner_node if plan.learner else worker_node)

@@ -48,6 +48,7 @@ class WorkerSpec:
     api_key: str | None = None
     trust_remote_code: bool = False
     served_name: str = "base"
+    tensor_parallel_size: int = 1
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     devices: str | None = None  # CUDA_VISIBLE_DEVICES for this worker, None: inherit
@@ -73,6 +74,8 @@ class WorkerSpec:
             "--logprobs-mode", "processed_logprobs",
             "--disable-uvicorn-access-log",
         ]
+        if self.tensor_parallel_size > 1:
+            cmd += ["--tensor-parallel-size", str(self.tensor_parallel_size)]
         if self.enforce_eager:
             cmd.append("--enforce-eager")
         if self.trust_remote_code:

@@ -16,11 +16,19 @@ def test_there_are_configs():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.relative_to(REPO).as_posix())
-def test_config_loads_and_validates(path):
+def test_config_loads_validates_and_places(path):
+    from launch.plan import local_plan, slurm_plan
+    from launch.runner import accelerate_files
+
     cfg = load_config(path)
     assert cfg.train.steps >= 1
-    assert (REPO / cfg.launch.accelerate_config).is_file()
-    assert (REPO / cfg.launch.ds_config).is_file()
+    if cfg.launch.slurm_worker_nodes > 1 or "multinode" in path.parts:
+        env = {"SLURM_JOB_NODELIST": "n[1-3]", "SLURM_NODEID": "2"}
+        plan = slurm_plan(cfg, env)
+    else:
+        plan = local_plan(cfg)
+    assert plan.workers and plan.learner
+    assert all((REPO / f).is_file() for f in accelerate_files(cfg, plan.learner))
 
 
 def test_production_config_is_qwen_4bit_on_gpu():
@@ -62,3 +70,17 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_inherit_merges_sections_and_reports_cycles(tmp_path):
+    (tmp_path / "base.yaml").write_text("train: {steps: 5, learning_rate: 0.001}\nlora: {r: 8}\n")
+    (tmp_path / "child.yaml").write_text("inherit: base.yaml\ntrain: {steps: 9}\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert (cfg.train.steps, cfg.train.learning_rate, cfg.lora.r) == (9, 0.001, 8)
+    (tmp_path / "a.yaml").write_text("inherit: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("inherit: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "orphan.yaml").write_text("inherit: gone.yaml\n")
+    with pytest.raises(ConfigError, match=r"gone\.yaml: config file not found \(inherited by"):
+        load_config(tmp_path / "orphan.yaml")

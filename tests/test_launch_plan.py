@@ -1,0 +1,163 @@
+"""Placement of workers and learner ranks: local GPU splits, colocation, faked Slurm jobs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launch.cli import set_nproc
+from launch.plan import LearnerSlot, expand_hostlist, local_plan, slurm_plan
+from launch.runner import accelerate_files, api_key, dry_run
+from trainer.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+NODE = REPO / "configs/node/stage1.yaml"
+MULTI = REPO / "configs/multinode/stage1.yaml"
+
+
+def slurm_env(nodelist: str, nnodes: int, node_id: int) -> dict[str, str]:
+    return {"SLURM_JOB_NODELIST": nodelist, "SLURM_NNODES": str(nnodes),
+            "SLURM_NODEID": str(node_id), "SLURM_JOB_ID": "777"}
+
+
+@pytest.mark.parametrize("text, hosts", [
+    ("gpu01", ["gpu01"]),
+    ("gpu[01-03]", ["gpu01", "gpu02", "gpu03"]),
+    ("gpu[07-08,10],login1", ["gpu07", "gpu08", "gpu10", "login1"]),
+    ("a[1-2],b[9-10]", ["a1", "a2", "b9", "b10"]),
+])
+def test_expand_hostlist(text, hosts):
+    assert expand_hostlist(text) == hosts
+
+
+def test_one_node_split_keeps_workers_and_learners_apart():
+    plan = local_plan(load_config(NODE))
+    assert [(w.url, w.devices) for w in plan.workers] == [
+        ("http://127.0.0.1:8100", "0"), ("http://127.0.0.1:8101", "1"),
+        ("http://127.0.0.1:8102", "2"), ("http://127.0.0.1:8103", "3")]
+    assert plan.learner.devices == "4,5,6,7" and plan.learner.num_processes == 4
+    assert not plan.api_key_required
+
+
+def test_overlap_needs_colocate():
+    cfg = load_config(NODE, ["launch.learner_gpus=[3,4,5,6]"])
+    with pytest.raises(ConfigError, match=r"GPU\(s\) \[3\] are also in launch.worker_gpus"):
+        local_plan(cfg)
+
+
+def test_one_gpu_colocation():
+    cfg = load_config(REPO / "configs/stage1.yaml")
+    plan = local_plan(cfg)
+    assert plan.workers[0].devices == "0" and plan.learner.devices == "0"
+    assert cfg.rollout.gpu_memory_utilization < 0.5  # the worker leaves room for the learner
+
+
+def test_tensor_parallel_workers_get_gpu_groups():
+    cfg = load_config(NODE, ["rollout.num_workers=2", "rollout.tensor_parallel_size=2"])
+    plan = local_plan(cfg)
+    assert [w.devices for w in plan.workers] == ["0,1", "2,3"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["launch.worker_gpus=[0,1]"], r"2 GPU\(s\) listed but rollout.num_workers \(4\)"),
+    (["launch.learner_gpus=[4,5]"], r"launch.num_processes is 4"),
+    (["launch.device=cpu"], r"GPU lists need launch.device: cuda"),
+    (["launch.zero_stage=3"], r"ZeRO-3 cannot partition a 4-bit base"),
+])
+def test_device_config_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(NODE, overrides)
+
+
+def test_nproc_places_learners_after_workers():
+    cfg = load_config(NODE)
+    set_nproc(cfg, 2)
+    assert cfg.launch.learner_gpus == [4, 5] and local_plan(cfg).learner.devices == "4,5"
+    one_gpu = load_config(REPO / "configs/stage1.yaml")
+    set_nproc(one_gpu, 1)
+    assert one_gpu.launch.learner_gpus == [0]
+
+
+def test_slurm_single_node_is_local():
+    plan = slurm_plan(load_config(NODE), slurm_env("gpu05", 1, 0))
+    assert plan.this_node == "gpu05" and len(plan.local_workers) == 4
+    assert plan.learner.machine_rank == 0 and plan.learner.num_machines == 1
+    assert plan.workers[0].host == "127.0.0.1" and not plan.api_key_required
+
+
+def test_slurm_two_nodes_worker_node_then_learner_node():
+    cfg = load_config(MULTI)
+    worker_node = slurm_plan(cfg, slurm_env("gpu[07-08]", 2, 0))
+    assert worker_node.learner is None and worker_node.api_key_required
+    assert [(w.url, w.devices) for w in worker_node.local_workers] == [
+        (f"http://gpu07:{8100 + i}", str(i)) for i in range(8)]
+    learner_node = slurm_plan(cfg, slurm_env("gpu[07-08]", 2, 1))
+    assert learner_node.local_workers == []
+    assert [w.url for w in learner_node.workers] == [f"http://gpu07:{8100 + i}" for i in range(8)]
+    ls = learner_node.learner
+    assert (ls.machine_rank, ls.num_machines, ls.num_processes, ls.main_process_ip) == (
+        0, 1, 8, "gpu08")
+    assert ls.devices == "0,1,2,3,4,5,6,7"
+
+
+def test_slurm_three_nodes_two_learner_machines():
+    cfg = load_config(MULTI)
+    ls = slurm_plan(cfg, slurm_env("n[1-3]", 3, 2)).learner
+    assert (ls.machine_rank, ls.num_machines, ls.num_processes, ls.main_process_ip) == (
+        1, 2, 16, "n2")
+    assert accelerate_files(cfg, ls)[0] == "launch/accelerate/multinode_zero2.yaml"
+
+
+def test_slurm_errors_are_clear():
+    cfg = load_config(MULTI)
+    with pytest.raises(ConfigError, match="not inside a Slurm job step"):
+        slurm_plan(cfg, {})
+    with pytest.raises(ConfigError, match="leave no learner node"):
+        slurm_plan(load_config(MULTI, ["launch.slurm_worker_nodes=2"]),
+                   slurm_env("n[1-2]", 2, 0))
+    with pytest.raises(ConfigError, match="SLURM_NNODES=3"):
+        slurm_plan(cfg, slurm_env("n[1-2]", 3, 0))
+
+
+def test_remote_workers_require_api_key(monkeypatch):
+    cfg = load_config(MULTI)
+    plan = slurm_plan(cfg, slurm_env("gpu[07-08]", 2, 0))
+    monkeypatch.delenv("STONK_API_KEY", raising=False)
+    with pytest.raises(ConfigError, match="export STONK_API_KEY"):
+        api_key(cfg, plan)
+    monkeypatch.setenv("STONK_API_KEY", "s3cret")
+    assert api_key(cfg, plan) == "s3cret"
+    text = dry_run(cfg, plan, "trainer.stage1", Path("runs/x"))
+    assert "--host gpu07 --port 8100" in text and "--api-key <$STONK_API_KEY>" in text
+    assert "CUDA_VISIBLE_DEVICES=3" in text
+
+
+@pytest.mark.parametrize("device, procs, machines, zero, expected", [
+    ("cpu", 2, 1, 2, ("launch/accelerate/cpu_deepspeed.yaml", "ds_config.json")),
+    ("cuda", 1, 1, 2, ("launch/accelerate/gpu_single.yaml", "ds_config.json")),
+    ("cuda", 4, 1, 2, ("launch/accelerate/node_zero2.yaml", "ds_config.json")),
+    ("cuda", 4, 1, 3, ("launch/accelerate/node_zero3.yaml", "launch/accelerate/ds_zero3.json")),
+    ("cuda", 16, 2, 2, ("launch/accelerate/multinode_zero2.yaml", "ds_config.json")),
+])
+def test_accelerate_recipe_selection(device, procs, machines, zero, expected):
+    cfg = load_config(REPO / "configs/demo/stage1.yaml",
+                      [f"launch.device={device}", f"launch.zero_stage={zero}"])
+    slot = LearnerSlot("n", 0, machines, procs, "n", 29500, None)
+    files = accelerate_files(cfg, slot)
+    assert files == expected and all((REPO / f).is_file() for f in files)
+
+
+def test_batch_files_parse_and_dry_run_through_cli(tmp_path):
+    for f in sorted((REPO / "launch/slurm").glob("*.sbatch")):
+        subprocess.run(["bash", "-n", str(f)], check=True)
+    env = dict(os.environ, STONK_API_KEY="k", **slurm_env("gpu[07-09]", 3, 1))
+    out = subprocess.run([sys.executable, "-m", "launch.cli", "slurm", "--config", str(MULTI),
+                          "--dry-run"], cwd=REPO, env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert "learner on gpu08: machine_rank=0/2 processes=16 main=gpu08:29500" in out
+    assert "--num_machines 2 --machine_rank 0 --main_process_ip gpu08" in out
+    assert "start worker" not in out  # this node runs no worker
