@@ -43,6 +43,11 @@ stage1: setup
 	@case "$(CONFIG)" in configs/demo/*) $(MAKE) --no-print-directory warmstart;; esac
 	$(BIN)/python -m launch.cli stage1 --config $(CONFIG)
 
+# ---- data: what a config loads, its splits and skips, and the baselines to beat
+.PHONY: data
+data: setup
+	$(BIN)/python -m launch.cli data --config $(CONFIG)
+
 # ---- tests: unit tests first (fast), then integration (real vLLM workers + DeepSpeed)
 test: setup warmstart
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -52,12 +52,16 @@ def test_bayes_accuracy_is_the_mean_of_the_likelier_side_and_matches_reality(big
     assert synthetic.bayes_accuracy([]) is None
 
 
-def test_task_reports_bayes_accuracy_per_split():
+def test_task_reports_bayes_accuracy_per_split_and_the_oracle_baseline():
     task = StockTask(DataConfig(source="synthetic", synthetic_days=4000, train_end="2010-12-31",
                                 val_end="2013-12-31"), RewardConfig())
     d = task.describe()
     for name in ("train", "val", "test"):
         assert synthetic.REVERSION_P <= d[f"{name}_bayes_accuracy"] <= synthetic.MOMENTUM_P
+    oracle = task.baselines["bayes_oracle"]
+    for split in ("val", "test"):
+        assert oracle[split].accuracy > task.baselines["majority"][split].accuracy + 0.15
+        assert oracle[split].accuracy == pytest.approx(d[f"{split}_bayes_accuracy"], abs=0.05)
     sample = task.split("train")[0]
     bayes = "UP" if sample.meta["up_prob"] > 0.5 else "DOWN"
     assert task.diagnostics(sample, f"Prediction: {bayes}")["bayes_agreement"] == 1.0

@@ -7,11 +7,13 @@ report. Nothing reads files after that, and scoring never throws on any completi
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 from trainer.config import DataConfig, RewardConfig
 from trainer.tasks.base import Sample
 from trainer.tasks.stock.answer import SYSTEM_PROMPT, parse_answer
+from trainer.tasks.stock.baselines import Metric, run_baselines
 from trainer.tasks.stock.figures import figures
 from trainer.tasks.stock.problems import DataError
 from trainer.tasks.stock.prompt import render_prompt
@@ -134,6 +136,10 @@ class StockTask:
             out["bayes_agreement"] = float(ans.prediction == bayes)
         return out
 
+    @cached_property
+    def baselines(self) -> dict[str, dict[str, Metric]]:
+        return run_baselines(self._splits)
+
     def bayes_accuracy(self, name: str) -> float | None:
         if not self.has_oracle:
             return None
@@ -151,4 +157,8 @@ class StockTask:
                 bayes = self.bayes_accuracy(name)
                 out[f"{name}_bayes_accuracy"] = None if bayes is None else round(bayes, 4)
         out["skipped"] = dict(self.report.skipped)
+        out["baselines"] = {
+            name: {f"{s}_{k}": None if v is None else round(v, 4)
+                   for s, m in by_split.items() for k, v in (("acc", m.accuracy), ("auc", m.auc))}
+            for name, by_split in self.baselines.items()}
         return out
