@@ -27,12 +27,15 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # ---- embedded model (deterministic build) and its format warm start
+# Rebuilt when the text they are trained on changes (prompt, answer format, templates).
+MODEL_TEXT := launch/tiny_model.py trainer/tasks/stock/answer.py trainer/tasks/stock/prompt.py \
+	trainer/warm_answers.py
 tiny-model: $(TINY)/config.json
-$(TINY)/config.json: | $(STAMP)
+$(TINY)/config.json: $(MODEL_TEXT) | $(STAMP)
 	$(BIN)/python -m launch.cli tiny-model --out $(TINY)
 
 warmstart: $(WARM)/config.json
-$(WARM)/config.json: $(TINY)/config.json
+$(WARM)/config.json: $(TINY)/config.json trainer/warmstart.py
 	OMP_NUM_THREADS=2 $(BIN)/python -m launch.cli warmstart --base $(TINY) --out $(WARM)
 
 # ---- training
@@ -42,6 +45,11 @@ demo: setup warmstart
 stage1: setup
 	@case "$(CONFIG)" in configs/demo/*) $(MAKE) --no-print-directory warmstart;; esac
 	$(BIN)/python -m launch.cli stage1 --config $(CONFIG) $(if $(NPROC),--nproc $(NPROC)) $(ARGS)
+
+# ---- data: what a config loads, its splits and skips, and the baselines to beat
+.PHONY: data
+data: setup
+	$(BIN)/python -m launch.cli data --config $(CONFIG)
 
 # ---- tests: unit tests first (fast), then integration (real vLLM workers + DeepSpeed)
 test: setup warmstart

@@ -113,6 +113,22 @@ def _workers(args: argparse.Namespace) -> int:
     return serve_workers(cfg, plan, Path(args.log_dir))
 
 
+def _data(args: argparse.Namespace) -> int:
+    from trainer.config import ConfigError, load_config
+    from trainer.tasks.stock.problems import DataError
+
+    try:
+        cfg = load_config(args.config, args.set)
+        from trainer.tasks.stock.summary import render
+        from trainer.tasks.stock.task import StockTask
+
+        print(render(StockTask(cfg.data, cfg.reward)))
+    except (ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _tiny_model(rest: list[str]) -> int:
     from launch.tiny_model import main
 
@@ -154,6 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     _common(wk, "configs/stage1.yaml")
     wk.add_argument("--log-dir", default="runs/workers-logs")
     wk.set_defaults(fn=_workers)
+    dt = sub.add_parser("data", help="load the data a config names; print splits, skips and "
+                                     "baselines")
+    dt.add_argument("--config", default="configs/stage1.yaml")
+    dt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field, e.g. --set data.source=synthetic")
+    dt.set_defaults(fn=_data)
     sub.add_parser("tiny-model", help="build the embedded Qwen2-architecture model")
     sub.add_parser("warmstart", help="supervised format warm start of a model")
     argv = sys.argv[1:] if argv is None else argv

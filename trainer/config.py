@@ -13,6 +13,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,11 +48,20 @@ class LoraConfig:
 
 @dataclass
 class DataConfig:
-    source: Literal["bundled", "synthetic"] = "bundled"
+    """Where market data comes from and how it is cut (see ``trainer/tasks/stock/data.py``)."""
+
+    source: Literal["bundled", "synthetic", "local", "hf"] = "bundled"
+    path: str = ""  # local: a CSV/Parquet file (long table) or a folder with one file per ticker
+    hf_name: str = ""  # hf: hub id, a folder written by save_to_disk, or a .parquet/.jsonl/.csv
+    hf_split: str = "train"
+    columns: dict[str, str] = field(default_factory=dict)  # our field -> source column
     tickers: list[str] = field(default_factory=list)  # empty: every ticker of the source
     window: int = 5
-    balance: bool = True  # Stage I: exactly 50/50 UP/DOWN
-    train_end: str = "2012-12-31"  # last date a training label may fall on
+    balance: bool = True  # Stage I: exactly 50/50 UP/DOWN in every split
+    start: str = ""  # first date any window may touch (empty: the data's first)
+    train_end: str = "2012-12-31"  # last date a training window may touch
+    val_end: str = "2015-12-31"  # last date a validation window may touch; test comes after
+    test_end: str = ""  # last date a test window may touch (empty: the data's last)
     synthetic_days: int = 4000
     seed: int = 0
 
@@ -101,8 +111,9 @@ class TrainConfig:
 @dataclass
 class RewardConfig:
     weights: dict[str, float] = field(
-        default_factory=lambda: {"accuracy": 1.0, "data_usage": 1.0, "coherence": 1.0}
-    )
+        default_factory=lambda: {"accuracy": 1.0, "data_usage": 1.0, "coherence": 1.0,
+                                 "confidence": 1.0, "diversity": 1.0}
+    )  # Stage I; components and Stage II weights: trainer/tasks/stock/rewards/__init__.py
 
 
 @dataclass
@@ -214,6 +225,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
     if tp is str:
+        if isinstance(value, date):  # YAML reads an unquoted 2012-12-31 as a date (data.*_end)
+            return value.isoformat()
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
@@ -292,6 +305,11 @@ def validate(cfg: StageConfig) -> None:
             f"reward.weights.{unknown[0]}: unknown reward component; "
             f"use any of {', '.join(REWARD_COMPONENT_NAMES)}"
         )
+    negative = sorted(k for k, w in cfg.reward.weights.items() if w < 0)
+    if negative:
+        raise ConfigError(f"reward.weights.{negative[0]}: must be >= 0 (a component's sign "
+                          f"is its own; a weight only scales it)")
+    _validate_data(cfg.data)
 
 
 def _validate_devices(cfg: StageConfig) -> None:
@@ -318,8 +336,41 @@ def _validate_devices(cfg: StageConfig) -> None:
             f"launch.num_processes is {la.num_processes} (one GPU per learner rank)")
 
 
-# Names the stock task registers (kept here, light, so configs validate without importing it).
-REWARD_COMPONENT_NAMES = ("accuracy", "data_usage", "coherence")
+def _validate_data(d: DataConfig) -> None:
+    unknown = sorted(set(d.columns) - set(DATA_COLUMN_FIELDS))
+    if unknown:
+        raise ConfigError(f"data.columns.{unknown[0]}: unknown field; "
+                          f"map any of {', '.join(DATA_COLUMN_FIELDS)}")
+    for name in ("start", "train_end", "val_end", "test_end"):
+        value = getattr(d, name)
+        if value or name in ("train_end", "val_end"):
+            try:
+                date.fromisoformat(value)
+            except ValueError:
+                raise ConfigError(f"data.{name}: {value!r} is not a date; use YYYY-MM-DD") from None
+    order = [(n, getattr(d, n)) for n in ("start", "train_end", "val_end", "test_end")
+             if getattr(d, n)]
+    for (a, va), (b, vb) in zip(order, order[1:], strict=False):
+        if not va < vb:
+            raise ConfigError(f"data.{b}: {vb} must come after data.{a} ({va})")
+    if d.source == "local" and not d.path:
+        raise ConfigError("data.path: source 'local' needs a CSV/Parquet file or a folder")
+    if d.source == "hf" and not d.hf_name:
+        raise ConfigError("data.hf_name: source 'hf' needs a dataset name or a local copy")
+    if d.source == "synthetic" and d.window < 3:
+        raise ConfigError("data.window: the synthetic market's rule reads the last three "
+                          "days; show at least 3")
+    if d.source == "synthetic" and d.synthetic_days < d.window + 2:
+        raise ConfigError(f"data.synthetic_days: must be at least data.window + 2 "
+                          f"= {d.window + 2}")
+
+
+# Names the stock task registers (kept here, light, so configs validate without importing it;
+# tests check both tuples against the task's registries).
+REWARD_COMPONENT_NAMES = ("accuracy", "accuracy_skew", "data_usage", "coherence", "confidence",
+                          "calibration", "magnitude", "diversity")
+DATA_COLUMN_FIELDS = ("ticker", "date", "close", "adj_close", "name", "info", "news", "prompt",
+                      "label", "change_pct")
 
 
 def from_dict(data: dict[str, Any], source: str = "<dict>") -> StageConfig:

@@ -62,8 +62,8 @@ def collect(task: Task, samples: list[Sample], client: RolloutClient, tokenizer,
     prompt_ids = [encode_prompt(tokenizer, s) for s in samples]
     groups = client.generate(prompt_ids, n=group_size, max_tokens=max_tokens,
                              temperature=temperature, top_p=top_p, seed=seed)
-    components = [task.score(s, c.text) for s, group in zip(samples, groups, strict=True)
-                  for c in group]
+    scored = task.score_batch(samples, [[c.text for c in group] for group in groups])
+    components = [c for per_sample in scored for c in per_sample]
     rewards = [sum(c.values()) for c in components]
     adv = ADVANTAGE_ESTIMATORS[advantage](torch.tensor(rewards), group_size)
     batch = RolloutBatch.from_groups(prompt_ids, groups, rewards, adv, pad_id)

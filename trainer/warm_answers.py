@@ -2,14 +2,16 @@
 
 The reasoning restates facts from the prompt (first and last close, net change, counts of up
 and down days, the stated trend), computed correctly; the prediction and the confidence are
-drawn at random, independently of the next day's move.
+drawn at random, independently of the next day's move. The answers follow the format of
+``trainer/tasks/stock/answer.py`` without its optional ``Expected change`` line (short
+answers fit the demo's token budget), so the parser reads every one of them as valid.
 """
 
 from __future__ import annotations
 
 import random
 
-from trainer.tasks.stock.answer import fmt_price
+from trainer.tasks.stock.prompt import fmt_price
 
 
 def templated_answer(closes: list[float], rng: random.Random) -> str:

@@ -19,10 +19,16 @@ class Task(Protocol):
     """What the learner needs from a domain."""
 
     def split(self, name: str) -> list[Sample]:
-        """Samples of split ``name`` ("train" or "val"), in a fixed order."""
+        """Samples of split ``name`` ("train", "val" or "test"), in a fixed order."""
 
     def score(self, sample: Sample, completion: str) -> dict[str, float]:
-        """Reward components for one completion; the total is their sum (already weighted)."""
+        """Reward components for one completion; the total is their sum (already weighted).
+        For evaluation: batch-level components (e.g. diversity) are 0 for a lone completion."""
+
+    def score_batch(self, samples: list[Sample],
+                    completions: list[list[str]]) -> list[list[dict[str, float]]]:
+        """Reward components for every completion ``completions[i][j]`` of ``samples[i]``,
+        nested the same way; batch-level components see the whole batch. Training uses it."""
 
     def diagnostics(self, sample: Sample, completion: str) -> dict[str, float]:
         """Non-reward measurements of one completion (e.g. correct, format valid), 0..1."""

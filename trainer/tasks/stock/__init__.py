@@ -1,1 +1,4 @@
-"""The stock task: market windows as prompts, answer parsing, rewards."""
+"""The stock task: market data to prompts, answers to rewards (entry point: ``task.py``).
+
+Behind :class:`trainer.tasks.base.Task`; nothing in the GRPO machinery imports from here.
+"""

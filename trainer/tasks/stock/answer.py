@@ -1,12 +1,25 @@
-"""The answer format, its parser (never throws) and the prompt text.
+"""The answer format and its parser, which returns a typed result and never throws.
 
-The model answers in three labelled lines; reasoning first, so the model states what it
-read from the data before it commits::
+The model answers in labelled lines, reasoning first, so it states what it read from the
+data before it commits; ``Expected change`` is optional::
 
-    Reasoning: Close went 150.00 -> 153.50 (+2.33%) -> 156.20 (+1.76%): 2 up days, 0 down
-    days, so the trend is up.
+    Reasoning: The price rose from 150.00 to 153.50 (+2.33%), then to 156.20 (+1.76%).
+    Two consecutive up days, a total gain of 4.13%, so the trend is up.
     Prediction: UP
     Confidence: 87%
+    Expected change: +0.8%
+
+This is the seed's reference example (AAPL 150.00 -> 153.50 -> 156.20, UP, 87%) in our
+labels. Departures from the seed, and why: one next day instead of three (the label is one
+day), labelled lines instead of the seed's ``Day X: ...`` lines (one unambiguous parse), the
+expected % change optional (the direction is what Stage I is judged on).
+
+Parsing rules: labels are case-insensitive and may be bold (``**Prediction:** UP``);
+``Prediction`` must be UP or DOWN, and two different predictions void it; ``Confidence`` is
+a percentage 0-100 (the % sign is optional) and is kept as a fraction 0..1; ``Expected
+change`` is a signed % (no sign means up); the reasoning is the text after ``Reasoning:`` up
+to the next label. Anything missing or out of range leaves that field empty and adds a line
+to ``problems``. Input longer than ``MAX_PARSE_CHARS`` is cut first, so time is bounded.
 """
 
 from __future__ import annotations
@@ -18,13 +31,26 @@ SYSTEM_PROMPT = (
     "You are a market analyst. Read the closing prices and answer in exactly this format:\n"
     "Reasoning: <what the prices and % changes show>\n"
     "Prediction: UP or DOWN\n"
-    "Confidence: <0-100>%"
+    "Confidence: <0-100>%\n"
+    "Expected change: <+/-N.N>% (optional)"
 )
 
-MAX_PARSE_CHARS = 20_000  # longer answers are cut before parsing (bounded regex time)
-_PRED = re.compile(r"prediction\s*[:=]\s*\**\s*(up|down)\b", re.IGNORECASE)
-_CONF = re.compile(r"confidence\s*[:=]\s*\**\s*(\d{1,3}(?:\.\d+)?)\s*%?", re.IGNORECASE)
-_REASON = re.compile(r"reasoning\s*[:=]\s*(.*?)(?=\n\s*(?:prediction|confidence)\s*[:=]|\Z)",
+MAX_PARSE_CHARS = 20_000
+MAX_EXPECTED_CHANGE = 100.0  # |expected % change| above this is treated as a format problem
+
+
+def _label(name: str) -> str:
+    """``Name:`` with optional bold; no leading ``\\s*``, so a long run of spaces or stars
+    cannot make the search quadratic."""
+    return r"\*{0,2}" + name + r"\*{0,2}\s*[:=]\s*\*{0,2}\s*"
+
+
+_PRED = re.compile(_label("prediction") + r"(up|down)\b", re.IGNORECASE)
+_CONF = re.compile(_label("confidence") + r"(\d{1,3}(?:\.\d+)?)\s*%?", re.IGNORECASE)
+_CHANGE = re.compile(_label(r"expected(?:\s?%)?\s?(?:change|move)")
+                     + r"([-+\u2212]?)\s*(\d{1,6}(?:\.\d+)?)\s*%?", re.IGNORECASE)
+_REASON = re.compile(_label("reasoning")
+                     + r"(.*?)(?=\n[ \t]*\*{0,2}(?:prediction|confidence|expected)\b|\Z)",
                      re.IGNORECASE | re.DOTALL)
 
 
@@ -32,6 +58,7 @@ _REASON = re.compile(r"reasoning\s*[:=]\s*(.*?)(?=\n\s*(?:prediction|confidence)
 class ParsedAnswer:
     prediction: str | None = None  # "UP" | "DOWN"
     confidence: float | None = None  # 0..1
+    expected_change: float | None = None  # signed % for the next day
     reasoning: str = ""
     problems: list[str] = field(default_factory=list)
 
@@ -47,23 +74,9 @@ def parse_answer(text: object) -> ParsedAnswer:
         out.problems.append(f"not text: {type(text).__name__}")
         return out
     text = text[:MAX_PARSE_CHARS]
-    preds = _PRED.findall(text)
-    if not preds:
-        out.problems.append("no 'Prediction: UP|DOWN' line")
-    else:
-        out.prediction = preds[0].upper()
-        if len({p.upper() for p in preds}) > 1:
-            out.problems.append("conflicting predictions")
-            out.prediction = None
-    conf = _CONF.search(text)
-    if conf is None:
-        out.problems.append("no 'Confidence: N%' line")
-    else:
-        value = float(conf.group(1))
-        if value > 100:
-            out.problems.append(f"confidence {value} is above 100")
-        else:
-            out.confidence = value / 100.0
+    _prediction(text, out)
+    _confidence(text, out)
+    _expected_change(text, out)
     reason = _REASON.search(text)
     if reason is None or not reason.group(1).strip():
         out.problems.append("no 'Reasoning:' text")
@@ -72,15 +85,34 @@ def parse_answer(text: object) -> ParsedAnswer:
     return out
 
 
-def fmt_price(p: float) -> str:
-    return f"{p:.2f}" if p >= 10 else f"{p:.4f}"
+def _prediction(text: str, out: ParsedAnswer) -> None:
+    preds = {p.upper() for p in _PRED.findall(text)}
+    if not preds:
+        out.problems.append("no 'Prediction: UP|DOWN' line")
+    elif len(preds) > 1:
+        out.problems.append("conflicting predictions")
+    else:
+        out.prediction = preds.pop()
 
 
-def render_prompt(name: str, ticker: str, dates: list[str], closes: list[float],
-                  changes_pct: list[float]) -> str:
-    lines = [f"Stock: {ticker} ({name})",
-             f"Closing prices for the last {len(dates)} trading days:"]
-    for date, close, chg in zip(dates, closes[1:], changes_pct, strict=True):
-        lines.append(f"{date}: {fmt_price(close)} ({chg:+.2f}%)")
-    lines.append("Will the next trading day's close be UP or DOWN?")
-    return "\n".join(lines)
+def _confidence(text: str, out: ParsedAnswer) -> None:
+    conf = _CONF.search(text)
+    if conf is None:
+        out.problems.append("no 'Confidence: N%' line")
+        return
+    value = float(conf.group(1))
+    if value > 100:
+        out.problems.append(f"confidence {value} is above 100")
+    else:
+        out.confidence = value / 100.0
+
+
+def _expected_change(text: str, out: ParsedAnswer) -> None:
+    change = _CHANGE.search(text)
+    if change is None:
+        return  # optional
+    value = float(change.group(2)) * (-1.0 if change.group(1) in ("-", "\u2212") else 1.0)
+    if abs(value) > MAX_EXPECTED_CHANGE:
+        out.problems.append(f"expected change {value}% is beyond +/-{MAX_EXPECTED_CHANGE:g}%")
+    else:
+        out.expected_change = value

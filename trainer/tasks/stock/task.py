@@ -1,68 +1,164 @@
-"""StockTask: turns market windows into chat samples and scores completions."""
+"""StockTask: market data to chat samples, completions to reward components.
+
+Built once per process, before training: it loads ``data.source`` (``sources.py``), cuts
+windows, splits them by time per ticker (``splits.py``), balances Stage I, and keeps the data
+report. Nothing reads files after that, and scoring never throws on any completion.
+"""
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 from trainer.config import DataConfig, RewardConfig
 from trainer.tasks.base import Sample
-from trainer.tasks.stock import data as market
-from trainer.tasks.stock.answer import SYSTEM_PROMPT, parse_answer, render_prompt
-from trainer.tasks.stock.rewards import Facts, score
+from trainer.tasks.stock.answer import SYSTEM_PROMPT, parse_answer
+from trainer.tasks.stock.baselines import Metric, run_baselines
+from trainer.tasks.stock.figures import figures
+from trainer.tasks.stock.problems import DataError
+from trainer.tasks.stock.prompt import render_prompt
+from trainer.tasks.stock.rewards import Facts, score, score_batch
+from trainer.tasks.stock.series import PromptRow, Window, windows_and_flat
+from trainer.tasks.stock.sources import load_source
+from trainer.tasks.stock.splits import SPLITS, SplitStats, assign, balance, ups
+from trainer.tasks.stock.synthetic import bayes_accuracy
+
+PROMPT_FIGURES = 10_000  # figures read from a prompt for the data-usage reward
 
 
-def window_to_sample(w: market.Window) -> Sample:
-    user = render_prompt(w.name, w.ticker, w.dates, w.closes, w.changes_pct)
-    return Sample(
-        id=f"{w.ticker}:{w.next_date}",
-        messages=[{"role": "system", "content": SYSTEM_PROMPT},
-                  {"role": "user", "content": user}],
-        meta={"label": w.label, "closes": w.closes, "changes_pct": w.changes_pct,
-              "next_change_pct": w.next_change_pct},
-    )
+def _messages(user: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+def window_to_sample(w: Window, oracle=None) -> Sample:
+    """A chat sample for a price window; ``oracle`` (synthetic data) adds the exact P(UP)."""
+    user = render_prompt(w.name, w.ticker, w.dates, w.closes, w.changes_pct, w.info, w.news)
+    text = " ".join([w.info, *(h for heads in w.news.values() for h in heads)])
+    meta = {"ticker": w.ticker, "label": w.label, "closes": w.closes,
+            "changes_pct": w.changes_pct, "dates": w.dates, "next_date": w.next_date,
+            "next_change_pct": w.next_change_pct,
+            # closes and changes are known exactly; other figures come from info and news
+            "prompt_numbers": figures(text, PROMPT_FIGURES)[0] if text.strip() else []}
+    if oracle is not None:
+        meta["up_prob"] = oracle(w.changes_pct)
+    return Sample(id=f"{w.ticker}:{w.next_date}", messages=_messages(user), meta=meta)
+
+
+def prompt_row_to_sample(r: PromptRow) -> Sample:
+    """A chat sample for a prompt a dataset wrote; its figures are the known numbers."""
+    numbers, dates = figures(r.text, PROMPT_FIGURES)
+    return Sample(id=f"{r.ticker}:{r.date}", messages=_messages(r.text),
+                  meta={"ticker": r.ticker, "label": r.label, "dates": dates,
+                        "next_date": r.next_date, "next_change_pct": r.next_change_pct,
+                        "prompt_numbers": numbers})
 
 
 class StockTask:
     def __init__(self, data: DataConfig, reward: RewardConfig):
         self.cfg = data
         self.weights = dict(reward.weights)
-        if data.source == "synthetic":
-            series = [market.synthetic_series(data.synthetic_days, data.seed)]
-        else:
-            series = market.load_bundled(data.tickers or None)
-        train, val = [], []
-        for s in series:
-            for w in market.windows(s, data.window):
-                (train if w.next_date <= data.train_end else val).append(w)
-        if data.balance:
-            train = market.balance(train, data.seed)
-            val = market.balance(val, data.seed + 1)
-        if not train:
-            raise ValueError(
-                f"data: no training windows (source={data.source}, window={data.window}, "
-                f"train_end={data.train_end})"
-            )
-        self._splits = {"train": [window_to_sample(w) for w in train],
-                        "val": [window_to_sample(w) for w in val]}
+        loaded = load_source(data)
+        self.report = loaded.report
+        self.has_oracle = loaded.oracle is not None
+        self.tickers = {}  # ticker -> [rows, first date, last date]
+        items: list[tuple[str, str, Window | PromptRow]] = []
+        for s in loaded.series:
+            ws, flat = windows_and_flat(s, data.window)
+            self.report.skip("flat_next_day", flat)
+            items += [(w.base_date, w.next_date, w) for w in ws]
+            self._count_rows(s.ticker, s.dates)
+        for r in loaded.prompts:
+            items.append((r.date, r.next_date or r.date, r))
+            self._count_rows(r.ticker, [r.date])
+        natural = assign(items, data, self.report)
+        kept = {name: balance(xs, data.seed + i) if data.balance else xs
+                for i, (name, xs) in enumerate(natural.items())}
+        self.stats = {name: self._stats(natural[name], kept[name]) for name in SPLITS}
+        for name in SPLITS:
+            self.report.skip("balance_dropped", len(natural[name]) - len(kept[name]),
+                             f"{name}: {len(natural[name]) - len(kept[name])} windows")
+        if not kept["train"]:
+            raise DataError(f"{self.report.origin}: no training windows (window {data.window}, "
+                            f"dates up to data.train_end {data.train_end}; "
+                            f"skipped: {dict(self.report.skipped)})")
+        self.up_ratio = self.stats["train"].up_ratio
+        self._splits = {name: [self._to_sample(x, loaded.oracle) for x in kept[name]]
+                        for name in SPLITS}
+
+    def _count_rows(self, ticker: str, dates: list[str]) -> None:
+        rows, first, last = self.tickers.get(ticker, (0, dates[0], dates[-1]))
+        self.tickers[ticker] = (rows + len(dates), min(first, dates[0]), max(last, dates[-1]))
+
+    @staticmethod
+    def _stats(natural: list, kept: list) -> SplitStats:
+        days = [x.next_date or x.date for x in kept]
+        return SplitStats(len(natural), ups(natural), len(kept), ups(kept),
+                          min(days, default=""), max(days, default=""))
+
+    @staticmethod
+    def _to_sample(item: Window | PromptRow, oracle) -> Sample:
+        if isinstance(item, Window):
+            return window_to_sample(item, oracle)
+        return prompt_row_to_sample(item)
+
+    # ---- the Task interface
 
     def split(self, name: str) -> list[Sample]:
+        if name not in self._splits:
+            raise KeyError(f"split {name!r}: use one of {', '.join(SPLITS)}")
         return self._splits[name]
 
-    def score(self, sample: Sample, completion: str) -> dict[str, float]:
+    def facts(self, sample: Sample) -> Facts:
         m = sample.meta
-        facts = Facts(label=m["label"], closes=m["closes"], changes_pct=m["changes_pct"])
-        return score(parse_answer(completion), facts, self.weights)
+        return Facts(label=m["label"], closes=m.get("closes", []),
+                     changes_pct=m.get("changes_pct", []), dates=m.get("dates", []),
+                     prompt_numbers=m.get("prompt_numbers", []),
+                     next_change_pct=m.get("next_change_pct"), up_ratio=self.up_ratio)
+
+    def score(self, sample: Sample, completion: str) -> dict[str, float]:
+        return score(parse_answer(completion), self.facts(sample), self.weights)
+
+    def score_batch(self, samples: list[Sample],
+                    completions: list[list[str]]) -> list[list[dict[str, float]]]:
+        answers = [parse_answer(c) for group in completions for c in group]
+        facts = [self.facts(s) for s, group in zip(samples, completions, strict=True)
+                 for _ in group]
+        flat = iter(score_batch(answers, facts, self.weights))
+        return [[next(flat) for _ in group] for group in completions]
 
     def diagnostics(self, sample: Sample, completion: str) -> dict[str, float]:
         ans = parse_answer(completion)
-        return {"accuracy": float(ans.prediction == sample.meta["label"]),
-                "format_valid": float(ans.valid),
-                "predicted_up": float(ans.prediction == "UP")}
+        out = {"accuracy": float(ans.prediction == sample.meta["label"]),
+               "format_valid": float(ans.valid),
+               "predicted_up": float(ans.prediction == "UP")}
+        if "up_prob" in sample.meta:  # synthetic data: does the answer pick what Bayes picks?
+            bayes = "UP" if sample.meta["up_prob"] > 0.5 else "DOWN"
+            out["bayes_agreement"] = float(ans.prediction == bayes)
+        return out
+
+    @cached_property
+    def baselines(self) -> dict[str, dict[str, Metric]]:
+        return run_baselines(self._splits)
+
+    def bayes_accuracy(self, name: str) -> float | None:
+        if not self.has_oracle:
+            return None
+        return bayes_accuracy([s.meta["up_prob"] for s in self._splits[name]])
 
     def describe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"source": self.cfg.source}
-        for name, samples in self._splits.items():
-            ups = sum(s.meta["label"] == "UP" for s in samples)
-            out[f"{name}_size"] = len(samples)
-            out[f"{name}_up_ratio"] = round(ups / len(samples), 4) if samples else None
+        out: dict[str, Any] = {"source": self.cfg.source, "origin": self.report.origin,
+                               "window": self.cfg.window, "balanced": self.cfg.balance}
+        for name, st in self.stats.items():
+            out[f"{name}_size"] = st.kept
+            out[f"{name}_up_ratio"] = None if st.up_ratio is None else round(st.up_ratio, 4)
+            out[f"{name}_natural_up_ratio"] = (None if st.natural_up_ratio is None
+                                               else round(st.natural_up_ratio, 4))
+            if self.has_oracle:
+                bayes = self.bayes_accuracy(name)
+                out[f"{name}_bayes_accuracy"] = None if bayes is None else round(bayes, 4)
+        out["skipped"] = dict(self.report.skipped)
+        out["baselines"] = {
+            name: {f"{s}_{k}": None if v is None else round(v, 4)
+                   for s, m in by_split.items() for k, v in (("acc", m.accuracy), ("auc", m.auc))}
+            for name, by_split in self.baselines.items()}
         return out
