@@ -129,6 +129,29 @@ class RunConfig:
 
 
 @dataclass
+class EvalConfig:
+    every_steps: int = 0  # evaluate during training every K steps (0: only at the end)
+    split: Literal["val", "test"] = "val"
+    num_samples: int = 64  # fixed subset (the split's first N samples) for periodic eval; 0: all
+    temperature: float = 0.0  # 0: greedy decoding
+    max_tokens: int = 0  # 0: rollout.max_tokens
+    best_metric: str = "accuracy"  # higher is better; that checkpoint is kept as best/
+
+
+@dataclass
+class GateConfig:
+    """The "Super Saiyan" promotion gate from Stage I to Stage II (thresholds per the seed)."""
+
+    reward_window: int = 20  # the last K training steps
+    min_avg_reward: float = 0.7  # mean batch reward over the window
+    min_val_accuracy: float = 0.8  # accuracy of the final evaluation on eval.split
+    min_reasoning_quality: float = 0.5  # reasoning quality score of that evaluation, 0..1
+    loss_window: int = 20
+    max_abs_loss: float = 0.1  # "low": |mean loss| over the window
+    max_loss_std: float = 0.05  # "stable": std of the loss over the window
+
+
+@dataclass
 class LaunchConfig:
     device: Literal["cpu", "cuda"] = "cuda"
     num_processes: int = 1  # learner ranks per node
@@ -159,6 +182,8 @@ class StageConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -291,6 +316,11 @@ def validate(cfg: StageConfig) -> None:
          "rollout.max_tokens: must be smaller than model.max_model_len"),
         (cfg.rollout.tensor_parallel_size >= 1, "rollout.tensor_parallel_size: must be >= 1"),
         (cfg.launch.slurm_worker_nodes >= 1, "launch.slurm_worker_nodes: must be at least 1"),
+        (cfg.eval.every_steps >= 0, "eval.every_steps: must be >= 0 (0: only at the end)"),
+        (cfg.eval.num_samples >= 0, "eval.num_samples: must be >= 0 (0: the whole split)"),
+        (cfg.eval.temperature >= 0, "eval.temperature: must be >= 0 (0: greedy)"),
+        (cfg.gate.reward_window >= 1 and cfg.gate.loss_window >= 1,
+         "gate.reward_window / gate.loss_window: must be at least 1 step"),
         (not (cfg.launch.zero_stage == 3 and cfg.model.load_in_4bit),
          "launch.zero_stage: ZeRO-3 cannot partition a 4-bit base (model.load_in_4bit: true); "
          "use zero_stage: 2"),
