@@ -66,7 +66,7 @@ FAILING_ALONE = {
     "val_accuracy": (lambda s, e: e.update(accuracy=0.62), "val accuracy 0.620 < 0.800"),
     "reasoning_quality": (lambda s, e: e.update(reasoning_quality=0.4),
                           "reasoning quality 0.400 < 0.500"),
-    "loss_abs_mean": (_loss([-0.21, -0.19]), "|mean loss| 0.200 > 0.100"),
+    "loss_abs_mean": (_loss([-0.21, -0.19]), "abs mean loss 0.200 > 0.100"),
     "loss_std": (_loss([0.1, -0.1]), "loss std 0.100 > 0.050"),
 }
 

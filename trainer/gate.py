@@ -99,7 +99,7 @@ INDICATORS: dict[str, Indicator] = {
         "reasoning quality", ">=", lambda c: c.min_reasoning_quality,
         lambda s, e, c: _eval_value(e, "reasoning_quality")),
     "loss_abs_mean": Indicator(
-        "|mean loss|", "<=", lambda c: c.max_abs_loss,
+        "abs mean loss", "<=", lambda c: c.max_abs_loss,
         lambda s, e, c: _abs(_mean(window(s, "loss", c.loss_window)[0]))),
     "loss_std": Indicator(
         "loss std", "<=", lambda c: c.max_loss_std,
