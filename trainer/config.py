@@ -114,6 +114,10 @@ class RewardConfig:
         default_factory=lambda: {"accuracy": 1.0, "data_usage": 1.0, "coherence": 1.0,
                                  "confidence": 1.0, "diversity": 1.0}
     )  # Stage I; components and Stage II weights: trainer/tasks/stock/rewards/__init__.py
+    # Stage II: read a stated confidence against the natural up ratio instead of 50/50
+    # (prior shift, trainer/tasks/stock/rewards/probability.py); feeds the confidence and
+    # calibration rewards, ROC-AUC and calibration in evaluation.
+    market_aware_confidence: bool = False
 
 
 @dataclass

@@ -3,6 +3,12 @@
 Built once per process, before training: it loads ``data.source`` (``sources.py``), cuts
 windows, splits them by time per ticker (``splits.py``), balances Stage I, and keeps the data
 report. Nothing reads files after that, and scoring never throws on any completion.
+Evaluation (records and metrics: ``evaluation.py``) parses and scores the same way.
+
+With ``reward.market_aware_confidence`` the confidence of an answer is read against the
+training split's natural up ratio (before balancing) instead of 50/50: ``prior_up`` goes into
+every :class:`Facts`, and the confidence rewards, ROC-AUC and calibration read the
+prior-shifted P(UP) (formula: ``rewards/probability.py``).
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ from trainer.config import DataConfig, RewardConfig
 from trainer.tasks.base import Sample
 from trainer.tasks.stock.answer import SYSTEM_PROMPT, parse_answer
 from trainer.tasks.stock.baselines import Metric, run_baselines
+from trainer.tasks.stock.evaluation import eval_record, summarize
 from trainer.tasks.stock.figures import figures
 from trainer.tasks.stock.problems import DataError
 from trainer.tasks.stock.prompt import render_prompt
 from trainer.tasks.stock.rewards import Facts, score, score_batch
+from trainer.tasks.stock.rewards.probability import PLAIN_PRIOR
 from trainer.tasks.stock.series import PromptRow, Window, windows_and_flat
 from trainer.tasks.stock.sources import load_source
 from trainer.tasks.stock.splits import SPLITS, SplitStats, assign, balance, ups
@@ -82,6 +90,8 @@ class StockTask:
                             f"dates up to data.train_end {data.train_end}; "
                             f"skipped: {dict(self.report.skipped)})")
         self.up_ratio = self.stats["train"].up_ratio
+        self.prior_up = (self.stats["train"].natural_up_ratio
+                         if reward.market_aware_confidence else PLAIN_PRIOR)
         self._splits = {name: [self._to_sample(x, loaded.oracle) for x in kept[name]]
                         for name in SPLITS}
 
@@ -113,7 +123,8 @@ class StockTask:
         return Facts(label=m["label"], closes=m.get("closes", []),
                      changes_pct=m.get("changes_pct", []), dates=m.get("dates", []),
                      prompt_numbers=m.get("prompt_numbers", []),
-                     next_change_pct=m.get("next_change_pct"), up_ratio=self.up_ratio)
+                     next_change_pct=m.get("next_change_pct"), up_ratio=self.up_ratio,
+                     prior_up=self.prior_up)
 
     def score(self, sample: Sample, completion: str) -> dict[str, float]:
         return score(parse_answer(completion), self.facts(sample), self.weights)
@@ -136,6 +147,21 @@ class StockTask:
             out["bayes_agreement"] = float(ans.prediction == bayes)
         return out
 
+    # ---- evaluation (evaluation.py defines every field and metric)
+
+    def eval_records(self, samples: list[Sample], completions: list[str]) -> list[dict]:
+        """One JSON record per (sample, completion) pair: label, prediction, confidence,
+        p_up, format_valid, reward and components, reasoning_quality, next_change_pct."""
+        out = []
+        for sample, completion in zip(samples, completions, strict=True):
+            ans, facts = parse_answer(completion), self.facts(sample)
+            out.append(eval_record(sample, ans, facts, score(ans, facts, self.weights)))
+        return out
+
+    def evaluate(self, samples: list[Sample], completions: list[str]) -> dict[str, Any]:
+        """Metrics of one completion per sample (accuracy, ROC-AUC, ECE, confusion, ...)."""
+        return summarize(self.eval_records(samples, completions))
+
     @cached_property
     def baselines(self) -> dict[str, dict[str, Metric]]:
         return run_baselines(self._splits)
@@ -147,7 +173,8 @@ class StockTask:
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"source": self.cfg.source, "origin": self.report.origin,
-                               "window": self.cfg.window, "balanced": self.cfg.balance}
+                               "window": self.cfg.window, "balanced": self.cfg.balance,
+                               "confidence_prior_up": round(self.prior_up, 4)}
         for name, st in self.stats.items():
             out[f"{name}_size"] = st.kept
             out[f"{name}_up_ratio"] = None if st.up_ratio is None else round(st.up_ratio, 4)

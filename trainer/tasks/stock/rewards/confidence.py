@@ -8,6 +8,8 @@
   the realised direction. Brier is a proper scoring rule: the expected reward is highest
   when the stated confidence equals the real chance of being right, so a calibrated
   confidence earns more than a bold or a timid one.
+- Both read the confidence through ``probability.p_predicted``: as stated, or market-aware
+  (prior-shifted to the natural up ratio) when ``reward.market_aware_confidence`` is on.
 - ``magnitude`` (Stage II, seed): for a right direction with an ``Expected change`` of the
   same sign, 0.2 x max(0, 1 - |error| / max(0.5, |actual|)). The seed paid in four steps;
   ours is the continuous version of the same scale.
@@ -16,6 +18,7 @@
 from __future__ import annotations
 
 from trainer.tasks.stock.answer import ParsedAnswer
+from trainer.tasks.stock.rewards.probability import p_predicted
 from trainer.tasks.stock.rewards.registry import Facts, component
 
 WRONG_COST_AT_ZERO = 0.02
@@ -26,15 +29,17 @@ WRONG_COST_AT_FULL = 0.15
 def confidence(ans: ParsedAnswer, facts: Facts) -> float:
     if ans.prediction == facts.label:
         return 0.0
-    c = 1.0 if ans.prediction is None or ans.confidence is None else ans.confidence
+    p = p_predicted(ans, facts.prior_up)
+    c = 1.0 if p is None else p
     return -(WRONG_COST_AT_ZERO + (WRONG_COST_AT_FULL - WRONG_COST_AT_ZERO) * c)
 
 
 @component("calibration", 0.0, 0.2)
 def calibration(ans: ParsedAnswer, facts: Facts) -> float:
-    if ans.prediction is None or ans.confidence is None:
+    p = p_predicted(ans, facts.prior_up)
+    if p is None:
         return 0.0
-    p_real = ans.confidence if ans.prediction == facts.label else 1.0 - ans.confidence
+    p_real = p if ans.prediction == facts.label else 1.0 - p
     return 0.2 * (1.0 - (1.0 - p_real) ** 2)
 
 

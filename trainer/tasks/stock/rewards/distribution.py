@@ -22,7 +22,7 @@ DIVERSITY_COST = 0.1
 SKEW_FLOOR = 0.05  # base rates are clipped to [0.05, 0.95]
 
 
-def _clip_rate(up_ratio: float) -> float:
+def clip_rate(up_ratio: float) -> float:
     return min(1.0 - SKEW_FLOOR, max(SKEW_FLOOR, up_ratio))
 
 
@@ -30,7 +30,7 @@ def _clip_rate(up_ratio: float) -> float:
 def accuracy_skew(ans: ParsedAnswer, facts: Facts) -> float:
     if ans.prediction != facts.label:
         return 0.0
-    p_up = _clip_rate(facts.up_ratio)
+    p_up = clip_rate(facts.up_ratio)
     share = p_up if facts.label == "UP" else 1.0 - p_up
     return 0.6 * min(p_up, 1.0 - p_up) / share
 
@@ -40,7 +40,7 @@ def diversity(answers: list[ParsedAnswer], facts: list[Facts]) -> list[float]:
     made = [a.prediction for a in answers if a.prediction is not None]
     if len(made) < 2:
         return [0.0] * len(answers)
-    target_up = _clip_rate(sum(f.up_ratio for f in facts) / len(facts))
+    target_up = clip_rate(sum(f.up_ratio for f in facts) / len(facts))
     excess_up = made.count("UP") / len(made) - target_up
     over = "UP" if excess_up > 0 else "DOWN"
     room = (1.0 - target_up if over == "UP" else target_up) - DIVERSITY_SLACK

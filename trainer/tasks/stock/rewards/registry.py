@@ -27,6 +27,9 @@ class Facts:
     prompt_numbers: list[float] = field(default_factory=list)  # every figure in the prompt
     next_change_pct: float | None = None  # the realised next-day % change, when known
     up_ratio: float = 0.5  # share of UP labels in the training set (the base rate faced)
+    # the UP prior a stated confidence is read against: 0.5 as stated, the natural up ratio
+    # when reward.market_aware_confidence is on (probability.py)
+    prior_up: float = 0.5
 
     @property
     def trend(self) -> str | None:
