@@ -4,15 +4,15 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stonk-setup
-CONFIG ?= configs/stage1.yaml
+CONFIG ?=
 TINY := models/tiny-qwen2
 WARM := models/tiny-qwen2-fmt
 PYTEST_ARGS ?=
 
-.PHONY: setup demo stage1 tiny-model warmstart test test-fast test-integration lint fix bench clean help
+.PHONY: setup demo stage1 stage2 eval predict tiny-model warmstart test test-fast test-integration lint fix bench clean help
 
 help:
-	@echo "make demo | test | setup | stage1 [CONFIG=...] [NPROC=n] | tiny-model | warmstart | test-fast | lint | fix | bench | clean"
+	@echo "make demo | test | setup | stage1 [CONFIG=...] [NPROC=n] | stage2 STAGE1=run [FORCE=1] | eval RUN=run | predict ADAPTER=.. TICKER=.. PRICES=.. | data | tiny-model | warmstart | test-fast | lint | fix | bench | clean"
 
 # ---- install (idempotent: a stamp that depends on pyproject.toml; seconds when done)
 setup: $(STAMP)
@@ -40,16 +40,29 @@ $(WARM)/config.json: $(TINY)/config.json trainer/warmstart.py
 
 # ---- training
 demo: setup warmstart
-	$(BIN)/python -m launch.cli stage1 --config configs/demo/stage1.yaml $(ARGS)
+	$(BIN)/python -m launch.cli demo $(ARGS)
 
 stage1: setup
 	@case "$(CONFIG)" in configs/demo/*) $(MAKE) --no-print-directory warmstart;; esac
-	$(BIN)/python -m launch.cli stage1 --config $(CONFIG) $(if $(NPROC),--nproc $(NPROC)) $(ARGS)
+	$(BIN)/python -m launch.cli stage1 --config $(or $(CONFIG),configs/stage1.yaml) $(if $(NPROC),--nproc $(NPROC)) $(ARGS)
 
 # ---- data: what a config loads, its splits and skips, and the baselines to beat
 .PHONY: data
 data: setup
-	$(BIN)/python -m launch.cli data --config $(CONFIG)
+	$(BIN)/python -m launch.cli data --config $(or $(CONFIG),configs/stage1.yaml)
+
+stage2: setup
+	@test -n "$(STAGE1)" || { echo "usage: make stage2 STAGE1=runs/<stage1 run> [CONFIG=...] [FORCE=1]"; exit 2; }
+	$(BIN)/python -m launch.cli stage2 --config $(or $(CONFIG),configs/stage2.yaml) \
+		--stage1-run $(STAGE1) $(if $(FORCE),--force) $(if $(NPROC),--nproc $(NPROC)) $(ARGS)
+
+eval: setup
+	@test -n "$(RUN)" || { echo "usage: make eval RUN=runs/<run> [SPLIT=test] [ADAPTER=best]"; exit 2; }
+	$(BIN)/python -m launch.cli eval --run $(RUN) --split $(or $(SPLIT),test) --adapter $(or $(ADAPTER),best) $(ARGS)
+
+predict: setup
+	@test -n "$(ADAPTER)" -a -n "$(TICKER)" || { echo "usage: make predict ADAPTER=<dir> TICKER=T PRICES=p0,p1,... (or CSV=file)"; exit 2; }
+	$(BIN)/python -m launch.cli predict --adapter $(ADAPTER) --ticker $(TICKER) $(if $(PRICES),--prices $(PRICES)) $(if $(CSV),--csv $(CSV)) $(ARGS)
 
 # ---- tests: unit tests first (fast), then integration (real vLLM workers + DeepSpeed)
 test: setup warmstart

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-STAGE_MODULES = {1: ("stage1", "trainer.stage1")}
+STAGE_MODULES = {1: ("stage1", "trainer.train"), 2: ("stage2", "trainer.train")}
 
 
 def set_nproc(cfg, nproc: int) -> None:
@@ -54,16 +54,38 @@ def _stage(args: argparse.Namespace) -> int:
 
         plan = local_plan(cfg)
         name, module = STAGE_MODULES[cfg.stage]
+        run_dir = run_dir_for(cfg, name)
         if args.dry_run:
-            print(dry_run(cfg, plan, module, run_dir_for(cfg, name)))
+            print(dry_run(cfg, plan, module, run_dir))
             return 0
+        if cfg.stage == 2:
+            cfg = _stage2_prepare(cfg, args, run_dir)
         check(cfg, args.config)
     except (ConfigError, PreflightError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from launch.runner import run_stage
 
-    return run_stage(cfg, name, module, plan)
+    return run_stage(cfg, name, module, plan, run_dir)
+
+
+def _stage2_prepare(cfg, args: argparse.Namespace, run_dir: Path):
+    """Gate check and merge of the Stage I model (once: node 0 under Slurm)."""
+    from launch.stage2 import prepare
+    from trainer.config import ConfigError
+
+    if not args.stage1_run:
+        raise ConfigError("stage 2 needs the Stage I run folder: --stage1-run RUN "
+                          "(make stage2 STAGE1=RUN)")
+    stage1 = Path(args.stage1_run)
+    if os.environ.get("SLURM_NODEID", "0") == "0":
+        return prepare(cfg, stage1, run_dir, args.force)
+    import time  # other nodes: wait for node 0's merge on the shared filesystem
+
+    while not (run_dir / "stage2.json").is_file():
+        time.sleep(5)
+    cfg.model.name_or_path = str(run_dir / "base")
+    return cfg
 
 
 def _slurm(args: argparse.Namespace) -> int:
@@ -81,6 +103,8 @@ def _slurm(args: argparse.Namespace) -> int:
         if args.dry_run:
             print(dry_run(cfg, plan, module, run_dir_for(cfg, name, job)))
             return 0
+        if cfg.stage == 2:
+            cfg = _stage2_prepare(cfg, args, run_dir_for(cfg, name, job))
         check(cfg, args.config)
     except (ConfigError, PreflightError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -113,6 +137,52 @@ def _workers(args: argparse.Namespace) -> int:
     return serve_workers(cfg, plan, Path(args.log_dir))
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from launch.offline import evaluate_run
+    from launch.preflight import PreflightError
+    from trainer.config import ConfigError
+
+    try:
+        report = evaluate_run(Path(args.run), args.split, args.adapter, args.set, args.samples,
+                              Path(args.out) if args.out else None)
+    except (ConfigError, PreflightError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"[eval] report: {report}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from launch.offline import predict
+    from trainer.config import ConfigError
+
+    try:
+        closes = _read_prices(args)
+        prompt, answer = predict(Path(args.adapter), Path(args.config) if args.config else None,
+                                 args.ticker, args.name, closes, None)
+    except (ConfigError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(prompt, "\n---\n", answer, sep="")
+    return 0
+
+
+def _read_prices(args: argparse.Namespace) -> list[float]:
+    if bool(args.prices) == bool(args.csv):
+        raise ValueError("give the closes with --prices P0,P1,... or --csv FILE (not both)")
+    if args.prices:
+        return [float(x) for x in args.prices.replace(" ", "").split(",") if x]
+    import csv
+
+    with open(args.csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    col = next((c for c in ("adj_close", "Adj Close", "close", "Close") if rows and c in rows[0]),
+               None)
+    if col is None:
+        raise ValueError(f"{args.csv}: no close column (close, Close, adj_close, Adj Close)")
+    return [float(r[col]) for r in rows[-(args.window + 1):]]
+
+
 def _data(args: argparse.Namespace) -> int:
     from trainer.config import ConfigError, load_config
     from trainer.tasks.stock.problems import DataError
@@ -143,7 +213,19 @@ def _warmstart(rest: list[str]) -> int:
     return 0
 
 
-PASSTHROUGH = {"tiny-model": _tiny_model, "warmstart": _warmstart}
+def _demo(rest: list[str]) -> int:
+    from launch.demo import main
+
+    return main(rest)
+
+
+PASSTHROUGH = {"tiny-model": _tiny_model, "warmstart": _warmstart, "demo": _demo}
+
+
+def _stage2_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stage1-run", help="Stage II: the Stage I run folder to start from")
+    p.add_argument("--force", action="store_true",
+                   help="Stage II: start although the Stage I gate failed (recorded)")
 
 
 def _common(p: argparse.ArgumentParser, default_config: str) -> None:
@@ -162,11 +244,36 @@ def main(argv: list[str] | None = None) -> int:
     s1 = sub.add_parser("stage1", help="run Stage I on this node (vLLM workers + learner)")
     _common(s1, "configs/stage1.yaml")
     s1.set_defaults(fn=_stage, stage=1)
+    s2 = sub.add_parser("stage2", help="run Stage II from a Stage I run that passed the gate")
+    _common(s2, "configs/stage2.yaml")
+    _stage2_args(s2)
+    s2.set_defaults(fn=_stage, stage=2)
     sl = sub.add_parser("slurm", help="run this node's part of a Slurm job (under srun)")
     _common(sl, "configs/multinode/stage1.yaml")
+    _stage2_args(sl)
     sl.set_defaults(fn=_slurm)
+    ev = sub.add_parser("eval", help="evaluate a run's adapter on a split; write its report")
+    ev.add_argument("--run", required=True, help="run folder")
+    ev.add_argument("--split", action="append", choices=["train", "val", "test"],
+                    help="split(s) to evaluate (repeatable; default: test)")
+    ev.add_argument("--adapter", default="best", help="best, latest or an adapter folder")
+    ev.add_argument("--samples", type=int, default=None,
+                    help="first N samples of each split (default: eval.final_samples; 0: all)")
+    ev.add_argument("--out", help="folder for report.md and plots (default: the run folder)")
+    ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override the run's config, e.g. --set data.source=bundled")
+    ev.set_defaults(fn=_eval)
+    pr = sub.add_parser("predict", help="the model's answer for given recent prices")
+    pr.add_argument("--adapter", required=True, help="adapter folder (e.g. RUN/checkpoints/best/adapter)")
+    pr.add_argument("--ticker", required=True)
+    pr.add_argument("--name", default="")
+    pr.add_argument("--prices", help="closes, oldest first: the day before the window, then each day")
+    pr.add_argument("--csv", help="a CSV with a close column; its last WINDOW+1 rows are used")
+    pr.add_argument("--window", type=int, default=5)
+    pr.add_argument("--config", help="worker settings (default: the adapter's run config)")
+    pr.set_defaults(fn=_predict)
     wk = sub.add_parser("workers", help="serve this node's vLLM workers until stopped (for "
-                                        "`accelerate launch -m trainer.stage1 --workers ...`)")
+                                        "`accelerate launch -m trainer.train --workers ...`)")
     _common(wk, "configs/stage1.yaml")
     wk.add_argument("--log-dir", default="runs/workers-logs")
     wk.set_defaults(fn=_workers)
@@ -176,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     dt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config field, e.g. --set data.source=synthetic")
     dt.set_defaults(fn=_data)
+    sub.add_parser("demo", help="both stages end to end on the embedded defaults (make demo)")
     sub.add_parser("tiny-model", help="build the embedded Qwen2-architecture model")
     sub.add_parser("warmstart", help="supervised format warm start of a model")
     argv = sys.argv[1:] if argv is None else argv

@@ -131,7 +131,7 @@ def test_remote_workers_require_api_key(monkeypatch):
         api_key(cfg, plan)
     monkeypatch.setenv("STONK_API_KEY", "s3cret")
     assert api_key(cfg, plan) == "s3cret"
-    text = dry_run(cfg, plan, "trainer.stage1", Path("runs/x"))
+    text = dry_run(cfg, plan, "trainer.train", Path("runs/x"))
     assert "--host gpu07 --port 8100" in text and "--api-key <$STONK_API_KEY>" in text
     assert "CUDA_VISIBLE_DEVICES=3" in text
 

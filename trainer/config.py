@@ -137,6 +137,7 @@ class EvalConfig:
     every_steps: int = 0  # evaluate during training every K steps (0: only at the end)
     split: Literal["val", "test"] = "val"
     num_samples: int = 64  # fixed subset (the split's first N samples) for periodic eval; 0: all
+    final_samples: int = 256  # samples of eval.split and of test evaluated at the end; 0: all
     temperature: float = 0.0  # 0: greedy decoding
     max_tokens: int = 0  # 0: rollout.max_tokens
     best_metric: str = "accuracy"  # higher is better; that checkpoint is kept as best/

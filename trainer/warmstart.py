@@ -28,10 +28,11 @@ def _examples(data: DataConfig, tokenizer, rng: random.Random) -> list[tuple[lis
     from trainer.tasks.stock import data as market
     from trainer.tasks.stock.task import window_to_sample
 
-    if data.source == "synthetic":
-        series = [market.synthetic_series(data.synthetic_days, data.seed)]
-    else:
-        series = market.load_bundled(data.tickers or None)
+    series = []
+    if data.source in ("synthetic", "both"):
+        series.append(market.synthetic_series(data.synthetic_days, data.seed))
+    if data.source in ("bundled", "both"):
+        series += market.load_bundled(data.tickers or None)
     wins: list[Window] = [w for s in series for w in market.windows(s, data.window)
                           if w.next_date <= data.train_end]
     out = []
@@ -90,13 +91,14 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="stonk warmstart", description=__doc__.splitlines()[0])
     p.add_argument("--base", default="models/tiny-qwen2")
     p.add_argument("--out", default="models/tiny-qwen2-fmt")
-    p.add_argument("--source", choices=["bundled", "synthetic"], default="bundled")
+    p.add_argument("--source", choices=["bundled", "synthetic", "both"], default="both")
     p.add_argument("--window", type=int, default=5)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    data = DataConfig(source=a.source, window=a.window)
+    data = DataConfig(source="bundled", window=a.window, synthetic_days=6000)
+    data.source = a.source  # "both" is warm-start only: synthetic and bundled windows
     warm_start(a.base, a.out, data, a.steps, a.batch_size, a.lr, a.seed)
 

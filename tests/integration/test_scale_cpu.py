@@ -74,7 +74,7 @@ def test_accelerate_launch_by_hand_next_to_stonk_workers(tmp_path, warm_model):
         cmd = [sys.executable, "-m", "accelerate.commands.launch",
                "--config_file", "launch/accelerate/cpu_deepspeed.yaml",
                "--num_processes", "2", "--main_process_port", "29611",
-               "-m", "trainer.stage1", "--config", demo, "--set", "train.steps=2",
+               "-m", "trainer.train", "--config", demo, "--set", "train.steps=2",
                "--run-dir", str(run_dir), "--workers", url]
         proc = subprocess.run(cmd, cwd=REPO, env=dict(env, DS_ACCELERATOR="cpu"),
                               capture_output=True, text=True, timeout=900)

@@ -33,5 +33,14 @@ class Task(Protocol):
     def diagnostics(self, sample: Sample, completion: str) -> dict[str, float]:
         """Non-reward measurements of one completion (e.g. correct, format valid), 0..1."""
 
+    def aggregate(self, diags: list[dict[str, float]]) -> dict[str, float]:
+        """Per-step statistics (logged as task/<name>) from a batch's diagnostics."""
+
+    def eval_records(self, samples: list[Sample], completions: list[str]) -> list[dict]:
+        """One JSON-serialisable record per (sample, completion) for evaluation."""
+
+    def summarize(self, records: list[dict]) -> dict[str, Any]:
+        """Evaluation metrics (accuracy, ROC-AUC, calibration ...) from records."""
+
     def describe(self) -> dict[str, Any]:
         """Counts and facts worth logging once (sizes, label balance)."""

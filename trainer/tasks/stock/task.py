@@ -139,13 +139,36 @@ class StockTask:
 
     def diagnostics(self, sample: Sample, completion: str) -> dict[str, float]:
         ans = parse_answer(completion)
-        out = {"accuracy": float(ans.prediction == sample.meta["label"]),
+        correct = ans.prediction == sample.meta["label"]
+        actual_up = sample.meta["label"] == "UP"
+        out = {"accuracy": float(correct),
                "format_valid": float(ans.valid),
-               "predicted_up": float(ans.prediction == "UP")}
+               "predicted_up": float(ans.prediction == "UP"),
+               "actual_up": float(actual_up),
+               "correct_up": float(correct and actual_up),
+               "correct_down": float(correct and not actual_up)}
         if "up_prob" in sample.meta:  # synthetic data: does the answer pick what Bayes picks?
             bayes = "UP" if sample.meta["up_prob"] > 0.5 else "DOWN"
             out["bayes_agreement"] = float(ans.prediction == bayes)
         return out
+
+    def aggregate(self, diags: list[dict[str, float]]) -> dict[str, float]:
+        """Per-step statistics of a batch's diagnostics: means, plus the market statistics
+        (predicted vs actual up ratio, accuracy on UP days and on DOWN days)."""
+        n = max(len(diags), 1)
+        out = {k: sum(d[k] for d in diags) / n for k in diags[0]} if diags else {}
+        ups = sum(d["actual_up"] for d in diags)
+        downs = len(diags) - ups
+        out["up_accuracy"] = sum(d["correct_up"] for d in diags) / ups if ups else float("nan")
+        out["down_accuracy"] = (sum(d["correct_down"] for d in diags) / downs
+                                if downs else float("nan"))
+        for k in ("correct_up", "correct_down"):
+            out.pop(k, None)
+        return out
+
+    def summarize(self, records: list[dict]) -> dict[str, Any]:
+        """Evaluation metrics from :meth:`eval_records` output (no second parse)."""
+        return summarize(records)
 
     # ---- evaluation (evaluation.py defines every field and metric)
 

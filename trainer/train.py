@@ -1,4 +1,10 @@
-"""Stage I: GRPO on the balanced 50/50 set. Read top to bottom: config, setup, loop, checkpoint.
+"""The GRPO recipe for both stages. Read top to bottom: config, setup, loop, checkpoint,
+final evaluation (and, after Stage I, the promotion gate), report.
+
+Stage I trains a LoRA on the base model with the balanced set; Stage II runs the same recipe
+on the merged Stage I model (prepared by ``launch/stage2.py``) with its own config: natural
+distribution, smaller LoRA, lower learning rate, enhanced reward. The stage only changes
+what the config says, never the code path.
 
 Started through ``accelerate launch``, one process per learner rank: by the launcher
 (``launch/runner.py``), which first starts the vLLM workers and writes ``workers.json`` and
@@ -26,6 +32,7 @@ from rollout.adapter_store import AdapterStore, atomic_write_text
 from rollout.client import RolloutClient
 from trainer.config import load_config, save_config
 from trainer.dist import mean_across_ranks, rank_and_world
+from trainer.evaluate import eval_samples, keep_best, run_eval, save_eval, scalar_metrics
 from trainer.learner import Learner
 from trainer.metrics import MetricsWriter, PhaseTimer, Progress
 from trainer.rollouts import PromptSampler, collect, write_rollouts
@@ -47,7 +54,7 @@ def save_checkpoint(run_dir: Path, step: int, adapter_dir: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Stage I learner ranks (one per process)")
+    parser = argparse.ArgumentParser(description="GRPO learner ranks (one per process)")
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--config", help="config file (default: <run-dir>/config.yaml, "
                                          "written by the launcher)")
@@ -85,9 +92,12 @@ def main(argv: list[str] | None = None) -> None:
     store = AdapterStore(cfg.run.adapter_dir or run_dir / "adapters")
     metrics = MetricsWriter(run_dir / "metrics.jsonl") if rank == 0 else None
     rollouts_path = run_dir / f"rollouts.rank{rank}.jsonl"
+    tag = f"[stage{cfg.stage}]"
+    watch = eval_samples(task, cfg, cfg.eval.split, cfg.eval.num_samples)  # fixed eval subset
     if rank == 0:
-        print(f"[stage1] {world} learner rank(s), {len(urls)} worker(s), task {task.describe()}",
-              flush=True)
+        d = task.describe()
+        sizes = {k: v for k, v in d.items() if k.endswith(("_size", "_up_ratio", "source"))}
+        print(f"{tag} {world} learner rank(s), {len(urls)} worker(s), data {sizes}", flush=True)
 
     def publish(version: int) -> None:
         state = learner.adapter_state()  # collective under ZeRO-3
@@ -122,8 +132,7 @@ def main(argv: list[str] | None = None) -> None:
                 local[f"reward/{name}"] = sum(c[name] for c in components) / len(components)
             diags = [task.diagnostics(s, c.text) for s, g in zip(samples, groups, strict=True)
                      for c in g]
-            for name in diags[0]:
-                local[f"task/{name}"] = sum(d[name] for d in diags) / len(diags)
+            local.update({f"task/{k}": v for k, v in task.aggregate(diags).items()})
             if cfg.run.log_rollouts_every and step % cfg.run.log_rollouts_every == 0:
                 write_rollouts(rollouts_path, step, samples, batch, groups, components)
         with timer("learner"):
@@ -135,6 +144,15 @@ def main(argv: list[str] | None = None) -> None:
         if rank == 0:
             record.update(step=step, adapter_version=step,
                           sampled_with_version=int(batch.adapter_version.max()))
+            if cfg.eval.every_steps and step % cfg.eval.every_steps == 0:
+                with timer("eval"):
+                    ev = run_eval(task, watch, client, learner.tokenizer, cfg)["metrics"]
+                record.update(scalar_metrics(ev, "eval/"))
+                record["time/eval"] = round(timer.seconds["eval"], 4)
+                value = ev.get(cfg.eval.best_metric)
+                if isinstance(value, (int, float)) and keep_best(
+                        run_dir, store.path(step), step, float(value), cfg.eval.best_metric):
+                    record["eval/new_best"] = 1.0
             metrics.write(record)
             print(progress.line(step, record), flush=True)
 
@@ -147,8 +165,37 @@ def main(argv: list[str] | None = None) -> None:
         served = {url: client.served_adapter_path(url) for url in urls}
         (run_dir / "served_adapters.json").write_text(json.dumps(served, indent=2))
         metrics.close()
-        print(f"[stage1] done: {tc.steps} steps, run folder {run_dir}", flush=True)
+        print(f"{tag} done: {tc.steps} steps; final evaluation", flush=True)
+        finish(cfg, task, client, learner.tokenizer, run_dir, tag)
+    acc.wait_for_everyone()
     acc.end_training()
+
+
+def finish(cfg, task, client, tokenizer, run_dir: Path, tag: str) -> None:
+    """Final evaluation on eval.split and test, the gate after Stage I, the report."""
+    from trainer.gate import check_gate, write_gate
+    from trainer.report import write_report
+
+    evals = {}
+    for split in dict.fromkeys([cfg.eval.split, "test"]):
+        samples = eval_samples(task, cfg, split, cfg.eval.final_samples)
+        if samples:
+            evals[split] = run_eval(task, samples, client, tokenizer, cfg)
+            save_eval(run_dir / "eval" / f"{split}.json", evals[split])
+    gate = None
+    if cfg.stage == 1:
+        rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        gate = check_gate(rows, evals.get(cfg.eval.split, {}).get("metrics", {}), cfg.gate)
+        write_gate(run_dir, gate)
+        print(f"{tag} promotion gate: {'PASSED' if gate['passed'] else 'not passed'} "
+              f"({run_dir / 'gate.json'})", flush=True)
+    report = write_report(run_dir, evals, baselines=task.describe().get("baselines"),
+                          gate=gate, notes=getattr(task, "report_notes", lambda: [])())
+    for split, ev in evals.items():
+        m = ev["metrics"]
+        print(f"{tag} {split}: accuracy {m.get('accuracy', float('nan')):.3f}, format valid "
+              f"{m.get('format_valid', float('nan')):.3f}, n={m.get('n')}", flush=True)
+    print(f"{tag} report: {report}", flush=True)
 
 
 if __name__ == "__main__":

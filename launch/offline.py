@@ -1,0 +1,118 @@
+"""Use a trained adapter outside training: ``stonk eval`` (a run's report on a split) and
+``stonk predict`` (one answer for given prices). Both start one vLLM worker serving the
+adapter's base model, publish the adapter to it, and stop it on every exit path.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+from trainer.config import ConfigError, StageConfig, load_config
+
+
+def find_run_config(adapter: Path) -> Path | None:
+    """The run's config.yaml above an adapter folder (checkpoints/step_N/adapter, adapters/vK)."""
+    for parent in adapter.resolve().parents:
+        if (parent / "config.yaml").is_file() and (parent / "metrics.jsonl").exists():
+            return parent / "config.yaml"
+    return None
+
+
+def resolve_adapter(run_dir: Path, which: str) -> Path:
+    ckpt = run_dir / "checkpoints"
+    if which == "best" and (ckpt / "best" / "adapter").is_dir():
+        return ckpt / "best" / "adapter"
+    if which in ("best", "latest"):
+        latest = ckpt / "LATEST"
+        if latest.is_file():
+            return ckpt / latest.read_text().strip() / "adapter"
+        raise ConfigError(f"{run_dir}: no checkpoint to evaluate (checkpoints/LATEST missing)")
+    path = Path(which)
+    if not (path / "adapter_config.json").is_file():
+        raise ConfigError(f"--adapter {which}: not a peft adapter folder (no adapter_config.json)")
+    return path
+
+
+@contextmanager
+def serving(cfg: StageConfig, adapter: Path, log_dir: Path):
+    """A RolloutClient whose single worker serves ``adapter`` on ``cfg.model``."""
+    from launch.plan import local_plan
+    from launch.runner import api_key, worker_specs
+    from rollout.client import RolloutClient
+    from rollout.server import WorkerPool
+
+    cfg.rollout.num_workers = 1
+    if cfg.launch.worker_gpus:
+        cfg.launch.worker_gpus = cfg.launch.worker_gpus[:cfg.rollout.tensor_parallel_size]
+    plan = local_plan(cfg)
+    key = api_key(cfg, plan)
+    pool = WorkerPool(worker_specs(cfg, plan.local_workers, key, probe_ports=True), log_dir,
+                      cfg.rollout.startup_timeout_s)
+    with pool:
+        client = RolloutClient(pool.urls, timeout=cfg.rollout.request_timeout_s, api_key=key)
+        client.publish(0, adapter)
+        yield client
+
+
+def evaluate_run(run_dir: Path, splits: list[str], which: str, overrides: list[str],
+                 samples: int | None, out: Path | None) -> Path:
+    from trainer.gate import read_gate
+    from trainer.report import write_report
+    from transformers import AutoTokenizer
+
+    from trainer.evaluate import eval_samples, run_eval, save_eval
+    from trainer.tasks import build_task
+
+    cfg = load_config(run_dir / "config.yaml", overrides)
+    adapter = resolve_adapter(run_dir, which)
+    out = out or run_dir
+    task = build_task(cfg)
+    tok = AutoTokenizer.from_pretrained(cfg.model.name_or_path,
+                                        trust_remote_code=cfg.model.trust_remote_code)
+    limit = cfg.eval.final_samples if samples is None else samples
+    evals = {}
+    with serving(cfg, adapter, out / "logs") as client:
+        for split in splits:
+            evals[split] = run_eval(task, eval_samples(task, cfg, split, limit), client, tok, cfg)
+            save_eval(out / "eval" / f"{split}.json", evals[split])
+            m = evals[split]["metrics"]
+            print(f"[eval] {split}: accuracy {m.get('accuracy')}, roc_auc {m.get('roc_auc')}, "
+                  f"format valid {m.get('format_valid')}, n={m.get('n')}", flush=True)
+    gate = read_gate(run_dir) if (run_dir / "gate.json").is_file() and out == run_dir else None
+    notes = [f"adapter: {adapter}", f"data source: {cfg.data.source}"]
+    return write_report(out, evals, baselines=task.describe().get("baselines"), gate=gate,
+                        notes=notes)
+
+
+def predict(adapter: Path, config: Path | None, ticker: str, name: str, closes: list[float],
+            dates: list[str] | None) -> tuple[str, str]:
+    """(the prompt, the model's answer) for the window ``closes`` (the day before, then the shown days)."""
+    from transformers import AutoTokenizer
+
+    from trainer.rollouts import encode_prompt
+    from trainer.tasks.stock.series import Window
+    from trainer.tasks.stock.task import window_to_sample
+
+    if len(closes) < 3 or min(closes) <= 0:
+        raise ConfigError("--prices: give at least 3 positive closes (the day before the "
+                          "window, then each shown day)")
+    config = config or find_run_config(adapter)
+    if config is None:
+        raise ConfigError(f"--adapter {adapter}: not inside a run folder; pass --config")
+    cfg = load_config(config)
+    base = json.loads((adapter / "adapter_config.json").read_text()).get(
+        "base_model_name_or_path") or cfg.model.name_or_path
+    cfg.model.name_or_path = base
+    shown = len(closes) - 1
+    dates = dates or [f"day {i - shown}" for i in range(shown)]
+    if len(dates) != shown:
+        raise ConfigError(f"--dates: {len(dates)} dates for {shown} shown days")
+    window = Window(ticker, name or ticker, dates, closes, "next", closes[-1])
+    sample = window_to_sample(window)
+    tok = AutoTokenizer.from_pretrained(base, trust_remote_code=cfg.model.trust_remote_code)
+    with serving(cfg, adapter, Path("runs") / "predict-logs") as client:
+        (group,) = client.generate([encode_prompt(tok, sample)], n=1,
+                                   max_tokens=cfg.rollout.max_tokens, temperature=0.0)
+    return sample.messages[-1]["content"], group[0].text

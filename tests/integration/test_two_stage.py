@@ -1,0 +1,106 @@
+"""Both stages end to end on the embedded model (a few steps each) through `stonk demo`:
+runs, gate.json, reports, valid PNGs, the merged Stage II base, and the gate's refusal."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.integration.helpers import REPO
+
+pytestmark = pytest.mark.integration
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory, warm_model):
+    root = tmp_path_factory.mktemp("demo")
+    cmd = [sys.executable, "-m", "launch.cli", "demo", "--name", "d", "--output-dir", str(root),
+           "--stage1-steps", "2", "--stage2-steps", "2", "--set", "eval.final_samples=16",
+           "--set", "eval.every_steps=1", "--set", "eval.num_samples=8"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    return root / "d", proc.stdout
+
+
+def _valid_png(path):
+    import matplotlib.image as mpimg
+
+    assert path.read_bytes()[:8] == PNG_SIGNATURE, path
+    img = mpimg.imread(path)
+    assert img.ndim == 3 and img.shape[0] > 50 and img.shape[1] > 50, path
+
+
+def test_stage1_gate_report_and_plots(demo):
+    root, _ = demo
+    s1 = root / "stage1"
+    gate = json.loads((s1 / "gate.json").read_text())
+    names = {i["name"] for i in gate["indicators"]}
+    assert len(names) >= 5 and all({"value", "threshold", "passed"} <= set(i)
+                                   for i in gate["indicators"])
+    assert "## " in (s1 / "report.md").read_text()
+    pngs = sorted(s1.glob("*.png"))
+    assert {p.name for p in pngs} >= {"curves.png", "components.png", "roc.png",
+                                      "reliability.png", "confusion.png"}
+    for p in pngs:
+        _valid_png(p)
+    assert (s1 / "checkpoints" / "best" / "adapter" / "adapter_model.safetensors").is_file()
+    rows = [json.loads(x) for x in (s1 / "metrics.jsonl").read_text().splitlines()]
+    assert all("eval/accuracy" in r for r in rows)  # eval.every_steps=1
+
+
+def test_stage2_starts_from_the_merged_stage1_model(demo):
+    root, _ = demo
+    s2 = root / "stage2"
+    record = json.loads((s2 / "stage2.json").read_text())
+    gate = json.loads((root / "stage1" / "gate.json").read_text())
+    assert record["forced"] == (not gate["passed"])
+    assert (s2 / "base" / "model.safetensors").is_file()
+    cfg = (s2 / "config.yaml").read_text()
+    assert f"name_or_path: {s2 / 'base'}" in cfg and "stage: 2" in cfg
+    adapter_cfg = json.loads((s2 / "adapters/v000002/adapter_config.json").read_text())
+    assert adapter_cfg["r"] == 8
+    assert (s2 / "report.md").is_file() and (s2 / "eval" / "test.json").is_file()
+    for p in s2.glob("*.png"):
+        _valid_png(p)
+
+
+def test_demo_summary_and_real_data_report(demo):
+    root, out = demo
+    summary = (root / "SUMMARY.md").read_text()
+    assert "accuracy / Bayes" in summary and "answers that parse" in summary
+    assert (root / "stage1" / "real-data" / "report.md").is_file()
+    assert "[demo] summary:" in out
+
+
+def test_stage2_refuses_a_failed_gate_without_force(demo, tmp_path):
+    root, _ = demo
+    s1 = root / "stage1"
+    gate = json.loads((s1 / "gate.json").read_text())
+    if gate["passed"]:
+        gate["passed"] = False
+        gate["indicators"][0]["passed"] = False
+        (s1 / "gate.json").write_text(json.dumps(gate))
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.cli", "stage2", "--config", "configs/demo/stage2.yaml",
+         "--stage1-run", str(s1), "--set", f"run.output_dir={tmp_path}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "promotion gate did not pass" in proc.stderr and "FORCE=1" in proc.stderr
+    assert not list(tmp_path.glob("*/base"))  # nothing merged, nothing started
+
+
+def test_predict_prints_an_answer_from_a_worker_serving_the_adapter(demo):
+    root, _ = demo
+    adapter = root / "stage1" / "checkpoints" / "best" / "adapter"
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.cli", "predict", "--adapter", str(adapter),
+         "--ticker", "ACME", "--prices", "100,101.5,100.9,102.3,103.0,102.1"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    prompt, _, answer = proc.stdout.partition("\n---\n")
+    assert "ACME" in prompt and "101.50" in prompt and "(-0.87%)" in prompt
+    assert "Prediction:" in answer

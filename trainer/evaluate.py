@@ -1,0 +1,74 @@
+"""Evaluation through the workers: generate one answer per sample, let the task score it.
+
+Used by the training loop (every ``eval.every_steps`` on a fixed subset, and at the end) and
+by ``stonk eval`` on a finished run. Generation goes through the same vLLM workers and the
+same published adapter as training, greedy by default (``eval.temperature: 0``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from rollout.adapter_store import atomic_write_text
+from rollout.client import RolloutClient
+from trainer.config import StageConfig
+from trainer.rollouts import encode_prompt
+from trainer.tasks.base import Sample
+
+
+def eval_samples(task, cfg: StageConfig, split: str, limit: int) -> list[Sample]:
+    """The split's first ``limit`` samples (0: all): a fixed subset, comparable across steps."""
+    samples = task.split(split)
+    return samples[:limit] if limit else samples
+
+
+def run_eval(task, samples: list[Sample], client: RolloutClient, tokenizer,
+             cfg: StageConfig) -> dict[str, Any]:
+    """{"metrics": task metrics, "records": one record per sample} for these samples."""
+    if not samples:
+        return {"metrics": {"n": 0}, "records": []}
+    ec = cfg.eval
+    prompts = [encode_prompt(tokenizer, s) for s in samples]
+    groups = client.generate(prompts, n=1, max_tokens=ec.max_tokens or cfg.rollout.max_tokens,
+                             temperature=ec.temperature, top_p=1.0)
+    records = task.eval_records(samples, [g[0].text for g in groups])
+    for rec, g in zip(records, groups, strict=True):
+        rec["adapter_version"] = g[0].adapter_version
+        rec["text"] = g[0].text
+    return {"metrics": task.summarize(records), "records": records}
+
+
+def scalar_metrics(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
+    """The numeric top-level entries, prefixed, for metrics.jsonl."""
+    return {f"{prefix}{k}": float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def save_eval(path: Path, result: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(result, indent=1, default=str))
+
+
+def keep_best(run_dir: Path, adapter_dir: Path, step: int, value: float, metric: str) -> bool:
+    """Copy the adapter to checkpoints/best (atomically) if ``value`` beats the best so far."""
+    ckpt = run_dir / "checkpoints"
+    info_path = ckpt / "best.json"
+    best = json.loads(info_path.read_text())["value"] if info_path.exists() else None
+    if best is not None and value <= best:
+        return False
+    ckpt.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt / f".tmp-best-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(adapter_dir, tmp / "adapter")
+    old = ckpt / ".old-best"
+    shutil.rmtree(old, ignore_errors=True)
+    if (ckpt / "best").exists():
+        os.rename(ckpt / "best", old)
+    os.rename(tmp, ckpt / "best")
+    shutil.rmtree(old, ignore_errors=True)
+    atomic_write_text(info_path, json.dumps({"step": step, "metric": metric, "value": value}))
+    return True
