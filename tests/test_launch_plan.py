@@ -161,3 +161,14 @@ def test_batch_files_parse_and_dry_run_through_cli(tmp_path):
     assert "learner on gpu08: machine_rank=0/2 processes=16 main=gpu08:29500" in out
     assert "--num_machines 2 --machine_rank 0 --main_process_ip gpu08" in out
     assert "start worker" not in out  # this node runs no worker
+
+
+def test_stage2_slurm_dry_run_uses_the_stage2_recipe():
+    env = dict(os.environ, STONK_API_KEY="k", **slurm_env("gpu[07-08]", 2, 1))
+    out = subprocess.run([sys.executable, "-m", "launch.cli", "slurm", "--config",
+                          str(REPO / "configs/multinode/stage2.yaml"), "--dry-run"],
+                         cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout
+    assert "-m trainer.train --run-dir runs/stage2-job777" in out
+    assert "learner on gpu08: machine_rank=0/1 processes=8" in out
+    text = (REPO / "launch/slurm/stage2_multinode.sbatch").read_text()
+    assert "--stage1-run" in text and "${FORCE:+--force}" in text
