@@ -29,7 +29,13 @@ import urllib.request
 from pathlib import Path
 
 from launch.plan import LearnerSlot, Plan, WorkerSlot
-from rollout.server import WorkerPool, WorkerSpec, _die_with_parent, _group_alive
+from rollout.server import (
+    WorkerError,
+    WorkerPool,
+    WorkerSpec,
+    _die_with_parent,
+    _group_alive,
+)
 from rollout.supervisor import Supervisor
 from trainer.config import ConfigError, StageConfig, save_config
 
@@ -206,6 +212,22 @@ def supervise(cfg: StageConfig, pool: WorkerPool, key: str | None, run_dir: Path
         manifest_path=run_dir / "workers.json" if run_dir else None, tag=tag).start()
 
 
+def _start_pool(pool: WorkerPool, cfg: StageConfig) -> bool:
+    """Start the workers; on failure say why, with the settings to change if it was memory."""
+    from launch.preflight import worker_failure_hint
+
+    try:
+        pool.start()
+        return True
+    except WorkerError as exc:
+        logs = "".join(w.log_path.read_text(errors="replace") for w in pool.workers
+                       if w.log_path.is_file())  # the root cause is often above the tail
+        hint = worker_failure_hint(f"{exc}\n{logs}", cfg)
+        print(f"[launch] error: {exc}" + (f"\n[launch] {hint}" if hint else ""),
+              file=sys.stderr, flush=True)
+        return False
+
+
 def _learner_failed(code: int, run_dir: Path, stage: int) -> None:
     from trainer.checkpoint import latest, read_state
 
@@ -253,7 +275,8 @@ def run_stage(cfg: StageConfig, stage: str, module: str, plan: Plan,
         t0 = time.perf_counter()
         print(f"[launch] starting {len(pool.workers)} vLLM worker(s): {', '.join(pool.urls)} "
               f"(logs in {run_dir / 'logs'})", flush=True)
-        pool.start()
+        if not _start_pool(pool, cfg):
+            return 1
         pool.write_manifest(run_dir / "workers.json")
         supervisor = supervise(cfg, pool, key, run_dir)
         cleanups.append(supervisor.stop)
@@ -278,7 +301,8 @@ def serve_workers(cfg: StageConfig, plan: Plan, log_dir: Path) -> int:
         pool = WorkerPool(worker_specs(cfg, plan.local_workers, key, probe_ports=False),
                           log_dir, cfg.rollout.startup_timeout_s)
         cleanups.append(lambda: (pool.stop(), print("[workers] stopped", flush=True)))
-        pool.start()
+        if not _start_pool(pool, cfg):
+            return 1
         supervisor = supervise(cfg, pool, key, None, tag="[workers]")
         cleanups.append(supervisor.stop)
         print(f"[workers] serving {','.join(pool.urls)} (logs in {log_dir}); Ctrl-C stops",

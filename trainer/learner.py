@@ -132,6 +132,12 @@ class Learner:
 
     def train_step(self, batch: RolloutBatch) -> dict[str, float]:
         """One optimizer step on this rank's batch, accumulated over micro-batches."""
+        try:
+            return self._train_step(batch)
+        except torch.OutOfMemoryError as exc:
+            raise OutOfMemory(out_of_memory_message(self.cfg, batch, exc)) from None
+
+    def _train_step(self, batch: RolloutBatch) -> dict[str, float]:
         tc = self.cfg.train
         self.model.train()
         totals: dict[str, float] = {}
@@ -228,6 +234,23 @@ class Learner:
 
 
 STATE_TAG = "state"
+
+
+class OutOfMemory(RuntimeError):
+    """The learner ran out of GPU memory; the message names the settings to lower."""
+
+
+def out_of_memory_message(cfg: StageConfig, batch: RolloutBatch, exc: Exception) -> str:
+    tc, rc = cfg.train, cfg.rollout
+    seq = max(len(p) for p in batch.prompt_ids) + batch.completion_ids.shape[1]
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (f"the learner ran out of GPU memory in a micro-batch of train.micro_batch_size="
+            f"{tc.micro_batch_size} sequences of up to {seq} tokens ({first}). Lower "
+            f"train.micro_batch_size first (it must divide train.prompts_per_rank x "
+            f"rollout.group_size = {tc.prompts_per_rank} x {rc.group_size}), then "
+            f"rollout.max_tokens ({rc.max_tokens}); with a colocated worker also "
+            f"rollout.gpu_memory_utilization ({rc.gpu_memory_utilization}); or set "
+            f"model.load_in_4bit: true (now {cfg.model.load_in_4bit}).")
 
 
 def _only_trainable_in_module_state(engine) -> None:

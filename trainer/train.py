@@ -41,13 +41,13 @@ from trainer import checkpoint
 from trainer.config import load_config, save_config
 from trainer.dist import mean_across_ranks, rank_and_world
 from trainer.evaluate import eval_samples, keep_best, run_eval, save_eval, scalar_metrics
-from trainer.learner import Learner
+from trainer.learner import Learner, OutOfMemory
 from trainer.metrics import MetricsWriter, PhaseTimer, Progress
 from trainer.rollouts import PromptSampler, collect, write_rollouts
 from trainer.tasks import build_task
 
 STATUS = "workers_status.json"  # written by the launcher's supervisor (rollout/supervisor.py)
-EXIT_STOPPED = 3  # a clean stop: a checkpoint write failed, or every worker is gone
+EXIT_STOPPED = 3  # a clean stop: checkpoint write failed, every worker gone, out of memory
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         train(args)
-    except (checkpoint.CheckpointError, NoWorkersError) as exc:  # a clean stop
+    except (checkpoint.CheckpointError, NoWorkersError, OutOfMemory) as exc:  # clean stops
         if str(exc) != "see rank 0":  # the other ranks leave the explaining to rank 0
             print(f"[stop] rank {rank_and_world()[0]}: {stop_message(exc, Path(args.run_dir))}",
                   file=sys.stderr, flush=True)
