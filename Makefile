@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 .PHONY: setup demo stage1 stage2 eval predict tiny-model warmstart test test-fast test-integration lint fix bench clean help
 
 help:
-	@echo "make demo | test | setup | stage1 [CONFIG=...] [NPROC=n] | stage2 STAGE1=run [FORCE=1] | eval RUN=run | predict ADAPTER=.. TICKER=.. PRICES=.. | data | tiny-model | warmstart | test-fast | lint | fix | bench | clean"
+	@echo "make demo | test | setup | stage1 [CONFIG=...] [NPROC=n] [RESUME=run] | stage2 STAGE1=run [FORCE=1] [RESUME=run] | eval RUN=run | predict ADAPTER=.. TICKER=.. PRICES=.. | data | tiny-model | warmstart | test-fast | lint | fix | bench | clean"
 
 # ---- install (idempotent: a stamp that depends on pyproject.toml; seconds when done)
 setup: $(STAMP)
@@ -42,9 +42,10 @@ $(WARM)/config.json: $(TINY)/config.json trainer/warmstart.py
 demo: setup warmstart
 	$(BIN)/python -m launch.cli demo $(ARGS)
 
+# RESUME=runs/<run>: continue that run from its latest checkpoint, with its own config.yaml
 stage1: setup
 	@case "$(CONFIG)" in configs/demo/*) $(MAKE) --no-print-directory warmstart;; esac
-	$(BIN)/python -m launch.cli stage1 --config $(or $(CONFIG),configs/stage1.yaml) $(if $(NPROC),--nproc $(NPROC)) $(ARGS)
+	$(BIN)/python -m launch.cli stage1 $(if $(RESUME),--resume $(RESUME),--config $(or $(CONFIG),configs/stage1.yaml)) $(if $(NPROC),--nproc $(NPROC)) $(ARGS)
 
 # ---- data: what a config loads, its splits and skips, and the baselines to beat
 .PHONY: data
@@ -52,9 +53,9 @@ data: setup
 	$(BIN)/python -m launch.cli data --config $(or $(CONFIG),configs/stage1.yaml)
 
 stage2: setup
-	@test -n "$(STAGE1)" || { echo "usage: make stage2 STAGE1=runs/<stage1 run> [CONFIG=...] [FORCE=1]"; exit 2; }
-	$(BIN)/python -m launch.cli stage2 --config $(or $(CONFIG),configs/stage2.yaml) \
-		--stage1-run $(STAGE1) $(if $(FORCE),--force) $(if $(NPROC),--nproc $(NPROC)) $(ARGS)
+	@test -n "$(STAGE1)$(RESUME)" || { echo "usage: make stage2 STAGE1=runs/<stage1 run> [CONFIG=...] [FORCE=1], or make stage2 RESUME=runs/<stage2 run>"; exit 2; }
+	$(BIN)/python -m launch.cli stage2 $(if $(RESUME),--resume $(RESUME),--config $(or $(CONFIG),configs/stage2.yaml) \
+		--stage1-run $(STAGE1) $(if $(FORCE),--force)) $(if $(NPROC),--nproc $(NPROC)) $(ARGS)
 
 eval: setup
 	@test -n "$(RUN)" || { echo "usage: make eval RUN=runs/<run> [SPLIT=test] [ADAPTER=best]"; exit 2; }

@@ -32,6 +32,12 @@ def set_nproc(cfg, nproc: int) -> None:
 def _load(args: argparse.Namespace):
     from trainer.config import ConfigError, load_config
 
+    if getattr(args, "resume", None):
+        if args.config:
+            raise ConfigError("--resume continues with the run's own config.yaml; change "
+                              "fields with --set (e.g. --set train.steps=N), not --config")
+        args.config = str(Path(args.resume) / "config.yaml")
+    args.config = args.config or args.default_config
     cfg = load_config(args.config, args.set)
     if args.nproc is not None:
         set_nproc(cfg, args.nproc)
@@ -54,11 +60,13 @@ def _stage(args: argparse.Namespace) -> int:
 
         plan = local_plan(cfg)
         name, module = STAGE_MODULES[cfg.stage]
-        run_dir = run_dir_for(cfg, name)
+        run_dir = Path(args.resume) if args.resume else run_dir_for(cfg, name)
         if args.dry_run:
             print(dry_run(cfg, plan, module, run_dir))
             return 0
-        if cfg.stage == 2:
+        if args.resume:
+            _check_resume(cfg, run_dir)
+        elif cfg.stage == 2:
             cfg = _stage2_prepare(cfg, args, run_dir)
         check(cfg, args.config)
     except (ConfigError, PreflightError) as exc:
@@ -66,7 +74,21 @@ def _stage(args: argparse.Namespace) -> int:
         return 2
     from launch.runner import run_stage
 
-    return run_stage(cfg, name, module, plan, run_dir)
+    return run_stage(cfg, name, module, plan, run_dir, resume=bool(args.resume))
+
+
+def _check_resume(cfg, run_dir: Path) -> None:
+    """Before anything starts: a complete checkpoint, the same world size, a compatible
+    config and steps left (trainer/checkpoint.py repeats this in the learner)."""
+    from trainer.checkpoint import CheckpointError, resume_point
+    from trainer.config import ConfigError
+
+    try:
+        ckpt, state = resume_point(run_dir, cfg, cfg.launch.num_processes)
+    except CheckpointError as exc:
+        raise ConfigError(f"--resume {run_dir}: {exc}") from None
+    print(f"[launch] resuming {run_dir} from {ckpt.name} (step {state['step']} of "
+          f"{cfg.train.steps})", flush=True)
 
 
 def _stage2_prepare(cfg, args: argparse.Namespace, run_dir: Path):
@@ -228,8 +250,15 @@ def _stage2_args(p: argparse.ArgumentParser) -> None:
                    help="Stage II: start although the Stage I gate failed (recorded)")
 
 
+def _resume_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", metavar="RUN", default=None,
+                   help="continue RUN from its latest checkpoint, with its config.yaml "
+                        "(--set may change e.g. train.steps)")
+
+
 def _common(p: argparse.ArgumentParser, default_config: str) -> None:
-    p.add_argument("--config", default=default_config)
+    p.add_argument("--config", default=None, help=f"config file (default: {default_config})")
+    p.set_defaults(default_config=default_config, resume=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.steps=3 (repeatable)")
     p.add_argument("--nproc", type=int, default=None,
@@ -243,10 +272,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     s1 = sub.add_parser("stage1", help="run Stage I on this node (vLLM workers + learner)")
     _common(s1, "configs/stage1.yaml")
+    _resume_arg(s1)
     s1.set_defaults(fn=_stage, stage=1)
     s2 = sub.add_parser("stage2", help="run Stage II from a Stage I run that passed the gate")
     _common(s2, "configs/stage2.yaml")
     _stage2_args(s2)
+    _resume_arg(s2)
     s2.set_defaults(fn=_stage, stage=2)
     sl = sub.add_parser("slurm", help="run this node's part of a Slurm job (under srun)")
     _common(sl, "configs/multinode/stage1.yaml")

@@ -58,11 +58,11 @@ def serving(cfg: StageConfig, adapter: Path, log_dir: Path):
 
 def evaluate_run(run_dir: Path, splits: list[str], which: str, overrides: list[str],
                  samples: int | None, out: Path | None) -> Path:
-    from trainer.gate import read_gate
-    from trainer.report import write_report
     from transformers import AutoTokenizer
 
     from trainer.evaluate import eval_samples, run_eval, save_eval
+    from trainer.gate import read_gate
+    from trainer.report import write_report
     from trainer.tasks import build_task
 
     cfg = load_config(run_dir / "config.yaml", overrides)

@@ -1,11 +1,19 @@
-"""Checks that run before anything heavy starts: is the model there, is the GPU there?
+"""Checks that run before anything heavy starts, in the user's terms, with the way out.
 
-All problems are reported together, in the user's terms, with the way out (the demo config
-runs on this machine with the embedded model).
+Are the model and the data there, are there enough GPUs for the listed indices, is 4-bit
+possible, does the model need custom code the config did not allow, does the workers' KV
+cache fit in this machine's free RAM (CPU)? All problems are reported together. The demo
+config runs on this machine with the embedded model.
+
+Also the translation of resource errors that happen later into settings to change: a vLLM
+worker that fails to start for lack of memory (``worker_failure_hint``), a learner out of
+GPU memory (trainer/learner.py ``OutOfMemory``).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -48,18 +56,129 @@ def model_problem(name: str) -> str | None:
                 f"(`huggingface-cli download {name}`) or point model.name_or_path at a folder")
 
 
-def gpu_problem(cfg: StageConfig) -> str | None:
+def gpu_problem(cfg: StageConfig, count: int | None = None) -> str | None:
+    """None on CPU or when every GPU the plan names exists; ``count``: visible GPUs."""
     if cfg.launch.device != "cuda":
         return None
-    import torch
+    if count is None:
+        import torch
 
-    if not torch.cuda.is_available():
-        return "launch.device is 'cuda' but no CUDA GPU is visible (torch.cuda.is_available())"
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        return ("launch.device is 'cuda' but no CUDA GPU is visible (torch.cuda.is_available() "
+                f"is false, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')!r})")
+    la, rc = cfg.launch, cfg.rollout
+    listed = sorted(set(la.worker_gpus) | set(la.learner_gpus))
+    missing = [i for i in listed if i >= count]
+    if missing:
+        return (f"launch.worker_gpus {la.worker_gpus} / launch.learner_gpus {la.learner_gpus}: "
+                f"GPU(s) {missing} do not exist, {count} are visible (0-{count - 1}); list only "
+                f"those, or lower rollout.num_workers ({rc.num_workers}) / "
+                f"launch.num_processes ({la.num_processes})")
+    want = rc.num_workers * rc.tensor_parallel_size
+    if not listed and want > count:
+        return (f"rollout.num_workers ({rc.num_workers}) x rollout.tensor_parallel_size "
+                f"({rc.tensor_parallel_size}) = {want} GPUs, but {count} are visible")
+    return None
+
+
+def quantization_problem(cfg: StageConfig) -> str | None:
+    if cfg.model.load_in_4bit and importlib.util.find_spec("bitsandbytes") is None:
+        return ("model.load_in_4bit: true needs bitsandbytes, which is not installed: "
+                "`pip install bitsandbytes`, or set model.load_in_4bit: false")
+    return None
+
+
+def remote_code_problem(cfg: StageConfig) -> str | None:
+    """A local model whose config asks for custom code runs it only when the config says so."""
+    config = Path(cfg.model.name_or_path) / "config.json"
+    if cfg.model.trust_remote_code or not config.is_file():
+        return None
+    try:
+        auto_map = json.loads(config.read_text()).get("auto_map")
+    except (OSError, ValueError):
+        return None
+    if auto_map:
+        return (f"model {cfg.model.name_or_path} ships its own Python code (config.json "
+                f"auto_map); it only runs with model.trust_remote_code: true, which you should "
+                f"set only for code you trust")
+    return None
+
+
+def cpu_memory_problem(cfg: StageConfig, total: int | None = None,
+                       available: int | None = None) -> str | None:
+    """On CPU, vLLM reserves rollout.gpu_memory_utilization of the RAM per worker for its KV
+    cache and refuses to start when that is not free (its own check, made here first)."""
+    if cfg.launch.device != "cpu":
+        return None
+    if total is None or available is None:
+        import psutil
+
+        mem = psutil.virtual_memory()
+        total, available = mem.total, mem.available
+    rc, gib = cfg.rollout, 2**30
+    per = rc.gpu_memory_utilization * total
+    if per <= available:
+        return None
+    return (f"rollout.gpu_memory_utilization: {rc.gpu_memory_utilization} of this machine's "
+            f"{total / gib:.1f} GiB RAM is {per / gib:.1f} GiB of KV cache for each of "
+            f"rollout.num_workers={rc.num_workers} vLLM worker(s), but {available / gib:.1f} GiB "
+            f"is free; lower rollout.gpu_memory_utilization (configs/demo/stage1.yaml uses "
+            f"0.15), or free memory")
+
+
+def data_problem(cfg: StageConfig) -> str | None:
+    d = cfg.data
+    if d.source == "local" and not Path(d.path).exists():
+        return f"data.path: {d.path} does not exist (data.source: local)"
+    if d.source != "hf" or Path(d.hf_name).exists():
+        return None
+    if d.hf_name.startswith((".", "/")):
+        return f"data.hf_name: {d.hf_name} does not exist"
+    cache = Path(os.environ.get("HF_DATASETS_CACHE", Path.home() / ".cache/huggingface/datasets"))
+    if list(cache.glob(d.hf_name.replace("/", "___") + "*")):
+        return None
+    try:
+        from huggingface_hub import HfApi
+
+        HfApi().dataset_info(d.hf_name, timeout=10)
+        return None
+    except Exception as exc:  # noqa: BLE001 - any failure means we cannot fetch it
+        return (f"data.hf_name: dataset {d.hf_name!r} is not cached here and the hub cannot be "
+                f"reached ({type(exc).__name__}); download it on a connected machine "
+                f"(`datasets.load_dataset(...).save_to_disk(DIR)`) and set data.hf_name: DIR, "
+                f"or use data.source: bundled / synthetic")
+
+
+def worker_failure_hint(text: str, cfg: StageConfig) -> str | None:
+    """The settings to change when a vLLM worker failed for lack of memory (its log in
+    ``text``); None for other failures."""
+    rc, mm = cfg.rollout, cfg.model
+    now = (f"rollout.gpu_memory_utilization={rc.gpu_memory_utilization}, "
+           f"model.max_model_len={mm.max_model_len}, rollout.num_workers={rc.num_workers}")
+    if "less than desired CPU memory utilization" in text:
+        return (f"the worker could not reserve its KV cache in RAM: lower "
+                f"rollout.gpu_memory_utilization or rollout.num_workers ({now})")
+    if "is less than requested memory for kv" in text:
+        return (f"the worker's share of RAM does not fit its KV cache: "
+                f"rollout.gpu_memory_utilization must cover the model, its activations and at "
+                f"least one model.max_model_len sequence, and stay below the free RAM ({now})")
+    if ("No available memory for the cache blocks" in text
+            or "larger than the available KV cache memory" in text):
+        return (f"the worker's KV cache cannot hold one sequence of model.max_model_len: raise "
+                f"rollout.gpu_memory_utilization or lower model.max_model_len ({now})")
+    if "out of memory" in text.lower() or "OutOfMemoryError" in text:
+        return (f"the worker ran out of GPU memory loading the model: lower "
+                f"rollout.gpu_memory_utilization, give it more GPUs "
+                f"(rollout.tensor_parallel_size={rc.tensor_parallel_size}), or move the "
+                f"learner off its GPU (launch.colocate={cfg.launch.colocate}) ({now})")
     return None
 
 
 def check(cfg: StageConfig, config_path: str) -> None:
-    problems = [p for p in (gpu_problem(cfg), model_problem(cfg.model.name_or_path)) if p]
+    checks = (gpu_problem(cfg), model_problem(cfg.model.name_or_path), remote_code_problem(cfg),
+              quantization_problem(cfg), cpu_memory_problem(cfg), data_problem(cfg))
+    problems = [p for p in checks if p]
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise PreflightError(f"{config_path}: cannot start:\n{lines}\n{DEMO_HINT}")

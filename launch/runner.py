@@ -5,6 +5,11 @@ node. Workers and learners each run in their own process session; on every exit 
 (normal end, exception, Ctrl-C, SIGTERM) both trees are terminated, and each child also gets
 SIGTERM from the kernel if the launcher itself dies.
 
+While the learner runs, a supervisor thread (rollout/supervisor.py) health-checks the
+workers and restarts a dead or hung one on its port with the current adapter; events go to
+``faults.jsonl`` and worker states to ``workers_status.json`` in the run folder. When the
+learner fails, the launcher names the last complete checkpoint and the command that resumes.
+
 Multi-node Slurm jobs run :func:`run_slurm_node` on every node (``srun stonk slurm``):
 worker nodes serve until the learner writes ``DONE`` into the shared run folder; learner
 nodes wait for every worker to be healthy, then start their ranks.
@@ -24,7 +29,14 @@ import urllib.request
 from pathlib import Path
 
 from launch.plan import LearnerSlot, Plan, WorkerSlot
-from rollout.server import WorkerPool, WorkerSpec, _die_with_parent, _group_alive
+from rollout.server import (
+    WorkerError,
+    WorkerPool,
+    WorkerSpec,
+    _die_with_parent,
+    _group_alive,
+)
+from rollout.supervisor import Supervisor
 from trainer.config import ConfigError, StageConfig, save_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +81,14 @@ def api_key(cfg: StageConfig, plan: Plan) -> str | None:
     return key
 
 
+def chunked_prefill(cfg: StageConfig) -> bool | None:
+    """rollout.chunked_prefill resolved: None leaves vLLM's default."""
+    rc = cfg.rollout
+    if rc.chunked_prefill is None and cfg.launch.device == "cpu" and rc.seed_requests:
+        return False
+    return rc.chunked_prefill
+
+
 def worker_specs(cfg: StageConfig, slots: list[WorkerSlot], key: str | None,
                  probe_ports: bool) -> list[WorkerSpec]:
     """Specs for the workers of this node. Local runs move to a free port if one is taken;
@@ -85,7 +105,8 @@ def worker_specs(cfg: StageConfig, slots: list[WorkerSlot], key: str | None,
             gpu_memory_utilization=rc.gpu_memory_utilization, enforce_eager=rc.enforce_eager,
             seed=cfg.train.seed + i, api_key=key, trust_remote_code=cfg.model.trust_remote_code,
             tensor_parallel_size=rc.tensor_parallel_size, devices=slot.devices,
-            extra_args=list(rc.extra_args), env=dict(rc.env),
+            chunked_prefill=chunked_prefill(cfg), extra_args=list(rc.extra_args),
+            env=dict(rc.env),
         ))
     return specs
 
@@ -111,7 +132,7 @@ def accelerate_files(cfg: StageConfig, slot: LearnerSlot) -> tuple[str, str]:
 
 
 def learner_command(cfg: StageConfig, run_dir: Path, module: str, slot: LearnerSlot,
-                    probe_port: bool = True) -> list[str]:
+                    probe_port: bool = True, resume: bool = False) -> list[str]:
     port = free_port(slot.main_process_port) if probe_port else slot.main_process_port
     acc, ds = accelerate_files(cfg, slot)
     cmd = [
@@ -124,7 +145,7 @@ def learner_command(cfg: StageConfig, run_dir: Path, module: str, slot: LearnerS
         "--main_process_ip", slot.main_process_ip,
         "--main_process_port", str(port),
     ]
-    return cmd + ["-m", module, "--run-dir", str(run_dir)]
+    return cmd + ["-m", module, "--run-dir", str(run_dir)] + (["--resume"] if resume else [])
 
 
 def learner_env(cfg: StageConfig, slot: LearnerSlot) -> dict[str, str]:
@@ -169,10 +190,52 @@ def _stop_tree(proc: subprocess.Popen, grace: float = 20.0) -> None:
 
 
 def _start_learner(cfg: StageConfig, run_dir: Path, module: str, slot: LearnerSlot,
-                   probe_port: bool) -> subprocess.Popen:
-    return subprocess.Popen(learner_command(cfg, run_dir, module, slot, probe_port),
+                   probe_port: bool, resume: bool = False) -> subprocess.Popen:
+    return subprocess.Popen(learner_command(cfg, run_dir, module, slot, probe_port, resume),
                             env=learner_env(cfg, slot), cwd=REPO_ROOT, start_new_session=True,
                             preexec_fn=_die_with_parent)
+
+
+def supervise(cfg: StageConfig, pool: WorkerPool, key: str | None, run_dir: Path | None,
+              tag: str = "[launch]") -> Supervisor:
+    """Start the worker supervisor; with a run folder it loads restarted workers with the
+    run's newest adapter and records events and states there."""
+    rc = cfg.rollout
+    adapters = (Path(cfg.run.adapter_dir) if cfg.run.adapter_dir else
+                run_dir / "adapters" if run_dir else None)
+    return Supervisor(
+        pool, adapter_dir=adapters, api_key=key, interval=rc.health_check_interval_s,
+        health_timeout=rc.health_timeout_s, unhealthy_after=rc.unhealthy_after,
+        max_restarts=rc.max_worker_restarts, startup_timeout=rc.startup_timeout_s,
+        events_path=run_dir / "faults.jsonl" if run_dir else None,
+        status_path=run_dir / "workers_status.json" if run_dir else None,
+        manifest_path=run_dir / "workers.json" if run_dir else None, tag=tag).start()
+
+
+def _start_pool(pool: WorkerPool, cfg: StageConfig) -> bool:
+    """Start the workers; on failure say why, with the settings to change if it was memory."""
+    from launch.preflight import worker_failure_hint
+
+    try:
+        pool.start()
+        return True
+    except WorkerError as exc:
+        logs = "".join(w.log_path.read_text(errors="replace") for w in pool.workers
+                       if w.log_path.is_file())  # the root cause is often above the tail
+        hint = worker_failure_hint(f"{exc}\n{logs}", cfg)
+        print(f"[launch] error: {exc}" + (f"\n[launch] {hint}" if hint else ""),
+              file=sys.stderr, flush=True)
+        return False
+
+
+def _learner_failed(code: int, run_dir: Path, stage: int) -> None:
+    from trainer.checkpoint import latest, read_state
+
+    last = latest(run_dir)
+    where = (f"the last complete checkpoint is {last} (step {read_state(last)['step']}); "
+             f"continue with: make stage{stage} RESUME={run_dir}" if last else
+             "no checkpoint was written")
+    print(f"[launch] learner exited with code {code}; {where}", file=sys.stderr, flush=True)
 
 
 def _prepare(cfg: StageConfig, run_dir: Path) -> None:
@@ -198,8 +261,9 @@ def _guarded(body) -> int:
 
 
 def run_stage(cfg: StageConfig, stage: str, module: str, plan: Plan,
-              run_dir: Path | None = None) -> int:
-    """One node does everything: start workers, run the learner, tear down."""
+              run_dir: Path | None = None, resume: bool = False) -> int:
+    """One node does everything: start workers, run the learner, tear down. ``resume``:
+    the learner continues from the run folder's latest checkpoint."""
     run_dir = run_dir or run_dir_for(cfg, stage)
     key = api_key(cfg, plan)
     _prepare(cfg, run_dir)
@@ -211,15 +275,19 @@ def run_stage(cfg: StageConfig, stage: str, module: str, plan: Plan,
         t0 = time.perf_counter()
         print(f"[launch] starting {len(pool.workers)} vLLM worker(s): {', '.join(pool.urls)} "
               f"(logs in {run_dir / 'logs'})", flush=True)
-        pool.start()
+        if not _start_pool(pool, cfg):
+            return 1
         pool.write_manifest(run_dir / "workers.json")
+        supervisor = supervise(cfg, pool, key, run_dir)
+        cleanups.append(supervisor.stop)
         print(f"[launch] workers healthy after {time.perf_counter() - t0:.0f}s; starting "
               f"{plan.learner.num_processes} learner rank(s)", flush=True)
-        learner = _start_learner(cfg, run_dir, module, plan.learner, probe_port=True)
+        learner = _start_learner(cfg, run_dir, module, plan.learner, probe_port=True,
+                                 resume=resume)
         cleanups.append(lambda: _stop_tree(learner))
         code = learner.wait()
         if code != 0:
-            print(f"[launch] learner exited with code {code}", file=sys.stderr, flush=True)
+            _learner_failed(code, run_dir, cfg.stage)
         return code
 
     return _guarded(body)
@@ -233,15 +301,17 @@ def serve_workers(cfg: StageConfig, plan: Plan, log_dir: Path) -> int:
         pool = WorkerPool(worker_specs(cfg, plan.local_workers, key, probe_ports=False),
                           log_dir, cfg.rollout.startup_timeout_s)
         cleanups.append(lambda: (pool.stop(), print("[workers] stopped", flush=True)))
-        pool.start()
+        if not _start_pool(pool, cfg):
+            return 1
+        supervisor = supervise(cfg, pool, key, None, tag="[workers]")
+        cleanups.append(supervisor.stop)
         print(f"[workers] serving {','.join(pool.urls)} (logs in {log_dir}); Ctrl-C stops",
               flush=True)
-        while True:
-            dead = [w.url for w in pool.workers if not w.alive()]
-            if dead:
-                print(f"[workers] died: {dead}", file=sys.stderr, flush=True)
-                return 1
+        while not supervisor.all_failed():
             time.sleep(2)
+        print("[workers] every worker failed and could not be restarted", file=sys.stderr,
+              flush=True)
+        return 1
 
     return _guarded(body)
 
@@ -271,12 +341,16 @@ def run_slurm_node(cfg: StageConfig, stage: str, module: str, plan: Plan, job_id
                           run_dir / "logs" / plan.this_node, cfg.rollout.startup_timeout_s)
         cleanups.append(pool.stop)
         pool.start()
+        supervisor = supervise(cfg, pool, key, None, tag=f"[launch] {plan.this_node}:")
+        supervisor.adapter_dir = (Path(cfg.run.adapter_dir) if cfg.run.adapter_dir
+                                  else run_dir / "adapters")  # shared with the learner nodes
+        cleanups.append(supervisor.stop)
         print(f"[launch] {plan.this_node}: serving {', '.join(pool.urls)} until "
               f"{run_dir / DONE} appears", flush=True)
         while not (run_dir / DONE).exists():
-            dead = [w.url for w in pool.workers if not w.alive()]
-            if dead:
-                print(f"[launch] worker(s) died: {dead}", file=sys.stderr, flush=True)
+            if supervisor.all_failed():
+                print(f"[launch] {plan.this_node}: every worker failed and could not be "
+                      f"restarted", file=sys.stderr, flush=True)
                 return 1
             time.sleep(5)
         return 0

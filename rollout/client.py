@@ -1,22 +1,45 @@
 """RolloutClient: grouped generation and adapter publishing over the workers' HTTP API.
 
 The narrow interface the learner uses: ``generate`` (G completions per token-id prompt),
-``publish`` (load adapter version k on every worker, in place, and verify), ``health``.
-Prompts are spread round-robin over the workers and sent concurrently; every call has a
-timeout. Only public endpoints are used: ``/v1/completions``, ``/v1/load_lora_adapter``,
-``/v1/models``, ``/health``.
+``sync`` (every live worker serves adapter version k, loading it where needed), ``health``.
+Prompts are spread round-robin over the live workers and sent concurrently. Only public
+endpoints are used: ``/v1/completions``, ``/v1/load_lora_adapter``, ``/v1/models``,
+``/health``.
+
+Faults. Every call has a timeout. A request that fails for a worker-side reason (connection
+refused or reset, timeout, HTTP 5xx) marks that worker down for this client and is retried
+on another live worker, up to ``retries`` times; with per-request seeds the retry samples the
+same completions. ``sync`` (called between steps) health-checks every worker: a down worker
+that answers again (the launcher's supervisor restarted it) is loaded with the current
+adapter, verified, and used again. When no worker is live the client waits up to
+``wait_for_workers_s`` for one to come back, and gives up at once when the supervisor's status
+file says every worker failed for good. Adapters are only loaded from ``adapter_root`` (the
+run's adapter store) when one is given.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
+import sys
+import threading
+import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from rollout.server import WorkerError
+
+
+class WorkerUnavailable(WorkerError):
+    """The worker did not answer (refused, reset, timed out) or failed server-side (5xx)."""
+
+
+class NoWorkersError(WorkerError):
+    """No worker is live and none came back in time (or the supervisor gave up on all)."""
 
 
 @dataclass
@@ -33,7 +56,9 @@ class Completion:
 
 class RolloutClient:
     def __init__(self, urls: list[str], timeout: float = 300.0, max_concurrency: int = 64,
-                 api_key: str | None = None, adapter_name: str = "policy"):
+                 api_key: str | None = None, adapter_name: str = "policy", retries: int = 0,
+                 adapter_root: str | Path | None = None, status_path: str | Path | None = None,
+                 wait_for_workers_s: float = 0.0, health_timeout: float = 10.0):
         if not urls:
             raise ValueError("RolloutClient needs at least one worker URL")
         self.urls = list(urls)
@@ -41,7 +66,17 @@ class RolloutClient:
         self.max_concurrency = max_concurrency
         self.api_key = api_key
         self.adapter_name = adapter_name
-        self.version: int | None = None  # adapter version every worker verifiably serves
+        self.retries = retries
+        self.adapter_root = Path(adapter_root).resolve() if adapter_root else None
+        self.status_path = Path(status_path) if status_path else None
+        self.wait_for_workers_s = wait_for_workers_s
+        self.health_timeout = health_timeout
+        self.version: int | None = None  # adapter version every live worker verifiably serves
+        self.path: str | None = None  # ... and its folder
+        self.down: set[str] = set()
+        self.faults: Counter[str] = Counter()  # request_retries, worker_down, worker_back
+        self._lock = threading.Lock()
+        self._revive_lock = threading.Lock()
 
     # ------------------------------------------------------------------ http
     def _request(self, url: str, path: str, body: dict | None = None,
@@ -56,9 +91,12 @@ class RolloutClient:
                 raw = resp.read().decode()
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")[:500]
-            raise WorkerError(f"{url}{path}: HTTP {exc.code}: {detail}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise WorkerError(f"{url}{path}: {exc}") from None
+            # 5xx: the server failed; 404: it does not serve our adapter (a restarted worker
+            # before its adapter is loaded). Both are worth retrying elsewhere.
+            kind = WorkerUnavailable if exc.code >= 500 or exc.code == 404 else WorkerError
+            raise kind(f"{url}{path}: HTTP {exc.code}: {detail}") from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            raise WorkerUnavailable(f"{url}{path}: {exc}") from None
         try:
             return json.loads(raw)
         except json.JSONDecodeError:
@@ -68,16 +106,92 @@ class RolloutClient:
         with ThreadPoolExecutor(max_workers=max(1, min(len(items), self.max_concurrency))) as ex:
             return list(ex.map(fn, items))
 
+    # ------------------------------------------------------------------ liveness
+    def live(self) -> list[str]:
+        with self._lock:
+            return [u for u in self.urls if u not in self.down]
+
+    def _mark_down(self, url: str, reason: str) -> None:
+        with self._lock:
+            if url in self.down:
+                return
+            self.down.add(url)
+            self.faults["worker_down"] += 1
+        print(f"[rollout] worker {url} is down ({reason[:200]}); using the others",
+              file=sys.stderr, flush=True)
+
+    def _healthy(self, url: str) -> bool:
+        try:
+            self._request(url, "/health", timeout=self.health_timeout)
+            return True
+        except WorkerError:
+            return False
+
+    def _supervisor_gave_up(self) -> bool:
+        """True when the launcher's supervisor says every worker failed for good."""
+        if self.status_path is None or not self.status_path.is_file():
+            return False
+        try:
+            states = json.loads(self.status_path.read_text())["workers"]
+        except (OSError, ValueError, KeyError):
+            return False
+        return all(states.get(u, {}).get("state") == "failed" for u in self.urls)
+
+    def _revive(self, url: str) -> bool:
+        """A healthy worker serving the current adapter (loaded here if needed) is live."""
+        if not self._healthy(url):
+            return False
+        try:
+            if self.path is not None and self.served_adapter_path(url) != self.path:
+                self._load(url, self.path)
+                if self.served_adapter_path(url) != self.path:
+                    return False
+        except WorkerError:
+            return False
+        with self._lock:
+            back = url in self.down
+            self.down.discard(url)
+            if back:
+                self.faults["worker_back"] += 1
+        if back:
+            print(f"[rollout] worker {url} is back, serving adapter v{self.version}",
+                  file=sys.stderr, flush=True)
+        return True
+
+    def _await_live(self) -> list[str]:
+        """Live workers, waiting up to ``wait_for_workers_s`` for one to come back."""
+        with self._revive_lock:
+            live = self.live()
+            deadline = time.monotonic() + self.wait_for_workers_s
+            while not live:
+                for url in self.urls:
+                    self._revive(url)
+                live = self.live()
+                if live:
+                    break
+                if self._supervisor_gave_up():
+                    raise NoWorkersError(
+                        f"all {len(self.urls)} worker(s) are gone and the launcher could not "
+                        f"restart them (rollout.max_worker_restarts); see the worker logs")
+                if time.monotonic() > deadline:
+                    raise NoWorkersError(
+                        f"no worker answered for {self.wait_for_workers_s:.0f}s: "
+                        f"{', '.join(self.urls)}")
+                time.sleep(2.0)
+            return live
+
     # ------------------------------------------------------------------ api
     def health(self) -> dict[str, bool]:
-        def check(url: str) -> bool:
-            try:
-                self._request(url, "/health", timeout=10)
-                return True
-            except WorkerError:
-                return False
+        return dict(zip(self.urls, self._map(self._healthy, self.urls), strict=True))
 
-        return dict(zip(self.urls, self._map(check, self.urls), strict=True))
+    def take_faults(self) -> dict[str, int]:
+        """Fault counts since the last call: requests retried on another worker, workers
+        marked down, workers back in use."""
+        with self._lock:
+            out = {k: self.faults.get(k, 0) for k in
+                   ("request_retries", "worker_down", "worker_back")}
+            self.faults.clear()
+        return out
 
     def generate(self, prompts: list[list[int]], n: int, max_tokens: int,
                  temperature: float = 1.0, top_p: float = 1.0,
@@ -86,31 +200,49 @@ class RolloutClient:
         if self.version is None:
             raise WorkerError("generate() before any adapter was published to the workers")
         version = self.version
+        start = self._await_live()
+
+        def body(i: int) -> dict:
+            out = {"model": self.adapter_name, "prompt": prompts[i], "n": n,
+                   "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p,
+                   "logprobs": 0, "return_token_ids": True, "skip_special_tokens": True}
+            if seed is not None:
+                out["seed"] = seed + i * n
+            return out
 
         def one(i: int) -> list[Completion]:
-            url = self.urls[i % len(self.urls)]
-            body = {
-                "model": self.adapter_name, "prompt": prompts[i], "n": n,
-                "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p,
-                "logprobs": 0, "return_token_ids": True, "skip_special_tokens": True,
-            }
-            if seed is not None:
-                body["seed"] = seed + i * n
-            out = self._request(url, "/v1/completions", body)
-            choices = sorted(out["choices"], key=lambda c: c["index"])
-            if len(choices) != n:
-                raise WorkerError(f"{url}: asked for n={n} completions, got {len(choices)}")
-            group = []
-            for c in choices:
-                ids = list(c["token_ids"])
-                lps = [float(x) for x in c["logprobs"]["token_logprobs"]]
-                if len(ids) != len(lps):
-                    raise WorkerError(f"{url}: {len(ids)} token ids but {len(lps)} logprobs")
-                group.append(Completion(ids, lps, c["text"], c.get("finish_reason") or "",
-                                        version, url))
-            return group
+            url = start[i % len(start)]
+            for attempt in range(self.retries + 1):
+                try:
+                    return self._group(url, body(i), n, version)
+                except WorkerUnavailable as exc:
+                    self._mark_down(url, str(exc))
+                    if attempt == self.retries:
+                        raise WorkerError(f"prompt {i}: failed on {attempt + 1} attempt(s) "
+                                          f"(rollout.request_retries={self.retries}): "
+                                          f"{exc}") from None
+                    with self._lock:
+                        self.faults["request_retries"] += 1
+                    live = self._await_live()
+                    url = live[(i + attempt + 1) % len(live)]
+            raise AssertionError("unreachable")  # pragma: no cover
 
         return self._map(one, list(range(len(prompts))))
+
+    def _group(self, url: str, body: dict, n: int, version: int) -> list[Completion]:
+        out = self._request(url, "/v1/completions", body)
+        choices = sorted(out["choices"], key=lambda c: c["index"])
+        if len(choices) != n:
+            raise WorkerError(f"{url}: asked for n={n} completions, got {len(choices)}")
+        group = []
+        for c in choices:
+            ids = list(c["token_ids"])
+            lps = [float(x) for x in c["logprobs"]["token_logprobs"]]
+            if len(ids) != len(lps):
+                raise WorkerError(f"{url}: {len(ids)} token ids but {len(lps)} logprobs")
+            group.append(Completion(ids, lps, c["text"], c.get("finish_reason") or "",
+                                    version, url))
+        return group
 
     def served_adapter_path(self, url: str) -> str | None:
         models = self._request(url, "/v1/models", timeout=30)
@@ -119,11 +251,21 @@ class RolloutClient:
                 return card.get("root")
         return None
 
+    def _checked_path(self, path: str | Path) -> str:
+        resolved = Path(path).resolve()
+        if self.adapter_root is not None and not resolved.is_relative_to(self.adapter_root):
+            raise WorkerError(f"refusing to load adapter {resolved}: it is not in the run's "
+                              f"adapter store {self.adapter_root}")
+        return str(resolved)
+
+    def _load(self, url: str, path: str) -> None:
+        body = {"lora_name": self.adapter_name, "lora_path": path, "load_inplace": True}
+        self._request(url, "/v1/load_lora_adapter", body)
+
     def publish(self, version: int, path: str | Path) -> None:
         """Load adapter ``version`` from ``path`` on every worker in place, then verify."""
-        path = str(Path(path).resolve())
-        body = {"lora_name": self.adapter_name, "lora_path": path, "load_inplace": True}
-        self._map(lambda url: self._request(url, "/v1/load_lora_adapter", body), self.urls)
+        path = self._checked_path(path)
+        self._map(lambda url: self._load(url, path), self.urls)
         self.verify(version, path)
 
     def verify(self, version: int, path: str | Path) -> None:
@@ -134,4 +276,17 @@ class RolloutClient:
         wrong = [f"{u} serves {s}" for u, s in zip(self.urls, served, strict=True) if s != path]
         if wrong:
             raise WorkerError(f"adapter v{version} ({path}) not in place: " + "; ".join(wrong))
+        self.version, self.path = version, path
+
+    def sync(self, version: int, path: str | Path) -> list[str]:
+        """Fault-tolerant publish and health check between steps: every worker that answers
+        is made to serve ``path`` (loaded in place where it serves something else) and
+        verified; the others are marked down. Returns the live workers (at least one, waiting
+        for a restart if none is live). Afterwards rollouts are recorded as ``version``."""
+        self.path = self._checked_path(path)
         self.version = version
+        revived = self._map(self._revive, self.urls)
+        for url, ok in zip(self.urls, revived, strict=True):
+            if not ok:
+                self._mark_down(url, "no answer, or does not serve the current adapter")
+        return self._await_live()

