@@ -4,7 +4,8 @@ from launch.cli import main
 
 
 def test_data_command_prints_summary_and_baselines(capsys):
-    assert main(["data", "--config", "configs/demo/stage1.yaml"]) == 0
+    assert main(["data", "--config", "configs/demo/stage1.yaml",
+                 "--set", "data.source=bundled"]) == 0
     out = capsys.readouterr().out
     assert "source: bundled (data/bundled/ohlcv.csv.gz); window 5 days; balanced 50/50" in out
     for ticker in ("SP500", "NASDAQ", "MSFT", "GOOG", "GOOGL"):
@@ -26,7 +27,7 @@ def test_data_command_on_the_synthetic_market_shows_bayes(capsys):
 
 def test_data_command_errors_are_one_clear_line(capsys):
     assert main(["data", "--config", "configs/demo/stage1.yaml",
-                 "--set", "data.tickers=[AAPL]"]) == 2
+                 "--set", "data.source=bundled", "--set", "data.tickers=[AAPL]"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: data/bundled/ohlcv.csv.gz: unknown ticker(s) ['AAPL']")
     assert "Traceback" not in err
