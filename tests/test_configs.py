@@ -57,6 +57,10 @@ def test_overrides_apply_and_are_validated(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train: {steps: 5}\n")
     assert load_config(path, ["train.steps=7", "rollout.temperature=0.7"]).train.steps == 7
+    # YAML 1.1 reads 2e-3 (no dot) as a string; a float field still takes it
+    assert load_config(path, ["train.learning_rate=2e-3"]).train.learning_rate == 0.002
+    with pytest.raises(ConfigError, match=r"train\.learning_rate: expected a number, got '2e'"):
+        load_config(path, ["train.learning_rate=2e"])
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         load_config(path, ["train.steps"])
     with pytest.raises(ConfigError, match=r"c\.yaml: train\.steps: expected an integer"):
