@@ -53,7 +53,10 @@ def test_role_of_names_processes_and_children():
     assert role_of(["python", "-m", "vllm.entrypoints.openai.api_server"], None) == "worker"
     assert role_of(["python", "-m", "trainer.train", "--run-dir", "x"], "accelerate launch") \
         == "learner rank"
-    assert role_of(["python", "-c", "spawn_main"], "worker") == "worker child"
+    assert role_of(["/v/bin/accelerate", "launch", "-m", "trainer.train"], "launcher") \
+        == "accelerate launch"
+    assert role_of(["python", "-c", "spawn_main"], "worker") == "worker"
+    assert role_of(["/usr/bin/tail", "-f"], None) == "tail"
 
 
 def test_cut_keeps_first_stop_token():
