@@ -37,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import completions_per_step  # noqa: E402
 
+LOGGED = {"loss", "reward", "kl", "entropy", "grad_norm"}  # besides TRL's "a/b" metrics
+
 
 def reward_function(task, samples: list, group_size: int, last: dict):
     """A TRL reward function over our task: rewards (component sum) per completion; the
@@ -136,8 +138,8 @@ def main() -> int:
 
         def on_log(self, args, state, control, logs=None, **kw):
             if steps and logs:
-                steps[-1].update({k: v for k, v in logs.items()
-                                  if isinstance(v, (int, float)) and "/" in k or k == "loss"})
+                steps[-1].update({k: v for k, v in logs.items() if isinstance(v, (int, float))
+                                  and ("/" in k or k in LOGGED)})
 
         def on_step_end(self, args, state, control, **kw):
             now = time.perf_counter()
