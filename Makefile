@@ -10,9 +10,10 @@ WARM := models/tiny-qwen2-fmt
 PYTEST_ARGS ?=
 
 .PHONY: setup demo stage1 stage2 eval predict tiny-model warmstart test test-fast test-integration lint fix bench clean help
+.PHONY: bench-model bench-trl bench-rollout bench-push bench-learning bench-memory bench-all
 
 help:
-	@echo "make demo | test | setup | stage1 [CONFIG=...] [NPROC=n] [RESUME=run] | stage2 STAGE1=run [FORCE=1] [RESUME=run] | eval RUN=run | predict ADAPTER=.. TICKER=.. PRICES=.. | data | tiny-model | warmstart | test-fast | lint | fix | bench | clean"
+	@echo "make demo | test | setup | stage1 [CONFIG=...] [NPROC=n] [RESUME=run] | stage2 STAGE1=run [FORCE=1] [RESUME=run] | eval RUN=run | predict ADAPTER=.. TICKER=.. PRICES=.. | data | tiny-model | warmstart | test-fast | lint | fix | bench | bench-all | clean"
 
 # ---- install (idempotent: a stamp that depends on pyproject.toml; seconds when done)
 setup: $(STAMP)
@@ -81,8 +82,36 @@ lint: setup
 fix: setup
 	$(BIN)/ruff check --fix .
 
+# ---- benchmarks (BENCHMARKS.md: the question each answers, its full-size command and results)
+# BENCH_MODEL: a larger random-init Qwen2 (8 layers, hidden 512, ~25M parameters), same builder
+BENCH_MODEL := models/qwen2-25m
 bench: setup warmstart
 	$(BIN)/python benchmarks/step_timings.py
+
+bench-model: $(BENCH_MODEL)/config.json
+$(BENCH_MODEL)/config.json: $(MODEL_TEXT) | $(STAMP)
+	$(BIN)/python -m launch.cli tiny-model --out $(BENCH_MODEL) --hidden 512 --layers 8 \
+		--heads 8 --kv-heads 2 --intermediate 1536
+
+bench-trl: setup warmstart bench-model
+	$(BIN)/python benchmarks/vs_trl.py --rounds 2 --steps 10 --warmup 2
+	$(BIN)/python benchmarks/vs_trl.py --model $(BENCH_MODEL) --rounds 2 --steps 6 --warmup 2
+
+bench-rollout: setup warmstart bench-model
+	$(BIN)/python benchmarks/rollout_tps.py --prompts 8 --n 8 --repeats 5
+	$(BIN)/python benchmarks/rollout_tps.py --model $(BENCH_MODEL) --prompts 8 --n 8 --repeats 3
+
+bench-push: setup warmstart
+	$(BIN)/python benchmarks/push_latency.py --ranks 8,16,64 --repeats 20
+
+bench-learning: setup warmstart
+	$(BIN)/python benchmarks/learning.py --steps 200 --eval-every 10
+
+bench-memory: setup warmstart bench-model
+	$(BIN)/python benchmarks/memory.py --steps 10 --workers 1
+	$(BIN)/python benchmarks/memory.py --steps 6 --workers 2 --model $(BENCH_MODEL)
+
+bench-all: bench bench-trl bench-rollout bench-push bench-learning bench-memory
 
 clean:
 	rm -rf runs benchmarks/results .pytest_cache

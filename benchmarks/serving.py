@@ -1,0 +1,55 @@
+"""Our vLLM workers outside a training run, for the rollout and push benchmarks: the specs the
+launcher would start for a config (``launch.runner.worker_specs``), an adapter store with a
+fresh LoRA adapter v0 from the learner's own model builder, and a client serving it."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def policy(cfg):
+    """The learner's model (base + fresh LoRA from ``cfg.lora``), seeded as the learner does."""
+    import torch
+
+    from trainer.learner import load_policy
+
+    torch.manual_seed(cfg.train.seed)
+    return load_policy(cfg, torch.device("cpu"))
+
+
+def split_cores(workers: int, cores: int) -> list[str]:
+    """Disjoint core ranges ("0-3") for ``workers`` workers, as even as possible."""
+    if workers > cores:
+        raise ValueError(f"{workers} workers cannot each have a core of {cores}")
+    bounds = [round(i * cores / workers) for i in range(workers + 1)]
+    return [f"{a}-{b - 1}" if b - a > 1 else str(a) for a, b in
+            zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+@contextmanager
+def serving(cfg, root: Path, model=None, bind: bool = False):
+    """Start ``cfg.rollout.num_workers`` workers for ``cfg`` and publish adapter v0 (from
+    ``model``, default a fresh policy); yields (client, store, model), stops them on exit.
+    ``bind``: each worker's threads on its own cores (``VLLM_CPU_OMP_THREADS_BIND``), which
+    the launcher does not do (every worker there may use every core)."""
+    from launch.plan import local_plan
+    from launch.runner import worker_specs
+    from rollout.adapter_store import AdapterStore
+    from rollout.client import RolloutClient
+    from rollout.server import WorkerPool
+
+    model = model if model is not None else policy(cfg)
+    store = AdapterStore(root / "adapters")
+    store.publish(0, lambda d: model.save_pretrained(d))
+    specs = worker_specs(cfg, local_plan(cfg).local_workers, None, probe_ports=True)
+    if bind:
+        for spec, cores in zip(specs, split_cores(len(specs), os.cpu_count()), strict=True):
+            spec.env["VLLM_CPU_OMP_THREADS_BIND"] = cores
+    with WorkerPool(specs, root / "logs", startup_timeout=cfg.rollout.startup_timeout_s) as pool:
+        client = RolloutClient(pool.urls, timeout=cfg.rollout.request_timeout_s,
+                               max_concurrency=cfg.rollout.max_concurrent_requests,
+                               adapter_root=store.root)
+        client.sync(0, store.path(0))
+        yield client, store, model

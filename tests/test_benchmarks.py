@@ -1,0 +1,89 @@
+"""Pure helpers of the benchmark scripts: medians, tables, threshold crossing, core split,
+process roles, stop-token cut, and the TRL reward wrapper's regrouping."""
+
+import pytest
+
+from benchmarks.common import cumulative, first_crossing, median_after_warmup, table
+from benchmarks.hf_generate import _cut
+from benchmarks.learning import ours_points, summary, trl_points
+from benchmarks.memory import role_of
+from benchmarks.serving import split_cores
+from benchmarks.trl_grpo import reward_function
+
+
+def test_median_after_warmup_drops_warmup_and_none():
+    assert median_after_warmup([100.0, 1.0, None, 3.0, 2.0], 1) == 2.0
+    assert median_after_warmup([5.0], 1) is None
+
+
+def test_table_formats_floats_and_missing():
+    out = table(["a", "b"], [["x", 1.23456], [2, None]]).splitlines()
+    assert out == ["| a | b |", "| --- | --- |", "| x | 1.235 |", "| 2 | - |"]
+
+
+def test_first_crossing_and_cumulative():
+    pts = list(zip([10, 20, 30], cumulative([1.0, 2.0, 3.0]), [0.5, 0.71, 0.9], strict=True))
+    assert first_crossing(pts, 0.7) == (20, 3.0, 0.71)
+    assert first_crossing(pts, 0.95) is None
+
+
+def test_learning_points_exclude_eval_and_startup():
+    run = {"rows": [{"step": 1, "time/generate": 1.0, "time/reward": 0.0, "time/learner": 1.0,
+                     "time/sync": 0.0},
+                    {"step": 2, "time/eval": 5.0, "eval/accuracy": 0.6}],
+           "wall": [60.0, 8.0]}  # step 1's interval includes start-up
+    assert ours_points(run) == [(2, 5.0, 0.6)]
+    trl = {"steps": [{"step": 1, "seconds": 2.0}, {"step": 2, "seconds": 3.0,
+                                                   "eval/accuracy": 0.4}]}
+    assert trl_points(trl) == [(2, 5.0, 0.4)]
+    s = summary([(2, 5.0, 0.6), (4, 9.0, 0.8)], bar=0.7, steps=4)
+    assert (s["reached"], s["step"], s["seconds"], s["best_accuracy"]) == (True, 4, 9.0, 0.8)
+    assert summary([(2, 5.0, 0.6)], bar=0.7, steps=2)["reached"] is False
+
+
+def test_split_cores_is_disjoint_and_covers():
+    assert split_cores(2, 2) == ["0", "1"]
+    assert split_cores(1, 4) == ["0-3"]
+    assert split_cores(3, 16) == ["0-4", "5-10", "11-15"]
+    with pytest.raises(ValueError):
+        split_cores(3, 2)
+
+
+def test_role_of_names_processes_and_children():
+    assert role_of(["python", "-m", "vllm.entrypoints.openai.api_server"], None) == "worker"
+    assert role_of(["python", "-m", "trainer.train", "--run-dir", "x"], "accelerate launch") \
+        == "learner rank"
+    assert role_of(["/v/bin/accelerate", "launch", "-m", "trainer.train"], "launcher") \
+        == "accelerate launch"
+    assert role_of(["python", "-c", "spawn_main"], "worker") == "worker"
+    assert role_of(["/usr/bin/tail", "-f"], None) == "tail"
+
+
+def test_cut_keeps_first_stop_token():
+    assert _cut([5, 6, 2, 0, 0], {2, 0}) == [5, 6, 2]
+    assert _cut([5, 6, 7], {2}) == [5, 6, 7]
+
+
+class FakeTask:
+    """Scores a completion as its length; diagnostics count them."""
+
+    def score_batch(self, samples, completions):
+        assert all(len(g) <= 2 for g in completions)  # groups never exceed G
+        return [[{"len": float(len(c)), "sample": float(s)} for c in g]
+                for s, g in zip(samples, completions, strict=True)]
+
+    def diagnostics(self, sample, completion):
+        return {"accuracy": 1.0}
+
+    def aggregate(self, diags):
+        return {"n": float(len(diags))}
+
+
+def test_trl_reward_regroups_contiguous_repeats_by_group_size():
+    last = {}
+    fn = reward_function(FakeTask(), samples=[10, 20], group_size=2, last=last)
+    # the same prompt drawn twice in a row makes two groups, not one of four
+    completions = [[{"role": "assistant", "content": t}] for t in ["a", "bb", "ccc", "d"]]
+    out = fn(prompts=[None] * 4, completions=completions, sample_index=[0, 0, 0, 0])
+    assert out == [11.0, 12.0, 13.0, 11.0]
+    assert last == {"n": 4.0}
