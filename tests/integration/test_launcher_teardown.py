@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 
 import pytest
@@ -21,6 +22,11 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def _ps() -> str:
+    return subprocess.run(["ps", "-eo", "pid,pgid,stat,etime,args"], capture_output=True,
+                          text=True).stdout[-4000:]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 def test_signal_mid_run_stops_everything(tmp_path, warm_model, sig):
     run_dir = tmp_path / "sig"
@@ -33,7 +39,14 @@ def test_signal_mid_run_stops_everything(tmp_path, warm_model, sig):
             str(run_dir))
         assert learners, "learner ranks should be running"
         proc.send_signal(sig)
-        assert proc.wait(timeout=120) == 130, log.read_text()[-3000:]
+        t0 = time.monotonic()
+        try:
+            code = proc.wait(timeout=300)  # learner, supervisor, worker: each bounded (<= 30 s)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"launcher still running 300 s after {sig.name}; "
+                                 f"processes: {_ps()}\n{log.read_text()[-3000:]}") from None
+        assert code == 130, log.read_text()[-3000:]
+        print(f"teardown after {sig.name}: {time.monotonic() - t0:.1f}s")
     finally:
         if proc.poll() is None:
             proc.kill()
