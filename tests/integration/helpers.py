@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,10 +24,18 @@ def cli_command(run_root: Path, name: str, *sets: str, config: str = DEMO) -> li
     return cmd
 
 
+def _terminal_signals() -> None:
+    """In the child: Ctrl-C as a terminal delivers it. A shell that starts a job in the
+    background (``make test &``) sets SIGINT to "ignore", children inherit that, and Python
+    then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_cli(run_root: Path, name: str, *sets: str, log: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen(cli_command(run_root, name, *sets), cwd=REPO, env=env,
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            preexec_fn=_terminal_signals)
 
 
 def processes_mentioning(text: str) -> list[psutil.Process]:
