@@ -73,6 +73,14 @@ def completions_per_step(cfg) -> int:
     return cfg.launch.num_processes * cfg.train.prompts_per_rank * cfg.rollout.group_size
 
 
+def stage1_command(config: str, sets: list[str]) -> list[str]:
+    """``python -m launch.cli stage1 --config CONFIG --set ...``: our recipe as users run it."""
+    cmd = [sys.executable, "-m", "launch.cli", "stage1", "--config", config]
+    for s in sets:
+        cmd += ["--set", s]
+    return cmd
+
+
 def run_ours(config: str, steps: int, sets: list[str], tag: str,
              on_poll: Callable[[int], None] | None = None, poll_s: float = 0.2) -> dict:
     """Run Stage I through the CLI for ``steps`` steps (checkpoints only at the last step, no
@@ -84,9 +92,7 @@ def run_ours(config: str, steps: int, sets: list[str], tag: str,
     sets = [f"train.steps={steps}", f"run.checkpoint_every={steps}", "eval.every_steps=0",
             "eval.final_samples=8",
             *sets, f"run.output_dir={RESULTS}", f"run.name={name}"]
-    cmd = [sys.executable, "-m", "launch.cli", "stage1", "--config", config]
-    for s in sets:
-        cmd += ["--set", s]
+    cmd = stage1_command(config, sets)
     print("ours:", " ".join(cmd), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     metrics = run_dir / "metrics.jsonl"

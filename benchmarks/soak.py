@@ -25,6 +25,10 @@ from pathlib import Path
 
 import psutil
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import stage1_command  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -101,9 +105,7 @@ def main() -> int:
             f"rollout.base_port={a.port}", "run.checkpoint_every=10", "run.keep_checkpoints=3",
             "run.keep_adapter_versions=3", "eval.every_steps=50", "eval.num_samples=16",
             "eval.final_samples=16", f"run.output_dir={out_root}", f"run.name={name}", *a.set]
-    cmd = [sys.executable, "-m", "launch.cli", "stage1", "--config", a.config]
-    for s in sets:
-        cmd += ["--set", s]
+    cmd = stage1_command(a.config, sets)
     print("running:", " ".join(cmd), flush=True)
     out_root.mkdir(parents=True, exist_ok=True)
     log = open(out_root / f"{name}.log", "w")
