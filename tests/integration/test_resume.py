@@ -7,10 +7,14 @@ requests are retried, and the results still match.
 Real parts: 1 vLLM worker, 2 DeepSpeed ZeRO-2 learner ranks over gloo, seeded requests.
 Tolerance: sampled token ids and rewards identical (per-request seeds make a step's samples a
 function of the step, not of the worker process or the learner process); float metrics
-within 1e-5 + 1e-4 relative; final adapters within 1e-4. Two *uninterrupted* runs already
-differ by that much: the worker's logprobs vary by ~1e-6 with how requests share a batch
-(seen: loss 8e-9, grad norm 5e-9 apart at step 2 before any kill), and Adam turns such
-differences into ~1e-5 on the weights after a few steps.
+within 1e-5 + 1e-4 relative; final adapters within 1% of the adapter's movement (the
+Frobenius norm of the difference over the norm of the lora_B weights, which start at zero).
+Two *uninterrupted* runs already differ: the worker's logprobs vary by ~1e-6 with how
+requests share a batch (seen: loss 8e-9, grad norm 5e-9 apart at step 2 before any kill), and
+Adam divides each gradient by its own running scale, so a weight whose gradient is near Adam's
+eps moves by a different fraction of the learning rate: single weights were seen 1.1e-4 apart
+(lr 5e-3), which is why the bound is relative to the whole update, not a per-weight maximum.
+A resume that lost the optimizer state or a step would be a sizeable fraction of it apart.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ SETS = ("train.steps=4", "run.checkpoint_every=2", "train.learning_rate=5.0e-3",
 FLOAT_KEYS = ("reward/mean", "reward/std", "loss", "policy_loss", "kl", "clip_frac",
               "is_weight", "logp_gap", "grad_norm", "task/accuracy", "task/format_valid",
               "completion_tokens")
-ABS_TOL, REL_TOL, ADAPTER_TOL = 1e-5, 1e-4, 1e-4
+ABS_TOL, REL_TOL, ADAPTER_REL_TOL = 1e-5, 1e-4, 1e-2
 
 
 def _rows(run_dir):
@@ -135,8 +139,11 @@ def test_final_adapter_matches(runs):
     a = load_file(reference / "adapters/v000004/adapter_model.safetensors")
     b = load_file(run_dir / "adapters/v000004/adapter_model.safetensors")
     assert set(a) == set(b)
-    gap = max(float((a[k] - b[k]).abs().max()) for k in a)
-    assert gap <= ADAPTER_TOL, gap
+    gap = sum(float((a[k] - b[k]).pow(2).sum()) for k in a) ** 0.5
+    moved = sum(float(a[k].pow(2).sum()) for k in a if "lora_B" in k) ** 0.5
+    assert moved > 0
+    print(f"adapter gap {gap:.3g}, movement {moved:.3g}, ratio {gap / moved:.3g}")
+    assert gap <= ADAPTER_REL_TOL * moved, (gap, moved)
 
 
 def test_checkpoint_holds_what_a_resume_needs(runs):
