@@ -4,7 +4,6 @@ fresh LoRA adapter v0 from the learner's own model builder, and a client serving
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,21 +18,13 @@ def policy(cfg):
     return load_policy(cfg, torch.device("cpu"))
 
 
-def split_cores(workers: int, cores: int) -> list[str]:
-    """Disjoint core ranges ("0-3") for ``workers`` workers, as even as possible."""
-    if workers > cores:
-        raise ValueError(f"{workers} workers cannot each have a core of {cores}")
-    bounds = [round(i * cores / workers) for i in range(workers + 1)]
-    return [f"{a}-{b - 1}" if b - a > 1 else str(a) for a, b in
-            zip(bounds[:-1], bounds[1:], strict=True)]
-
-
 @contextmanager
 def serving(cfg, root: Path, model=None, bind: bool = False):
     """Start ``cfg.rollout.num_workers`` workers for ``cfg`` and publish adapter v0 (from
     ``model``, default a fresh policy); yields (client, store, model), stops them on exit.
-    ``bind``: each worker's threads on its own cores (``VLLM_CPU_OMP_THREADS_BIND``), which
-    the launcher does not do (every worker there may use every core)."""
+    ``bind``: each worker's threads on its own cores (``VLLM_CPU_OMP_THREADS_BIND``), as the
+    launcher does on CPU with ``rollout.cpu_bind`` (the default); off, every worker may use
+    every core."""
     from launch.plan import local_plan
     from launch.runner import worker_specs
     from rollout.adapter_store import AdapterStore
@@ -43,10 +34,8 @@ def serving(cfg, root: Path, model=None, bind: bool = False):
     model = model if model is not None else policy(cfg)
     store = AdapterStore(root / "adapters")
     store.publish(0, lambda d: model.save_pretrained(d))
+    cfg.rollout.cpu_bind = bind
     specs = worker_specs(cfg, local_plan(cfg).local_workers, None, probe_ports=True)
-    if bind:
-        for spec, cores in zip(specs, split_cores(len(specs), os.cpu_count()), strict=True):
-            spec.env["VLLM_CPU_OMP_THREADS_BIND"] = cores
     with WorkerPool(specs, root / "logs", startup_timeout=cfg.rollout.startup_timeout_s) as pool:
         client = RolloutClient(pool.urls, timeout=cfg.rollout.request_timeout_s,
                                max_concurrency=cfg.rollout.max_concurrent_requests,

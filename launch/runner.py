@@ -28,6 +28,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from launch.cpu_cores import BIND_VAR, allowed_cpus, worker_bindings
 from launch.plan import LearnerSlot, Plan, WorkerSlot
 from rollout.server import (
     WorkerError,
@@ -96,6 +97,9 @@ def worker_specs(cfg: StageConfig, slots: list[WorkerSlot], key: str | None,
     rc = cfg.rollout
     taken: set[int] = set()
     specs = []
+    binds: list[str | None] = [None] * len(slots)
+    if cfg.launch.device == "cpu" and rc.cpu_bind:
+        binds = worker_bindings(len(slots), rc.env, allowed_cpus())
     for i, slot in enumerate(slots):
         port = free_port(slot.port, slot.host, taken) if probe_ports else slot.port
         taken.add(port)
@@ -106,7 +110,7 @@ def worker_specs(cfg: StageConfig, slots: list[WorkerSlot], key: str | None,
             seed=cfg.train.seed + i, api_key=key, trust_remote_code=cfg.model.trust_remote_code,
             tensor_parallel_size=rc.tensor_parallel_size, devices=slot.devices,
             chunked_prefill=chunked_prefill(cfg), extra_args=list(rc.extra_args),
-            env=dict(rc.env),
+            env=dict(rc.env) if binds[i] is None else {**rc.env, BIND_VAR: binds[i]},
         ))
     return specs
 

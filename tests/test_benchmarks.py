@@ -1,13 +1,11 @@
 """Pure helpers of the benchmark scripts: medians, tables, threshold crossing, core split,
 process roles, stop-token cut, and the TRL reward wrapper's regrouping."""
 
-import pytest
 
 from benchmarks.common import cumulative, first_crossing, median_after_warmup, table
 from benchmarks.hf_generate import _cut
 from benchmarks.learning import ours_points, summary, trl_points
 from benchmarks.memory import role_of
-from benchmarks.serving import split_cores
 from benchmarks.trl_grpo import reward_function
 
 
@@ -39,14 +37,6 @@ def test_learning_points_exclude_eval_and_startup():
     s = summary([(2, 5.0, 0.6), (4, 9.0, 0.8)], bar=0.7, steps=4)
     assert (s["reached"], s["step"], s["seconds"], s["best_accuracy"]) == (True, 4, 9.0, 0.8)
     assert summary([(2, 5.0, 0.6)], bar=0.7, steps=2)["reached"] is False
-
-
-def test_split_cores_is_disjoint_and_covers():
-    assert split_cores(2, 2) == ["0", "1"]
-    assert split_cores(1, 4) == ["0-3"]
-    assert split_cores(3, 16) == ["0-4", "5-10", "11-15"]
-    with pytest.raises(ValueError):
-        split_cores(3, 2)
 
 
 def test_role_of_names_processes_and_children():

@@ -106,6 +106,9 @@ class RolloutConfig:
     unhealthy_after: int = 3
     max_worker_restarts: int = 3
     request_retries: int = 3
+    # CPU nodes with 2+ workers: each worker's threads on its own cores (launch/cpu_cores.py);
+    # a VLLM_CPU_OMP_THREADS_BIND in env wins.
+    cpu_bind: bool = True
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
 
