@@ -10,6 +10,7 @@ start-up and is never a measurement.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -22,6 +23,28 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 PHASES = ["generate", "reward", "learner", "sync"]
+DEFAULT_CONFIG = "configs/demo/stage1.yaml"
+
+
+def parser(doc: str, model: bool = True) -> argparse.ArgumentParser:
+    """An argument parser with the options every benchmark takes: ``--config``, ``--set``
+    (repeatable config overrides) and, when ``model``, ``--model`` (a model folder)."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    if model:
+        p.add_argument("--model", help="model folder (default: the config's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    return p
+
+
+def model_sets(a: argparse.Namespace) -> list[str]:
+    """The ``--set`` overrides, plus ``model.name_or_path`` when ``--model`` was given."""
+    return [*a.set, *([f"model.name_or_path={a.model}"] if a.model else [])]
+
+
+def result_tag(name: str, a: argparse.Namespace) -> str:
+    """The results name: ``name``, or ``name-<model folder>`` when ``--model`` was given."""
+    return name + (f"-{Path(a.model).name}" if a.model else "")
 
 
 def median_after_warmup(values: list[float], warmup: int) -> float | None:

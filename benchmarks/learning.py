@@ -16,7 +16,6 @@ Writes ``benchmarks/results/learning.json``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from benchmarks.common import (  # noqa: E402
     RESULTS,
     cumulative,
     first_crossing,
+    parser,
     phase_sum,
     run_ours,
     run_trl,
@@ -62,13 +62,11 @@ def summary(points: list[tuple[int, float, float]], bar: float, steps: int) -> d
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="configs/demo/stage1.yaml")
+    p = parser(__doc__, model=False)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--eval-every", type=int, default=10)
     p.add_argument("--fraction", type=float, default=0.9)
     p.add_argument("--sides", default="ours,trl")
-    p.add_argument("--set", action="append", default=[])
     a = p.parse_args()
     from trainer.config import load_config
     from trainer.evaluate import eval_samples

@@ -14,7 +14,6 @@ Writes ``benchmarks/results/memory[-<model>].json``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import run_ours, save, table  # noqa: E402
+from benchmarks.common import model_sets, parser, result_tag, run_ours, save, table  # noqa: E402
 from benchmarks.soak import tree  # noqa: E402
 
 # first match wins: accelerate's own command line names trainer.train too
@@ -83,17 +82,13 @@ class Sampler:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="configs/demo/stage1.yaml")
-    p.add_argument("--model", help="model folder (default: the config's)")
+    p = parser(__doc__)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--every", type=float, default=0.5, help="seconds between samples")
-    p.add_argument("--set", action="append", default=[])
     a = p.parse_args()
-    sets = [f"rollout.num_workers={a.workers}", *a.set]
-    sets += [f"model.name_or_path={a.model}"] if a.model else []
-    tag = "memory" + (f"-{Path(a.model).name}" if a.model else "")
+    sets = [f"rollout.num_workers={a.workers}", *model_sets(a)]
+    tag = result_tag("memory", a)
     sampler = Sampler()
     run = run_ours(a.config, a.steps, sets, tag, on_poll=sampler, poll_s=a.every)
     procs = sorted(sampler.procs.values(), key=lambda r: (r["role"], r["pid"]))

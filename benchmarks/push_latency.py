@@ -13,7 +13,6 @@ Writes ``benchmarks/results/push_latency[-<model>].json``.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -22,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import REPO, save, table  # noqa: E402
+from benchmarks.common import REPO, model_sets, parser, result_tag, save, table  # noqa: E402
 
 
 def folder_bytes(path: Path) -> int:
@@ -30,12 +29,9 @@ def folder_bytes(path: Path) -> int:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="configs/demo/stage1.yaml")
-    p.add_argument("--model", help="model folder (default: the config's)")
+    p = parser(__doc__)
     p.add_argument("--ranks", default="8,16,64")
     p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--set", action="append", default=[])
     a = p.parse_args()
 
     import torch
@@ -43,7 +39,7 @@ def main() -> int:
     from benchmarks.serving import policy, serving
     from trainer.config import load_config
 
-    sets = list(a.set) + ([f"model.name_or_path={a.model}"] if a.model else [])
+    sets = model_sets(a)
     rows = []
     for r in [int(x) for x in a.ranks.split(",")]:
         cfg = load_config(REPO / a.config, [*sets, f"lora.r={r}", f"lora.alpha={2 * r}"])
@@ -76,7 +72,7 @@ def main() -> int:
     print(table(["r", "adapter MB", "save ms", "load + verify ms", "push ms"],
                 [[x["r"], x["adapter_mb"], x["save_ms"], x["load_verify_ms"], x["push_ms"]]
                  for x in rows]))
-    tag = "push_latency" + (f"-{Path(a.model).name}" if a.model else "")
+    tag = result_tag("push_latency", a)
     save(tag, {"config": a.config, "sets": sets, "repeats": a.repeats, "rows": rows})
     return 0
 

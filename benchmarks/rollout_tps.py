@@ -16,7 +16,6 @@ Writes ``benchmarks/results/rollout_tps[-<model>].json``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import REPO, save, table  # noqa: E402
+from benchmarks.common import REPO, model_sets, parser, result_tag, save, table  # noqa: E402
 
 
 def timed(fn, repeats: int) -> dict:
@@ -42,9 +41,7 @@ def timed(fn, repeats: int) -> dict:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="configs/demo/stage1.yaml")
-    p.add_argument("--model", help="model folder (default: the config's)")
+    p = parser(__doc__)
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--n", type=int, default=8, help="samples per prompt")
     p.add_argument("--max-tokens", type=int, default=0, help="0: rollout.max_tokens")
@@ -53,7 +50,6 @@ def main() -> int:
     p.add_argument("--no-bind", action="store_true",
                    help="skip the runs with each worker bound to its own cores")
     p.add_argument("--hf-threads", type=int, default=os.cpu_count())
-    p.add_argument("--set", action="append", default=[])
     a = p.parse_args()
 
     import torch
@@ -65,7 +61,7 @@ def main() -> int:
     from trainer.rollouts import encode_prompt
     from trainer.tasks import build_task
 
-    sets = list(a.set) + ([f"model.name_or_path={a.model}"] if a.model else [])
+    sets = model_sets(a)
     cfg = load_config(REPO / a.config, sets)
     max_tokens = a.max_tokens or cfg.rollout.max_tokens
     temperature = cfg.rollout.temperature
@@ -101,7 +97,7 @@ def main() -> int:
     print(table(["engine", "workers", "batch s", "tokens", "tokens/s", "vs generate"],
                 [[r["engine"], r["workers"] or "-", r["seconds"], r["tokens"],
                   r["tokens_per_s"], f"{r['tokens_per_s'] / base:.2f}x"] for r in rows]))
-    tag = "rollout_tps" + (f"-{Path(a.model).name}" if a.model else "")
+    tag = result_tag("rollout_tps", a)
     save(tag, {"config": a.config, "sets": sets, "prompts": a.prompts, "n": a.n,
                "max_tokens": max_tokens, "repeats": a.repeats, "rows": rows})
     return 0

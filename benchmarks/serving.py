@@ -5,6 +5,7 @@ fresh LoRA adapter v0 from the learner's own model builder, and a client serving
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -19,12 +20,12 @@ def policy(cfg):
 
 
 @contextmanager
-def serving(cfg, root: Path, model=None, bind: bool = False):
+def serving(cfg, root: Path, model=None, bind: bool | None = None):
     """Start ``cfg.rollout.num_workers`` workers for ``cfg`` and publish adapter v0 (from
     ``model``, default a fresh policy); yields (client, store, model), stops them on exit.
-    ``bind``: each worker's threads on its own cores (``VLLM_CPU_OMP_THREADS_BIND``), as the
-    launcher does on CPU with ``rollout.cpu_bind`` (the default); off, every worker may use
-    every core."""
+    ``bind``: each worker's threads on its own cores (``VLLM_CPU_OMP_THREADS_BIND``) or not,
+    overriding ``rollout.cpu_bind`` for these workers (None: as the config says, which is
+    what the launcher does)."""
     from launch.plan import local_plan
     from launch.runner import worker_specs
     from rollout.adapter_store import AdapterStore
@@ -34,7 +35,8 @@ def serving(cfg, root: Path, model=None, bind: bool = False):
     model = model if model is not None else policy(cfg)
     store = AdapterStore(root / "adapters")
     store.publish(0, lambda d: model.save_pretrained(d))
-    cfg.rollout.cpu_bind = bind
+    if bind is not None:
+        cfg = replace(cfg, rollout=replace(cfg.rollout, cpu_bind=bind))
     specs = worker_specs(cfg, local_plan(cfg).local_workers, None, probe_ports=True)
     with WorkerPool(specs, root / "logs", startup_timeout=cfg.rollout.startup_timeout_s) as pool:
         client = RolloutClient(pool.urls, timeout=cfg.rollout.request_timeout_s,

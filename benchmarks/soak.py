@@ -14,7 +14,6 @@ the first sample after warm-up to the last, and writes ``benchmarks/results/soak
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -27,7 +26,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import stage1_command  # noqa: E402
+from benchmarks.common import parser, stage1_command  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,15 +87,13 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="configs/demo/stage1.yaml")
+    p = parser(__doc__, model=False)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--every", type=float, default=15.0, help="seconds between samples")
     p.add_argument("--warmup-steps", type=int, default=20)
     p.add_argument("--kill-worker-at", type=int, default=100)
     p.add_argument("--port", type=int, default=8660)
-    p.add_argument("--set", action="append", default=[])
     a = p.parse_args()
     out_root = REPO / "benchmarks" / "results"
     name = f"soak-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -15,29 +15,33 @@ Writes ``benchmarks/results/step_timings[-<model>].json``.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import PHASES, median_after_warmup, phase_sum, run_ours, save  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    PHASES,
+    median_after_warmup,
+    model_sets,
+    parser,
+    phase_sum,
+    result_tag,
+    run_ours,
+    save,
+)
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="configs/demo/stage1.yaml")
+    p = parser(__doc__)
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--model", help="model folder (default: the config's)")
-    p.add_argument("--set", action="append", default=[])
     p.add_argument("--tag", help="results name (default: step_timings[-<model>])")
     a = p.parse_args()
-    sets = [f"rollout.num_workers={a.workers}", *a.set]
-    sets += [f"model.name_or_path={a.model}"] if a.model else []
-    tag = a.tag or "step_timings" + (f"-{Path(a.model).name}" if a.model else "")
+    sets = [f"rollout.num_workers={a.workers}", *model_sets(a)]
+    tag = a.tag or result_tag("step_timings", a)
     run = run_ours(a.config, a.steps, sets, tag)
     if run["exit_code"] != 0:
         raise SystemExit(f"the run failed (exit {run['exit_code']}): {run['run_dir']}")

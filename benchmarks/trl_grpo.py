@@ -25,7 +25,6 @@ first ``eval.num_samples`` of ``eval.split`` (the same fixed subset our recipe u
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -35,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import completions_per_step  # noqa: E402
+from benchmarks.common import completions_per_step, parser  # noqa: E402
 
 LOGGED = {"loss", "reward", "kl", "entropy", "grad_norm"}  # besides TRL's "a/b" metrics
 
@@ -98,10 +97,8 @@ def greedy_accuracy(model, tokenizer, task, samples, cfg, batch: int = 32) -> fl
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="configs/demo/stage1.yaml")
+    p = parser(__doc__, model=False)
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--set", action="append", default=[])
     p.add_argument("--out", required=True, help="JSON file for the per-step records")
     p.add_argument("--use-vllm", action="store_true", help="TRL's vLLM colocate generation")
     p.add_argument("--eval-every", type=int, default=0)

@@ -18,7 +18,6 @@ Writes ``benchmarks/results/vs_trl[-<model>].json``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -29,6 +28,9 @@ from benchmarks.common import (  # noqa: E402
     RESULTS,
     completions_per_step,
     median_after_warmup,
+    model_sets,
+    parser,
+    result_tag,
     run_ours,
     run_trl,
     save,
@@ -49,23 +51,20 @@ def side_summary(step_seconds: list[float], tokens: list[float], per_step: int) 
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="configs/demo/stage1.yaml")
-    p.add_argument("--model", help="model folder (default: the config's)")
+    p = parser(__doc__)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--trl-vllm", action="store_true", help="TRL with use_vllm (colocate)")
-    p.add_argument("--set", action="append", default=[])
     a = p.parse_args()
     if a.warmup < 1:
         raise SystemExit("--warmup must be >= 1 (our first step interval includes start-up)")
     from trainer.config import load_config
 
-    sets = list(a.set) + ([f"model.name_or_path={a.model}"] if a.model else [])
+    sets = model_sets(a)
     cfg = load_config(REPO / a.config, sets)
     per_step = completions_per_step(cfg)
-    tag = "vs_trl" + (f"-{Path(a.model).name}" if a.model else "")
+    tag = result_tag("vs_trl", a)
     ours_s, ours_t, trl_s, trl_t, runs = [], [], [], [], []
     for r in range(a.rounds):
         ours = run_ours(a.config, a.steps, sets, f"{tag}-ours{r}")

@@ -49,4 +49,4 @@ def worker_bindings(workers: int, env: dict[str, str], cpus: list[int]) -> list[
     (one worker, a bind set by the user, or more workers than cores)."""
     if workers < 2 or BIND_VAR in env or workers > len(cpus):
         return [None] * workers
-    return list(split_cores(workers, cpus))
+    return split_cores(workers, cpus)

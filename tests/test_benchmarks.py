@@ -1,12 +1,29 @@
-"""Pure helpers of the benchmark scripts: medians, tables, threshold crossing, core split,
+"""Pure helpers of the benchmark scripts: options, medians, tables, threshold crossing,
 process roles, stop-token cut, and the TRL reward wrapper's regrouping."""
 
 
-from benchmarks.common import cumulative, first_crossing, median_after_warmup, table
+from benchmarks.common import (
+    cumulative,
+    first_crossing,
+    median_after_warmup,
+    model_sets,
+    parser,
+    result_tag,
+    table,
+)
 from benchmarks.hf_generate import _cut
 from benchmarks.learning import ours_points, summary, trl_points
 from benchmarks.memory import role_of
 from benchmarks.trl_grpo import reward_function
+
+
+def test_common_options_name_the_model_in_overrides_and_results():
+    a = parser("doc").parse_args(["--set", "train.steps=3", "--model", "models/qwen2-25m"])
+    assert a.config == "configs/demo/stage1.yaml"
+    assert model_sets(a) == ["train.steps=3", "model.name_or_path=models/qwen2-25m"]
+    assert result_tag("memory", a) == "memory-qwen2-25m"
+    plain = parser("doc").parse_args([])
+    assert (model_sets(plain), result_tag("memory", plain)) == ([], "memory")
 
 
 def test_median_after_warmup_drops_warmup_and_none():
