@@ -9,7 +9,7 @@ series):
 - ``tables.py``: CSV/Parquet tables to clean series; ``hf.py``: Hugging Face datasets.
 - ``problems.py``: the bad-input rules, :class:`DataError` and :class:`DataReport`.
 - ``splits.py``: leak-free time splits per ticker and the Stage I balance.
-- ``synthetic.py``: the regime market and its exact Bayes-optimal accuracy.
+- ``synthetic.py``: the streak market and its exact Bayes-optimal accuracy.
 """
 
 from trainer.tasks.stock.problems import DataError, DataReport

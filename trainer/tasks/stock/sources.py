@@ -2,7 +2,7 @@
 
 - ``bundled``: real daily prices shipped in ``data/bundled/ohlcv.csv.gz`` (provenance and
   licences in its README); no runtime dependency on the packages they came from.
-- ``synthetic``: the seeded regime market of ``synthetic.py``, with its exact Bayes oracle.
+- ``synthetic``: the seeded streak market of ``synthetic.py``, with its exact Bayes oracle.
 - ``local``: CSV or Parquet OHLCV at ``data.path``: one long table with a ticker column, or
   a folder with one file per ticker (the ticker is the file name).
 - ``hf``: a Hugging Face dataset (``hf.py``), price rows or prompt rows.
