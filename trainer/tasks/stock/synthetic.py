@@ -4,8 +4,9 @@ It is the oracle that proves training learns: the best any model can do is compu
 guessed, and a trained model's accuracy is read against it.
 
 Generative model (constants below): each day moves up or down by a log-return drawn uniform
-in ``MOVE`` % (symmetric in log price, so the series has no drift over thousands of days;
-the shown % changes are within 2% of that range); the direction depends on how many of the last three moves were up (``LOOKBACK``):
+in ``MOVE`` % (symmetric in log price, so no systematic drift; the shown % changes are
+within 2% of that range); the direction depends on how many of the last three moves were up
+(``LOOKBACK``):
 - mixed (one or two up): momentum: the majority sign of the three, with probability
   ``MOMENTUM_P``;
 - a streak (all three the same way): exhaustion: against the streak, with probability
