@@ -1,36 +1,49 @@
 """Templated answers for the format warm start; they never leak the label.
 
-The reasoning restates facts from the prompt, computed correctly: the last three % changes
-and how many were up and down, and the net change over the window. Stating these before the
-answer gives a small model the features it needs in its own context (PLATFORM.md's probe
-plateaued without them); which direction they imply is left for reinforcement learning to
-find: the prediction and the confidence are drawn at random, independently of the next
-day's move. (A "the last move was large" clause was dropped: the 2-layer embedded model
-never learned to read a move's size from its digits in a 300-step warm start, so the clause
-was wrong half the time.) The answers follow the format of ``trainer/tasks/stock/answer.py``
-without its optional ``Expected change`` line (short answers fit the demo's token budget), so
-the parser reads every one of them as valid.
+The reasoning restates facts from the prompt, computed correctly: the window's trend, the
+direction of each of the last three days and how many were down and up. The word right after
+the up count is a lean ("bullish" / "bearish") that the prediction then repeats. The
+prediction, its lean and the confidence are drawn at random, independently of the data and
+of the next day's move: which direction the facts imply is left to reinforcement learning.
+
+Why the lean sits right after the count: GRPO has to learn a decision that depends on the
+count, and a 2-layer model learns that fastest where the count's own token is the input
+(``benchmarks/decision_probe.py``: REINFORCE on the lean alone learned the synthetic
+market's count -> direction rule in ~40 steps of 8 prompts x 8 samples; with the decision
+six tokens later, at ``Prediction:``, it stayed the same for every count for ~60 steps of
+64 prompts). The warm start learns the lean -> prediction copy (``trainer/warmstart.py``
+weights those two tokens).
+
+Why no price figures: the embedded model copied their digits wrong (data usage ~0.01 of
+0.2), and in Stage I rollouts their 17 digit tokens carried ~25 nats of sampling entropy per
+completion against the decision's 0.7, noise on the same adapter weights.
+
+The answers follow the format of ``trainer/tasks/stock/answer.py`` without its optional
+``Expected change`` line (short answers fit the demo's token budget), so the parser reads
+every one of them as valid.
 """
 
 from __future__ import annotations
 
 import random
 
+LEAN = {"UP": "bullish", "DOWN": "bearish"}
+
 
 def templated_answer(closes: list[float], rng: random.Random) -> str:
-    """Reasoning from the shown data (last three % changes, their up/down count, the net
-    change), then a random prediction and confidence."""
-    changes = [100.0 * (closes[i + 1] / closes[i] - 1.0) for i in range(len(closes) - 1)]
+    """Reasoning from the shown data (the window's trend, the last three days' directions,
+    their down/up count), then a random lean, the prediction it announces, and a random confidence."""
+    changes = [closes[i + 1] / closes[i] - 1.0 for i in range(len(closes) - 1)]
     last = changes[-3:]
     ups = sum(c > 0 for c in last)
-    net = 100.0 * (closes[-1] / closes[0] - 1.0)
-    trend = "up" if net > 0 else "down"
-    listed = ", ".join(f"{c:+.2f}%" for c in last)
+    trend = "up" if closes[-1] > closes[0] else "down"
+    days = ", ".join("up" if c > 0 else "down" for c in last)
     prediction = rng.choice(("UP", "DOWN"))
-    confidence = rng.randrange(50, 91, 5)
+    confidence = rng.randrange(50, 91, 10)
     return (
-        f"Reasoning: Last three changes {listed}: {ups} up, {len(last) - ups} down. "
-        f"The trend is {trend} {abs(net):.2f}% over {len(changes)} days.\n"
+        f"Reasoning: The trend is {trend} over {len(changes)} days. "
+        f"The last three days went {days}: down {len(last) - ups}, up {ups} "
+        f"{LEAN[prediction]}.\n"
         f"Prediction: {prediction}\n"
         f"Confidence: {confidence}%"
     )

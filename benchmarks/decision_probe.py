@@ -1,0 +1,154 @@
+"""Can a LoRA learn the market's decision from the warm-started model? An offline probe.
+
+Isolates the one choice GRPO has to learn on the synthetic market: the lean word
+("bullish" / "bearish") written right after the up count of the last three days. The
+reasoning before it is teacher-forced (the warm-start template, correct facts), the lean is
+sampled, the reward is 0.6 when the direction it announces is the realised next-day move,
+and a LoRA (the demo's r, alpha and target modules) takes one REINFORCE step with
+group-normalised advantages per batch. No vLLM, no other tokens: this is the best case the
+full recipe can approach, so a budget at which the probe does not learn is one at which
+Stage I will not either.
+
+It also checks the warm start's half of the bargain: the share of prompts where the
+greedy prediction follows a forced lean (1.0 when the copy was learned).
+
+    python benchmarks/decision_probe.py [--model models/tiny-qwen2-fmt] [--lr 1e-3]
+        [--steps 40] [--prompts 8] [--group 8] [--every 10]
+
+Prints a markdown table of P(bullish) per up count (the Bayes answer: bullish for 0 and 2,
+bearish for 1 and 3) and writes it to ``benchmarks/results/decision_probe.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import RESULTS, table  # noqa: E402
+
+BAYES_BULLISH = {0: True, 1: False, 2: True, 3: False}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.config import load_config
+    from trainer.tasks.stock import data as market
+    from trainer.tasks.stock.task import window_to_sample
+    from trainer.warm_answers import LEAN, templated_answer
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="configs/demo/stage1.yaml")
+    p.add_argument("--model", default=None, help="default: the config's model")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--prompts", type=int, default=8)
+    p.add_argument("--group", type=int, default=8)
+    p.add_argument("--every", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    cfg = load_config(a.config)
+    name = a.model or cfg.model.name_or_path
+    torch.manual_seed(a.seed)
+    tok = AutoTokenizer.from_pretrained(name)
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
+                                             target_modules=list(cfg.lora.target_modules)))
+    d = cfg.data
+    wins = market.windows(market.synthetic_series(d.synthetic_days, d.seed), d.window)
+    train = [w for w in wins if w.next_date <= d.train_end]
+    val = [w for w in wins if d.train_end < w.next_date <= d.val_end][:300]
+
+    def tid(word: str) -> int:
+        return tok(f" {word}", add_special_tokens=False)["input_ids"][0]
+
+    bull, bear, up_id, down_id = tid(LEAN["UP"]), tid(LEAN["DOWN"]), tid("UP"), tid("DOWN")
+
+    def ups(w) -> int:
+        return sum(c > 0 for c in w.changes_pct[-3:])
+
+    def before_lean(w) -> str:
+        prompt = tok.apply_chat_template(window_to_sample(w).messages,
+                                         add_generation_prompt=True, tokenize=False)
+        answer = templated_answer(w.closes, random.Random(0))
+        return prompt + answer[:min(answer.find(f" {lean}") for lean in LEAN.values()
+                                    if f" {lean}" in answer)]
+
+    def last_logits(texts: list[str]) -> torch.Tensor:
+        ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+        width = max(map(len, ids))
+        x = torch.full((len(ids), width), tok.pad_token_id)
+        mask = torch.zeros_like(x)
+        for i, t in enumerate(ids):  # left-padded: the last position is every text's end
+            x[i, width - len(t):] = torch.tensor(t)
+            mask[i, width - len(t):] = 1
+        return model(input_ids=x, attention_mask=mask).logits[:, -1]
+
+    with torch.no_grad():
+        follows = 0
+        for direction, lean in LEAN.items():
+            lg = last_logits([before_lean(w) + f" {lean}.\nPrediction:" for w in val[:100]])
+            said_up = lg[:, up_id] > lg[:, down_id]
+            follows += int((said_up == (direction == "UP")).sum())
+    copy_rate = follows / 200
+
+    def p_bullish() -> dict[int, float]:
+        with torch.no_grad():
+            lg = last_logits([before_lean(w) for w in val])
+        pb = torch.stack([lg[:, bull], lg[:, bear]], 1).softmax(1)[:, 0].tolist()
+        per = defaultdict(list)
+        for w, q in zip(val, pb, strict=True):
+            per[ups(w)].append(q)
+        return {k: sum(v) / len(v) for k, v in sorted(per.items())}
+
+    def bayes_agreement(pb: dict[int, float]) -> float:
+        return sum(q if BAYES_BULLISH[k] else 1 - q for k, q in pb.items()) / len(pb)
+
+    rows = []
+    pb = p_bullish()
+    rows.append([0, *[pb.get(k) for k in range(4)], bayes_agreement(pb), 0.0])
+    opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=a.lr)
+    rng = random.Random(a.seed)
+    t0 = time.perf_counter()
+    for step in range(1, a.steps + 1):
+        ws = rng.sample(train, a.prompts)
+        lg = last_logits([before_lean(w) for w in ws])
+        logp = torch.stack([lg[:, bull], lg[:, bear]], 1).log_softmax(1)
+        act = torch.multinomial(logp.exp(), a.group, replacement=True)  # 0: bullish
+        realised_up = torch.tensor([w.next_close > w.closes[-1] for w in ws])[:, None]
+        reward = ((act == 0) == realised_up).float() * 0.6
+        adv = (reward - reward.mean(1, keepdim=True)) / (reward.std(1, keepdim=True) + 1e-6)
+        loss = -(adv * logp.gather(1, act)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % a.every == 0 or step == a.steps:
+            pb = p_bullish()
+            elapsed = time.perf_counter() - t0
+            rows.append([step, *[pb.get(k) for k in range(4)], bayes_agreement(pb), elapsed])
+            print(f"decision probe step {step}/{a.steps} | {elapsed:.0f}s | "
+                  f"ETA {elapsed / step * (a.steps - step):.0f}s", flush=True)
+    head = ["step", "P(bullish) 0 up", "1 up", "2 up", "3 up", "Bayes agreement", "seconds"]
+    print(f"\nmodel {name}, lr {a.lr}, {a.prompts} prompts x {a.group} samples per step; "
+          f"greedy prediction follows a forced lean: {copy_rate:.2f}")
+    print(table(head, rows))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "decision_probe.json").write_text(json.dumps(
+        {"model": name, "args": vars(a), "copy_rate": copy_rate, "header": head,
+         "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

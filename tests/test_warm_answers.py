@@ -1,0 +1,47 @@
+"""The warm-start template: correct facts, a lean word next to the count, no label."""
+
+import random
+import re
+
+from trainer.tasks.stock.answer import parse_answer
+from trainer.warm_answers import LEAN, templated_answer
+
+RISING_THEN_MIXED = [100.0, 101.0, 102.0, 101.0, 103.0, 104.0]  # last three: -, +, +
+
+
+def test_reasoning_states_the_count_and_the_lean_follows_it_directly():
+    text = templated_answer(RISING_THEN_MIXED, random.Random(0))
+    m = re.search(r"went (\w+), (\w+), (\w+): down (\d), up (\d) (\w+)\.\nPrediction: (UP|DOWN)\n",
+                  text)
+    assert m, text
+    assert m.groups()[:5] == ("down", "up", "up", "1", "2")
+    assert m.group(6) == LEAN[m.group(7)]  # the word after the count announces the prediction
+    assert "The trend is up over 5 days." in text
+    assert parse_answer(text).valid
+
+
+def test_prediction_and_confidence_do_not_depend_on_the_data():
+    rng = random.Random(1)
+    falling = [100.0 * 0.99 ** i for i in range(6)]
+    for closes in (RISING_THEN_MIXED, falling):
+        answers = [parse_answer(templated_answer(closes, rng)) for _ in range(400)]
+        ups = sum(a.prediction == "UP" for a in answers) / len(answers)
+        assert 0.4 < ups < 0.6
+        assert len({a.confidence for a in answers}) == 5  # 50..90% in steps of 10
+
+
+def test_warm_start_loss_weights_the_decision_tokens():
+    import torch
+
+    from trainer.warmstart import DECISION_WEIGHT, weighted_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(1, 4, 7)
+    labels = torch.tensor([[-100, 2, 5, 3]])  # position 0 is the prompt; 5 is a decision token
+    ce = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:].clamp(min=0),
+                                           reduction="none")
+    want = (ce[0] + DECISION_WEIGHT * ce[1] + ce[2]) / (2 + DECISION_WEIGHT)
+    got = weighted_loss(logits, labels, torch.tensor([5]))
+    assert torch.allclose(got, want)
+    plain = weighted_loss(logits, labels, torch.tensor([6]))  # no decision token present
+    assert torch.allclose(plain, ce.mean())
