@@ -16,7 +16,8 @@ greedy prediction follows a forced lean (1.0 when the copy was learned).
         [--steps 40] [--prompts 8] [--group 8] [--every 10]
 
 Prints a markdown table of P(bullish) per up count (the Bayes answer: bullish for 0 and 2,
-bearish for 1 and 3) and writes it to ``benchmarks/results/decision_probe.json``.
+bearish for 1 and 3) and the mean probability of the Bayes lean
+(``synthetic.up_probability``), and writes it to ``benchmarks/results/decision_probe.json``.
 """
 
 from __future__ import annotations
@@ -33,8 +34,6 @@ if __package__ in (None, ""):
 
 from benchmarks.common import RESULTS, table  # noqa: E402
 
-BAYES_BULLISH = {0: True, 1: False, 2: True, 3: False}
-
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
@@ -45,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from trainer.config import load_config
     from trainer.tasks.stock import data as market
+    from trainer.tasks.stock.splits import place
+    from trainer.tasks.stock.synthetic import up_probability
     from trainer.tasks.stock.task import window_to_sample
     from trainer.warm_answers import LEAN, templated_answer
 
@@ -67,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
                                              target_modules=list(cfg.lora.target_modules)))
     d = cfg.data
     wins = market.windows(market.synthetic_series(d.synthetic_days, d.seed), d.window)
-    train = [w for w in wins if w.next_date <= d.train_end]
-    val = [w for w in wins if d.train_end < w.next_date <= d.val_end][:300]
+    train = [w for w in wins if place(w.base_date, w.next_date, d) == "train"]
+    val = [w for w in wins if place(w.base_date, w.next_date, d) == "val"][:300]
+    bayes_up = [up_probability(w.changes_pct) > 0.5 for w in val]
 
     def tid(word: str) -> int:
         return tok(f" {word}", add_special_tokens=False)["input_ids"][0]
@@ -103,21 +105,19 @@ def main(argv: list[str] | None = None) -> int:
             follows += int((said_up == (direction == "UP")).sum())
     copy_rate = follows / 200
 
-    def p_bullish() -> dict[int, float]:
+    def measure() -> list[float | None]:
+        """Mean P(bullish) per up count 0..3, then the mean probability of the Bayes lean."""
         with torch.no_grad():
             lg = last_logits([before_lean(w) for w in val])
         pb = torch.stack([lg[:, bull], lg[:, bear]], 1).softmax(1)[:, 0].tolist()
         per = defaultdict(list)
         for w, q in zip(val, pb, strict=True):
             per[ups(w)].append(q)
-        return {k: sum(v) / len(v) for k, v in sorted(per.items())}
+        agree = [q if up else 1 - q for q, up in zip(pb, bayes_up, strict=True)]
+        return [sum(per[k]) / len(per[k]) if per[k] else None for k in range(4)] + [
+            sum(agree) / len(agree)]
 
-    def bayes_agreement(pb: dict[int, float]) -> float:
-        return sum(q if BAYES_BULLISH[k] else 1 - q for k, q in pb.items()) / len(pb)
-
-    rows = []
-    pb = p_bullish()
-    rows.append([0, *[pb.get(k) for k in range(4)], bayes_agreement(pb), 0.0])
+    rows = [[0, *measure(), 0.0]]
     opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=a.lr)
     rng = random.Random(a.seed)
     t0 = time.perf_counter()
@@ -134,9 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         loss.backward()
         opt.step()
         if step % a.every == 0 or step == a.steps:
-            pb = p_bullish()
             elapsed = time.perf_counter() - t0
-            rows.append([step, *[pb.get(k) for k in range(4)], bayes_agreement(pb), elapsed])
+            rows.append([step, *measure(), elapsed])
             print(f"decision probe step {step}/{a.steps} | {elapsed:.0f}s | "
                   f"ETA {elapsed / step * (a.steps - step):.0f}s", flush=True)
     head = ["step", "P(bullish) 0 up", "1 up", "2 up", "3 up", "Bayes agreement", "seconds"]

@@ -32,16 +32,17 @@ LEAN = {"UP": "bullish", "DOWN": "bearish"}
 
 def templated_answer(closes: list[float], rng: random.Random) -> str:
     """Reasoning from the shown data (the window's trend, the last three days' directions,
-    their down/up count), then a random lean, the prediction it announces, and a random confidence."""
-    changes = [closes[i + 1] / closes[i] - 1.0 for i in range(len(closes) - 1)]
-    last = changes[-3:]
-    ups = sum(c > 0 for c in last)
+    their down/up count), then a random lean, the prediction it announces, and a random
+    confidence."""
+    rises = [b > a for a, b in zip(closes[:-1], closes[1:], strict=True)]
+    last = rises[-3:]
+    ups = sum(last)
     trend = "up" if closes[-1] > closes[0] else "down"
-    days = ", ".join("up" if c > 0 else "down" for c in last)
+    days = ", ".join("up" if r else "down" for r in last)
     prediction = rng.choice(("UP", "DOWN"))
     confidence = rng.randrange(50, 91, 10)
     return (
-        f"Reasoning: The trend is {trend} over {len(changes)} days. "
+        f"Reasoning: The trend is {trend} over {len(rises)} days. "
         f"The last three days went {days}: down {len(last) - ups}, up {ups} "
         f"{LEAN[prediction]}.\n"
         f"Prediction: {prediction}\n"

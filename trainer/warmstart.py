@@ -23,7 +23,7 @@ from trainer.tasks.stock.data import Window
 from trainer.warm_answers import LEAN, templated_answer
 
 DECISION_WEIGHT = 10.0
-DECISION_WORDS = [f" {w}" for pair in LEAN.items() for w in pair]  # " UP", " bullish", ...
+DECISION_WORDS = [f" {w}" for w in (*LEAN, *LEAN.values())]  # " UP", ..., " bullish", ...
 
 
 def _examples(data: DataConfig, tokenizer, rng: random.Random) -> list[tuple[list[int], int]]:
@@ -52,7 +52,7 @@ def _examples(data: DataConfig, tokenizer, rng: random.Random) -> list[tuple[lis
 def weighted_loss(logits: torch.Tensor, labels: torch.Tensor,
                   decision_ids: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy on the answer, with the lean and prediction tokens weighted
-    ``DECISION_WEIGHT`` times: they are 2 of ~45 answer tokens, and copying the lean into the
+    ``DECISION_WEIGHT`` times: they are 2 of ~30 answer tokens, and copying the lean into the
     prediction is what lets GRPO's choice of lean decide the answer."""
     logits, labels = logits[:, :-1], labels[:, 1:]
     mask = labels != -100
