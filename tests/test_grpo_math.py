@@ -8,6 +8,7 @@ import torch
 from trainer.grpo import (
     ADVANTAGE_ESTIMATORS,
     LOSS_AGGREGATIONS,
+    TOKEN_SELECTIONS,
     grpo_advantages,
     grpo_loss,
     k3_kl,
@@ -112,3 +113,28 @@ def test_aggregations_differ_on_unequal_lengths():
     mask = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]])
     assert LOSS_AGGREGATIONS["seq-mean-token-mean"](per_token, mask).item() == pytest.approx(2.0)
     assert LOSS_AGGREGATIONS["token-mean"](per_token, mask).item() == pytest.approx(7 / 5)
+
+
+def test_high_entropy_selection_keeps_the_top_share_of_valid_tokens():
+    entropy = torch.tensor([[0.1, 2.0, 0.3, 9.0], [1.5, 0.2, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])  # 9.0 is padding
+    pick = TOKEN_SELECTIONS["high_entropy"]
+    assert pick(entropy, mask, 0.4).tolist() == [[0, 1, 0, 0], [1, 0, 0, 0]]  # 2 of 5
+    assert pick(entropy, mask, 0.01).tolist() == [[0, 1, 0, 0], [0, 0, 0, 0]]  # at least 1
+    assert torch.equal(pick(entropy, mask, 1.0), mask)
+    assert torch.equal(TOKEN_SELECTIONS["all"](entropy, mask, 0.2), mask)
+
+
+def test_pg_weight_gates_the_policy_gradient_but_not_the_kl():
+    logp = torch.tensor([[-1.0, -2.0, -3.0]], requires_grad=True)
+    ref = torch.tensor([[-1.5, -1.5, -1.5]])
+    mask = torch.ones(1, 3)
+    weight = torch.tensor([[0.0, 1.0, 0.0]])
+    loss, _ = grpo_loss(logp, logp.detach(), ref, logp.detach(), torch.tensor([3.0]), mask,
+                        clip_eps=0.2, kl_coef=0.1, is_cap=2.0, pg_weight=weight)
+    loss.backward()
+    # pg: -A/len on the selected token only; kl: d/dlogp k3 = -(exp(ref - logp) - 1) on all
+    kl_grad = [-(math.exp(r - lp) - 1.0) * 0.1 / 3 for r, lp in ((-1.5, -1), (-1.5, -2),
+                                                                   (-1.5, -3))]
+    want = [kl_grad[0], kl_grad[1] - 1.0, kl_grad[2]]
+    assert logp.grad[0].tolist() == pytest.approx(want, abs=1e-6)

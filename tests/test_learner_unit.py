@@ -51,6 +51,21 @@ def test_batched_logprobs_match_unpadded_single_sequences(tiny_model):
             assert torch.allclose(batched[i, :len(c)], naive, atol=1e-5)
 
 
+def test_entropy_is_the_sampling_entropy_at_each_completion_position(tiny_model):
+    model = load_policy(_cfg(tiny_model), torch.device("cpu")).eval()
+    prompt, completion = [1, 40, 41], [60, 61, 62]
+    with torch.no_grad():
+        logp, ent = token_logprobs(model, _batch([prompt], [completion]), 0, 0.7,
+                                   torch.device("cpu"), entropy=True)
+        logits = model(input_ids=torch.tensor([prompt + completion])).logits[0].float() / 0.7
+        probs = torch.softmax(logits[len(prompt) - 1:-1], -1)
+    want = -(probs * probs.log()).sum(-1)
+    assert torch.allclose(ent[0], want, atol=1e-4)
+    assert ent.min() > 0.0  # a fresh tiny model is far from deterministic
+    assert torch.allclose(logp[0], probs.log().gather(-1, torch.tensor(completion)[:, None])
+                          .squeeze(-1), atol=1e-5)
+
+
 def test_4bit_base_loads_nf4_and_lora_gets_gradients(tiny_model):
     import bitsandbytes as bnb
 

@@ -125,6 +125,10 @@ class TrainConfig:
     is_cap: float = 2.0  # truncated importance-sampling weight for worker/learner mismatch
     advantage: Literal["grpo", "dr_grpo"] = "grpo"
     loss_agg: Literal["seq-mean-token-mean", "token-mean"] = "seq-mean-token-mean"
+    # which completion tokens carry the policy gradient: "all", or "high_entropy" = the
+    # entropy_top_frac share of each micro-batch's tokens the sampler was least sure of
+    pg_tokens: Literal["all", "high_entropy"] = "all"
+    entropy_top_frac: float = 0.2
     seed: int = 0
 
 
@@ -340,6 +344,7 @@ def validate(cfg: StageConfig) -> None:
         (cfg.train.kl_coef >= 0, "train.kl_coef: must be >= 0"),
         (0 <= cfg.train.clip_eps < 1, "train.clip_eps: must be in [0, 1)"),
         (cfg.train.is_cap >= 1, "train.is_cap: must be >= 1"),
+        (0 < cfg.train.entropy_top_frac <= 1, "train.entropy_top_frac: must be in (0, 1]"),
         (cfg.data.window >= 2, "data.window: must be at least 2 days"),
         (cfg.launch.num_processes >= 1, "launch.num_processes: must be at least 1"),
         (cfg.run.keep_adapter_versions >= 1, "run.keep_adapter_versions: must be at least 1"),

@@ -1,8 +1,8 @@
 """GRPO math as pure functions over tensors: advantages, KL, the clipped surrogate loss.
 
 Shapes: ``N`` sequences (= prompts x group size G), ``T`` completion tokens (right padded).
-Variants (advantage estimators, loss aggregations) are small registered functions chosen by
-name from config, never string switches inside the loss.
+Variants (advantage estimators, loss aggregations, policy-gradient token selections) are small
+registered functions chosen by name from config, never string switches inside the loss.
 
 Where we depart from the paper (DeepSeekMath GRPO) and why:
 - The reference policy is the base with the LoRA adapter disabled (no second model copy).
@@ -24,9 +24,11 @@ import torch
 
 AdvantageFn = Callable[[torch.Tensor, int], torch.Tensor]
 AggregateFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+SelectFn = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
 ADVANTAGE_ESTIMATORS: dict[str, AdvantageFn] = {}
 LOSS_AGGREGATIONS: dict[str, AggregateFn] = {}
+TOKEN_SELECTIONS: dict[str, SelectFn] = {}
 
 
 def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
@@ -40,6 +42,14 @@ def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
 def register_aggregation(name: str) -> Callable[[AggregateFn], AggregateFn]:
     def deco(fn: AggregateFn) -> AggregateFn:
         LOSS_AGGREGATIONS[name] = fn
+        return fn
+
+    return deco
+
+
+def register_selection(name: str) -> Callable[[SelectFn], SelectFn]:
+    def deco(fn: SelectFn) -> SelectFn:
+        TOKEN_SELECTIONS[name] = fn
         return fn
 
     return deco
@@ -88,6 +98,31 @@ def token_mean(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (per_token * mask).sum() / mask.sum().clamp(min=1)
 
 
+@register_selection("all")
+def all_tokens(entropy: torch.Tensor, mask: torch.Tensor, top_frac: float) -> torch.Tensor:
+    """Every completion token carries the policy gradient (the GRPO paper)."""
+    return mask.to(torch.float32)
+
+
+@register_selection("high_entropy")
+def high_entropy_tokens(entropy: torch.Tensor, mask: torch.Tensor,
+                        top_frac: float) -> torch.Tensor:
+    """entropy [N, T], mask [N, T] -> 0/1 [N, T]: the ``top_frac`` share of the batch's
+    completion tokens with the highest sampling entropy (ties kept), at least one token.
+
+    Wang et al. 2025 ("Beyond the 80/20 rule"): the policy gradient of the few "forking" tokens
+    where the sampler really chooses carries the learning; the near-deterministic rest adds
+    noise with the same advantage. Every token still pays the KL term.
+    """
+    valid = mask > 0
+    values = entropy.detach().float()[valid]
+    if values.numel() == 0:
+        return torch.zeros_like(mask, dtype=torch.float32)
+    k = max(1, int(round(top_frac * values.numel())))
+    threshold = torch.topk(values, k).values[-1]
+    return ((entropy.detach().float() >= threshold) & valid).to(torch.float32)
+
+
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """[N, T], [N, T] -> [N, T]: k3 estimate of KL(policy || ref), >= 0, zero where equal."""
     delta = ref_logp - logp
@@ -117,6 +152,7 @@ def grpo_loss(
     kl_coef: float,
     is_cap: float,
     aggregation: str = "seq-mean-token-mean",
+    pg_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, LossStats]:
     """Clipped surrogate + k3 KL with truncated importance sampling.
 
@@ -125,6 +161,8 @@ def grpo_loss(
     ref_logp [N, T] or None: reference policy log-probs (None when kl_coef == 0)
     rollout_logp [N, T]: the worker's log-probs of the same tokens
     advantages [N]; mask [N, T] (1.0 on completion tokens, 0.0 on padding)
+    pg_weight [N, T] or None: per-token weight of the policy-gradient term only (the KL term
+    keeps every token); see ``token_weights``. The aggregation still divides by ``mask``.
     Returns the scalar loss and detached stats.
     """
     mask = mask.to(logp.dtype)
@@ -135,6 +173,8 @@ def grpo_loss(
 
     raw_is = torch.exp(old_logp - rollout_logp).detach()
     is_weight = torch.clamp(raw_is, max=is_cap)
+    if pg_weight is not None:
+        pg = pg * pg_weight.to(logp.dtype).detach()
     per_token = is_weight * pg
     kl = torch.zeros_like(logp)
     if ref_logp is not None and kl_coef > 0:

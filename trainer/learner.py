@@ -25,7 +25,7 @@ import torch
 
 from trainer.config import StageConfig
 from trainer.dist import rank_and_world
-from trainer.grpo import grpo_loss
+from trainer.grpo import TOKEN_SELECTIONS, grpo_loss
 from trainer.types import RolloutBatch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -84,8 +84,9 @@ def build_inputs(prompt_ids: list[list[int]], completion_ids: torch.Tensor,
 
 
 def token_logprobs(model, batch: RolloutBatch, pad_id: int, temperature: float,
-                   device: torch.device) -> torch.Tensor:
-    """log p(sampled token) for every completion position: [n, T] (float32)."""
+                   device: torch.device, entropy: bool = False):
+    """log p(sampled token) for every completion position: [n, T] (float32). With
+    ``entropy``, also the detached sampling entropy at each position: ([n, T], [n, T])."""
     input_ids, attn, pos, _ = build_inputs(batch.prompt_ids, batch.completion_ids,
                                            batch.completion_mask, pad_id)
     t = batch.completion_ids.shape[1]
@@ -93,7 +94,12 @@ def token_logprobs(model, batch: RolloutBatch, pad_id: int, temperature: float,
                 position_ids=pos.to(device), logits_to_keep=t + 1, use_cache=False)
     logits = out.logits[:, :t].float() / temperature  # position j predicts completion token j
     logp = torch.log_softmax(logits, dim=-1)
-    return logp.gather(-1, batch.completion_ids.to(device).unsqueeze(-1)).squeeze(-1)
+    picked = logp.gather(-1, batch.completion_ids.to(device).unsqueeze(-1)).squeeze(-1)
+    if not entropy:
+        return picked
+    with torch.no_grad():  # row by row: one [T, vocab] temporary, not another [n, T, vocab]
+        ent = torch.stack([-(row.exp() * row).sum(dim=-1) for row in logp])
+    return picked, ent
 
 
 class Learner:
@@ -124,11 +130,11 @@ class Learner:
     def peft_model(self):
         return self.acc.unwrap_model(self.model)
 
-    def logprobs(self, batch: RolloutBatch, adapter: bool = True) -> torch.Tensor:
+    def logprobs(self, batch: RolloutBatch, adapter: bool = True, entropy: bool = False):
         ctx = nullcontext() if adapter else self.peft_model.disable_adapter()
         with ctx:
             return token_logprobs(self.model, batch, self.pad_id, self.cfg.rollout.temperature,
-                                  self.device)
+                                  self.device, entropy=entropy)
 
     def train_step(self, batch: RolloutBatch) -> dict[str, float]:
         """One optimizer step on this rank's batch, accumulated over micro-batches."""
@@ -145,7 +151,8 @@ class Learner:
         for k in range(n_micro):
             mb = batch.slice(k * self.micro, (k + 1) * self.micro)
             mask = mb.completion_mask.to(self.device)
-            logp = self.logprobs(mb)
+            logp, ent = self.logprobs(mb, entropy=True)
+            pg_weight = TOKEN_SELECTIONS[tc.pg_tokens](ent, mask, tc.entropy_top_frac)
             ref = None
             if tc.kl_coef > 0:
                 with torch.no_grad():
@@ -154,17 +161,21 @@ class Learner:
                 logp, logp.detach(), ref, mb.rollout_logp.to(self.device),
                 mb.advantages.to(self.device), mask, clip_eps=tc.clip_eps,
                 kl_coef=tc.kl_coef, is_cap=tc.is_cap, aggregation=tc.loss_agg,
+                pg_weight=pg_weight,
             )
             with torch.no_grad():
                 n = mask.sum().clamp(min=1)
                 lp_gap = float(((logp.detach() - mb.rollout_logp.to(self.device)).abs()
                                 * mask).sum() / n)
+                extra = {"entropy": float((ent * mask).sum() / n),
+                         "pg_token_frac": float(pg_weight.sum() / n)}
             if self.is_deepspeed:
                 self.model.backward(loss)
                 self.model.step()
             else:
                 self.acc.backward(loss / n_micro)
-            for key, val in {"loss": float(loss), "logp_gap": lp_gap, **vars(st)}.items():
+            for key, val in {"loss": float(loss), "logp_gap": lp_gap, **extra,
+                             **vars(st)}.items():
                 totals[key] = totals.get(key, 0.0) + val / n_micro
         if not self.is_deepspeed:
             self.acc.clip_grad_norm_(self.model.parameters(), 1.0)
