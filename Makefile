@@ -36,7 +36,7 @@ $(TINY)/config.json: $(MODEL_TEXT) | $(STAMP)
 	$(BIN)/python -m launch.cli tiny-model --out $(TINY)
 
 warmstart: $(WARM)/config.json
-$(WARM)/config.json: $(TINY)/config.json trainer/warmstart.py
+$(WARM)/config.json: $(TINY)/config.json trainer/warmstart.py trainer/warm_answers.py
 	OMP_NUM_THREADS=2 $(BIN)/python -m launch.cli warmstart --base $(TINY) --out $(WARM)
 
 # ---- training
