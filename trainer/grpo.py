@@ -162,7 +162,7 @@ def grpo_loss(
     rollout_logp [N, T]: the worker's log-probs of the same tokens
     advantages [N]; mask [N, T] (1.0 on completion tokens, 0.0 on padding)
     pg_weight [N, T] or None: per-token weight of the policy-gradient term only (the KL term
-    keeps every token); see ``token_weights``. The aggregation still divides by ``mask``.
+    keeps every token), e.g. from ``TOKEN_SELECTIONS``; the aggregation divides by ``mask``.
     Returns the scalar loss and detached stats.
     """
     mask = mask.to(logp.dtype)
