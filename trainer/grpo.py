@@ -115,12 +115,13 @@ def high_entropy_tokens(entropy: torch.Tensor, mask: torch.Tensor,
     noise with the same advantage. Every token still pays the KL term.
     """
     valid = mask > 0
-    values = entropy.detach().float()[valid]
+    entropy = entropy.detach().float()
+    values = entropy[valid]
     if values.numel() == 0:
         return torch.zeros_like(mask, dtype=torch.float32)
     k = max(1, int(round(top_frac * values.numel())))
     threshold = torch.topk(values, k).values[-1]
-    return ((entropy.detach().float() >= threshold) & valid).to(torch.float32)
+    return ((entropy >= threshold) & valid).to(torch.float32)
 
 
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
