@@ -119,10 +119,10 @@ def test_high_entropy_selection_keeps_the_top_share_of_valid_tokens():
     entropy = torch.tensor([[0.1, 2.0, 0.3, 9.0], [1.5, 0.2, 0.0, 0.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])  # 9.0 is padding
     pick = TOKEN_SELECTIONS["high_entropy"]
-    assert pick(entropy, mask, 0.4).tolist() == [[0, 1, 0, 0], [1, 0, 0, 0]]  # 2 of 5
-    assert pick(entropy, mask, 0.01).tolist() == [[0, 1, 0, 0], [0, 0, 0, 0]]  # at least 1
-    assert torch.equal(pick(entropy, mask, 1.0), mask)
-    assert torch.equal(TOKEN_SELECTIONS["all"](entropy, mask, 0.2), mask)
+    assert pick(entropy, mask, 0.4, None).tolist() == [[0, 1, 0, 0], [1, 0, 0, 0]]  # 2 of 5
+    assert pick(entropy, mask, 0.01, None).tolist() == [[0, 1, 0, 0], [0, 0, 0, 0]]  # at least 1
+    assert torch.equal(pick(entropy, mask, 1.0, None), mask)
+    assert torch.equal(TOKEN_SELECTIONS["all"](entropy, mask, 0.2, None), mask)
 
 
 def test_pg_weight_gates_the_policy_gradient_but_not_the_kl():

@@ -125,9 +125,11 @@ class TrainConfig:
     is_cap: float = 2.0  # truncated importance-sampling weight for worker/learner mismatch
     advantage: Literal["grpo", "dr_grpo"] = "grpo"
     loss_agg: Literal["seq-mean-token-mean", "token-mean"] = "seq-mean-token-mean"
-    # which completion tokens carry the policy gradient: "all", or "high_entropy" = the
-    # entropy_top_frac share of each micro-batch's tokens the sampler was least sure of
-    pg_tokens: Literal["all", "high_entropy"] = "all"
+    # which completion tokens carry the policy gradient: "all"; "high_entropy" = the
+    # entropy_top_frac share of each micro-batch's tokens the sampler was least sure of;
+    # "decision" = the tokens the task marks as stating the decision (the stock task: the
+    # prediction word and any bullish/bearish lean; needs a model that writes the format)
+    pg_tokens: Literal["all", "high_entropy", "decision"] = "all"
     entropy_top_frac: float = 0.2
     seed: int = 0
 

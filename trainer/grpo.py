@@ -24,7 +24,8 @@ import torch
 
 AdvantageFn = Callable[[torch.Tensor, int], torch.Tensor]
 AggregateFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-SelectFn = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+# (entropy [N, T], mask [N, T], top_frac, decision marks [N, T] or None) -> weight [N, T]
+SelectFn = Callable[[torch.Tensor, torch.Tensor, float, torch.Tensor | None], torch.Tensor]
 
 ADVANTAGE_ESTIMATORS: dict[str, AdvantageFn] = {}
 LOSS_AGGREGATIONS: dict[str, AggregateFn] = {}
@@ -99,14 +100,15 @@ def token_mean(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 @register_selection("all")
-def all_tokens(entropy: torch.Tensor, mask: torch.Tensor, top_frac: float) -> torch.Tensor:
+def all_tokens(entropy: torch.Tensor, mask: torch.Tensor, top_frac: float,
+               marked: torch.Tensor | None) -> torch.Tensor:
     """Every completion token carries the policy gradient (the GRPO paper)."""
     return mask.to(torch.float32)
 
 
 @register_selection("high_entropy")
-def high_entropy_tokens(entropy: torch.Tensor, mask: torch.Tensor,
-                        top_frac: float) -> torch.Tensor:
+def high_entropy_tokens(entropy: torch.Tensor, mask: torch.Tensor, top_frac: float,
+                        marked: torch.Tensor | None) -> torch.Tensor:
     """entropy [N, T], mask [N, T] -> 0/1 [N, T]: the ``top_frac`` share of the batch's
     completion tokens with the highest sampling entropy (ties kept), at least one token.
 
@@ -122,6 +124,19 @@ def high_entropy_tokens(entropy: torch.Tensor, mask: torch.Tensor,
     k = max(1, int(round(top_frac * values.numel())))
     threshold = torch.topk(values, k).values[-1]
     return ((entropy >= threshold) & valid).to(torch.float32)
+
+
+@register_selection("decision")
+def decision_tokens(entropy: torch.Tensor, mask: torch.Tensor, top_frac: float,
+                    marked: torch.Tensor | None) -> torch.Tensor:
+    """The tokens the task marked as stating the decision (``Task.decision_spans``, e.g. the
+    prediction word): the reward judges the decision, so only the tokens that choose it
+    get its credit, and the rest of the answer is not pushed around by a noisy advantage.
+    A completion that states no decision gets no policy gradient."""
+    if marked is None:
+        raise ValueError("pg_tokens 'decision' needs the batch's decision marks "
+                         "(collect(..., mark_decisions=True))")
+    return (marked.to(mask.device) > 0).to(torch.float32) * (mask > 0)
 
 
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:

@@ -152,7 +152,8 @@ class Learner:
             mb = batch.slice(k * self.micro, (k + 1) * self.micro)
             mask = mb.completion_mask.to(self.device)
             logp, ent = self.logprobs(mb, entropy=True)
-            pg_weight = TOKEN_SELECTIONS[tc.pg_tokens](ent, mask, tc.entropy_top_frac)
+            pg_weight = TOKEN_SELECTIONS[tc.pg_tokens](ent, mask, tc.entropy_top_frac,
+                                                       mb.decision_mask)
             ref = None
             if tc.kl_coef > 0:
                 with torch.no_grad():

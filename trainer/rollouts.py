@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from rollout.client import RolloutClient
+from trainer.credit import decision_mask
 from trainer.grpo import ADVANTAGE_ESTIMATORS
 from trainer.tasks.base import Sample, Task
 from trainer.types import RolloutBatch
@@ -55,10 +56,11 @@ def encode_prompt(tokenizer, sample: Sample) -> list[int]:
 
 def collect(task: Task, samples: list[Sample], client: RolloutClient, tokenizer, *, group_size: int,
             max_tokens: int, temperature: float, top_p: float, seed: int | None,
-            advantage: str,
-            pad_id: int) -> tuple[RolloutBatch, list[dict[str, float]], list]:
+            advantage: str, pad_id: int,
+            mark_decisions: bool = False) -> tuple[RolloutBatch, list[dict[str, float]], list]:
     """Sample G completions per prompt, score them; returns the batch, per-row reward
-    components and the raw completion groups."""
+    components and the raw completion groups. ``mark_decisions``: also mark the tokens of
+    each completion that state its decision (``Task.decision_spans``)."""
     prompt_ids = [encode_prompt(tokenizer, s) for s in samples]
     groups = client.generate(prompt_ids, n=group_size, max_tokens=max_tokens,
                              temperature=temperature, top_p=top_p, seed=seed)
@@ -66,7 +68,11 @@ def collect(task: Task, samples: list[Sample], client: RolloutClient, tokenizer,
     components = [c for per_sample in scored for c in per_sample]
     rewards = [sum(c.values()) for c in components]
     adv = ADVANTAGE_ESTIMATORS[advantage](torch.tensor(rewards), group_size)
-    batch = RolloutBatch.from_groups(prompt_ids, groups, rewards, adv, pad_id)
+    marks = None
+    if mark_decisions:
+        marks = [decision_mask(tokenizer, c.token_ids, task.decision_spans)
+                 for group in groups for c in group]
+    batch = RolloutBatch.from_groups(prompt_ids, groups, rewards, adv, pad_id, marks)
     return batch, components, groups
 
 

@@ -157,7 +157,8 @@ def train(args: argparse.Namespace) -> None:
             batch, components, groups = collect(
                 task, samples, client, learner.tokenizer, group_size=rc.group_size,
                 max_tokens=rc.max_tokens, temperature=rc.temperature, top_p=rc.top_p,
-                seed=seed, advantage=tc.advantage, pad_id=learner.pad_id)
+                seed=seed, advantage=tc.advantage, pad_id=learner.pad_id,
+                mark_decisions=tc.pg_tokens == "decision")
         with timer("reward"):
             local = {"reward/mean": float(batch.rewards.mean()),
                      "reward/std": float(batch.rewards.std()),

@@ -21,6 +21,7 @@ class RolloutBatch:
     advantages: torch.Tensor  # [N] float
     adapter_version: torch.Tensor  # [N] long, version of the adapter that sampled each row
     group_size: int
+    decision_mask: torch.Tensor | None = None  # [N, T] float, 1.0 on decision tokens (if marked)
 
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
@@ -35,12 +36,16 @@ class RolloutBatch:
             advantages=self.advantages[start:stop],
             adapter_version=self.adapter_version[start:stop],
             group_size=self.group_size,
+            decision_mask=(None if self.decision_mask is None
+                           else self.decision_mask[start:stop]),
         )
 
     @staticmethod
     def from_groups(prompt_ids: list[list[int]], groups: list[list], rewards: list[float],
-                    advantages: torch.Tensor, pad_id: int) -> RolloutBatch:
-        """prompt_ids: P prompts; groups: P lists of G Completions; rewards: N floats."""
+                    advantages: torch.Tensor, pad_id: int,
+                    decision_masks: list[list[float]] | None = None) -> RolloutBatch:
+        """prompt_ids: P prompts; groups: P lists of G Completions; rewards: N floats;
+        decision_masks: N per-token lists (as long as each completion) or None."""
         g = len(groups[0])
         flat = [c for group in groups for c in group]
         t = max(1, max(len(c.token_ids) for c in flat))
@@ -48,11 +53,14 @@ class RolloutBatch:
         ids = torch.full((n, t), pad_id, dtype=torch.long)
         mask = torch.zeros((n, t))
         lps = torch.zeros((n, t))
+        marked = None if decision_masks is None else torch.zeros((n, t))
         for i, c in enumerate(flat):
             k = len(c.token_ids)
             ids[i, :k] = torch.tensor(c.token_ids, dtype=torch.long)
             mask[i, :k] = 1.0
             lps[i, :k] = torch.tensor(c.logprobs)
+            if marked is not None:
+                marked[i, :k] = torch.tensor(decision_masks[i], dtype=torch.float32)
         return RolloutBatch(
             prompt_ids=[p for p in prompt_ids for _ in range(g)],
             completion_ids=ids,
@@ -62,4 +70,5 @@ class RolloutBatch:
             advantages=advantages.float(),
             adapter_version=torch.tensor([c.adapter_version for c in flat], dtype=torch.long),
             group_size=g,
+            decision_mask=marked,
         )

@@ -1,4 +1,5 @@
-"""Stage I end to end: 1 real vLLM worker + 2 DeepSpeed learner ranks (gloo), 3 steps.
+"""Stage I end to end: 1 real vLLM worker + 2 DeepSpeed learner ranks (gloo), 3 steps, with
+the policy gradient on the decision tokens (``train.pg_tokens=decision``), KL on every token.
 
 Tolerance for "the worker samples with the adapter the learner pushed": float32 on both
 sides, mean |worker logprob - recomputed logprob| < 1e-3 per step, and under the initial
@@ -25,7 +26,8 @@ LOGP_TOL_MEAN = 1e-3
 def run(tmp_path_factory, warm_model):
     root = tmp_path_factory.mktemp("runs")
     cmd = cli_command(root, "e2e", f"train.steps={STEPS}", "run.keep_adapter_versions=10",
-                      "train.learning_rate=5.0e-3", "run.checkpoint_every=2")
+                      "train.learning_rate=5.0e-3", "run.checkpoint_every=2",
+                      "train.pg_tokens=decision")
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
@@ -66,6 +68,8 @@ def test_metrics_per_step(run):
                     "time/learner", "time/sync", "task/accuracy", "task/format_valid"):
             assert key in r, key
         assert r["logp_gap"] < LOGP_TOL_MEAN  # learner's own check, every step
+        # the lean and prediction words: a few of the ~40 tokens of an answer, not none
+        assert 0 < r["pg_token_frac"] < 0.2, r["pg_token_frac"]
     assert rows[-1]["kl"] > 0  # the policy moved away from the reference
 
 

@@ -30,6 +30,10 @@ class Task(Protocol):
         """Reward components for every completion ``completions[i][j]`` of ``samples[i]``,
         nested the same way; batch-level components see the whole batch. Training uses it."""
 
+    def decision_spans(self, completion: str) -> list[tuple[int, int]]:
+        """Character spans [start, end) of ``completion`` that state its decision (for
+        ``train.pg_tokens: decision``); empty when it states none."""
+
     def diagnostics(self, sample: Sample, completion: str) -> dict[str, float]:
         """Non-reward measurements of one completion (e.g. correct, format valid), 0..1."""
 

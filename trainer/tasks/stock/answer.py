@@ -49,6 +49,7 @@ _PRED = re.compile(_label("prediction") + r"(up|down)\b", re.IGNORECASE)
 _CONF = re.compile(_label("confidence") + r"(\d{1,3}(?:\.\d+)?)\s*%?", re.IGNORECASE)
 _CHANGE = re.compile(_label(r"expected(?:\s?%)?\s?(?:change|move)")
                      + r"([-+\u2212]?)\s*(\d{1,6}(?:\.\d+)?)\s*%?", re.IGNORECASE)
+_LEAN = re.compile(r"\b(bullish|bearish)\b", re.IGNORECASE)
 _REASON = re.compile(_label("reasoning")
                      + r"(.*?)(?=\n[ \t]*\*{0,2}(?:prediction|confidence|expected)\b|\Z)",
                      re.IGNORECASE | re.DOTALL)
@@ -116,3 +117,12 @@ def _expected_change(text: str, out: ParsedAnswer) -> None:
         out.problems.append(f"expected change {value}% is beyond +/-{MAX_EXPECTED_CHANGE:g}%")
     else:
         out.expected_change = value
+
+
+def decision_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans [start, end) of the words that state the direction: every
+    ``Prediction`` value and every "bullish" / "bearish" (a lean the reasoning commits to),
+    in order. ``train.pg_tokens: decision`` puts the policy gradient on their tokens."""
+    text = text[:MAX_PARSE_CHARS]
+    spans = [m.span(1) for m in _PRED.finditer(text)] + [m.span(1) for m in _LEAN.finditer(text)]
+    return sorted(spans)

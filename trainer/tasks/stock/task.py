@@ -18,7 +18,7 @@ from typing import Any
 
 from trainer.config import DataConfig, RewardConfig
 from trainer.tasks.base import Sample
-from trainer.tasks.stock.answer import SYSTEM_PROMPT, parse_answer
+from trainer.tasks.stock.answer import SYSTEM_PROMPT, decision_spans, parse_answer
 from trainer.tasks.stock.baselines import Metric, run_baselines
 from trainer.tasks.stock.evaluation import eval_record, summarize
 from trainer.tasks.stock.figures import figures
@@ -136,6 +136,9 @@ class StockTask:
                  for _ in group]
         flat = iter(score_batch(answers, facts, self.weights))
         return [[next(flat) for _ in group] for group in completions]
+
+    def decision_spans(self, completion: str) -> list[tuple[int, int]]:
+        return decision_spans(completion)
 
     def diagnostics(self, sample: Sample, completion: str) -> dict[str, float]:
         ans = parse_answer(completion)

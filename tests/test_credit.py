@@ -1,0 +1,80 @@
+"""Decision tokens: the stock answer's decision spans, their mapping onto the embedded
+tokenizer's tokens, the batch that carries them and the selection that uses them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from trainer.credit import decision_mask, token_offsets
+from trainer.grpo import TOKEN_SELECTIONS
+from trainer.tasks.stock.answer import decision_spans
+from trainer.types import RolloutBatch
+
+ANSWER = ("Reasoning: The trend is up over 4 days. The last three days went up, down, up: "
+          "down 1, up 2 bullish.\nPrediction: UP\nConfidence: 70%")
+
+
+@pytest.fixture(scope="module")
+def tok(warm_model):
+    return AutoTokenizer.from_pretrained(warm_model)
+
+
+def test_decision_spans_cover_the_prediction_and_the_lean_words():
+    spans = decision_spans(ANSWER)
+    assert [ANSWER[a:b] for a, b in spans] == ["bullish", "UP"]
+    bold = "Bearish reasoning.\n**Prediction:** down"
+    assert [bold[a:b] for a, b in decision_spans(bold)] == ["Bearish", "down"]
+    # "up" in the reasoning and words that merely contain a lean are not decisions
+    assert decision_spans("Reasoning: up, up, unbullishly.\nConfidence: 50%") == []
+
+
+def test_token_offsets_tile_the_decoded_text(tok):
+    ids = tok(ANSWER, add_special_tokens=False)["input_ids"]
+    text, offsets = token_offsets(tok, ids)
+    assert text == ANSWER
+    assert offsets[0][0] == 0 and offsets[-1][1] == len(text)
+    assert all(a[1] == b[0] for a, b in zip(offsets, offsets[1:], strict=False))
+    assert [text[s:e] for s, e in offsets] == [tok.decode([i]) for i in ids]
+
+
+def test_token_offsets_survive_a_character_split_across_tokens(tok):
+    text = "Reasoning: prices \u2191 \u20ac5 \U0001F4C8.\nPrediction: UP"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert "".join(tok.batch_decode([[i] for i in ids])) != text  # the split case is real
+    decoded, offsets = token_offsets(tok, ids)
+    assert decoded == text and offsets[-1][1] == len(text)
+    mask = decision_mask(tok, ids, decision_spans)
+    assert "".join(decoded[s:e] for (s, e), m in zip(offsets, mask, strict=True) if m) == " UP"
+
+
+def test_decision_mask_marks_exactly_the_decision_tokens(tok):
+    ids = tok(ANSWER, add_special_tokens=False)["input_ids"]
+    mask = decision_mask(tok, ids, decision_spans)
+    marked = [tok.decode([i]) for i, m in zip(ids, mask, strict=True) if m]
+    assert marked == [" bullish", " UP"]
+    assert len(mask) == len(ids)
+
+
+def test_batch_carries_marks_through_padding_and_slicing():
+    class C:
+        def __init__(self, n):
+            self.token_ids, self.logprobs, self.adapter_version = [5] * n, [-0.1] * n, 0
+
+    groups = [[C(3), C(1)]]
+    marks = [[0.0, 1.0, 0.0], [1.0]]
+    batch = RolloutBatch.from_groups([[1, 2]], groups, [1.0, 0.0], torch.zeros(2), 0, marks)
+    assert batch.decision_mask.tolist() == [[0, 1, 0], [1, 0, 0]]
+    assert batch.slice(1, 2).decision_mask.tolist() == [[1, 0, 0]]
+    plain = RolloutBatch.from_groups([[1, 2]], groups, [1.0, 0.0], torch.zeros(2), 0)
+    assert plain.decision_mask is None and plain.slice(0, 1).decision_mask is None
+
+
+def test_decision_selection_keeps_marked_valid_tokens_and_needs_marks():
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    marked = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # second row: mark on padding
+    pick = TOKEN_SELECTIONS["decision"]
+    assert pick(torch.zeros(2, 3), mask, 0.2, marked).tolist() == [[0, 1, 0], [0, 0, 0]]
+    with pytest.raises(ValueError, match="decision marks"):
+        pick(torch.zeros(2, 3), mask, 0.2, None)
