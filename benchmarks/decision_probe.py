@@ -7,7 +7,8 @@ sampled, the reward is 0.6 when the direction it announces is the realised next-
 and a LoRA (the demo's r, alpha and target modules) takes one REINFORCE step with
 group-normalised advantages per batch. No vLLM, no other tokens: this is the best case the
 full recipe can approach, so a budget at which the probe does not learn is one at which
-Stage I will not either.
+Stage I will not either. The reasoning NLL column says whether the update that moved the
+lean left the rest of the answer alone (on-policy, that rest is sampled, not forced).
 
 It also checks the warm start's half of the bargain: the share of prompts where the
 greedy prediction follows a forced lean (1.0 when the copy was learned).
@@ -17,7 +18,9 @@ greedy prediction follows a forced lean (1.0 when the copy was learned).
 
 Prints a markdown table of P(bullish) per up count (the Bayes answer: bullish for 0 and 2,
 bearish for 1 and 3) and the mean probability of the Bayes lean
-(``synthetic.up_probability``), and writes it to ``benchmarks/results/decision_probe.json``.
+(``synthetic.up_probability``) and the mean NLL per token of the teacher-forced reasoning
+before the lean (what the update costs the rest of the answer), and writes it to
+``benchmarks/results/decision_probe.json``.
 """
 
 from __future__ import annotations
@@ -115,7 +118,23 @@ def main(argv: list[str] | None = None) -> int:
             per[ups(w)].append(q)
         agree = [q if up else 1 - q for q, up in zip(pb, bayes_up, strict=True)]
         return [sum(per[k]) / len(per[k]) if per[k] else None for k in range(4)] + [
-            sum(agree) / len(agree)]
+            sum(agree) / len(agree), reasoning_nll()]
+
+    def reasoning_nll(n: int = 60) -> float:
+        """Mean NLL per token of the templated reasoning before the lean (teacher-forced,
+        first ``n`` validation windows): what the update costs the rest of the answer."""
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for w in val[:n]:
+                prompt = tok.apply_chat_template(window_to_sample(w).messages,
+                                                 add_generation_prompt=True, tokenize=False)
+                p_len = len(tok(prompt, add_special_tokens=False)["input_ids"])
+                ids = torch.tensor([tok(before_lean(w), add_special_tokens=False)["input_ids"]])
+                logp = model(input_ids=ids).logits[0, :-1].log_softmax(-1)
+                picked = logp.gather(-1, ids[0, 1:, None]).squeeze(-1)[p_len - 1:]
+                total -= float(picked.sum())
+                count += picked.numel()
+        return total / count
 
     rows = [[0, *measure(), 0.0]]
     opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=a.lr)
@@ -138,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append([step, *measure(), elapsed])
             print(f"decision probe step {step}/{a.steps} | {elapsed:.0f}s | "
                   f"ETA {elapsed / step * (a.steps - step):.0f}s", flush=True)
-    head = ["step", "P(bullish) 0 up", "1 up", "2 up", "3 up", "Bayes agreement", "seconds"]
+    head = ["step", "P(bullish) 0 up", "1 up", "2 up", "3 up", "Bayes agreement",
+            "reasoning NLL", "seconds"]
     print(f"\nmodel {name}, lr {a.lr}, {a.prompts} prompts x {a.group} samples per step; "
           f"greedy prediction follows a forced lean: {copy_rate:.2f}")
     print(table(head, rows))
