@@ -14,7 +14,11 @@ It also checks the warm start's half of the bargain: the share of prompts where 
 greedy prediction follows a forced lean (1.0 when the copy was learned).
 
     python benchmarks/decision_probe.py [--model models/tiny-qwen2-fmt] [--lr 1e-3]
-        [--steps 40] [--prompts 8] [--group 8] [--every 10]
+        [--steps 40] [--prompts 8] [--group 8] [--every 10] [--anchor 0]
+
+``--anchor w`` adds ``w`` x the supervised NLL of the step's templated reasoning (correct
+facts, no label) to the loss: an anchor for the rest of the answer, like PPO-ptx's
+pretraining term.
 
 Prints a markdown table of P(bullish) per up count (the Bayes answer: bullish for 0 and 2,
 bearish for 1 and 3) and the mean probability of the Bayes lean
@@ -60,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--group", type=int, default=8)
     p.add_argument("--every", type=int, default=10)
+    p.add_argument("--anchor", type=float, default=0.0,
+                   help="weight of a supervised NLL term on the step's templated reasoning")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     cfg = load_config(a.config)
@@ -120,21 +126,21 @@ def main(argv: list[str] | None = None) -> int:
         return [sum(per[k]) / len(per[k]) if per[k] else None for k in range(4)] + [
             sum(agree) / len(agree), reasoning_nll()]
 
+    def reasoning_logp(w) -> torch.Tensor:
+        """Log-probs of the templated reasoning's tokens before the lean, teacher-forced."""
+        prompt = tok.apply_chat_template(window_to_sample(w).messages,
+                                         add_generation_prompt=True, tokenize=False)
+        p_len = len(tok(prompt, add_special_tokens=False)["input_ids"])
+        ids = torch.tensor([tok(before_lean(w), add_special_tokens=False)["input_ids"]])
+        logp = model(input_ids=ids).logits[0, :-1].log_softmax(-1)
+        return logp.gather(-1, ids[0, 1:, None]).squeeze(-1)[p_len - 1:]
+
     def reasoning_nll(n: int = 60) -> float:
-        """Mean NLL per token of the templated reasoning before the lean (teacher-forced,
-        first ``n`` validation windows): what the update costs the rest of the answer."""
-        total, count = 0.0, 0
+        """Mean NLL per token of the reasoning on the first ``n`` validation windows: what
+        the update costs the rest of the answer."""
         with torch.no_grad():
-            for w in val[:n]:
-                prompt = tok.apply_chat_template(window_to_sample(w).messages,
-                                                 add_generation_prompt=True, tokenize=False)
-                p_len = len(tok(prompt, add_special_tokens=False)["input_ids"])
-                ids = torch.tensor([tok(before_lean(w), add_special_tokens=False)["input_ids"]])
-                logp = model(input_ids=ids).logits[0, :-1].log_softmax(-1)
-                picked = logp.gather(-1, ids[0, 1:, None]).squeeze(-1)[p_len - 1:]
-                total -= float(picked.sum())
-                count += picked.numel()
-        return total / count
+            picked = torch.cat([reasoning_logp(w) for w in val[:n]])
+        return float(-picked.mean())
 
     rows = [[0, *measure(), 0.0]]
     opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=a.lr)
@@ -149,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         reward = ((act == 0) == realised_up).float() * 0.6
         adv = (reward - reward.mean(1, keepdim=True)) / (reward.std(1, keepdim=True) + 1e-6)
         loss = -(adv * logp.gather(1, act)).mean()
+        if a.anchor:  # supervised NLL of the step's templated reasoning (no label in it)
+            loss = loss - a.anchor * torch.stack([reasoning_logp(w).mean() for w in ws]).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
