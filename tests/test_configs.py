@@ -47,6 +47,8 @@ def test_production_config_is_qwen_4bit_on_gpu():
     ({"train": {"micro_batch_size": 5}}, r"train\.micro_batch_size: 5 must divide"),
     ({"reward": {"weights": {"vibes": 1.0}}}, r"reward\.weights\.vibes: unknown reward component"),
     ({"rollout": {"group_size": 1}}, r"rollout\.group_size: must be at least 2"),
+    ({"train": {"anchor_coef": -0.5}}, r"train\.anchor_coef: must be >= 0"),
+    ({"train": {"pg_tokens": "lean"}}, r"train\.pg_tokens: 'lean' is not allowed"),
 ])
 def test_bad_fields_are_named(data, message):
     with pytest.raises(ConfigError, match=message):

@@ -21,11 +21,11 @@ def tok(warm_model):
     return AutoTokenizer.from_pretrained(warm_model)
 
 
-def test_decision_spans_cover_the_prediction_and_the_lean_words():
+def test_decision_span_is_the_first_statement_of_the_direction():
     spans = decision_spans(ANSWER)
-    assert [ANSWER[a:b] for a, b in spans] == ["bullish", "UP"]
-    bold = "Bearish reasoning.\n**Prediction:** down"
-    assert [bold[a:b] for a, b in decision_spans(bold)] == ["Bearish", "down"]
+    assert [ANSWER[a:b] for a, b in spans] == ["bullish"]  # the prediction restates it
+    bold = "Reasoning: falling.\n**Prediction:** down\nConfidence: 60%. Bearish."
+    assert [bold[a:b] for a, b in decision_spans(bold)] == ["down"]
     # "up" in the reasoning and words that merely contain a lean are not decisions
     assert decision_spans("Reasoning: up, up, unbullishly.\nConfidence: 50%") == []
 
@@ -53,7 +53,7 @@ def test_decision_mask_marks_exactly_the_decision_tokens(tok):
     ids = tok(ANSWER, add_special_tokens=False)["input_ids"]
     mask = decision_mask(tok, ids, decision_spans)
     marked = [tok.decode([i]) for i, m in zip(ids, mask, strict=True) if m]
-    assert marked == [" bullish", " UP"]
+    assert marked == [" bullish"]
     assert len(mask) == len(ids)
 
 
@@ -78,3 +78,4 @@ def test_decision_selection_keeps_marked_valid_tokens_and_needs_marks():
     assert pick(torch.zeros(2, 3), mask, 0.2, marked).tolist() == [[0, 1, 0], [0, 0, 0]]
     with pytest.raises(ValueError, match="decision marks"):
         pick(torch.zeros(2, 3), mask, 0.2, None)
+

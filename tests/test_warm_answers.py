@@ -4,7 +4,7 @@ import random
 import re
 
 from trainer.tasks.stock.answer import parse_answer
-from trainer.warm_answers import LEAN, templated_answer
+from trainer.warm_answers import LEAN, reasoning_prefix, templated_answer
 
 RISING_THEN_MIXED = [100.0, 101.0, 102.0, 101.0, 103.0, 104.0]  # last three: -, +, +
 
@@ -45,3 +45,12 @@ def test_warm_start_loss_weights_the_decision_tokens():
     assert torch.allclose(got, want)
     plain = weighted_loss(logits, labels, torch.tensor([6]))  # no decision token present
     assert torch.allclose(plain, ce.mean())
+
+
+def test_reasoning_prefix_is_the_answer_up_to_its_lean():
+    prefix = reasoning_prefix(RISING_THEN_MIXED)
+    for seed in range(4):
+        text = templated_answer(RISING_THEN_MIXED, random.Random(seed))
+        assert text.startswith(prefix)
+        assert text[len(prefix):].split(".")[0].strip() in LEAN.values()
+    assert prefix.endswith("down 1, up 2")

@@ -128,9 +128,13 @@ class TrainConfig:
     # which completion tokens carry the policy gradient: "all"; "high_entropy" = the
     # entropy_top_frac share of each micro-batch's tokens the sampler was least sure of;
     # "decision" = the tokens the task marks as stating the decision (the stock task: the
-    # prediction word and any bullish/bearish lean; needs a model that writes the format)
+    # first bullish/bearish lean or Prediction value; needs a model that writes the format)
     pg_tokens: Literal["all", "high_entropy", "decision"] = "all"
     entropy_top_frac: float = 0.2
+    # supervised anchor: this weight x the NLL of the task's label-free reference start of
+    # each step's answers (Task.anchor_text; the stock task: the warm start's reasoning up
+    # to its lean) joins the loss, like PPO-ptx's pretraining term; 0 = off
+    anchor_coef: float = 0.0
     seed: int = 0
 
 
@@ -347,6 +351,7 @@ def validate(cfg: StageConfig) -> None:
         (0 <= cfg.train.clip_eps < 1, "train.clip_eps: must be in [0, 1)"),
         (cfg.train.is_cap >= 1, "train.is_cap: must be >= 1"),
         (0 < cfg.train.entropy_top_frac <= 1, "train.entropy_top_frac: must be in (0, 1]"),
+        (cfg.train.anchor_coef >= 0, "train.anchor_coef: must be >= 0"),
         (cfg.data.window >= 2, "data.window: must be at least 2 days"),
         (cfg.launch.num_processes >= 1, "launch.num_processes: must be at least 1"),
         (cfg.run.keep_adapter_versions >= 1, "run.keep_adapter_versions: must be at least 1"),

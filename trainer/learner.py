@@ -102,6 +102,13 @@ def token_logprobs(model, batch: RolloutBatch, pad_id: int, temperature: float,
     return picked, ent
 
 
+def anchor_nll(model, anchor: RolloutBatch, pad_id: int, device: torch.device) -> torch.Tensor:
+    """Mean NLL per token of the anchor's reference answers (temperature 1, with grad)."""
+    logp = token_logprobs(model, anchor, pad_id, 1.0, device)
+    mask = anchor.completion_mask.to(device)
+    return -(logp * mask).sum() / mask.sum().clamp(min=1)
+
+
 class Learner:
     def __init__(self, cfg: StageConfig, accelerator):
         self.cfg = cfg
@@ -136,18 +143,23 @@ class Learner:
             return token_logprobs(self.model, batch, self.pad_id, self.cfg.rollout.temperature,
                                   self.device, entropy=entropy)
 
-    def train_step(self, batch: RolloutBatch) -> dict[str, float]:
-        """One optimizer step on this rank's batch, accumulated over micro-batches."""
+    def train_step(self, batch: RolloutBatch,
+                   anchor: RolloutBatch | None = None) -> dict[str, float]:
+        """One optimizer step on this rank's batch, accumulated over micro-batches.
+        ``anchor``: reference answers whose NLL, times ``train.anchor_coef``, joins the loss
+        (spread over the micro-batches)."""
         try:
-            return self._train_step(batch)
+            return self._train_step(batch, anchor)
         except torch.OutOfMemoryError as exc:
             raise OutOfMemory(out_of_memory_message(self.cfg, batch, exc)) from None
 
-    def _train_step(self, batch: RolloutBatch) -> dict[str, float]:
+    def _train_step(self, batch: RolloutBatch, anchor: RolloutBatch | None) -> dict[str, float]:
         tc = self.cfg.train
         self.model.train()
         totals: dict[str, float] = {}
         n_micro = len(batch) // self.micro
+        per_anchor = -(-len(anchor) // n_micro) if anchor is not None and len(anchor) else 0
+        anchor_nlls: list[float] = []
         for k in range(n_micro):
             mb = batch.slice(k * self.micro, (k + 1) * self.micro)
             mask = mb.completion_mask.to(self.device)
@@ -164,6 +176,12 @@ class Learner:
                 kl_coef=tc.kl_coef, is_cap=tc.is_cap, aggregation=tc.loss_agg,
                 pg_weight=pg_weight,
             )
+            if per_anchor and tc.anchor_coef > 0:
+                chunk = anchor.slice(k * per_anchor, (k + 1) * per_anchor)
+                if len(chunk):
+                    nll = anchor_nll(self.model, chunk, self.pad_id, self.device)
+                    loss = loss + tc.anchor_coef * nll
+                    anchor_nlls.append(float(nll))
             with torch.no_grad():
                 n = mask.sum().clamp(min=1)
                 lp_gap = float(((logp.detach() - mb.rollout_logp.to(self.device)).abs()
@@ -178,6 +196,9 @@ class Learner:
             for key, val in {"loss": float(loss), "logp_gap": lp_gap, **extra,
                              **vars(st)}.items():
                 totals[key] = totals.get(key, 0.0) + val / n_micro
+        if tc.anchor_coef > 0:  # every rank logs the same keys (NaN: no anchor text here)
+            totals["anchor_nll"] = (sum(anchor_nlls) / len(anchor_nlls) if anchor_nlls
+                                    else float("nan"))
         if not self.is_deepspeed:
             self.acc.clip_grad_norm_(self.model.parameters(), 1.0)
             self.optimizer.step()

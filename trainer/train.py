@@ -43,7 +43,7 @@ from trainer.dist import mean_across_ranks, rank_and_world
 from trainer.evaluate import eval_samples, keep_best, run_eval, save_eval, scalar_metrics
 from trainer.learner import Learner, OutOfMemory
 from trainer.metrics import MetricsWriter, PhaseTimer, Progress
-from trainer.rollouts import PromptSampler, collect, write_rollouts
+from trainer.rollouts import PromptSampler, anchor_batch, collect, write_rollouts
 from trainer.tasks import build_task
 
 STATUS = "workers_status.json"  # written by the launcher's supervisor (rollout/supervisor.py)
@@ -173,7 +173,9 @@ def train(args: argparse.Namespace) -> None:
             if cfg.run.log_rollouts_every and step % cfg.run.log_rollouts_every == 0:
                 write_rollouts(rollouts_path, step, samples, batch, groups, components)
         with timer("learner"):
-            local.update(learner.train_step(batch))
+            anchor = (anchor_batch(task, samples, learner.tokenizer, learner.pad_id)
+                      if tc.anchor_coef > 0 else None)
+            local.update(learner.train_step(batch, anchor))
         with timer("sync"):
             publish(step)
         local.update(timer.as_metrics())

@@ -30,21 +30,26 @@ import random
 LEAN = {"UP": "bullish", "DOWN": "bearish"}
 
 
-def templated_answer(closes: list[float], rng: random.Random) -> str:
-    """Reasoning from the shown data (the window's trend, the last three days' directions,
-    their down/up count), then a random lean, the prediction it announces, and a random
-    confidence."""
+def reasoning_prefix(closes: list[float]) -> str:
+    """The answer up to the lean: the window's trend, the last three days' directions and
+    their down/up count, all read from ``closes``. No label in it; it is also the supervised
+    anchor's target (``train.anchor_coef``)."""
     rises = [b > a for a, b in zip(closes[:-1], closes[1:], strict=True)]
     last = rises[-3:]
     ups = sum(last)
     trend = "up" if closes[-1] > closes[0] else "down"
     days = ", ".join("up" if r else "down" for r in last)
+    return (f"Reasoning: The trend is {trend} over {len(rises)} days. "
+            f"The last three days went {days}: down {len(last) - ups}, up {ups}")
+
+
+def templated_answer(closes: list[float], rng: random.Random) -> str:
+    """The reasoning prefix, then a random lean, the prediction it announces, and a random
+    confidence."""
     prediction = rng.choice(("UP", "DOWN"))
     confidence = rng.randrange(50, 91, 10)
     return (
-        f"Reasoning: The trend is {trend} over {len(rises)} days. "
-        f"The last three days went {days}: down {len(last) - ups}, up {ups} "
-        f"{LEAN[prediction]}.\n"
+        f"{reasoning_prefix(closes)} {LEAN[prediction]}.\n"
         f"Prediction: {prediction}\n"
         f"Confidence: {confidence}%"
     )

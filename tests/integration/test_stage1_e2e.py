@@ -1,5 +1,6 @@
 """Stage I end to end: 1 real vLLM worker + 2 DeepSpeed learner ranks (gloo), 3 steps, with
-the policy gradient on the decision tokens (``train.pg_tokens=decision``), KL on every token.
+the policy gradient on the decision tokens (``train.pg_tokens=decision``), KL on every token,
+and the supervised anchor on the warm start's reasoning (``train.anchor_coef=1``).
 
 Tolerance for "the worker samples with the adapter the learner pushed": float32 on both
 sides, mean |worker logprob - recomputed logprob| < 1e-3 per step, and under the initial
@@ -27,7 +28,7 @@ def run(tmp_path_factory, warm_model):
     root = tmp_path_factory.mktemp("runs")
     cmd = cli_command(root, "e2e", f"train.steps={STEPS}", "run.keep_adapter_versions=10",
                       "train.learning_rate=5.0e-3", "run.checkpoint_every=2",
-                      "train.pg_tokens=decision")
+                      "train.pg_tokens=decision", "train.anchor_coef=1.0")
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
@@ -70,6 +71,8 @@ def test_metrics_per_step(run):
         assert r["logp_gap"] < LOGP_TOL_MEAN  # learner's own check, every step
         # the lean and prediction words: a few of the ~40 tokens of an answer, not none
         assert 0 < r["pg_token_frac"] < 0.2, r["pg_token_frac"]
+        # the warm start learned the anchor's text: its NLL is logged and stays low
+        assert 0 < r["anchor_nll"] < 0.5, r["anchor_nll"]
     assert rows[-1]["kl"] > 0  # the policy moved away from the reference
 
 

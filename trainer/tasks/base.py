@@ -34,6 +34,10 @@ class Task(Protocol):
         """Character spans [start, end) of ``completion`` that state its decision (for
         ``train.pg_tokens: decision``); empty when it states none."""
 
+    def anchor_text(self, sample: Sample) -> str | None:
+        """A label-free reference start of the answer to ``sample`` for the supervised anchor
+        (``train.anchor_coef``), or None when the task has none for it."""
+
     def diagnostics(self, sample: Sample, completion: str) -> dict[str, float]:
         """Non-reward measurements of one completion (e.g. correct, format valid), 0..1."""
 

@@ -120,9 +120,10 @@ def _expected_change(text: str, out: ParsedAnswer) -> None:
 
 
 def decision_spans(text: str) -> list[tuple[int, int]]:
-    """Character spans [start, end) of the words that state the direction: every
-    ``Prediction`` value and every "bullish" / "bearish" (a lean the reasoning commits to),
-    in order. ``train.pg_tokens: decision`` puts the policy gradient on their tokens."""
+    """The character span [start, end) of the first word that states the direction: a
+    "bullish" / "bearish" lean in the reasoning or the ``Prediction`` value, whichever comes
+    first (later ones restate it). ``train.pg_tokens: decision`` puts the policy gradient on
+    its tokens; empty when the answer states no direction."""
     text = text[:MAX_PARSE_CHARS]
-    spans = [m.span(1) for m in _PRED.finditer(text)] + [m.span(1) for m in _LEAN.finditer(text)]
-    return sorted(spans)
+    spans = [m.span(1) for m in (_PRED.search(text), _LEAN.search(text)) if m is not None]
+    return sorted(spans)[:1]

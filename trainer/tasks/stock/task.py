@@ -30,6 +30,7 @@ from trainer.tasks.stock.series import PromptRow, Window, windows_and_flat
 from trainer.tasks.stock.sources import load_source
 from trainer.tasks.stock.splits import SPLITS, SplitStats, assign, balance, ups
 from trainer.tasks.stock.synthetic import bayes_accuracy
+from trainer.warm_answers import reasoning_prefix
 
 PROMPT_FIGURES = 10_000  # figures read from a prompt for the data-usage reward
 
@@ -139,6 +140,12 @@ class StockTask:
 
     def decision_spans(self, completion: str) -> list[tuple[int, int]]:
         return decision_spans(completion)
+
+    def anchor_text(self, sample: Sample) -> str | None:
+        """The warm start's reasoning up to its lean, for price windows (prompt rows have
+        no closes to read it from)."""
+        closes = sample.meta.get("closes")
+        return reasoning_prefix(closes) if closes and len(closes) >= 4 else None
 
     def diagnostics(self, sample: Sample, completion: str) -> dict[str, float]:
         ans = parse_answer(completion)
