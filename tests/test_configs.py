@@ -48,6 +48,8 @@ def test_production_config_is_qwen_4bit_on_gpu():
     ({"reward": {"weights": {"vibes": 1.0}}}, r"reward\.weights\.vibes: unknown reward component"),
     ({"rollout": {"group_size": 1}}, r"rollout\.group_size: must be at least 2"),
     ({"train": {"anchor_coef": -0.5}}, r"train\.anchor_coef: must be >= 0"),
+    ({"train": {"anchor_coef": 1.0}, "launch": {"zero_stage": 3}},
+     r"train\.anchor_coef: the supervised anchor is not supported with launch\.zero_stage 3"),
     ({"train": {"pg_tokens": "lean"}}, r"train\.pg_tokens: 'lean' is not allowed"),
 ])
 def test_bad_fields_are_named(data, message):

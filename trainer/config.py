@@ -382,6 +382,11 @@ def validate(cfg: StageConfig) -> None:
         (not (cfg.launch.zero_stage == 3 and cfg.model.load_in_4bit),
          "launch.zero_stage: ZeRO-3 cannot partition a 4-bit base (model.load_in_4bit: true); "
          "use zero_stage: 2"),
+        # ZeRO-3 gathers parameters collectively in every forward: a rank whose prompts have
+        # no anchor text would run fewer forwards than the others and hang them
+        (not (cfg.launch.zero_stage == 3 and cfg.train.anchor_coef > 0),
+         "train.anchor_coef: the supervised anchor is not supported with launch.zero_stage 3 "
+         "yet; use zero_stage: 2 or anchor_coef: 0"),
     ]
     for ok, message in checks:
         if not ok:
