@@ -88,7 +88,7 @@ def test_anchor_is_the_reasoning_prefix_and_the_warm_model_knows_it(warm_model, 
 
     from trainer.config import DataConfig, RewardConfig
     from trainer.learner import anchor_nll
-    from trainer.rollouts import anchor_batch
+    from trainer.rollouts import anchor_batch, encode_prompt
     from trainer.tasks.stock.task import StockTask
     from trainer.warm_answers import reasoning_prefix
 
@@ -97,7 +97,8 @@ def test_anchor_is_the_reasoning_prefix_and_the_warm_model_knows_it(warm_model, 
     samples = task.split("train")[:3]
     assert task.anchor_text(samples[0]) == reasoning_prefix(samples[0].meta["closes"])
     tok = AutoTokenizer.from_pretrained(warm_model)
-    batch = anchor_batch(task, samples, tok, tok.pad_token_id)
+    batch = anchor_batch(task, samples, [encode_prompt(tok, s) for s in samples], tok,
+                         tok.pad_token_id)
     assert len(batch) == 3 and batch.completion_mask.sum(1).min() > 10
     row = batch.completion_ids[0][batch.completion_mask[0] > 0].tolist()
     assert tok.decode(row) == task.anchor_text(samples[0])

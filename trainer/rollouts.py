@@ -76,23 +76,17 @@ def collect(task: Task, samples: list[Sample], client: RolloutClient, tokenizer,
     return batch, components, groups
 
 
-def anchor_batch(task: Task, samples: list[Sample], tokenizer, pad_id: int) -> RolloutBatch | None:
-    """The supervised anchor for these prompts: each sample's ``Task.anchor_text`` as a
-    right-padded target after its prompt; None when the task gives none."""
-    pairs = [(encode_prompt(tokenizer, s), tokenizer(text, add_special_tokens=False)["input_ids"])
-             for s in samples if (text := task.anchor_text(s))]
+def anchor_batch(task: Task, samples: list[Sample], prompt_ids: list[list[int]],
+                 tokenizer, pad_id: int) -> RolloutBatch | None:
+    """The supervised anchor for these prompts (``prompt_ids``: their token ids, as
+    ``collect`` encoded them): each sample's ``Task.anchor_text`` after its prompt; None
+    when the task gives none."""
+    pairs = [(p, tokenizer(text, add_special_tokens=False)["input_ids"])
+             for s, p in zip(samples, prompt_ids, strict=True) if (text := task.anchor_text(s))]
     pairs = [(p, t) for p, t in pairs if t]
     if not pairs:
         return None
-    width = max(len(t) for _, t in pairs)
-    ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(pairs), width))
-    for i, (_, t) in enumerate(pairs):
-        ids[i, :len(t)] = torch.tensor(t, dtype=torch.long)
-        mask[i, :len(t)] = 1.0
-    zeros = torch.zeros(len(pairs))
-    return RolloutBatch([p for p, _ in pairs], ids, mask, torch.zeros_like(mask), zeros, zeros,
-                        zeros.long(), group_size=1)
+    return RolloutBatch.teacher_forced([p for p, _ in pairs], [t for _, t in pairs], pad_id)
 
 
 def write_rollouts(path: Path, step: int, samples: list[Sample], batch: RolloutBatch,

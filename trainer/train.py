@@ -173,7 +173,8 @@ def train(args: argparse.Namespace) -> None:
             if cfg.run.log_rollouts_every and step % cfg.run.log_rollouts_every == 0:
                 write_rollouts(rollouts_path, step, samples, batch, groups, components)
         with timer("learner"):
-            anchor = (anchor_batch(task, samples, learner.tokenizer, learner.pad_id)
+            anchor = (anchor_batch(task, samples, batch.prompt_ids[::batch.group_size],
+                                   learner.tokenizer, learner.pad_id)
                       if tc.anchor_coef > 0 else None)
             local.update(learner.train_step(batch, anchor))
         with timer("sync"):

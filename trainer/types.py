@@ -41,6 +41,16 @@ class RolloutBatch:
         )
 
     @staticmethod
+    def teacher_forced(prompt_ids: list[list[int]], targets: list[list[int]],
+                       pad_id: int) -> RolloutBatch:
+        """Reference answers ``targets`` after their prompts (one row each), for a supervised
+        term: no rollout, so log-probs, rewards, advantages and versions are zero."""
+        ids, mask = _right_pad(targets, pad_id)
+        zeros = torch.zeros(len(targets))
+        return RolloutBatch(list(prompt_ids), ids, mask, torch.zeros_like(mask), zeros, zeros,
+                            zeros.long(), group_size=1)
+
+    @staticmethod
     def from_groups(prompt_ids: list[list[int]], groups: list[list], rewards: list[float],
                     advantages: torch.Tensor, pad_id: int,
                     decision_masks: list[list[float]] | None = None) -> RolloutBatch:
@@ -48,16 +58,11 @@ class RolloutBatch:
         decision_masks: N per-token lists (as long as each completion) or None."""
         g = len(groups[0])
         flat = [c for group in groups for c in group]
-        t = max(1, max(len(c.token_ids) for c in flat))
-        n = len(flat)
-        ids = torch.full((n, t), pad_id, dtype=torch.long)
-        mask = torch.zeros((n, t))
-        lps = torch.zeros((n, t))
-        marked = None if decision_masks is None else torch.zeros((n, t))
+        ids, mask = _right_pad([c.token_ids for c in flat], pad_id)
+        lps = torch.zeros_like(mask)
+        marked = None if decision_masks is None else torch.zeros_like(mask)
         for i, c in enumerate(flat):
             k = len(c.token_ids)
-            ids[i, :k] = torch.tensor(c.token_ids, dtype=torch.long)
-            mask[i, :k] = 1.0
             lps[i, :k] = torch.tensor(c.logprobs)
             if marked is not None:
                 marked[i, :k] = torch.tensor(decision_masks[i], dtype=torch.float32)
@@ -72,3 +77,14 @@ class RolloutBatch:
             group_size=g,
             decision_mask=marked,
         )
+
+
+def _right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows -> ids [n, T] (right padded with ``pad_id``), mask [n, T] float, T >= 1."""
+    t = max(1, max(len(r) for r in rows))
+    ids = torch.full((len(rows), t), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), t))
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, :len(r)] = 1.0
+    return ids, mask
