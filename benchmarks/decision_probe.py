@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.tasks.stock.splits import place
     from trainer.tasks.stock.synthetic import up_probability
     from trainer.tasks.stock.task import window_to_sample
-    from trainer.warm_answers import LEAN, templated_answer
+    from trainer.warm_answers import LEAN, reasoning_prefix
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="configs/demo/stage1.yaml")
@@ -89,12 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     def ups(w) -> int:
         return sum(c > 0 for c in w.changes_pct[-3:])
 
+    def prompt_of(w) -> str:
+        return tok.apply_chat_template(window_to_sample(w).messages,
+                                       add_generation_prompt=True, tokenize=False)
+
     def before_lean(w) -> str:
-        prompt = tok.apply_chat_template(window_to_sample(w).messages,
-                                         add_generation_prompt=True, tokenize=False)
-        answer = templated_answer(w.closes, random.Random(0))
-        return prompt + answer[:min(answer.find(f" {lean}") for lean in LEAN.values()
-                                    if f" {lean}" in answer)]
+        return prompt_of(w) + reasoning_prefix(w.closes)
 
     def last_logits(texts: list[str]) -> torch.Tensor:
         ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
@@ -128,10 +128,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def reasoning_logp(w) -> torch.Tensor:
         """Log-probs of the templated reasoning's tokens before the lean, teacher-forced."""
-        prompt = tok.apply_chat_template(window_to_sample(w).messages,
-                                         add_generation_prompt=True, tokenize=False)
+        prompt = prompt_of(w)
         p_len = len(tok(prompt, add_special_tokens=False)["input_ids"])
-        ids = torch.tensor([tok(before_lean(w), add_special_tokens=False)["input_ids"]])
+        ids = torch.tensor([tok(prompt + reasoning_prefix(w.closes),
+                                add_special_tokens=False)["input_ids"]])
         logp = model(input_ids=ids).logits[0, :-1].log_softmax(-1)
         return logp.gather(-1, ids[0, 1:, None]).squeeze(-1)[p_len - 1:]
 
