@@ -20,8 +20,11 @@ def _run(root, name, *sets):
     return root / name
 
 
-def test_two_workers_two_learners_serve_the_same_adapter(tmp_path, warm_model):
-    run_dir = _run(tmp_path, "w2", "train.steps=2", "rollout.num_workers=2")
+def test_two_workers_two_zero3_learners_serve_the_same_gathered_adapter(tmp_path, warm_model):
+    """2 workers x 2 learner ranks under ZeRO-3 (one run for both scale paths: each costs a
+    start of the whole stack): both workers serve the step's adapter, gathered in full."""
+    run_dir = _run(tmp_path, "w2z3", "train.steps=2", "rollout.num_workers=2",
+                   "launch.zero_stage=3", "train.learning_rate=5.0e-3")
     served = json.loads((run_dir / "served_adapters.json").read_text())
     assert len(served) == 2 and len(set(served)) == 2  # two distinct workers
     assert {p.rsplit("/", 1)[-1] for p in served.values()} == {"v000002"}
@@ -30,11 +33,6 @@ def test_two_workers_two_learners_serve_the_same_adapter(tmp_path, warm_model):
         used |= {json.loads(line)["worker"] for line in path.read_text().splitlines()}
     assert used == set(served)  # prompts were spread over both workers
     assert not [pid for pid in worker_pids(run_dir) if alive(pid)]
-
-
-def test_zero3_gathers_the_adapter_before_publishing(tmp_path, warm_model):
-    run_dir = _run(tmp_path, "z3", "train.steps=2", "launch.zero_stage=3",
-                   "train.learning_rate=5.0e-3")
     adapter = load_file(run_dir / "adapters/v000002/adapter_model.safetensors")
     b = [v for k, v in adapter.items() if "lora_B" in k]
     assert b and all(v.numel() > 0 and v.dim() == 2 for v in b)  # not ZeRO-3 placeholders
