@@ -72,10 +72,16 @@ def test_batch_carries_marks_through_padding_and_slicing():
 
 
 def test_decision_selection_keeps_marked_valid_tokens_and_needs_marks():
-    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
-    marked = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # second row: mark on padding
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0]])
+    # second row: mark on padding; third: two marked tokens share the row's weight
+    marked = torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [1.0, 0.0, 1.0, 0.0]])
     pick = TOKEN_SELECTIONS["decision"]
-    assert pick(torch.zeros(2, 3), mask, 0.2, marked).tolist() == [[0, 1, 0], [0, 0, 0]]
+    w = pick(torch.zeros(3, 4), mask, 0.2, marked)
+    assert w.tolist() == [[0, 4, 0, 0], [0, 0, 0, 0], [1.5, 0, 1.5, 0]]
+    # under seq-mean-token-mean a row's decision weighs what the whole row does under "all"
+    per_token = torch.tensor([[0.0, 2.0, 0.0, 0.0], [5.0, 0, 0, 0], [1.0, 0, 3.0, 0]])
+    rows = (per_token * w).sum(1) / mask.sum(1)
+    assert rows.tolist() == [2.0, 0.0, 2.0]  # the mean of the marked tokens' terms
     with pytest.raises(ValueError, match="decision marks"):
         pick(torch.zeros(2, 3), mask, 0.2, None)
 

@@ -130,13 +130,19 @@ def high_entropy_tokens(entropy: torch.Tensor, mask: torch.Tensor, top_frac: flo
 def decision_tokens(entropy: torch.Tensor, mask: torch.Tensor, top_frac: float,
                     marked: torch.Tensor | None) -> torch.Tensor:
     """The tokens the task marked as stating the decision (``Task.decision_spans``, e.g. the
-    prediction word): the reward judges the decision, so only the tokens that choose it
-    get its credit, and the rest of the answer is not pushed around by a noisy advantage.
-    A completion that states no decision gets no policy gradient."""
+    lean word): the reward judges the decision, so only the tokens that choose it get its
+    credit, and the rest of the answer is not pushed around by a noisy advantage. Each
+    row's marked tokens share its whole length's weight (``L / n_marked`` each), so after the
+    aggregation divides by the length a decision weighs what a whole answer does under
+    ``all``, however long the answer around it: the policy gradient's scale, and so what a
+    given ``anchor_coef`` means against it, does not shrink with the answer. A completion
+    that states no decision gets no policy gradient."""
     if marked is None:
         raise ValueError("pg_tokens 'decision' needs the batch's decision marks "
                          "(collect(..., mark_decisions=True))")
-    return (marked.to(mask.device) > 0).to(torch.float32) * (mask > 0)
+    picked = (marked.to(mask.device) > 0).to(torch.float32) * (mask > 0)
+    share = mask.sum(dim=1, keepdim=True) / picked.sum(dim=1, keepdim=True).clamp(min=1)
+    return picked * share
 
 
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:

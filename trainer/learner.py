@@ -187,7 +187,7 @@ class Learner:
                 lp_gap = float(((logp.detach() - mb.rollout_logp.to(self.device)).abs()
                                 * mask).sum() / n)
                 extra = {"entropy": float((ent * mask).sum() / n),
-                         "pg_token_frac": float(pg_weight.sum() / n)}
+                         "pg_token_frac": float((pg_weight > 0).sum() / n)}
             if self.is_deepspeed:
                 self.model.backward(loss)
                 self.model.step()
