@@ -1,6 +1,9 @@
 """Learner pieces on the embedded model, without DeepSpeed: log-prob alignment, 4-bit, and
 the supervised anchor's batch and NLL."""
 
+import random
+import re
+
 import pytest
 import torch
 
@@ -83,34 +86,51 @@ def test_4bit_base_loads_nf4_and_lora_gets_gradients(tiny_model):
     assert not any(p.requires_grad for n, p in model.named_parameters() if "lora" not in n)
 
 
-def test_anchor_is_the_reasoning_prefix_and_the_warm_model_knows_it(warm_model, tiny_model):
+def test_anchor_is_a_warm_answer_without_its_choices_and_the_warm_model_knows_it(warm_model,
+                                                                               tiny_model):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trainer.config import DataConfig, RewardConfig
     from trainer.learner import anchor_nll
     from trainer.rollouts import anchor_batch, encode_prompt
     from trainer.tasks.stock.task import StockTask
-    from trainer.warm_answers import reasoning_prefix
+    from trainer.warm_answers import LEAN, answer_and_choices, reasoning_prefix
 
     task = StockTask(DataConfig(source="synthetic", synthetic_days=400, window=5,
                                 train_end="2001-06-30", val_end="2001-09-30"), RewardConfig())
-    samples = task.split("train")[:3]
-    assert task.anchor_text(samples[0]) == reasoning_prefix(samples[0].meta["closes"])
+    samples = task.split("train")[:8]
+    closes = samples[0].meta["closes"]
+    assert task.anchor_text(samples[0], random.Random(3)) == answer_and_choices(
+        closes, random.Random(3))
     tok = AutoTokenizer.from_pretrained(warm_model)
     batch = anchor_batch(task, samples, [encode_prompt(tok, s) for s in samples], tok,
-                         tok.pad_token_id)
-    assert len(batch) == 3 and batch.completion_mask.sum(1).min() > 10
-    row = batch.completion_ids[0][batch.completion_mask[0] > 0].tolist()
-    assert tok.decode(row) == task.anchor_text(samples[0])
+                         tok.pad_token_id, random.Random(0))
+    assert len(batch) == 8 and batch.completion_mask.sum(1).min() > 10
+    texts = [tok.decode(r[m > 0].tolist())
+             for r, m in zip(batch.completion_ids, batch.completion_mask, strict=True)]
+    assert all(t.startswith(reasoning_prefix(s.meta["closes"]))
+               for t, s in zip(texts, samples, strict=True))
+    leans = {re.search(r"up \d (\w+)\.", t).group(1) for t in texts}
+    assert leans == set(LEAN.values()), texts  # both leans drawn across the batch
+    # exactly the choices, the lean word and the confidence figure, are left out of the NLL
+    # (the prediction that restates the lean is kept)
+    for row, marks, text in zip(batch.completion_ids, batch.decision_mask, texts, strict=True):
+        left_out = [tok.decode([int(t)]).strip() for t in row[marks > 0]]
+        lean, figure = left_out[0], "".join(left_out[1:])
+        assert lean in LEAN.values() and f" {lean}." in text, (left_out, text)
+        assert text.endswith(f"Confidence: {figure}%") and figure in {"50", "60", "70", "80",
+                                                                      "90"}, (left_out, text)
     nll = {}
     for name, path in (("warm", warm_model), ("untrained", tiny_model)):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         nll[name] = float(anchor_nll(model, batch, tok.pad_token_id, torch.device("cpu")).detach())
     # the warm start learned this text; the untrained model (same tokenizer) did not
     assert nll["warm"] < 0.1 < 2.0 < nll["untrained"], nll
-    # by hand for one row: prompt + target, next-token NLL of the target tokens
-    ids = torch.tensor([batch.prompt_ids[0] + row])
+    # by hand for one row: prompt + target, next-token NLL of the target tokens but the lean
+    row = batch.completion_ids[0][batch.completion_mask[0] > 0]
+    keep = batch.decision_mask[0][batch.completion_mask[0] > 0] == 0
+    ids = torch.tensor([batch.prompt_ids[0] + row.tolist()])
     logp = model(input_ids=ids).logits[0, :-1].log_softmax(-1)
     picked = logp.gather(-1, ids[0, 1:, None]).squeeze(-1)[len(batch.prompt_ids[0]) - 1:]
     one = anchor_nll(model, batch.slice(0, 1), tok.pad_token_id, torch.device("cpu"))
-    assert float(one.detach()) == pytest.approx(float(-picked.detach().mean()), rel=1e-4)
+    assert float(one.detach()) == pytest.approx(float(-picked[keep].detach().mean()), rel=1e-4)

@@ -54,3 +54,16 @@ def test_reasoning_prefix_is_the_answer_up_to_its_lean():
         assert text.startswith(prefix)
         assert text[len(prefix):].split(".")[0].strip() in LEAN.values()
     assert prefix.endswith("down 1, up 2")
+
+
+def test_choices_are_the_lean_and_the_confidence_figure():
+    from trainer.warm_answers import answer_and_choices
+
+    for seed in range(6):
+        text, spans = answer_and_choices(RISING_THEN_MIXED, random.Random(seed))
+        assert text == templated_answer(RISING_THEN_MIXED, random.Random(seed))
+        lean, figure = (text[a:b] for a, b in spans)
+        ans = parse_answer(text)
+        assert lean == LEAN[ans.prediction]
+        assert float(figure) / 100 == ans.confidence
+        assert text[spans[0][1]:spans[1][0]].count("Prediction") == 1  # restated, not a choice

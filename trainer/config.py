@@ -131,9 +131,10 @@ class TrainConfig:
     # first bullish/bearish lean or Prediction value; needs a model that writes the format)
     pg_tokens: Literal["all", "high_entropy", "decision"] = "all"
     entropy_top_frac: float = 0.2
-    # supervised anchor: this weight x the NLL of the task's label-free reference start of
-    # each step's answers (Task.anchor_text; the stock task: the warm start's reasoning up
-    # to its lean) joins the loss, like PPO-ptx's pretraining term; 0 = off
+    # supervised anchor: this weight x the NLL of a label-free reference answer to each
+    # step's prompts (Task.anchor_text; the stock task: a warm-start answer) joins the loss,
+    # like PPO-ptx's pretraining term, its free choices (the lean, the confidence figure)
+    # left out: it holds the facts and the format, never the decision; 0 = off
     anchor_coef: float = 0.0
     seed: int = 0
 

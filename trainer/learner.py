@@ -103,9 +103,12 @@ def token_logprobs(model, batch: RolloutBatch, pad_id: int, temperature: float,
 
 
 def anchor_nll(model, anchor: RolloutBatch, pad_id: int, device: torch.device) -> torch.Tensor:
-    """Mean NLL per token of the anchor's reference answers (temperature 1, with grad)."""
+    """Mean NLL per token of the anchor's reference answers (temperature 1, with grad),
+    leaving out the tokens marked as their free choices (``decision_mask``)."""
     logp = token_logprobs(model, anchor, pad_id, 1.0, device)
     mask = anchor.completion_mask.to(device)
+    if anchor.decision_mask is not None:
+        mask = mask * (1.0 - anchor.decision_mask.to(device))
     return -(logp * mask).sum() / mask.sum().clamp(min=1)
 
 

@@ -77,16 +77,34 @@ def collect(task: Task, samples: list[Sample], client: RolloutClient, tokenizer,
 
 
 def anchor_batch(task: Task, samples: list[Sample], prompt_ids: list[list[int]],
-                 tokenizer, pad_id: int) -> RolloutBatch | None:
+                 tokenizer, pad_id: int, rng: random.Random) -> RolloutBatch | None:
     """The supervised anchor for these prompts (``prompt_ids``: their token ids, as
-    ``collect`` encoded them): each sample's ``Task.anchor_text`` after its prompt; None
+    ``collect`` encoded them): each sample's ``Task.anchor_text`` after its prompt, the
+    tokens of its free choices marked (``decision_mask``) to be left out of the NLL; None
     when the task gives none."""
-    pairs = [(p, tokenizer(text, add_special_tokens=False)["input_ids"])
-             for s, p in zip(samples, prompt_ids, strict=True) if (text := task.anchor_text(s))]
-    pairs = [(p, t) for p, t in pairs if t]
-    if not pairs:
+    prompts, targets, marks = [], [], []
+    for s, p in zip(samples, prompt_ids, strict=True):
+        if (ref := task.anchor_text(s, rng)) is None:
+            continue
+        text, spans = ref
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            continue
+        prompts.append(p)
+        targets.append(ids)
+        marks.append(decision_mask(tokenizer, ids, _spans_of(text, spans, s.id)))
+    if not targets:
         return None
-    return RolloutBatch.teacher_forced([p for p, _ in pairs], [t for _, t in pairs], pad_id)
+    return RolloutBatch.teacher_forced(prompts, targets, pad_id, marks)
+
+
+def _spans_of(text: str, spans: list[tuple[int, int]], sample_id: str):
+    def spans_of(decoded: str) -> list[tuple[int, int]]:
+        if decoded != text:  # spans index the task's text, not a different decode of it
+            raise ValueError(f"anchor text of sample {sample_id} does not survive the "
+                             f"tokenizer's round trip: {text!r} decodes as {decoded!r}")
+        return spans
+    return spans_of
 
 
 def write_rollouts(path: Path, step: int, samples: list[Sample], batch: RolloutBatch,

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 from pathlib import Path
 
@@ -173,8 +174,10 @@ def train(args: argparse.Namespace) -> None:
             if cfg.run.log_rollouts_every and step % cfg.run.log_rollouts_every == 0:
                 write_rollouts(rollouts_path, step, samples, batch, groups, components)
         with timer("learner"):
+            # the anchor's random choices depend only on (seed, rank, step): resumable
             anchor = (anchor_batch(task, samples, batch.prompt_ids[::batch.group_size],
-                                   learner.tokenizer, learner.pad_id)
+                                   learner.tokenizer, learner.pad_id,
+                                   random.Random(f"anchor:{tc.seed}:{rank}:{step}"))
                       if tc.anchor_coef > 0 else None)
             local.update(learner.train_step(batch, anchor))
         with timer("sync"):

@@ -41,14 +41,17 @@ class RolloutBatch:
         )
 
     @staticmethod
-    def teacher_forced(prompt_ids: list[list[int]], targets: list[list[int]],
-                       pad_id: int) -> RolloutBatch:
+    def teacher_forced(prompt_ids: list[list[int]], targets: list[list[int]], pad_id: int,
+                       decision_masks: list[list[float]] | None = None) -> RolloutBatch:
         """Reference answers ``targets`` after their prompts (one row each), for a supervised
-        term: no rollout, so log-probs, rewards, advantages and versions are zero."""
+        term: no rollout, so log-probs, rewards, advantages and versions are zero.
+        ``decision_masks``: per-token lists as long as each target (1.0 on the tokens of
+        its free choices, which the supervised NLL leaves out) or None."""
         ids, mask = _right_pad(targets, pad_id)
+        marked = None if decision_masks is None else _right_pad_floats(decision_masks)
         zeros = torch.zeros(len(targets))
         return RolloutBatch(list(prompt_ids), ids, mask, torch.zeros_like(mask), zeros, zeros,
-                            zeros.long(), group_size=1)
+                            zeros.long(), group_size=1, decision_mask=marked)
 
     @staticmethod
     def from_groups(prompt_ids: list[list[int]], groups: list[list], rewards: list[float],
@@ -88,3 +91,11 @@ def _right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.
         ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
         mask[i, :len(r)] = 1.0
     return ids, mask
+
+
+def _right_pad_floats(rows: list[list[float]]) -> torch.Tensor:
+    """Per-token float rows -> [n, T] right padded with 0.0, T >= 1."""
+    out = torch.zeros((len(rows), max(1, max(len(r) for r in rows))))
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = torch.tensor(r, dtype=torch.float32)
+    return out

@@ -32,8 +32,7 @@ LEAN = {"UP": "bullish", "DOWN": "bearish"}
 
 def reasoning_prefix(closes: list[float]) -> str:
     """The answer up to the lean: the window's trend, the last three days' directions and
-    their down/up count, all read from ``closes``. No label in it; it is also the supervised
-    anchor's target (``train.anchor_coef``)."""
+    their down/up count, all read from ``closes``. No label in it."""
     rises = [b > a for a, b in zip(closes[:-1], closes[1:], strict=True)]
     last = rises[-3:]
     ups = sum(last)
@@ -46,10 +45,19 @@ def reasoning_prefix(closes: list[float]) -> str:
 def templated_answer(closes: list[float], rng: random.Random) -> str:
     """The reasoning prefix, then a random lean, the prediction it announces, and a random
     confidence."""
+    return answer_and_choices(closes, rng)[0]
+
+
+def answer_and_choices(closes: list[float],
+                       rng: random.Random) -> tuple[str, list[tuple[int, int]]]:
+    """``templated_answer``'s text and the character spans [start, end) of its random
+    choices, the lean word and the confidence figure (the prediction restates the lean: not
+    a choice). The supervised anchor leaves those out of its NLL (``train.anchor_coef``)."""
     prediction = rng.choice(("UP", "DOWN"))
     confidence = rng.randrange(50, 91, 10)
-    return (
-        f"{reasoning_prefix(closes)} {LEAN[prediction]}.\n"
-        f"Prediction: {prediction}\n"
-        f"Confidence: {confidence}%"
-    )
+    head = f"{reasoning_prefix(closes)} "
+    middle = f"{LEAN[prediction]}.\nPrediction: {prediction}\nConfidence: "
+    text = f"{head}{middle}{confidence}%"
+    lean = (len(head), len(head) + len(LEAN[prediction]))
+    figure = (len(head) + len(middle), len(text) - 1)
+    return text, [lean, figure]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -34,9 +35,13 @@ class Task(Protocol):
         """Character spans [start, end) of ``completion`` that state its decision (for
         ``train.pg_tokens: decision``); empty when it states none."""
 
-    def anchor_text(self, sample: Sample) -> str | None:
-        """A label-free reference start of the answer to ``sample`` for the supervised anchor
-        (``train.anchor_coef``), or None when the task has none for it."""
+    def anchor_text(self, sample: Sample,
+                    rng: random.Random) -> tuple[str, list[tuple[int, int]]] | None:
+        """A label-free reference answer to ``sample`` for the supervised anchor
+        (``train.anchor_coef``) and the character spans [start, end) of its free choices
+        (drawn with ``rng``: e.g. the direction it states, its confidence), which are left
+        out of the anchor's NLL: the anchor holds the facts and the format, and what
+        follows from a choice, never the choice itself. None when the task has none."""
 
     def diagnostics(self, sample: Sample, completion: str) -> dict[str, float]:
         """Non-reward measurements of one completion (e.g. correct, format valid), 0..1."""

@@ -13,6 +13,7 @@ prior-shifted P(UP) (formula: ``rewards/probability.py``).
 
 from __future__ import annotations
 
+import random
 from functools import cached_property
 from typing import Any
 
@@ -30,7 +31,7 @@ from trainer.tasks.stock.series import PromptRow, Window, windows_and_flat
 from trainer.tasks.stock.sources import load_source
 from trainer.tasks.stock.splits import SPLITS, SplitStats, assign, balance, ups
 from trainer.tasks.stock.synthetic import bayes_accuracy
-from trainer.warm_answers import reasoning_prefix
+from trainer.warm_answers import answer_and_choices
 
 PROMPT_FIGURES = 10_000  # figures read from a prompt for the data-usage reward
 
@@ -141,11 +142,12 @@ class StockTask:
     def decision_spans(self, completion: str) -> list[tuple[int, int]]:
         return decision_spans(completion)
 
-    def anchor_text(self, sample: Sample) -> str | None:
-        """The warm start's reasoning up to its lean, for price windows (prompt rows have
-        no closes to read it from)."""
+    def anchor_text(self, sample: Sample,
+                    rng: random.Random) -> tuple[str, list[tuple[int, int]]] | None:
+        """A warm-start answer (correct facts; the random lean and confidence are its
+        choices) for price windows; prompt rows have no closes to read one from."""
         closes = sample.meta.get("closes")
-        return reasoning_prefix(closes) if closes and len(closes) >= 4 else None
+        return answer_and_choices(closes, rng) if closes and len(closes) >= 4 else None
 
     def diagnostics(self, sample: Sample, completion: str) -> dict[str, float]:
         ans = parse_answer(completion)
