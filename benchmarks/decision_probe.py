@@ -16,9 +16,11 @@ greedy prediction follows a forced lean (1.0 when the copy was learned).
     python benchmarks/decision_probe.py [--model models/tiny-qwen2-fmt] [--lr 1e-3]
         [--steps 40] [--prompts 8] [--group 8] [--every 10] [--anchor 0]
 
-``--anchor w`` adds ``w`` x the supervised NLL of the step's templated reasoning (correct
-facts, no label) to the loss: an anchor for the rest of the answer, like PPO-ptx's
-pretraining term.
+``--anchor w`` adds ``w`` x the learner's supervised anchor (``train.anchor_coef``: the NLL
+of a warm-start answer to each of the step's prompts, its free choices, the lean and the
+confidence figure, left out; ``rollouts.anchor_batch``, ``learner.anchor_nll``) to the loss:
+it holds the rest of the answer, like PPO-ptx's pretraining term. ``--seed`` changes the
+LoRA init and the draws: whether and when the lean "clicks" varies with it.
 
 Prints a markdown table of P(bullish) per up count (the Bayes answer: bullish for 0 and 2,
 bearish for 1 and 3) and the mean probability of the Bayes lean
@@ -50,10 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trainer.config import load_config
+    from trainer.learner import anchor_nll
+    from trainer.rollouts import anchor_batch, encode_prompt
     from trainer.tasks.stock import data as market
     from trainer.tasks.stock.splits import place
     from trainer.tasks.stock.synthetic import up_probability
-    from trainer.tasks.stock.task import window_to_sample
+    from trainer.tasks.stock.task import StockTask, window_to_sample
     from trainer.warm_answers import LEAN, reasoning_prefix
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -76,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
                                              target_modules=list(cfg.lora.target_modules)))
     d = cfg.data
+    task = StockTask(d, cfg.reward)
     wins = market.windows(market.synthetic_series(d.synthetic_days, d.seed), d.window)
     train = [w for w in wins if place(w.base_date, w.next_date, d) == "train"]
     val = [w for w in wins if place(w.base_date, w.next_date, d) == "val"][:300]
@@ -155,8 +160,12 @@ def main(argv: list[str] | None = None) -> int:
         reward = ((act == 0) == realised_up).float() * 0.6
         adv = (reward - reward.mean(1, keepdim=True)) / (reward.std(1, keepdim=True) + 1e-6)
         loss = -(adv * logp.gather(1, act)).mean()
-        if a.anchor:  # supervised NLL of the step's templated reasoning (no label in it)
-            loss = loss - a.anchor * torch.stack([reasoning_logp(w).mean() for w in ws]).mean()
+        if a.anchor:  # the learner's anchor on these prompts (no label in it)
+            samples = [window_to_sample(w) for w in ws]
+            ref = anchor_batch(task, samples, [encode_prompt(tok, x) for x in samples], tok,
+                               tok.pad_token_id, rng)
+            loss = loss + a.anchor * anchor_nll(model, ref, tok.pad_token_id,
+                                                 torch.device("cpu"))
         opt.zero_grad()
         loss.backward()
         opt.step()
