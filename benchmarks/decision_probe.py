@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.tasks.stock.splits import place
     from trainer.tasks.stock.synthetic import up_probability
     from trainer.tasks.stock.task import StockTask, window_to_sample
+    from trainer.types import RolloutBatch
     from trainer.warm_answers import LEAN, reasoning_prefix
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -131,21 +132,19 @@ def main(argv: list[str] | None = None) -> int:
         return [sum(per[k]) / len(per[k]) if per[k] else None for k in range(4)] + [
             sum(agree) / len(agree), reasoning_nll()]
 
-    def reasoning_logp(w) -> torch.Tensor:
-        """Log-probs of the templated reasoning's tokens before the lean, teacher-forced."""
-        prompt = prompt_of(w)
-        p_len = len(tok(prompt, add_special_tokens=False)["input_ids"])
-        ids = torch.tensor([tok(prompt + reasoning_prefix(w.closes),
-                                add_special_tokens=False)["input_ids"]])
-        logp = model(input_ids=ids).logits[0, :-1].log_softmax(-1)
-        return logp.gather(-1, ids[0, 1:, None]).squeeze(-1)[p_len - 1:]
+    probe_prompts = [window_to_sample(w) for w in val[:60]]
+    probe_reasoning = RolloutBatch.teacher_forced(
+        [encode_prompt(tok, x) for x in probe_prompts],
+        [tok(reasoning_prefix(w.closes), add_special_tokens=False)["input_ids"]
+         for w in val[:60]], tok.pad_token_id)
 
-    def reasoning_nll(n: int = 60) -> float:
-        """Mean NLL per token of the reasoning on the first ``n`` validation windows: what
-        the update costs the rest of the answer."""
+    def reasoning_nll() -> float:
+        """Mean NLL per token of the reasoning before the lean on the first 60 validation
+        windows, teacher-forced as the learner's anchor is: what the update costs the rest
+        of the answer."""
         with torch.no_grad():
-            picked = torch.cat([reasoning_logp(w) for w in val[:n]])
-        return float(-picked.mean())
+            return float(anchor_nll(model, probe_reasoning, tok.pad_token_id,
+                                    torch.device("cpu")))
 
     rows = [[0, *measure(), 0.0]]
     opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=a.lr)

@@ -39,6 +39,10 @@ def decision_mask(tokenizer, token_ids: Sequence[int],
                   spans_of: Callable[[str], Spans]) -> list[float]:
     """1.0 for every token that overlaps a span ``spans_of(text)`` names, else 0.0."""
     text, offsets = token_offsets(tokenizer, token_ids)
-    spans = spans_of(text)
+    return marks(offsets, spans_of(text))
+
+
+def marks(offsets: Spans, spans: Spans) -> list[float]:
+    """1.0 for every token span in ``offsets`` that overlaps one of ``spans``, else 0.0."""
     return [1.0 if any(s < e and a < e and s < b for a, b in spans) else 0.0
             for s, e in offsets]

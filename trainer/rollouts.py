@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from rollout.client import RolloutClient
-from trainer.credit import decision_mask
+from trainer.credit import decision_mask, marks
 from trainer.grpo import ADVANTAGE_ESTIMATORS
 from trainer.tasks.base import Sample, Task
 from trainer.types import RolloutBatch
@@ -80,31 +80,22 @@ def anchor_batch(task: Task, samples: list[Sample], prompt_ids: list[list[int]],
                  tokenizer, pad_id: int, rng: random.Random) -> RolloutBatch | None:
     """The supervised anchor for these prompts (``prompt_ids``: their token ids, as
     ``collect`` encoded them): each sample's ``Task.anchor_text`` after its prompt, the
-    tokens of its free choices marked (``decision_mask``) to be left out of the NLL; None
-    when the task gives none."""
-    prompts, targets, marks = [], [], []
+    tokens of its free choices marked (``decision_mask``, from the tokenizer's own
+    character offsets) to be left out of the NLL; None when the task gives none."""
+    prompts, targets, choice_marks = [], [], []
     for s, p in zip(samples, prompt_ids, strict=True):
         if (ref := task.anchor_text(s, rng)) is None:
             continue
         text, spans = ref
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if not ids:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        if not enc["input_ids"]:
             continue
         prompts.append(p)
-        targets.append(ids)
-        marks.append(decision_mask(tokenizer, ids, _spans_of(text, spans, s.id)))
+        targets.append(enc["input_ids"])
+        choice_marks.append(marks(enc["offset_mapping"], spans))
     if not targets:
         return None
-    return RolloutBatch.teacher_forced(prompts, targets, pad_id, marks)
-
-
-def _spans_of(text: str, spans: list[tuple[int, int]], sample_id: str):
-    def spans_of(decoded: str) -> list[tuple[int, int]]:
-        if decoded != text:  # spans index the task's text, not a different decode of it
-            raise ValueError(f"anchor text of sample {sample_id} does not survive the "
-                             f"tokenizer's round trip: {text!r} decodes as {decoded!r}")
-        return spans
-    return spans_of
+    return RolloutBatch.teacher_forced(prompts, targets, pad_id, choice_marks)
 
 
 def write_rollouts(path: Path, step: int, samples: list[Sample], batch: RolloutBatch,

@@ -62,13 +62,8 @@ class RolloutBatch:
         g = len(groups[0])
         flat = [c for group in groups for c in group]
         ids, mask = _right_pad([c.token_ids for c in flat], pad_id)
-        lps = torch.zeros_like(mask)
-        marked = None if decision_masks is None else torch.zeros_like(mask)
-        for i, c in enumerate(flat):
-            k = len(c.token_ids)
-            lps[i, :k] = torch.tensor(c.logprobs)
-            if marked is not None:
-                marked[i, :k] = torch.tensor(decision_masks[i], dtype=torch.float32)
+        lps = _right_pad_floats([c.logprobs for c in flat])
+        marked = None if decision_masks is None else _right_pad_floats(decision_masks)
         return RolloutBatch(
             prompt_ids=[p for p in prompt_ids for _ in range(g)],
             completion_ids=ids,
