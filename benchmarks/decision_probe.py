@@ -17,8 +17,9 @@ greedy prediction follows a forced lean (1.0 when the copy was learned).
         [--steps 40] [--prompts 8] [--group 8] [--every 10] [--anchor 0]
 
 ``--anchor w`` adds ``w`` x the learner's supervised anchor (``train.anchor_coef``: the NLL
-of a warm-start answer to each of the step's prompts, its free choices, the lean and the
-confidence figure, left out; ``rollouts.anchor_batch``, ``learner.anchor_nll``) to the loss:
+of a warm-start answer to each of the step's prompts, at its free choices, the lean and the
+confidence figure, only that one of the options stands there; ``rollouts.anchor_batch``,
+``learner.anchor_nll``) to the loss:
 it holds the rest of the answer, like PPO-ptx's pretraining term. ``--seed`` changes the
 LoRA init and the draws: whether and when the lean "clicks" varies with it.
 

@@ -85,3 +85,23 @@ def test_decision_selection_keeps_marked_valid_tokens_and_needs_marks():
     with pytest.raises(ValueError, match="decision marks"):
         pick(torch.zeros(2, 3), mask, 0.2, None)
 
+
+
+def test_option_ids_find_the_choice_token_and_what_could_stand_there(tok):
+    from trainer.credit import option_ids
+
+    enc = tok(ANSWER, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    lean = ANSWER.index("bullish")
+    at, alts = option_ids(tok, ANSWER, ids, offsets, lean, ("bullish", "bearish"))
+    assert tok.decode([ids[at]]) == " bullish"  # the token that carries the choice
+    assert alts == sorted({tok(f" {w}", add_special_tokens=False)["input_ids"][0]
+                           for w in ("bullish", "bearish")})
+    figure = ANSWER.index("70%")
+    at, alts = option_ids(tok, ANSWER, ids, offsets, figure, ("50", "90"))
+    assert tok.decode([ids[at]]) == "7" and [tok.decode([t]) for t in alts] == ["5", "9"]
+    # an option that would not begin in the choice's own token is refused, named
+    with pytest.raises(ValueError, match="'7' does not begin in the reference's token"):
+        option_ids(tok, ANSWER, ids, offsets, lean, ("7",))
+    with pytest.raises(ValueError, match="past the end"):
+        option_ids(tok, ANSWER, ids, offsets, len(ANSWER) + 5, ("x",))

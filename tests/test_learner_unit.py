@@ -106,31 +106,55 @@ def test_anchor_is_a_warm_answer_without_its_choices_and_the_warm_model_knows_it
     batch = anchor_batch(task, samples, [encode_prompt(tok, s) for s in samples], tok,
                          tok.pad_token_id, random.Random(0))
     assert len(batch) == 8 and batch.completion_mask.sum(1).min() > 10
-    texts = [tok.decode(r[m > 0].tolist())
+    texts = [tok.decode(r[m > 0].tolist(), skip_special_tokens=True)
              for r, m in zip(batch.completion_ids, batch.completion_mask, strict=True)]
+    # every answer stops where the warm start's do: the end-of-sequence token, held
+    last = batch.completion_mask.sum(1).long() - 1
+    assert all(int(batch.completion_ids[i, j]) == tok.eos_token_id for i, j in enumerate(last))
+    assert all(float(batch.decision_mask[i, j]) == 0.0 for i, j in enumerate(last))
     assert all(t.startswith(reasoning_prefix(s.meta["closes"]))
                for t, s in zip(texts, samples, strict=True))
     leans = {re.search(r"up \d (\w+)\.", t).group(1) for t in texts}
     assert leans == set(LEAN.values()), texts  # both leans drawn across the batch
-    # exactly the choices, the lean word and the confidence figure, are left out of the NLL
-    # (the prediction that restates the lean is kept)
-    for row, marks, text in zip(batch.completion_ids, batch.decision_mask, texts, strict=True):
+    # exactly the choices, the lean word and the confidence figure, are marked (the
+    # prediction that restates the lean is not); each choice's first token carries its
+    # options: both leans, the first digit of every confidence figure
+    lean_ids = {tok(f" {w}", add_special_tokens=False)["input_ids"][0] for w in LEAN.values()}
+    digit_ids = {tok(d, add_special_tokens=False)["input_ids"][0] for d in "56789"}
+    for row, marks, sets, text in zip(batch.completion_ids, batch.decision_mask,
+                                      batch.choice_ids, texts, strict=True):
         left_out = [tok.decode([int(t)]).strip() for t in row[marks > 0]]
         lean, figure = left_out[0], "".join(left_out[1:])
         assert lean in LEAN.values() and f" {lean}." in text, (left_out, text)
         assert text.endswith(f"Confidence: {figure}%") and figure in {"50", "60", "70", "80",
                                                                       "90"}, (left_out, text)
+        at = (sets[:, 0] >= 0).nonzero().flatten().tolist()
+        assert at == (marks > 0).nonzero().flatten().tolist()[:2], (at, marks)
+        assert {int(t) for t in sets[at[0]] if t >= 0} == lean_ids
+        assert {int(t) for t in sets[at[1]] if t >= 0} == digit_ids
+        assert int(row[at[0]]) in lean_ids and int(row[at[1]]) in digit_ids
     nll = {}
     for name, path in (("warm", warm_model), ("untrained", tiny_model)):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         nll[name] = float(anchor_nll(model, batch, tok.pad_token_id, torch.device("cpu")).detach())
     # the warm start learned this text; the untrained model (same tokenizer) did not
     assert nll["warm"] < 0.1 < 2.0 < nll["untrained"], nll
-    # by hand for one row: prompt + target, next-token NLL of the target tokens but the lean
-    row = batch.completion_ids[0][batch.completion_mask[0] > 0]
-    keep = batch.decision_mask[0][batch.completion_mask[0] > 0] == 0
+    # by hand for one row: prompt + target, next-token NLL of the written tokens outside the
+    # choices, and -log p(any option) where a choice is made; a choice's other tokens
+    # (the figure's "0") are left out
+    real = batch.completion_mask[0] > 0
+    row = batch.completion_ids[0][real]
+    sets = batch.choice_ids[0][real]
+    keep = batch.decision_mask[0][real] == 0
     ids = torch.tensor([batch.prompt_ids[0] + row.tolist()])
-    logp = model(input_ids=ids).logits[0, :-1].log_softmax(-1)
-    picked = logp.gather(-1, ids[0, 1:, None]).squeeze(-1)[len(batch.prompt_ids[0]) - 1:]
+    logp = model(input_ids=ids).logits[0, :-1].log_softmax(-1)[len(batch.prompt_ids[0]) - 1:]
+    picked = logp.gather(-1, row[:, None]).squeeze(-1)
+    terms = [picked[keep]]
+    for j in (sets[:, 0] >= 0).nonzero().flatten().tolist():
+        terms.append(torch.logsumexp(logp[j, [int(t) for t in sets[j] if t >= 0]], 0)[None])
+    expected = -torch.cat(terms).mean()
+    assert len(terms) == 3 and int(keep.sum()) + 2 == len(torch.cat(terms))
     one = anchor_nll(model, batch.slice(0, 1), tok.pad_token_id, torch.device("cpu"))
-    assert float(one.detach()) == pytest.approx(float(-picked[keep].detach().mean()), rel=1e-4)
+    assert float(one.detach()) == pytest.approx(float(expected.detach()), rel=1e-4)
+    # the option terms are in it: without them the value differs
+    assert float(-picked[keep].mean().detach()) != pytest.approx(float(one.detach()), rel=1e-4)

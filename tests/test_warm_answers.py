@@ -56,14 +56,22 @@ def test_reasoning_prefix_is_the_answer_up_to_its_lean():
     assert prefix.endswith("down 1, up 2")
 
 
-def test_choices_are_the_lean_and_the_confidence_figure():
+def test_choices_are_the_lean_and_the_confidence_figure_with_their_options():
     from trainer.warm_answers import answer_and_choices
 
-    for seed in range(6):
-        text, spans = answer_and_choices(RISING_THEN_MIXED, random.Random(seed))
+    seen = set()
+    for seed in range(12):
+        text, choices = answer_and_choices(RISING_THEN_MIXED, random.Random(seed))
         assert text == templated_answer(RISING_THEN_MIXED, random.Random(seed))
-        lean, figure = (text[a:b] for a, b in spans)
+        lean, figure = (text[c.start:c.end] for c in choices)
         ans = parse_answer(text)
         assert lean == LEAN[ans.prediction]
         assert float(figure) / 100 == ans.confidence
-        assert text[spans[0][1]:spans[1][0]].count("Prediction") == 1  # restated, not a choice
+        # restated, not a choice
+        assert text[choices[0].end:choices[1].start].count("Prediction") == 1
+        # the options: both leans, every figure the template draws, the written one among them
+        assert set(choices[0].options) == set(LEAN.values())
+        assert choices[1].options == ("50", "60", "70", "80", "90")
+        assert lean in choices[0].options and figure in choices[1].options
+        seen.add(figure)
+    assert len(seen) > 2

@@ -61,6 +61,9 @@ class DataConfig:
     tickers: list[str] = field(default_factory=list)  # empty: every ticker of the source
     window: int = 5
     balance: bool = True  # Stage I: exactly 50/50 UP/DOWN in every split
+    # with balance: each rank's training draws alternate UP and DOWN, so every step's
+    # prompts are 50/50 too (trainer/rollouts.PromptSampler)
+    balanced_batches: bool = True
     start: str = ""  # first date any window may touch (empty: the data's first)
     train_end: str = "2012-12-31"  # last date a training window may touch
     val_end: str = "2015-12-31"  # last date a validation window may touch; test comes after
@@ -132,9 +135,10 @@ class TrainConfig:
     pg_tokens: Literal["all", "high_entropy", "decision"] = "all"
     entropy_top_frac: float = 0.2
     # supervised anchor: this weight x the NLL of a label-free reference answer to each
-    # step's prompts (Task.anchor_text; the stock task: a warm-start answer) joins the loss,
-    # like PPO-ptx's pretraining term, its free choices (the lean, the confidence figure)
-    # left out: it holds the facts and the format, never the decision; 0 = off
+    # step's prompts (Task.anchor_text; the stock task: a warm-start answer, ending at
+    # end-of-sequence) joins the loss, like PPO-ptx's pretraining term; at its free choices
+    # (the lean, the confidence figure) it holds only that one of the options stands there:
+    # it holds the facts, the format and where to stop, never the decision; 0 = off
     anchor_coef: float = 0.0
     seed: int = 0
 

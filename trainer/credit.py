@@ -46,3 +46,27 @@ def marks(offsets: Spans, spans: Spans) -> list[float]:
     """1.0 for every token span in ``offsets`` that overlaps one of ``spans``, else 0.0."""
     return [1.0 if any(s < e and a < e and s < b for a, b in spans) else 0.0
             for s, e in offsets]
+
+
+def option_ids(tokenizer, text: str, ids: Sequence[int], offsets: Spans, start: int,
+               options: Sequence[str]) -> tuple[int, list[int]]:
+    """Where a free choice starting at character ``start`` of ``text`` (tokenised as
+    ``ids`` with ``offsets``) is made, and what could be chosen there: the index of its first
+    token and the first token of each option written in its place. Raises ValueError
+    naming the option when its first character would not be in that same token (the
+    tokenizer splits or joins it differently from the reference's choice)."""
+    at = next((i for i, (s, e) in enumerate(offsets) if s < e and e > start), None)
+    if at is None:
+        raise ValueError(f"choice at character {start} is past the end of the reference text")
+    out = []
+    for option in options:
+        enc = tokenizer(text[:start] + option, add_special_tokens=False,
+                        return_offsets_mapping=True)
+        got = enc["input_ids"]
+        if (not option or len(got) <= at or list(got[:at]) != list(ids[:at])
+                or enc["offset_mapping"][at][1] <= start):
+            raise ValueError(f"choice option {option!r} does not begin in the reference's "
+                             f"token {at} (after {text[max(0, start - 20):start]!r}): the "
+                             f"tokenizer splits or joins it differently")
+        out.append(int(enc["input_ids"][at]))
+    return at, sorted(set(out))

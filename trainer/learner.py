@@ -84,9 +84,11 @@ def build_inputs(prompt_ids: list[list[int]], completion_ids: torch.Tensor,
 
 
 def token_logprobs(model, batch: RolloutBatch, pad_id: int, temperature: float,
-                   device: torch.device, entropy: bool = False):
+                   device: torch.device, entropy: bool = False, options: bool = False):
     """log p(sampled token) for every completion position: [n, T] (float32). With
-    ``entropy``, also the detached sampling entropy at each position: ([n, T], [n, T])."""
+    ``entropy``, also the detached sampling entropy at each position: ([n, T], [n, T]).
+    With ``options``, at the positions where ``batch.choice_ids`` names a choice's options,
+    log p(any of them) (log-sum-exp of theirs) instead of the written token's."""
     input_ids, attn, pos, _ = build_inputs(batch.prompt_ids, batch.completion_ids,
                                            batch.completion_mask, pad_id)
     t = batch.completion_ids.shape[1]
@@ -95,6 +97,10 @@ def token_logprobs(model, batch: RolloutBatch, pad_id: int, temperature: float,
     logits = out.logits[:, :t].float() / temperature  # position j predicts completion token j
     logp = torch.log_softmax(logits, dim=-1)
     picked = logp.gather(-1, batch.completion_ids.to(device).unsqueeze(-1)).squeeze(-1)
+    if options and batch.choice_ids is not None:
+        ids = batch.choice_ids.to(device)
+        alts = logp.gather(-1, ids.clamp(min=0)).masked_fill(ids < 0, float("-inf"))
+        picked = torch.where(ids[..., 0] >= 0, torch.logsumexp(alts, -1), picked)
     if not entropy:
         return picked
     with torch.no_grad():  # row by row: one [T, vocab] temporary, not another [n, T, vocab]
@@ -103,12 +109,19 @@ def token_logprobs(model, batch: RolloutBatch, pad_id: int, temperature: float,
 
 
 def anchor_nll(model, anchor: RolloutBatch, pad_id: int, device: torch.device) -> torch.Tensor:
-    """Mean NLL per token of the anchor's reference answers (temperature 1, with grad),
-    leaving out the tokens marked as their free choices (``decision_mask``)."""
-    logp = token_logprobs(model, anchor, pad_id, 1.0, device)
+    """Mean NLL per token of the anchor's reference answers (temperature 1, with grad). The
+    tokens of their free choices (``decision_mask``) are not held as written: where a
+    choice is made and ``choice_ids`` names its options, the term is -log p(one of the
+    options), so the choice stays free but the slot keeps to them (without it, pushing one
+    option down on-policy moves its mass anywhere, and the format breaks); the choice's
+    other tokens are left out."""
+    logp = token_logprobs(model, anchor, pad_id, 1.0, device, options=True)
     mask = anchor.completion_mask.to(device)
     if anchor.decision_mask is not None:
-        mask = mask * (1.0 - anchor.decision_mask.to(device))
+        held = 1.0 - anchor.decision_mask.to(device)
+        if anchor.choice_ids is not None:
+            held = (held + (anchor.choice_ids[..., 0] >= 0).to(device, mask.dtype)).clamp(max=1)
+        mask = mask * held
     return -(logp * mask).sum() / mask.sum().clamp(min=1)
 
 

@@ -102,7 +102,8 @@ def train(args: argparse.Namespace) -> None:
         (run_dir / "workers.json").write_text(json.dumps(
             {"workers": [{"url": u} for u in args.workers.split(",")]}, indent=2))
     task = build_task(cfg)
-    sampler = PromptSampler(task.split("train")[rank::world], seed=tc.seed + rank)
+    sampler = PromptSampler(task.split("train")[rank::world], seed=tc.seed + rank,
+                            key=task.stratum)
     learner = Learner(cfg, acc)
     urls = (args.workers.split(",") if args.workers else
             [w["url"] for w in json.loads((run_dir / "workers.json").read_text())["workers"]])

@@ -22,6 +22,9 @@ class RolloutBatch:
     adapter_version: torch.Tensor  # [N] long, version of the adapter that sampled each row
     group_size: int
     decision_mask: torch.Tensor | None = None  # [N, T] float, 1.0 on decision tokens (if marked)
+    # [N, T, K] long (teacher-forced anchors only): at the token where a free choice is made,
+    # the token ids of its options, -1 padded; -1 everywhere else
+    choice_ids: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
@@ -38,20 +41,31 @@ class RolloutBatch:
             group_size=self.group_size,
             decision_mask=(None if self.decision_mask is None
                            else self.decision_mask[start:stop]),
+            choice_ids=None if self.choice_ids is None else self.choice_ids[start:stop],
         )
 
     @staticmethod
     def teacher_forced(prompt_ids: list[list[int]], targets: list[list[int]], pad_id: int,
-                       decision_masks: list[list[float]] | None = None) -> RolloutBatch:
+                       decision_masks: list[list[float]] | None = None,
+                       choices: list[dict[int, list[int]]] | None = None) -> RolloutBatch:
         """Reference answers ``targets`` after their prompts (one row each), for a supervised
         term: no rollout, so log-probs, rewards, advantages and versions are zero.
         ``decision_masks``: per-token lists as long as each target (1.0 on the tokens of
-        its free choices, which the supervised NLL leaves out) or None."""
+        its free choices, which the supervised NLL does not hold as written) or None;
+        ``choices``: per row, {token index: the token ids of that choice's options}."""
         ids, mask = _right_pad(targets, pad_id)
         marked = None if decision_masks is None else _right_pad_floats(decision_masks)
+        options = None
+        if choices is not None:
+            k = max([1] + [len(v) for row in choices for v in row.values()])
+            options = torch.full((*ids.shape, k), -1, dtype=torch.long)
+            for i, row in enumerate(choices):
+                for j, v in row.items():
+                    options[i, j, :len(v)] = torch.tensor(v, dtype=torch.long)
         zeros = torch.zeros(len(targets))
         return RolloutBatch(list(prompt_ids), ids, mask, torch.zeros_like(mask), zeros, zeros,
-                            zeros.long(), group_size=1, decision_mask=marked)
+                            zeros.long(), group_size=1, decision_mask=marked,
+                            choice_ids=options)
 
     @staticmethod
     def from_groups(prompt_ids: list[list[int]], groups: list[list], rewards: list[float],

@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import random
 
+from trainer.tasks.base import Choice
+
 LEAN = {"UP": "bullish", "DOWN": "bearish"}
+CONFIDENCES = (50, 60, 70, 80, 90)  # the stated confidence, in %
 
 
 def reasoning_prefix(closes: list[float]) -> str:
@@ -48,16 +51,16 @@ def templated_answer(closes: list[float], rng: random.Random) -> str:
     return answer_and_choices(closes, rng)[0]
 
 
-def answer_and_choices(closes: list[float],
-                       rng: random.Random) -> tuple[str, list[tuple[int, int]]]:
-    """``templated_answer``'s text and the character spans [start, end) of its random
-    choices, the lean word and the confidence figure (the prediction restates the lean: not
-    a choice). The supervised anchor leaves those out of its NLL (``train.anchor_coef``)."""
+def answer_and_choices(closes: list[float], rng: random.Random) -> tuple[str, list[Choice]]:
+    """``templated_answer``'s text and its random choices, the lean word (options: both
+    leans) and the confidence figure (options: every figure the template draws); the
+    prediction restates the lean: not a choice. The supervised anchor holds that one of a
+    choice's options stands there, never which (``train.anchor_coef``)."""
     prediction = rng.choice(("UP", "DOWN"))
-    confidence = rng.randrange(50, 91, 10)
+    confidence = rng.choice(CONFIDENCES)
     head = f"{reasoning_prefix(closes)} "
     middle = f"{LEAN[prediction]}.\nPrediction: {prediction}\nConfidence: "
     text = f"{head}{middle}{confidence}%"
-    lean = (len(head), len(head) + len(LEAN[prediction]))
-    figure = (len(head) + len(middle), len(text) - 1)
+    lean = Choice(len(head), len(head) + len(LEAN[prediction]), tuple(LEAN.values()))
+    figure = Choice(len(head) + len(middle), len(text) - 1, tuple(map(str, CONFIDENCES)))
     return text, [lean, figure]

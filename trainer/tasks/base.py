@@ -16,6 +16,17 @@ class Sample:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Choice:
+    """A free choice in a reference answer: the character span [start, end) it fills and
+    the ``options`` that could stand there (the reference's own among them; empty: the
+    anchor leaves the span out and holds nothing of it)."""
+
+    start: int
+    end: int
+    options: tuple[str, ...] = ()
+
+
 class Task(Protocol):
     """What the learner needs from a domain."""
 
@@ -36,12 +47,18 @@ class Task(Protocol):
         ``train.pg_tokens: decision``); empty when it states none."""
 
     def anchor_text(self, sample: Sample,
-                    rng: random.Random) -> tuple[str, list[tuple[int, int]]] | None:
+                    rng: random.Random) -> tuple[str, list[Choice]] | None:
         """A label-free reference answer to ``sample`` for the supervised anchor
-        (``train.anchor_coef``) and the character spans [start, end) of its free choices
-        (drawn with ``rng``: e.g. the direction it states, its confidence), which are left
-        out of the anchor's NLL: the anchor holds the facts and the format, and what
-        follows from a choice, never the choice itself. None when the task has none."""
+        (``train.anchor_coef``) and its free choices (drawn with ``rng``: e.g. the direction
+        it states, its confidence). The anchor's NLL never holds which option a choice
+        took: at a choice with options it holds that *one of them* stands there (their
+        summed probability), and the rest of the answer as written. So it keeps the facts,
+        the format and what follows from a choice, never the choice itself. None when the
+        task has none."""
+
+    def stratum(self, sample: Sample) -> str | None:
+        """The class a training draw alternates over (``PromptSampler``'s key): every step
+        then holds the classes evenly. None: plain shuffled draws."""
 
     def diagnostics(self, sample: Sample, completion: str) -> dict[str, float]:
         """Non-reward measurements of one completion (e.g. correct, format valid), 0..1."""

@@ -149,6 +149,11 @@ class StockTask:
         closes = sample.meta.get("closes")
         return answer_and_choices(closes, rng) if closes and len(closes) >= 4 else None
 
+    def stratum(self, sample: Sample) -> str | None:
+        """Stage I (``data.balance``, ``data.balanced_batches``): the label, so every
+        step's prompts are as 50/50 as the set; Stage II draws the natural mix."""
+        return sample.meta["label"] if self.cfg.balance and self.cfg.balanced_batches else None
+
     def diagnostics(self, sample: Sample, completion: str) -> dict[str, float]:
         ans = parse_answer(completion)
         correct = ans.prediction == sample.meta["label"]

@@ -1,0 +1,60 @@
+"""The per-rank prompt sampler: plain epoch shuffles, and Stage I's label-interleaved draws
+that keep every step's prompts as balanced as the set."""
+
+from __future__ import annotations
+
+import random
+
+from trainer.config import DataConfig, RewardConfig
+from trainer.rollouts import PromptSampler
+from trainer.tasks.base import Sample
+
+
+def _samples(labels: str) -> list[Sample]:
+    return [Sample(f"s{i}", [], {"label": {"U": "UP", "D": "DOWN"}[c]})
+            for i, c in enumerate(labels)]
+
+
+def _draw(sampler: PromptSampler, n: int) -> list[str]:
+    return [s.id for s in sampler.next(n)]
+
+
+def test_plain_draws_are_the_seeded_epoch_shuffle():
+    samples = _samples("UUUUUUDD")
+    for key in (None, lambda s: None):  # a key with one class is plain shuffling
+        sampler = PromptSampler(samples, seed=3, key=key)
+        for epoch in range(2):
+            order = list(range(8))
+            random.Random(3 * 100_003 + epoch).shuffle(order)
+            assert _draw(sampler, 8) == [f"s{i}" for i in order]
+
+
+def test_keyed_draws_alternate_the_classes_then_the_rest():
+    samples = _samples("UUUUUUDDDD")  # 6 UP, 4 DOWN
+    label = {s.id: s.meta["label"] for s in samples}
+    sampler = PromptSampler(samples, seed=0, key=lambda s: s.meta["label"])
+    epochs = [_draw(sampler, 10) for _ in range(3)]
+    for drawn in epochs:
+        assert sorted(drawn) == sorted(s.id for s in samples)  # every sample once an epoch
+        # classes in sorted order, one of each in turn while both last; the 2 UP left after
+        assert [label[i] for i in drawn[:8]] == ["DOWN", "UP"] * 4
+        assert [label[i] for i in drawn[8:]] == ["UP", "UP"]
+    assert len({tuple(d) for d in epochs}) == 3  # reshuffled every epoch
+    again = PromptSampler(samples, seed=0, key=lambda s: s.meta["label"])
+    assert _draw(again, 30) == [i for d in epochs for i in d]  # seeded: resumable
+
+
+def test_stage1_steps_are_50_50_and_stage2_draws_the_natural_mix():
+    from trainer.tasks.stock.task import StockTask
+
+    data = DataConfig(source="synthetic", synthetic_days=400, window=5,
+                      train_end="2001-06-30", val_end="2001-09-30")
+    task = StockTask(data, RewardConfig())
+    train = task.split("train")
+    assert {task.stratum(s) for s in train} == {"UP", "DOWN"}
+    sampler = PromptSampler(train, seed=1, key=task.stratum)
+    for _ in range(len(train) // 4):  # one epoch of 4-prompt steps
+        assert sorted(s.meta["label"] for s in sampler.next(4)) == ["DOWN", "DOWN", "UP", "UP"]
+    for off in ({"balance": False}, {"balanced_batches": False}):
+        other = StockTask(DataConfig(**{**vars(data), **off}), RewardConfig())
+        assert {other.stratum(s) for s in other.split("train")} == {None}
