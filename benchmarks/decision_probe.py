@@ -14,7 +14,8 @@ It also checks the warm start's half of the bargain: the share of prompts where 
 greedy prediction follows a forced lean (1.0 when the copy was learned).
 
     python benchmarks/decision_probe.py [--model models/tiny-qwen2-fmt] [--lr 1e-3]
-        [--steps 40] [--prompts 8] [--group 8] [--every 10] [--anchor 0]
+        [--steps 40] [--prompts 8] [--group 8] [--every 10] [--anchor 0] [--seed 0]
+        [--learner]
 
 ``--anchor w`` adds ``w`` x the learner's supervised anchor (``train.anchor_coef``: the NLL
 of a warm-start answer to each of the step's prompts, at its free choices, the lean and the
@@ -22,6 +23,12 @@ confidence figure, only that one of the options stands there; ``rollouts.anchor_
 ``learner.anchor_nll``) to the loss:
 it holds the rest of the answer, like PPO-ptx's pretraining term. ``--seed`` changes the
 LoRA init and the draws: whether and when the lean "clicks" varies with it.
+
+``--learner`` makes the update the real ``Learner.train_step`` (one process, no DeepSpeed):
+each sampled lean becomes a completion (the forced reasoning, then the lean token) in a
+``RolloutBatch`` with the group-normalised advantages, ``pg_tokens: decision`` on the lean,
+KL 0, ``anchor_coef`` = ``--anchor``, and the learner's AdamW and gradient clipping; so a
+difference between the two updates would show here, not in a Stage I run.
 
 Prints a markdown table of P(bullish) per up count (the Bayes answer: bullish for 0 and 2,
 bearish for 1 and 3) and the mean probability of the Bayes lean
@@ -37,12 +44,46 @@ import random
 import sys
 import time
 from collections import defaultdict
+from contextlib import nullcontext
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS, table  # noqa: E402
+
+
+def _learner(cfg, name: str, a):
+    """The real Learner (one process, no DeepSpeed) set up as the probe's update."""
+    from accelerate import Accelerator
+
+    from trainer.learner import Learner
+
+    cfg.model.name_or_path = name
+    tc = cfg.train
+    tc.learning_rate, tc.kl_coef, tc.pg_tokens, tc.anchor_coef = a.lr, 0.0, "decision", a.anchor
+    tc.prompts_per_rank, tc.micro_batch_size, tc.seed = a.prompts, a.prompts * a.group, a.seed
+    cfg.rollout.group_size, cfg.rollout.temperature = a.group, 1.0
+    return Learner(cfg, Accelerator(cpu=True))
+
+
+def _lean_batch(tok, ws, prompt_ids, leans, logp, reward, adv, reasoning_prefix):
+    """The sampled leans as a RolloutBatch: each completion the forced reasoning, then its
+    lean token (the only marked decision, with the sampler's log-prob of it)."""
+    from rollout.client import Completion
+    from trainer.types import RolloutBatch
+
+    groups, marks = [], []
+    for i, w in enumerate(ws):
+        reasoning = tok(reasoning_prefix(w.closes), add_special_tokens=False)["input_ids"]
+        group = []
+        for lean in leans[i].tolist():
+            lps = [0.0] * len(reasoning) + [float(logp[i, lean])]  # only the lean's is used
+            group.append(Completion(reasoning + [lean], lps, "", "stop", 0, "probe"))
+            marks.append([0.0] * len(reasoning) + [1.0])
+        groups.append(group)
+    return RolloutBatch.from_groups(prompt_ids, groups, reward.flatten().tolist(),
+                                    adv.flatten(), tok.pad_token_id, marks)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,14 +114,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--anchor", type=float, default=0.0,
                    help="weight of a supervised NLL term on the step's templated reasoning")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--learner", action="store_true",
+                   help="update through the real Learner.train_step instead of the probe's loss")
     a = p.parse_args(argv)
     cfg = load_config(a.config)
     name = a.model or cfg.model.name_or_path
-    torch.manual_seed(a.seed)
-    tok = AutoTokenizer.from_pretrained(name)
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
-    model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
-                                             target_modules=list(cfg.lora.target_modules)))
+    learner = None
+    if a.learner:
+        learner = _learner(cfg, name, a)
+        model, tok = learner.peft_model, learner.tokenizer
+    else:
+        torch.manual_seed(a.seed)
+        tok = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+        model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
+                                                 target_modules=list(cfg.lora.target_modules)))
     d = cfg.data
     task = StockTask(d, cfg.reward)
     wins = market.windows(market.synthetic_series(d.synthetic_days, d.seed), d.window)
@@ -148,27 +196,36 @@ def main(argv: list[str] | None = None) -> int:
                                     torch.device("cpu")))
 
     rows = [[0, *measure(), 0.0]]
-    opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=a.lr)
+    opt = (None if learner else
+           torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=a.lr))
     rng = random.Random(a.seed)
     t0 = time.perf_counter()
     for step in range(1, a.steps + 1):
         ws = rng.sample(train, a.prompts)
-        lg = last_logits([before_lean(w) for w in ws])
+        with torch.no_grad() if learner else nullcontext():
+            lg = last_logits([before_lean(w) for w in ws])
         logp = torch.stack([lg[:, bull], lg[:, bear]], 1).log_softmax(1)
-        act = torch.multinomial(logp.exp(), a.group, replacement=True)  # 0: bullish
+        act = torch.multinomial(logp.detach().exp(), a.group, replacement=True)  # 0: bullish
         realised_up = torch.tensor([w.next_close > w.closes[-1] for w in ws])[:, None]
         reward = ((act == 0) == realised_up).float() * 0.6
         adv = (reward - reward.mean(1, keepdim=True)) / (reward.std(1, keepdim=True) + 1e-6)
-        loss = -(adv * logp.gather(1, act)).mean()
-        if a.anchor:  # the learner's anchor on these prompts (no label in it)
-            samples = [window_to_sample(w) for w in ws]
-            ref = anchor_batch(task, samples, [encode_prompt(tok, x) for x in samples], tok,
-                               tok.pad_token_id, rng)
-            loss = loss + a.anchor * anchor_nll(model, ref, tok.pad_token_id,
-                                                 torch.device("cpu"))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        samples = [window_to_sample(w) for w in ws]
+        prompt_ids = [encode_prompt(tok, x) for x in samples]
+        # the learner's anchor on these prompts (no label in it)
+        ref = (anchor_batch(task, samples, prompt_ids, tok, tok.pad_token_id, rng)
+               if a.anchor else None)
+        if learner is not None:
+            leans = torch.where(act == 0, bull, bear)
+            learner.train_step(_lean_batch(tok, ws, prompt_ids, leans, lg.log_softmax(-1),
+                                           reward, adv, reasoning_prefix), ref)
+        else:
+            loss = -(adv * logp.gather(1, act)).mean()
+            if ref is not None:
+                loss = loss + a.anchor * anchor_nll(model, ref, tok.pad_token_id,
+                                                     torch.device("cpu"))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
         if step % a.every == 0 or step == a.steps:
             elapsed = time.perf_counter() - t0
             rows.append([step, *measure(), elapsed])

@@ -94,3 +94,26 @@ def test_trl_reward_regroups_contiguous_repeats_by_group_size():
     out = fn(prompts=[None] * 4, completions=completions, sample_index=[0, 0, 0, 0])
     assert out == [11.0, 12.0, 13.0, 11.0]
     assert last == {"n": 4.0}
+
+
+def test_decision_probe_learner_update_is_the_probes(warm_model, monkeypatch, tmp_path):
+    """The real Learner.train_step on the probe's batch (forced reasoning, sampled lean,
+    decision marks, KL 0, the anchor) moves the lean as the probe's own REINFORCE + anchor
+    step does: same init, same draws, same change per count."""
+    import json
+
+    from benchmarks import decision_probe
+
+    monkeypatch.setattr(decision_probe, "RESULTS", tmp_path)
+    moves = {}
+    for mode in ([], ["--learner"]):
+        args = ["--model", str(warm_model), "--lr", "1e-2", "--steps", "3", "--every", "3",
+                "--prompts", "4", "--group", "4", "--anchor", "1", "--seed", "1", *mode]
+        assert decision_probe.main(args) == 0
+        rows = json.loads((tmp_path / "decision_probe.json").read_text())["rows"]
+        moves[bool(mode)] = [after - before for before, after in zip(rows[0][1:5], rows[-1][1:5],
+                                                                     strict=True)]
+    probe, learner = moves[False], moves[True]
+    assert max(map(abs, probe)) > 0.01, probe  # the update moved the lean
+    for p, q in zip(probe, learner, strict=True):
+        assert abs(p - q) < 0.1 * max(map(abs, probe)), (probe, learner)
