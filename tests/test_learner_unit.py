@@ -158,3 +158,8 @@ def test_anchor_is_a_warm_answer_without_its_choices_and_the_warm_model_knows_it
     assert float(one.detach()) == pytest.approx(float(expected.detach()), rel=1e-4)
     # the option terms are in it: without them the value differs
     assert float(-picked[keep].mean().detach()) != pytest.approx(float(one.detach()), rel=1e-4)
+    # positions without options (-1 padded, -inf inside the log-sum-exp) give finite grads
+    model.zero_grad()
+    anchor_nll(model, batch, tok.pad_token_id, torch.device("cpu")).backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
