@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml
 # ---- embedded model (deterministic build) and its format warm start
 # Rebuilt when the text they are trained on changes (prompt, answer format, templates).
 MODEL_TEXT := launch/tiny_model.py trainer/tasks/stock/answer.py trainer/tasks/stock/prompt.py \
-	trainer/warm_answers.py
+	trainer/warm_answers.py trainer/tasks/stock/synthetic.py
 tiny-model: $(TINY)/config.json
 $(TINY)/config.json: $(MODEL_TEXT) | $(STAMP)
 	$(BIN)/python -m launch.cli tiny-model --out $(TINY)
@@ -108,7 +108,8 @@ bench-learning: setup warmstart
 	$(BIN)/python benchmarks/learning.py --steps 200 --eval-every 10
 
 bench-decision: setup warmstart
-	$(BIN)/python benchmarks/decision_probe.py --steps 80 --every 20
+	$(BIN)/python benchmarks/decision_probe.py --lr 3e-3 --steps 40 --every 10 --anchor 1 \
+		--schedule cosine --balance 2
 
 bench-memory: setup warmstart bench-model
 	$(BIN)/python benchmarks/memory.py --steps 10 --workers 1

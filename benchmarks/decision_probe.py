@@ -14,8 +14,16 @@ It also checks the warm start's half of the bargain: the share of prompts where 
 greedy prediction follows a forced lean (1.0 when the copy was learned).
 
     python benchmarks/decision_probe.py [--model models/tiny-qwen2-fmt] [--lr 1e-3]
-        [--steps 40] [--prompts 8] [--group 8] [--every 10] [--anchor 0] [--seed 0]
-        [--learner]
+        [--steps 40] [--prompts 8] [--group 8] [--every 10] [--anchor 0] [--balance 0]
+        [--schedule constant] [--seed 0] [--set data.synthetic_rule=streak] [--learner]
+
+Prompts are drawn as Stage I draws them: from the balanced training split, every step 50/50
+(``PromptSampler`` with the task's stratum).
+
+``--balance w`` adds ``w`` x the learner's balance term (``train.balance_coef``: the KL of
+the step's mean lean at the anchor's answers to 50/50, ``learner.balance_kl``), which holds
+the lean of every prompt from drifting together; ``--schedule`` the learning-rate shape
+(``train.lr_schedule``, to 0 at ``--steps``).
 
 ``--anchor w`` adds ``w`` x the learner's supervised anchor (``train.anchor_coef``: the NLL
 of a warm-start answer to each of the step's prompts, at its free choices, the lean and the
@@ -62,28 +70,33 @@ def _learner(cfg, name: str, a):
     cfg.model.name_or_path = name
     tc = cfg.train
     tc.learning_rate, tc.kl_coef, tc.pg_tokens, tc.anchor_coef = a.lr, 0.0, "decision", a.anchor
+    tc.balance_coef, tc.lr_schedule, tc.steps = a.balance, a.schedule, a.steps
     tc.prompts_per_rank, tc.micro_batch_size, tc.seed = a.prompts, a.prompts * a.group, a.seed
     cfg.rollout.group_size, cfg.rollout.temperature = a.group, 1.0
     return Learner(cfg, Accelerator(cpu=True))
 
 
-def _lean_batch(tok, ws, prompt_ids, leans, logp, reward, adv, reasoning_prefix):
+def _lean_batch(tok, ws, prompt_ids, leans, logp, reward, adv, reasoning_prefix, lean_ids):
     """The sampled leans as a RolloutBatch: each completion the forced reasoning, then its
-    lean token (the only marked decision, with the sampler's log-prob of it)."""
+    lean token (the only marked decision, a choice between the two leans, with the
+    sampler's log-prob of it)."""
     from rollout.client import Completion
     from trainer.types import RolloutBatch
 
-    groups, marks = [], []
+    groups, marks, choices = [], [], []
+    options = sorted(set(lean_ids))
     for i, w in enumerate(ws):
-        reasoning = tok(reasoning_prefix(w.closes), add_special_tokens=False)["input_ids"]
+        text = reasoning_prefix(w.meta["closes"])
+        reasoning = tok(text, add_special_tokens=False)["input_ids"]
         group = []
         for lean in leans[i].tolist():
             lps = [0.0] * len(reasoning) + [float(logp[i, lean])]  # only the lean's is used
             group.append(Completion(reasoning + [lean], lps, "", "stop", 0, "probe"))
             marks.append([0.0] * len(reasoning) + [1.0])
+            choices.append({len(reasoning): options})  # the lean chose among both
         groups.append(group)
     return RolloutBatch.from_groups(prompt_ids, groups, reward.flatten().tolist(),
-                                    adv.flatten(), tok.pad_token_id, marks)
+                                    adv.flatten(), tok.pad_token_id, marks, choices)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,12 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trainer.config import load_config
-    from trainer.learner import anchor_nll
-    from trainer.rollouts import anchor_batch, encode_prompt
-    from trainer.tasks.stock import data as market
-    from trainer.tasks.stock.splits import place
-    from trainer.tasks.stock.synthetic import up_probability
-    from trainer.tasks.stock.task import StockTask, window_to_sample
+    from trainer.learner import anchor_nll, anchor_terms, balance_kl
+    from trainer.rollouts import PromptSampler, anchor_batch, encode_prompt
+    from trainer.schedules import lr_factor
+    from trainer.tasks.stock.task import StockTask
     from trainer.types import RolloutBatch
     from trainer.warm_answers import LEAN, reasoning_prefix
 
@@ -113,11 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--every", type=int, default=10)
     p.add_argument("--anchor", type=float, default=0.0,
                    help="weight of a supervised NLL term on the step's templated reasoning")
+    p.add_argument("--balance", type=float, default=0.0,
+                   help="weight of the balance term (train.balance_coef) on the anchor's answers")
+    p.add_argument("--schedule", default="constant", help="train.lr_schedule (to 0 at --steps)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. data.synthetic_rule=streak")
     p.add_argument("--learner", action="store_true",
                    help="update through the real Learner.train_step instead of the probe's loss")
     a = p.parse_args(argv)
-    cfg = load_config(a.config)
+    cfg = load_config(a.config, a.set)
     name = a.model or cfg.model.name_or_path
     learner = None
     if a.learner:
@@ -129,12 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
         model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
                                                  target_modules=list(cfg.lora.target_modules)))
-    d = cfg.data
-    task = StockTask(d, cfg.reward)
-    wins = market.windows(market.synthetic_series(d.synthetic_days, d.seed), d.window)
-    train = [w for w in wins if place(w.base_date, w.next_date, d) == "train"]
-    val = [w for w in wins if place(w.base_date, w.next_date, d) == "val"][:300]
-    bayes_up = [up_probability(w.changes_pct) > 0.5 for w in val]
+    task = StockTask(cfg.data, cfg.reward)
+    # Stage I's own draws: the balanced training split, every step 50/50 (PromptSampler)
+    sampler = PromptSampler(task.split("train"), seed=a.seed, key=task.stratum)
+    val = task.split("val")[:300]
+    bayes_up = [w.meta["up_prob"] > 0.5 for w in val]
 
     def tid(word: str) -> int:
         return tok(f" {word}", add_special_tokens=False)["input_ids"][0]
@@ -142,14 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     bull, bear, up_id, down_id = tid(LEAN["UP"]), tid(LEAN["DOWN"]), tid("UP"), tid("DOWN")
 
     def ups(w) -> int:
-        return sum(c > 0 for c in w.changes_pct[-3:])
+        return sum(c > 0 for c in w.meta["changes_pct"][-3:])
 
     def prompt_of(w) -> str:
-        return tok.apply_chat_template(window_to_sample(w).messages,
-                                       add_generation_prompt=True, tokenize=False)
+        return tok.apply_chat_template(w.messages, add_generation_prompt=True, tokenize=False)
 
     def before_lean(w) -> str:
-        return prompt_of(w) + reasoning_prefix(w.closes)
+        return prompt_of(w) + reasoning_prefix(w.meta["closes"])
 
     def last_logits(texts: list[str]) -> torch.Tensor:
         ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
@@ -181,10 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         return [sum(per[k]) / len(per[k]) if per[k] else None for k in range(4)] + [
             sum(agree) / len(agree), reasoning_nll()]
 
-    probe_prompts = [window_to_sample(w) for w in val[:60]]
     probe_reasoning = RolloutBatch.teacher_forced(
-        [encode_prompt(tok, x) for x in probe_prompts],
-        [tok(reasoning_prefix(w.closes), add_special_tokens=False)["input_ids"]
+        [encode_prompt(tok, x) for x in val[:60]],
+        [tok(reasoning_prefix(w.meta["closes"]), add_special_tokens=False)["input_ids"]
          for w in val[:60]], tok.pad_token_id)
 
     def reasoning_nll() -> float:
@@ -201,28 +214,31 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(a.seed)
     t0 = time.perf_counter()
     for step in range(1, a.steps + 1):
-        ws = rng.sample(train, a.prompts)
+        ws = sampler.next(a.prompts)
         with torch.no_grad() if learner else nullcontext():
             lg = last_logits([before_lean(w) for w in ws])
         logp = torch.stack([lg[:, bull], lg[:, bear]], 1).log_softmax(1)
         act = torch.multinomial(logp.detach().exp(), a.group, replacement=True)  # 0: bullish
-        realised_up = torch.tensor([w.next_close > w.closes[-1] for w in ws])[:, None]
+        realised_up = torch.tensor([w.meta["label"] == "UP" for w in ws])[:, None]
         reward = ((act == 0) == realised_up).float() * 0.6
         adv = (reward - reward.mean(1, keepdim=True)) / (reward.std(1, keepdim=True) + 1e-6)
-        samples = [window_to_sample(w) for w in ws]
-        prompt_ids = [encode_prompt(tok, x) for x in samples]
+        prompt_ids = [encode_prompt(tok, x) for x in ws]
         # the learner's anchor on these prompts (no label in it)
-        ref = (anchor_batch(task, samples, prompt_ids, tok, tok.pad_token_id, rng)
-               if a.anchor else None)
+        ref = (anchor_batch(task, ws, prompt_ids, tok, tok.pad_token_id, rng)
+               if a.anchor or a.balance else None)
         if learner is not None:
+            learner.set_step(step)
             leans = torch.where(act == 0, bull, bear)
             learner.train_step(_lean_batch(tok, ws, prompt_ids, leans, lg.log_softmax(-1),
-                                           reward, adv, reasoning_prefix), ref)
+                                           reward, adv, reasoning_prefix, (bull, bear)), ref)
         else:
             loss = -(adv * logp.gather(1, act)).mean()
             if ref is not None:
-                loss = loss + a.anchor * anchor_nll(model, ref, tok.pad_token_id,
-                                                     torch.device("cpu"))
+                nll, shares, prior = anchor_terms(model, ref, tok.pad_token_id,
+                                                  torch.device("cpu"))
+                loss = loss + a.anchor * nll + a.balance * balance_kl(shares, prior)[0]
+            for group in opt.param_groups:
+                group["lr"] = a.lr * lr_factor(step, a.steps, a.schedule)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -28,6 +28,9 @@ def test_decision_span_is_the_first_statement_of_the_direction():
     assert [bold[a:b] for a, b in decision_spans(bold)] == ["down"]
     # "up" in the reasoning and words that merely contain a lean are not decisions
     assert decision_spans("Reasoning: up, up, unbullishly.\nConfidence: 50%") == []
+    # a lean that does not follow the stated up count is not the decision: the prediction is
+    skipped = "Reasoning: The last three days went up, up, up: down 0, bullish.\nPrediction: UP"
+    assert [skipped[a:b] for a, b in decision_spans(skipped)] == ["UP"]
 
 
 def test_token_offsets_tile_the_decoded_text(tok):
@@ -95,8 +98,11 @@ def test_option_ids_find_the_choice_token_and_what_could_stand_there(tok):
     lean = ANSWER.index("bullish")
     at, alts = option_ids(tok, ANSWER, ids, offsets, lean, ("bullish", "bearish"))
     assert tok.decode([ids[at]]) == " bullish"  # the token that carries the choice
-    assert alts == sorted({tok(f" {w}", add_special_tokens=False)["input_ids"][0]
-                           for w in ("bullish", "bearish")})
+    # in the options' order (the balance term's prior is aligned with it)
+    assert alts == [tok(f" {w}", add_special_tokens=False)["input_ids"][0]
+                    for w in ("bullish", "bearish")]
+    at2, back = option_ids(tok, ANSWER, ids, offsets, lean, ("bearish", "bullish", "bearish"))
+    assert at2 == at and back == alts[::-1]  # a repeated option's token once
     figure = ANSWER.index("70%")
     at, alts = option_ids(tok, ANSWER, ids, offsets, figure, ("50", "90"))
     assert tok.decode([ids[at]]) == "7" and [tok.decode([t]) for t in alts] == ["5", "9"]
@@ -105,3 +111,26 @@ def test_option_ids_find_the_choice_token_and_what_could_stand_there(tok):
         option_ids(tok, ANSWER, ids, offsets, lean, ("7",))
     with pytest.raises(ValueError, match="past the end"):
         option_ids(tok, ANSWER, ids, offsets, len(ANSWER) + 5, ("x",))
+
+
+def test_decision_choices_name_the_options_at_the_decision_token(tok):
+    from trainer.credit import decision_choices
+    from trainer.tasks.stock.answer import decision_options
+
+    ids = tok(ANSWER, add_special_tokens=False)["input_ids"]
+    mask, choices = decision_choices(tok, ids, decision_spans, decision_options)
+    assert mask == decision_mask(tok, ids, decision_spans)
+    (at, alts), = choices.items()
+    assert mask[at] == 1.0 and tok.decode([ids[at]]) == " bullish"
+    assert alts == [tok(f" {w}", add_special_tokens=False)["input_ids"][0]
+                    for w in ("bullish", "bearish")]
+    # the prediction as the decision: UP / DOWN in its own spelling
+    pred = "Reasoning: up, up, down, no count here.\nPrediction: DOWN\nConfidence: 60%"
+    p_ids = tok(pred, add_special_tokens=False)["input_ids"]
+    ((_, got),) = decision_choices(tok, p_ids, decision_spans, decision_options)[1].items()
+    assert {tok.decode([t]) for t in got} == {" UP", " DOWN"}
+    # no decision, or a word with no options: marks without choices
+    assert decision_choices(tok, p_ids, decision_spans, lambda w: ())[1] == {}
+    none = tok("Reasoning: flat.\nConfidence: 50%", add_special_tokens=False)["input_ids"]
+    assert decision_choices(tok, none, decision_spans, decision_options) == (
+        [0.0] * len(none), {})

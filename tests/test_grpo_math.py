@@ -138,3 +138,31 @@ def test_pg_weight_gates_the_policy_gradient_but_not_the_kl():
                                                                    (-1.5, -3))]
     want = [kl_grad[0], kl_grad[1] - 1.0, kl_grad[2]]
     assert logp.grad[0].tolist() == pytest.approx(want, abs=1e-6)
+
+
+def test_choice_lse_moves_probability_among_the_options_only():
+    """At a decision token with options, the policy gradient is that of
+    log p(token | one of the options): the options' total mass gets no gradient, and the
+    ratio, importance weight and KL are as without it."""
+    logits = torch.tensor([[2.0, 1.0, 0.5, -1.0]], requires_grad=True)  # one position, V=4
+    logp_all = torch.log_softmax(logits, -1)
+    token, options = 0, [0, 1]  # sampled token 0, chosen between tokens 0 and 1
+    logp = logp_all[:, token][:, None]  # [N=1, T=1]
+    lse = torch.logsumexp(logp_all[:, options], -1)[:, None]
+    adv, mask = torch.tensor([1.0]), torch.ones(1, 1)
+    loss, st = grpo_loss(logp, logp.detach(), None, logp.detach(), adv, mask, clip_eps=0.2,
+                         kl_coef=0.0, is_cap=2.0, choice_lse=lse)
+    loss.backward()
+    g = logits.grad[0]
+    p = torch.softmax(logits.detach()[0, options], -1)  # p(token | options)
+    # d(-log p(0 | {0, 1}))/dlogits: (p0 - 1, p1) on the options, nothing elsewhere
+    assert torch.allclose(g[:2], torch.tensor([p[0] - 1, p[1]]), atol=1e-6)
+    assert torch.allclose(g[2:], torch.zeros(2), atol=1e-7)
+    assert float(g[:2].sum()) == pytest.approx(0.0, abs=1e-6)  # the options' mass: untouched
+    assert st.clip_frac == 0.0 and st.is_weight == pytest.approx(1.0)
+    # without it the same step pushes mass into the other tokens too
+    logits.grad = None
+    logp = torch.log_softmax(logits, -1)[:, token][:, None]
+    grpo_loss(logp, logp.detach(), None, logp.detach(), adv, mask, clip_eps=0.2, kl_coef=0.0,
+              is_cap=2.0)[0].backward()
+    assert float(logits.grad[0, 2:].abs().sum()) > 0.1

@@ -145,7 +145,8 @@ def test_remote_workers_require_api_key(monkeypatch):
 ])
 def test_accelerate_recipe_selection(device, procs, machines, zero, expected):
     cfg = load_config(REPO / "configs/demo/stage1.yaml",
-                      [f"launch.device={device}", f"launch.zero_stage={zero}"])
+                      [f"launch.device={device}", f"launch.zero_stage={zero}",
+                       "train.anchor_coef=0", "train.balance_coef=0"])  # not under ZeRO-3 yet
     slot = LearnerSlot("n", 0, machines, procs, "n", 29500, None)
     files = accelerate_files(cfg, slot)
     assert files == expected and all((REPO / f).is_file() for f in files)

@@ -93,6 +93,7 @@ def test_anchor_is_a_warm_answer_without_its_choices_and_the_warm_model_knows_it
     from trainer.config import DataConfig, RewardConfig
     from trainer.learner import anchor_nll
     from trainer.rollouts import anchor_batch, encode_prompt
+    from trainer.tasks.base import Choice
     from trainer.tasks.stock.task import StockTask
     from trainer.warm_answers import LEAN, answer_and_choices, reasoning_prefix
 
@@ -100,8 +101,11 @@ def test_anchor_is_a_warm_answer_without_its_choices_and_the_warm_model_knows_it
                                 train_end="2001-06-30", val_end="2001-09-30"), RewardConfig())
     samples = task.split("train")[:8]
     closes = samples[0].meta["closes"]
-    assert task.anchor_text(samples[0], random.Random(3)) == answer_and_choices(
-        closes, random.Random(3))
+    text, (lean_choice, figure_choice) = answer_and_choices(closes, random.Random(3))
+    # the warm-start answer; its lean is the decision, balanced to the split's up ratio
+    assert task.anchor_text(samples[0], random.Random(3)) == (text, [
+        Choice(lean_choice.start, lean_choice.end, lean_choice.options, (0.5, 0.5)),
+        figure_choice])
     tok = AutoTokenizer.from_pretrained(warm_model)
     batch = anchor_batch(task, samples, [encode_prompt(tok, s) for s in samples], tok,
                          tok.pad_token_id, random.Random(0))
@@ -133,6 +137,14 @@ def test_anchor_is_a_warm_answer_without_its_choices_and_the_warm_model_knows_it
         assert {int(t) for t in sets[at[0]] if t >= 0} == lean_ids
         assert {int(t) for t in sets[at[1]] if t >= 0} == digit_ids
         assert int(row[at[0]]) in lean_ids and int(row[at[1]]) in digit_ids
+    # the lean carries its prior (bullish = UP first, 50/50 on the balanced split), the
+    # confidence figure none, and nothing else does
+    assert batch.choice_prior is not None
+    bull = tok(" bullish", add_special_tokens=False)["input_ids"][0]
+    for sets, prior in zip(batch.choice_ids, batch.choice_prior, strict=True):
+        held = (prior.sum(-1) > 0).nonzero().flatten().tolist()
+        assert len(held) == 1 and int(sets[held[0], 0]) == bull
+        assert prior[held[0], :2].tolist() == [0.5, 0.5] and float(prior.sum()) == 1.0
     nll = {}
     for name, path in (("warm", warm_model), ("untrained", tiny_model)):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -163,3 +175,18 @@ def test_anchor_is_a_warm_answer_without_its_choices_and_the_warm_model_knows_it
     anchor_nll(model, batch, tok.pad_token_id, torch.device("cpu")).backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_choice_lse_is_log_p_of_any_option_where_a_choice_is_made(tiny_model):
+    model = load_policy(_cfg(tiny_model), torch.device("cpu")).eval()
+    batch = _batch([[1, 40, 41]], [[60, 61, 62]])
+    batch.choice_ids = torch.full((1, 3, 2), -1, dtype=torch.long)
+    batch.choice_ids[0, 1] = torch.tensor([61, 70])  # token 1 chose between 61 and 70
+    with torch.no_grad():
+        logp, lse = token_logprobs(model, batch, 0, 1.0, torch.device("cpu"), choice_lse=True)
+        full = torch.log_softmax(model(input_ids=torch.tensor([[1, 40, 41, 60, 61, 62]]))
+                                 .logits[0, 2:5].float(), -1)
+    assert torch.allclose(logp[0], full.gather(-1, torch.tensor([[60], [61], [62]]))[:, 0],
+                          atol=1e-5)
+    assert lse[0, 0] == 0 and lse[0, 2] == 0
+    assert torch.allclose(lse[0, 1], torch.logsumexp(full[1, [61, 70]], 0), atol=1e-5)

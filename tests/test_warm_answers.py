@@ -75,3 +75,23 @@ def test_choices_are_the_lean_and_the_confidence_figure_with_their_options():
         assert lean in choices[0].options and figure in choices[1].options
         seen.add(figure)
     assert len(seen) > 2
+
+
+def test_paired_answers_differ_only_in_the_lean_and_the_prediction_it_announces():
+    from trainer.warmstart import paired_answers
+
+    rng = random.Random(4)
+    firsts = []
+    for _ in range(200):
+        text, twin = paired_answers(RISING_THEN_MIXED, rng)
+        a, b = parse_answer(text), parse_answer(twin)
+        assert {a.prediction, b.prediction} == {"UP", "DOWN"}
+        assert a.confidence == b.confidence and a.valid and b.valid
+        for answer, parsed in ((text, a), (twin, b)):  # each announces its own prediction
+            assert f"{LEAN[parsed.prediction]}.\nPrediction: {parsed.prediction}\n" in answer
+        mask = LEAN[a.prediction], LEAN[b.prediction]
+        assert text.replace(mask[0], "?").replace(f": {a.prediction}\n", ": ?\n") == \
+            twin.replace(mask[1], "?").replace(f": {b.prediction}\n", ": ?\n")
+        firsts.append(a.prediction)
+    # the first of a pair is a random direction
+    assert 0.35 < firsts.count("UP") / len(firsts) < 0.65

@@ -69,6 +69,9 @@ class DataConfig:
     val_end: str = "2015-12-31"  # last date a validation window may touch; test comes after
     test_end: str = ""  # last date a test window may touch (empty: the data's last)
     synthetic_days: int = 4000
+    # the synthetic market's rule (trainer/tasks/stock/synthetic.py): "majority" (momentum of
+    # the last three signs) or "streak" (mixed follow their majority, streaks of three revert)
+    synthetic_rule: Literal["majority", "streak"] = "majority"
     seed: int = 0
 
 
@@ -121,7 +124,12 @@ class TrainConfig:
     steps: int = 500
     prompts_per_rank: int = 8
     micro_batch_size: int = 8  # sequences per learner forward/backward
-    learning_rate: float = 1e-5
+    learning_rate: float = 1e-5  # the peak; lr_schedule shapes it over the steps
+    # trainer/schedules.py: constant | linear | cosine after a linear warm-up of warmup_steps,
+    # down to min_lr_ratio x learning_rate; a function of the step (nothing to checkpoint)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
     weight_decay: float = 0.0
     kl_coef: float = 0.15
     clip_eps: float = 0.2
@@ -140,6 +148,11 @@ class TrainConfig:
     # (the lean, the confidence figure) it holds only that one of the options stands there:
     # it holds the facts, the format and where to stop, never the decision; 0 = off
     anchor_coef: float = 0.0
+    # balance term: this weight x KL(the batch's mean choice at the anchor's decision || the
+    # task's prior for it, the labels' ratio), over every rank's prompts (trainer/learner.py
+    # balance_kl); holds the shared drift of every prompt's decision, never one prompt's
+    # choice; 0 = off. Uses the anchor's reference answers (built when either is > 0).
+    balance_coef: float = 0.0
     seed: int = 0
 
 
@@ -352,11 +365,14 @@ def validate(cfg: StageConfig) -> None:
          f"train.prompts_per_rank * rollout.group_size = "
          f"{cfg.train.prompts_per_rank * cfg.rollout.group_size}"),
         (cfg.train.learning_rate > 0, "train.learning_rate: must be > 0"),
+        (cfg.train.warmup_steps >= 0, "train.warmup_steps: must be >= 0"),
+        (0 <= cfg.train.min_lr_ratio <= 1, "train.min_lr_ratio: must be in [0, 1]"),
         (cfg.train.kl_coef >= 0, "train.kl_coef: must be >= 0"),
         (0 <= cfg.train.clip_eps < 1, "train.clip_eps: must be in [0, 1)"),
         (cfg.train.is_cap >= 1, "train.is_cap: must be >= 1"),
         (0 < cfg.train.entropy_top_frac <= 1, "train.entropy_top_frac: must be in (0, 1]"),
         (cfg.train.anchor_coef >= 0, "train.anchor_coef: must be >= 0"),
+        (cfg.train.balance_coef >= 0, "train.balance_coef: must be >= 0"),
         (cfg.data.window >= 2, "data.window: must be at least 2 days"),
         (cfg.launch.num_processes >= 1, "launch.num_processes: must be at least 1"),
         (cfg.run.keep_adapter_versions >= 1, "run.keep_adapter_versions: must be at least 1"),
@@ -392,6 +408,9 @@ def validate(cfg: StageConfig) -> None:
         (not (cfg.launch.zero_stage == 3 and cfg.train.anchor_coef > 0),
          "train.anchor_coef: the supervised anchor is not supported with launch.zero_stage 3 "
          "yet; use zero_stage: 2 or anchor_coef: 0"),
+        (not (cfg.launch.zero_stage == 3 and cfg.train.balance_coef > 0),
+         "train.balance_coef: the balance term (on the anchor's answers) is not supported "
+         "with launch.zero_stage 3 yet; use zero_stage: 2 or balance_coef: 0"),
     ]
     for ok, message in checks:
         if not ok:

@@ -1,5 +1,6 @@
 """Which completion tokens state the decision: character spans named by the task, mapped
-onto the sampled token ids (``train.pg_tokens: decision``).
+onto the sampled token ids (``train.pg_tokens: decision``), and the options each decision
+chose among (their first tokens, so the policy gradient can move probability among them).
 
 The text is decoded from the token ids themselves (not the worker's detokenised text), so
 offsets and spans always refer to the same string.
@@ -42,6 +43,31 @@ def decision_mask(tokenizer, token_ids: Sequence[int],
     return marks(offsets, spans_of(text))
 
 
+def decision_choices(tokenizer, token_ids: Sequence[int], spans_of: Callable[[str], Spans],
+                     options_of: Callable[[str], Sequence[str]]
+                     ) -> tuple[list[float], dict[int, list[int]]]:
+    """``decision_mask``'s marks, and where a marked decision chose among options
+    (``options_of(the written word)``): {token index: the first token of each option}. A
+    decision whose options the tokenizer would not write in that same token, or whose
+    written token is not among them, gets none (its policy gradient then uses the full
+    distribution)."""
+    ids = [int(t) for t in token_ids]
+    text, offsets = token_offsets(tokenizer, ids)
+    spans = spans_of(text)
+    choices: dict[int, list[int]] = {}
+    for start, end in spans:
+        options = tuple(options_of(text[start:end]))
+        if len(options) < 2:
+            continue
+        try:
+            at, alts = option_ids(tokenizer, text, ids, offsets, start, options)
+        except ValueError:
+            continue
+        if ids[at] in alts and len(alts) == len(options):
+            choices[at] = alts
+    return marks(offsets, spans), choices
+
+
 def marks(offsets: Spans, spans: Spans) -> list[float]:
     """1.0 for every token span in ``offsets`` that overlaps one of ``spans``, else 0.0."""
     return [1.0 if any(s < e and a < e and s < b for a, b in spans) else 0.0
@@ -52,7 +78,8 @@ def option_ids(tokenizer, text: str, ids: Sequence[int], offsets: Spans, start: 
                options: Sequence[str]) -> tuple[int, list[int]]:
     """Where a free choice starting at character ``start`` of ``text`` (tokenised as
     ``ids`` with ``offsets``) is made, and what could be chosen there: the index of its first
-    token and the first token of each option written in its place. Raises ValueError
+    token and the first token of each option written in its place (in the options' order,
+    a token shared by two options once). Raises ValueError
     naming the option when its first character would not be in that same token (the
     tokenizer splits or joins it differently from the reference's choice)."""
     at = next((i for i, (s, e) in enumerate(offsets) if s < e and e > start), None)
@@ -69,4 +96,4 @@ def option_ids(tokenizer, text: str, ids: Sequence[int], offsets: Spans, start: 
                              f"token {at} (after {text[max(0, start - 20):start]!r}): the "
                              f"tokenizer splits or joins it differently")
         out.append(int(enc["input_ids"][at]))
-    return at, sorted(set(out))
+    return at, list(dict.fromkeys(out))

@@ -175,6 +175,7 @@ def grpo_loss(
     is_cap: float,
     aggregation: str = "seq-mean-token-mean",
     pg_weight: torch.Tensor | None = None,
+    choice_lse: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, LossStats]:
     """Clipped surrogate + k3 KL with truncated importance sampling.
 
@@ -185,11 +186,20 @@ def grpo_loss(
     advantages [N]; mask [N, T] (1.0 on completion tokens, 0.0 on padding)
     pg_weight [N, T] or None: per-token weight of the policy-gradient term only (the KL term
     keeps every token), e.g. from ``TOKEN_SELECTIONS``; the aggregation divides by ``mask``.
+    choice_lse [N, T] or None: where a token chose among options, log p(any of them) (with
+    grad; 0 elsewhere): the policy-gradient ratio there is that of p(token | one of the
+    options), so the credit moves probability among the options and never to other tokens
+    (a wrong choice pushed down sends its mass to the right one, not into the format). The
+    importance weight and the KL keep the full distribution.
     Returns the scalar loss and detached stats.
     """
     mask = mask.to(logp.dtype)
     adv = advantages.to(logp.dtype).unsqueeze(1)  # [N, 1]
-    ratio = torch.exp(logp - old_logp)  # [N, T]
+    pg_logp, pg_old = logp, old_logp
+    if choice_lse is not None:
+        lse = choice_lse.to(logp.dtype)
+        pg_logp, pg_old = logp - lse, old_logp - lse.detach()
+    ratio = torch.exp(pg_logp - pg_old)  # [N, T]
     clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
     pg = -torch.minimum(ratio * adv, clipped * adv)  # [N, T]
 

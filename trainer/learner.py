@@ -26,9 +26,11 @@ import torch
 from trainer.config import StageConfig
 from trainer.dist import rank_and_world
 from trainer.grpo import TOKEN_SELECTIONS, grpo_loss
+from trainer.schedules import lr_factor
 from trainer.types import RolloutBatch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MAX_OPTIONS = 8  # options of a balanced choice (the balance term reduces a fixed width)
 
 
 def load_tokenizer(cfg: StageConfig):
@@ -84,11 +86,15 @@ def build_inputs(prompt_ids: list[list[int]], completion_ids: torch.Tensor,
 
 
 def token_logprobs(model, batch: RolloutBatch, pad_id: int, temperature: float,
-                   device: torch.device, entropy: bool = False, options: bool = False):
+                   device: torch.device, entropy: bool = False, options: bool = False,
+                   choice_lse: bool = False):
     """log p(sampled token) for every completion position: [n, T] (float32). With
-    ``entropy``, also the detached sampling entropy at each position: ([n, T], [n, T]).
-    With ``options``, at the positions where ``batch.choice_ids`` names a choice's options,
-    log p(any of them) (log-sum-exp of theirs) instead of the written token's."""
+    ``entropy``, also the detached sampling entropy at each position; with ``choice_lse``,
+    also log p(any of the options) where ``batch.choice_ids`` names a choice's options (0
+    elsewhere, with grad): (logp, [entropy], [choice_lse]), each [n, T].
+    With ``options`` (the anchor's mode), at those positions log p(any of them) instead of
+    the written token's, and each option's log-prob there: ([n, T], [n, T, K], -inf where
+    no option)."""
     input_ids, attn, pos, _ = build_inputs(batch.prompt_ids, batch.completion_ids,
                                            batch.completion_mask, pad_id)
     t = batch.completion_ids.shape[1]
@@ -97,32 +103,97 @@ def token_logprobs(model, batch: RolloutBatch, pad_id: int, temperature: float,
     logits = out.logits[:, :t].float() / temperature  # position j predicts completion token j
     logp = torch.log_softmax(logits, dim=-1)
     picked = logp.gather(-1, batch.completion_ids.to(device).unsqueeze(-1)).squeeze(-1)
-    if options and batch.choice_ids is not None:
+    if options:
+        if batch.choice_ids is None:
+            return picked, None
         ids = batch.choice_ids.to(device)
         alts = logp.gather(-1, ids.clamp(min=0)).masked_fill(ids < 0, float("-inf"))
-        picked = torch.where(ids[..., 0] >= 0, torch.logsumexp(alts, -1), picked)
-    if not entropy:
-        return picked
-    with torch.no_grad():  # row by row: one [T, vocab] temporary, not another [n, T, vocab]
-        ent = torch.stack([-(row.exp() * row).sum(dim=-1) for row in logp])
-    return picked, ent
+        return torch.where(ids[..., 0] >= 0, torch.logsumexp(alts, -1), picked), alts
+    extra = []
+    if entropy:
+        with torch.no_grad():  # row by row: one [T, vocab] temporary, not another [n, T, V]
+            extra.append(torch.stack([-(row.exp() * row).sum(dim=-1) for row in logp]))
+    if choice_lse:
+        lse = torch.zeros_like(picked)
+        if batch.choice_ids is not None:
+            ids = batch.choice_ids.to(device)
+            alts = logp.gather(-1, ids.clamp(min=0)).masked_fill(ids < 0, float("-inf"))
+            at = ids[..., 0] >= 0
+            lse = torch.where(at, torch.logsumexp(alts.masked_fill(~at[..., None], 0.0), -1),
+                              lse)
+        extra.append(lse)
+    return (picked, *extra) if extra else picked
 
 
-def anchor_nll(model, anchor: RolloutBatch, pad_id: int, device: torch.device) -> torch.Tensor:
-    """Mean NLL per token of the anchor's reference answers (temperature 1, with grad). The
-    tokens of their free choices (``decision_mask``) are not held as written: where a
-    choice is made and ``choice_ids`` names its options, the term is -log p(one of the
-    options), so the choice stays free but the slot keeps to them (without it, pushing one
-    option down on-policy moves its mass anywhere, and the format breaks); the choice's
-    other tokens are left out."""
-    logp = token_logprobs(model, anchor, pad_id, 1.0, device, options=True)
+def anchor_terms(model, anchor: RolloutBatch, pad_id: int, device: torch.device):
+    """The anchor's two terms from one forward (temperature 1, with grad):
+
+    - the mean NLL per token of the reference answers. The tokens of their free choices
+      (``decision_mask``) are not held as written: where a choice is made and ``choice_ids``
+      names its options, the term is -log p(one of the options), so the choice stays free
+      but the slot keeps to them (without it, pushing one option down on-policy moves its
+      mass anywhere, and the format breaks); the choice's other tokens are left out;
+    - at the balanced choices (``choice_prior``), each row's option shares (its options'
+      probabilities renormalised over them) and their priors: ([M, K], [M, K]), M rows
+      that have one (M = 0: empty tensors). ``balance_kl`` turns them into the balance term.
+    """
+    logp, alts = token_logprobs(model, anchor, pad_id, 1.0, device, options=True)
     mask = anchor.completion_mask.to(device)
     if anchor.decision_mask is not None:
         held = 1.0 - anchor.decision_mask.to(device)
         if anchor.choice_ids is not None:
             held = (held + (anchor.choice_ids[..., 0] >= 0).to(device, mask.dtype)).clamp(max=1)
         mask = mask * held
-    return -(logp * mask).sum() / mask.sum().clamp(min=1)
+    nll = -(logp * mask).sum() / mask.sum().clamp(min=1)
+    if anchor.choice_prior is None or alts is None:
+        return nll, torch.zeros((0, 1), device=device), torch.zeros((0, 1), device=device)
+    prior = anchor.choice_prior.to(device)
+    at = prior.sum(-1) > 0  # [n, T]
+    shares = torch.softmax(alts[at], dim=-1)  # -inf options (padding) get share 0
+    return nll, shares, prior[at]
+
+
+def anchor_nll(model, anchor: RolloutBatch, pad_id: int, device: torch.device) -> torch.Tensor:
+    """Mean NLL per token of the anchor's reference answers (``anchor_terms``' first)."""
+    return anchor_terms(model, anchor, pad_id, device)[0]
+
+
+def balance_kl(shares: torch.Tensor, prior: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """KL(mean share || mean prior) over every rank's rows at the balanced choice: shares
+    [M, K] (with grad) and prior [M, K] of this rank; returns (the KL term scaled so that
+    DeepSpeed's cross-rank gradient average gives the gradient of the global KL, the mean
+    shares [K], detached).
+
+    Departure from GRPO, and why: the policy gradient moves a decision through features
+    every prompt shares (on the embedded model they are ~95% of the hidden state where the
+    lean is written), so a step's noise moves every prompt's decision together and one
+    option can take over before the decision learns to depend on the prompt; from there a
+    group samples one option only and gets no advantage. Holding the batch's *mean* choice
+    to the prior (the labels' ratio: 50/50 in Stage I) removes that shared drift and leaves
+    how the choice differs between prompts to the reward (the marginal-entropy term of
+    mutual-information objectives)."""
+    import torch.distributed as dist
+
+    if shares.shape[-1] > MAX_OPTIONS:
+        raise ValueError(f"a balanced choice has {shares.shape[-1]} options; at most "
+                         f"{MAX_OPTIONS} are supported")
+    # one fixed width on every rank, so a rank without rows still matches the reduction
+    pad = MAX_OPTIONS - shares.shape[-1]
+    local = torch.nn.functional.pad(shares, (0, pad)).sum(0)  # [MAX_OPTIONS], with grad
+    total = torch.stack([local.detach(), torch.nn.functional.pad(prior, (0, pad)).sum(0)])
+    total = torch.cat([total.flatten(), total.new_tensor([float(shares.shape[0])])])
+    world = 1
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        world = dist.get_world_size()
+        dist.all_reduce(total)
+    n, sums, priors = total[-1], total[:MAX_OPTIONS], total[MAX_OPTIONS:2 * MAX_OPTIONS]
+    k = int((priors > 0).sum())
+    if float(n) == 0 or k == 0:
+        return local.sum() * 0.0, local.detach()[:shares.shape[-1]]
+    mean = ((sums - local.detach() + local) / n)[:k]  # gradient through this rank's rows
+    target = (priors / n)[:k]
+    kl = (mean * (mean.clamp(min=1e-12).log() - target.clamp(min=1e-6).log())).sum()
+    return kl * world, mean.detach()
 
 
 class Learner:
@@ -153,11 +224,22 @@ class Learner:
     def peft_model(self):
         return self.acc.unwrap_model(self.model)
 
-    def logprobs(self, batch: RolloutBatch, adapter: bool = True, entropy: bool = False):
+    def logprobs(self, batch: RolloutBatch, adapter: bool = True, entropy: bool = False,
+                 choice_lse: bool = False):
         ctx = nullcontext() if adapter else self.peft_model.disable_adapter()
         with ctx:
             return token_logprobs(self.model, batch, self.pad_id, self.cfg.rollout.temperature,
-                                  self.device, entropy=entropy)
+                                  self.device, entropy=entropy, choice_lse=choice_lse)
+
+    def set_step(self, step: int) -> float:
+        """Set the learning rate of optimizer step ``step`` (1-based, ``train.lr_schedule``);
+        returns it. Under DeepSpeed the wrapped optimizer's groups are the ones it steps."""
+        tc = self.cfg.train
+        lr = tc.learning_rate * lr_factor(step, tc.steps, tc.lr_schedule, tc.warmup_steps,
+                                          tc.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
 
     def train_step(self, batch: RolloutBatch,
                    anchor: RolloutBatch | None = None) -> dict[str, float]:
@@ -176,10 +258,14 @@ class Learner:
         n_micro = len(batch) // self.micro
         per_anchor = -(-len(anchor) // n_micro) if anchor is not None and len(anchor) else 0
         anchor_nlls: list[float] = []
+        shares: list[torch.Tensor] = []
         for k in range(n_micro):
             mb = batch.slice(k * self.micro, (k + 1) * self.micro)
             mask = mb.completion_mask.to(self.device)
-            logp, ent = self.logprobs(mb, entropy=True)
+            # a decision's policy gradient moves probability among its options only
+            # (``choice_lse``: log p(any option) where the task named them; grpo_loss)
+            among = tc.pg_tokens == "decision" and mb.choice_ids is not None
+            logp, ent, *lse = self.logprobs(mb, entropy=True, choice_lse=among)
             pg_weight = TOKEN_SELECTIONS[tc.pg_tokens](ent, mask, tc.entropy_top_frac,
                                                        mb.decision_mask)
             ref = None
@@ -190,14 +276,13 @@ class Learner:
                 logp, logp.detach(), ref, mb.rollout_logp.to(self.device),
                 mb.advantages.to(self.device), mask, clip_eps=tc.clip_eps,
                 kl_coef=tc.kl_coef, is_cap=tc.is_cap, aggregation=tc.loss_agg,
-                pg_weight=pg_weight,
+                pg_weight=pg_weight, choice_lse=lse[0] if lse else None,
             )
-            if per_anchor and tc.anchor_coef > 0:
-                chunk = anchor.slice(k * per_anchor, (k + 1) * per_anchor)
-                if len(chunk):
-                    nll = anchor_nll(self.model, chunk, self.pad_id, self.device)
-                    loss = loss + tc.anchor_coef * nll
-                    anchor_nlls.append(float(nll))
+            logged = float(loss.detach())
+            if anchor is not None or tc.balance_coef > 0:
+                extra_loss, extra_logged = self._anchor_loss(anchor, k, per_anchor,
+                                                             anchor_nlls, shares)
+                loss, logged = loss + extra_loss, logged + extra_logged
             with torch.no_grad():
                 n = mask.sum().clamp(min=1)
                 lp_gap = float(((logp.detach() - mb.rollout_logp.to(self.device)).abs()
@@ -209,12 +294,15 @@ class Learner:
                 self.model.step()
             else:
                 self.acc.backward(loss / n_micro)
-            for key, val in {"loss": float(loss), "logp_gap": lp_gap, **extra,
+            for key, val in {"loss": logged, "logp_gap": lp_gap, **extra,
                              **vars(st)}.items():
                 totals[key] = totals.get(key, 0.0) + val / n_micro
         if tc.anchor_coef > 0:  # every rank logs the same keys (NaN: no anchor text here)
             totals["anchor_nll"] = (sum(anchor_nlls) / len(anchor_nlls) if anchor_nlls
                                     else float("nan"))
+        if tc.balance_coef > 0:  # the batch's mean share of the first option (e.g. UP)
+            totals["balance_share"] = (float(torch.stack(shares).mean(0)[0]) if shares
+                                       else float("nan"))
         if not self.is_deepspeed:
             self.acc.clip_grad_norm_(self.model.parameters(), 1.0)
             self.optimizer.step()
@@ -223,6 +311,32 @@ class Learner:
             norm = self.model.get_global_grad_norm()
             totals["grad_norm"] = float(norm) if norm is not None else float("nan")
         return totals
+
+    def _anchor_loss(self, anchor: RolloutBatch | None, k: int, per_anchor: int,
+                     nlls: list[float], shares: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
+        """The anchor's share of micro-batch ``k``: ``anchor_coef`` x the NLL of its slice
+        of the reference answers, plus ``balance_coef`` x the balance KL over every rank's
+        slice (a collective: every rank calls it once per micro-batch, with or without
+        rows). Returns the term to differentiate and its value as logged (the KL without
+        the world-size factor that only serves the gradient average)."""
+        tc = self.cfg.train
+        chunk = None if anchor is None else anchor.slice(k * per_anchor, (k + 1) * per_anchor)
+        loss = torch.zeros((), device=self.device)
+        if chunk is not None and len(chunk):
+            nll, share, prior = anchor_terms(self.model, chunk, self.pad_id, self.device)
+            if tc.anchor_coef > 0:
+                loss = loss + tc.anchor_coef * nll
+                nlls.append(float(nll.detach()))
+        else:
+            share = prior = torch.zeros((0, 1), device=self.device)
+        logged = float(loss)
+        if tc.balance_coef > 0:
+            kl, mean = balance_kl(share, prior)
+            loss = loss + tc.balance_coef * kl
+            logged += tc.balance_coef * float(kl) / rank_and_world()[1]
+            if share.numel():
+                shares.append(mean)
+        return loss, logged
 
     def adapter_state(self) -> dict[str, torch.Tensor] | None:
         """Collective under ZeRO-3 (every rank must call it): the full state dict, gathered

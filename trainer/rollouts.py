@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from rollout.client import RolloutClient
-from trainer.credit import decision_mask, marks, option_ids
+from trainer.credit import decision_choices, marks, option_ids
 from trainer.grpo import ADVANTAGE_ESTIMATORS
 from trainer.tasks.base import Sample, Task
 from trainer.types import RolloutBatch
@@ -81,7 +81,8 @@ def collect(task: Task, samples: list[Sample], client: RolloutClient, tokenizer,
             mark_decisions: bool = False) -> tuple[RolloutBatch, list[dict[str, float]], list]:
     """Sample G completions per prompt, score them; returns the batch, per-row reward
     components and the raw completion groups. ``mark_decisions``: also mark the tokens of
-    each completion that state its decision (``Task.decision_spans``)."""
+    each completion that state its decision (``Task.decision_spans``) and the options it
+    chose among (``Task.decision_options``, as ``choice_ids``)."""
     prompt_ids = [encode_prompt(tokenizer, s) for s in samples]
     groups = client.generate(prompt_ids, n=group_size, max_tokens=max_tokens,
                              temperature=temperature, top_p=top_p, seed=seed)
@@ -89,11 +90,12 @@ def collect(task: Task, samples: list[Sample], client: RolloutClient, tokenizer,
     components = [c for per_sample in scored for c in per_sample]
     rewards = [sum(c.values()) for c in components]
     adv = ADVANTAGE_ESTIMATORS[advantage](torch.tensor(rewards), group_size)
-    marks = None
+    marks = choices = None
     if mark_decisions:
-        marks = [decision_mask(tokenizer, c.token_ids, task.decision_spans)
-                 for group in groups for c in group]
-    batch = RolloutBatch.from_groups(prompt_ids, groups, rewards, adv, pad_id, marks)
+        marked = [decision_choices(tokenizer, c.token_ids, task.decision_spans,
+                                   task.decision_options) for group in groups for c in group]
+        marks, choices = [m for m, _ in marked], [c for _, c in marked]
+    batch = RolloutBatch.from_groups(prompt_ids, groups, rewards, adv, pad_id, marks, choices)
     return batch, components, groups
 
 
@@ -105,9 +107,11 @@ def anchor_batch(task: Task, samples: list[Sample], prompt_ids: list[list[int]],
     character offsets) and, where a choice has options, their token ids at the token where
     it is made (``choice_ids``): the NLL holds "one of the options" there and leaves the
     rest of a choice out. Each answer ends with the tokenizer's end-of-sequence token, as
-    the warm start's and the workers' do: the anchor holds where an answer stops. None when
-    the task gives none."""
-    prompts, targets, choice_marks, choice_sets = [], [], [], []
+    the warm start's and the workers' do: the anchor holds where an answer stops. A choice
+    with a ``prior`` (the decision) also carries each option's target share at that token
+    (``choice_prior``) for the balance term (``train.balance_coef``). None when the task
+    gives none."""
+    prompts, targets, choice_marks, choice_sets, priors = [], [], [], [], []
     for s, p in zip(samples, prompt_ids, strict=True):
         if (ref := task.anchor_text(s, rng)) is None:
             continue
@@ -121,11 +125,26 @@ def anchor_batch(task: Task, samples: list[Sample], prompt_ids: list[list[int]],
         targets.append(list(ids) + eos)
         offsets = list(offsets) + [(len(text), len(text))] * len(eos)
         choice_marks.append(marks(offsets, [(c.start, c.end) for c in choices]))
-        choice_sets.append(dict(option_ids(tokenizer, text, ids, offsets, c.start, c.options)
-                                for c in choices if c.options))
+        where = {c: option_ids(tokenizer, text, ids, offsets, c.start, c.options)
+                 for c in choices if c.options}
+        choice_sets.append(dict(where.values()))
+        priors.append({at: _prior(c, got) for c, (at, got) in where.items() if c.prior})
     if not targets:
         return None
-    return RolloutBatch.teacher_forced(prompts, targets, pad_id, choice_marks, choice_sets)
+    return RolloutBatch.teacher_forced(prompts, targets, pad_id, choice_marks, choice_sets,
+                                       priors)
+
+
+def _prior(choice, token_ids: list[int]) -> list[float]:
+    """A balanced choice's prior, one share per option token (``option_ids`` order)."""
+    if len(choice.prior) != len(choice.options) or len(token_ids) != len(choice.options):
+        raise ValueError(f"balanced choice {choice.options}: needs one prior share per option "
+                         f"({choice.prior}) and a first token of its own for each option")
+    total = sum(choice.prior)
+    if total <= 0 or min(choice.prior) < 0:
+        raise ValueError(f"balanced choice {choice.options}: prior {choice.prior} must be "
+                         f"shares >= 0 with a positive sum")
+    return [x / total for x in choice.prior]
 
 
 def write_rollouts(path: Path, step: int, samples: list[Sample], batch: RolloutBatch,

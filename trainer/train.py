@@ -179,7 +179,8 @@ def train(args: argparse.Namespace) -> None:
             anchor = (anchor_batch(task, samples, batch.prompt_ids[::batch.group_size],
                                    learner.tokenizer, learner.pad_id,
                                    random.Random(f"anchor:{tc.seed}:{rank}:{step}"))
-                      if tc.anchor_coef > 0 else None)
+                      if tc.anchor_coef > 0 or tc.balance_coef > 0 else None)
+            local["lr"] = learner.set_step(step)
             local.update(learner.train_step(batch, anchor))
         with timer("sync"):
             publish(step)

@@ -51,12 +51,14 @@ def templated_answer(closes: list[float], rng: random.Random) -> str:
     return answer_and_choices(closes, rng)[0]
 
 
-def answer_and_choices(closes: list[float], rng: random.Random) -> tuple[str, list[Choice]]:
+def answer_and_choices(closes: list[float], rng: random.Random,
+                       prediction: str | None = None) -> tuple[str, list[Choice]]:
     """``templated_answer``'s text and its random choices, the lean word (options: both
     leans) and the confidence figure (options: every figure the template draws); the
     prediction restates the lean: not a choice. The supervised anchor holds that one of a
     choice's options stands there, never which (``train.anchor_coef``)."""
-    prediction = rng.choice(("UP", "DOWN"))
+    drawn = rng.choice(("UP", "DOWN"))  # drawn even when given: the same draws follow
+    prediction = prediction or drawn
     confidence = rng.choice(CONFIDENCES)
     head = f"{reasoning_prefix(closes)} "
     middle = f"{LEAN[prediction]}.\nPrediction: {prediction}\nConfidence: "

@@ -20,20 +20,38 @@ import torch
 
 from trainer.config import DataConfig
 from trainer.tasks.stock.data import Window
-from trainer.warm_answers import LEAN, templated_answer
+from trainer.warm_answers import LEAN, answer_and_choices
 
 DECISION_WEIGHT = 10.0
 DECISION_WORDS = [f" {w}" for w in (*LEAN, *LEAN.values())]  # " UP", ..., " bullish", ...
 
 
-def _examples(data: DataConfig, tokenizer, rng: random.Random) -> list[tuple[list[int], int]]:
-    """(input ids, prompt length) pairs from the training windows of the data source."""
+def paired_answers(closes: list[float], rng: random.Random) -> tuple[str, str]:
+    """A templated answer and its twin with the other lean (and so the other prediction),
+    same facts and confidence. Trained side by side, everything but the lean and what
+    follows from it cancels between the two: the lean -> prediction copy is learned in far
+    fewer steps than from single answers with random leans (those took ~600)."""
+    state = rng.getstate()
+    text, _ = answer_and_choices(closes, rng)
+    after = rng.getstate()
+    rng.setstate(state)  # the twin draws the same confidence
+    other = "DOWN" if "Prediction: UP" in text else "UP"
+    twin, _ = answer_and_choices(closes, rng, prediction=other)
+    rng.setstate(after)
+    return text, twin
+
+
+def _examples(data: DataConfig, tokenizer,
+              rng: random.Random) -> list[list[tuple[list[int], int]]]:
+    """Per training window of the data source, two (input ids, prompt length) examples: the
+    same prompt and answer with either lean (``paired_answers``)."""
     from trainer.tasks.stock import data as market
     from trainer.tasks.stock.task import window_to_sample
 
     series = []
     if data.source in ("synthetic", "both"):
-        series.append(market.synthetic_series(data.synthetic_days, data.seed))
+        series.append(market.synthetic_series(data.synthetic_days, data.seed,
+                                              data.synthetic_rule))
     if data.source in ("bundled", "both"):
         series += market.load_bundled(data.tickers or None)
     wins: list[Window] = [w for s in series for w in market.windows(s, data.window)
@@ -42,10 +60,12 @@ def _examples(data: DataConfig, tokenizer, rng: random.Random) -> list[tuple[lis
     for w in wins:
         msgs = window_to_sample(w).messages
         prompt = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-        answer = templated_answer(w.closes, rng) + tokenizer.eos_token
         p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        a_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
-        out.append((p_ids + a_ids, len(p_ids)))
+        pair = []
+        for answer in paired_answers(w.closes, rng):
+            a_ids = tokenizer(answer + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+            pair.append((p_ids + a_ids, len(p_ids)))
+        out.append(pair)
     return out
 
 
@@ -79,11 +99,11 @@ def warm_start(base: str, out: str, data: DataConfig, steps: int, batch_size: in
     model.train()
     t0 = time.perf_counter()
     for step in range(1, steps + 1):
-        chunk = rng.sample(examples, batch_size)
+        chunk = [x for pair in rng.sample(examples, batch_size // 2) for x in pair]
         width = max(len(ids) for ids, _ in chunk)
-        ids = torch.full((batch_size, width), tok.pad_token_id, dtype=torch.long)
-        labels = torch.full((batch_size, width), -100, dtype=torch.long)
-        attn = torch.zeros((batch_size, width), dtype=torch.long)
+        ids = torch.full((len(chunk), width), tok.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(chunk), width), -100, dtype=torch.long)
+        attn = torch.zeros((len(chunk), width), dtype=torch.long)
         for i, (x, p) in enumerate(chunk):
             ids[i, :len(x)] = torch.tensor(x)
             labels[i, p:len(x)] = torch.tensor(x[p:])  # loss on the answer only
@@ -112,7 +132,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="models/tiny-qwen2-fmt")
     p.add_argument("--source", choices=["bundled", "synthetic", "both"], default="both")
     p.add_argument("--window", type=int, default=5)
-    p.add_argument("--steps", type=int, default=600)  # 300 left the lean -> prediction copy unlearned
+    # twin answers (paired_answers): the copy is learned by 150 steps; the reasoning's NLL is
+    # 0.048 there, 0.042 at 240, 0.013 at 300, 0.008 at 400 (single random-lean answers: 600
+    # steps for the copy, 0.007). Below ~0.01 the answer survives Stage I's updates (README)
+    p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)

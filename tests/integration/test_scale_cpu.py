@@ -24,7 +24,9 @@ def test_two_workers_two_zero3_learners_serve_the_same_gathered_adapter(tmp_path
     """2 workers x 2 learner ranks under ZeRO-3 (one run for both scale paths: each costs a
     start of the whole stack): both workers serve the step's adapter, gathered in full."""
     run_dir = _run(tmp_path, "w2z3", "train.steps=2", "rollout.num_workers=2",
-                   "launch.zero_stage=3", "train.learning_rate=5.0e-3")
+                   "launch.zero_stage=3", "train.learning_rate=5.0e-3",
+                   # not with ZeRO-3 yet (refused at config load): the anchor's own forward
+                   "train.anchor_coef=0", "train.balance_coef=0")
     served = json.loads((run_dir / "served_adapters.json").read_text())
     assert len(served) == 2 and len(set(served)) == 2  # two distinct workers
     assert {p.rsplit("/", 1)[-1] for p in served.values()} == {"v000002"}

@@ -1,6 +1,7 @@
 """Stage I end to end: 1 real vLLM worker + 2 DeepSpeed learner ranks (gloo), 3 steps, with
-the policy gradient on the decision tokens (``train.pg_tokens=decision``), KL on every token,
-and the supervised anchor on the warm start's reasoning (``train.anchor_coef=1``).
+the demo's recipe (the policy gradient on the decision tokens, the supervised anchor on the
+warm start's answer, the balance term across both ranks, a cosine learning rate) and a KL
+term on every token on top (the demo runs without one).
 
 Tolerance for "the worker samples with the adapter the learner pushed": float32 on both
 sides, mean |worker logprob - recomputed logprob| < 1e-3 per step, and under the initial
@@ -17,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.integration.helpers import REPO, alive, cli_command, hf_logprobs, worker_pids
+from trainer.schedules import lr_factor
 
 pytestmark = pytest.mark.integration
 STEPS = 3
@@ -28,7 +30,9 @@ def run(tmp_path_factory, warm_model):
     root = tmp_path_factory.mktemp("runs")
     cmd = cli_command(root, "e2e", f"train.steps={STEPS}", "run.keep_adapter_versions=10",
                       "train.learning_rate=5.0e-3", "run.checkpoint_every=2",
-                      "train.pg_tokens=decision", "train.anchor_coef=1.0")
+                      "train.pg_tokens=decision", "train.anchor_coef=1.0",
+                      "train.balance_coef=2.0", "train.lr_schedule=cosine",
+                      "train.kl_coef=0.05")
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
@@ -73,7 +77,12 @@ def test_metrics_per_step(run):
         assert 0 < r["pg_token_frac"] < 0.2, r["pg_token_frac"]
         # the warm start learned the anchor's text: its NLL is logged and stays low
         assert 0 < r["anchor_nll"] < 0.5, r["anchor_nll"]
+        # the batch's mean lean over both ranks' anchor answers (both ranks log the same)
+        assert 0 < r["balance_share"] < 1, r["balance_share"]
     assert rows[-1]["kl"] > 0  # the policy moved away from the reference
+    # the learning rate of each step is the cosine schedule's, on every rank
+    assert [r["lr"] for r in rows] == pytest.approx(
+        [5.0e-3 * lr_factor(k, STEPS, "cosine") for k in range(1, STEPS + 1)])
 
 
 def test_lora_weights_changed(run):

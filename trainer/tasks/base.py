@@ -20,11 +20,14 @@ class Sample:
 class Choice:
     """A free choice in a reference answer: the character span [start, end) it fills and
     the ``options`` that could stand there (the reference's own among them; empty: the
-    anchor leaves the span out and holds nothing of it)."""
+    anchor leaves the span out and holds nothing of it). ``prior``: each option's share
+    across a batch of answers (the decision's label ratio, say); with ``train.balance_coef``
+    the anchor holds the batch's mean choice there to it, never any one answer's."""
 
     start: int
     end: int
     options: tuple[str, ...] = ()
+    prior: tuple[float, ...] = ()
 
 
 class Task(Protocol):
@@ -45,6 +48,12 @@ class Task(Protocol):
     def decision_spans(self, completion: str) -> list[tuple[int, int]]:
         """Character spans [start, end) of ``completion`` that state its decision (for
         ``train.pg_tokens: decision``); empty when it states none."""
+
+    def decision_options(self, word: str) -> tuple[str, ...]:
+        """The options a decision written as ``word`` (a span ``decision_spans`` named)
+        chose among, spelled as it would be written there, ``word`` among them; empty when
+        it is no choice among known options. ``pg_tokens: decision`` moves its policy
+        gradient among them only."""
 
     def anchor_text(self, sample: Sample,
                     rng: random.Random) -> tuple[str, list[Choice]] | None:

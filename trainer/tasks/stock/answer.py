@@ -49,7 +49,8 @@ _PRED = re.compile(_label("prediction") + r"(up|down)\b", re.IGNORECASE)
 _CONF = re.compile(_label("confidence") + r"(\d{1,3}(?:\.\d+)?)\s*%?", re.IGNORECASE)
 _CHANGE = re.compile(_label(r"expected(?:\s?%)?\s?(?:change|move)")
                      + r"([-+\u2212]?)\s*(\d{1,6}(?:\.\d+)?)\s*%?", re.IGNORECASE)
-_LEAN = re.compile(r"\b(bullish|bearish)\b", re.IGNORECASE)
+# a lean counts as the decision where it rests on the facts: right after a stated up count
+_LEAN = re.compile(r"\bup \d+ (bullish|bearish)\b", re.IGNORECASE)
 _REASON = re.compile(_label("reasoning")
                      + r"(.*?)(?=\n[ \t]*\*{0,2}(?:prediction|confidence|expected)\b|\Z)",
                      re.IGNORECASE | re.DOTALL)
@@ -121,9 +122,26 @@ def _expected_change(text: str, out: ParsedAnswer) -> None:
 
 def decision_spans(text: str) -> list[tuple[int, int]]:
     """The character span [start, end) of the first word that states the direction: a
-    "bullish" / "bearish" lean in the reasoning or the ``Prediction`` value, whichever comes
-    first (later ones restate it). ``train.pg_tokens: decision`` puts the policy gradient on
-    its tokens; empty when the answer states no direction."""
+    "bullish" / "bearish" lean right after the stated up count ("up 2 bullish") or the
+    ``Prediction`` value, whichever comes first (later ones restate it). ``train.pg_tokens:
+    decision`` puts the policy gradient on its tokens; empty when the answer states no
+    direction. A lean written anywhere else (before the count, in place of it) is not the
+    decision: rewarding it there taught the demo model to skip the count ("down 0,
+    bullish."), and the anchor alone did not hold the format against it."""
     text = text[:MAX_PARSE_CHARS]
     spans = [m.span(1) for m in (_PRED.search(text), _LEAN.search(text)) if m is not None]
     return sorted(spans)[:1]
+
+
+_OPTIONS = (("UP", "DOWN"), ("BULLISH", "BEARISH"))
+
+
+def decision_options(word: str) -> tuple[str, ...]:
+    """The two directions a decision word chose between, in the word's own spelling ("UP"
+    -> UP, DOWN; "bullish" -> bullish, bearish); empty for any other word."""
+    for pair in _OPTIONS:
+        if word.upper() in pair:
+            spell = (str.upper if word.isupper() else str.lower if word.islower()
+                     else str.capitalize)
+            return tuple(spell(o) for o in pair)
+    return ()

@@ -2,7 +2,8 @@
 
 - ``bundled``: real daily prices shipped in ``data/bundled/ohlcv.csv.gz`` (provenance and
   licences in its README); no runtime dependency on the packages they came from.
-- ``synthetic``: the seeded streak market of ``synthetic.py``, with its exact Bayes oracle.
+- ``synthetic``: the seeded market of ``synthetic.py`` (``data.synthetic_rule``), with its
+  exact Bayes oracle.
 - ``local``: CSV or Parquet OHLCV at ``data.path``: one long table with a ticker column, or
   a folder with one file per ticker (the ticker is the file name).
 - ``hf``: a Hugging Face dataset (``hf.py``), price rows or prompt rows.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from trainer.config import DataConfig
@@ -80,11 +82,13 @@ def _bundled(cfg: DataConfig) -> SourceData:
 
 @register_source("synthetic")
 def _synthetic(cfg: DataConfig) -> SourceData:
-    report = DataReport("synthetic", f"seed {cfg.seed}, {cfg.synthetic_days} days")
+    report = DataReport("synthetic", f"{cfg.synthetic_rule} rule, seed {cfg.seed}, "
+                                     f"{cfg.synthetic_days} days")
     report.seen.add(synthetic.TICKER)
     report.check_tickers(cfg.tickers)
-    return SourceData([synthetic.synthetic_series(cfg.synthetic_days, cfg.seed)], [], report,
-                      oracle=synthetic.up_probability)
+    series = synthetic.synthetic_series(cfg.synthetic_days, cfg.seed, cfg.synthetic_rule)
+    return SourceData([series], [], report,
+                      oracle=partial(synthetic.up_probability, rule=cfg.synthetic_rule))
 
 
 def _resolve(path: str) -> Path:

@@ -14,12 +14,18 @@ prior-shifted P(UP) (formula: ``rewards/probability.py``).
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from functools import cached_property
 from typing import Any
 
 from trainer.config import DataConfig, RewardConfig
 from trainer.tasks.base import Sample
-from trainer.tasks.stock.answer import SYSTEM_PROMPT, decision_spans, parse_answer
+from trainer.tasks.stock.answer import (
+    SYSTEM_PROMPT,
+    decision_options,
+    decision_spans,
+    parse_answer,
+)
 from trainer.tasks.stock.baselines import Metric, run_baselines
 from trainer.tasks.stock.evaluation import eval_record, summarize
 from trainer.tasks.stock.figures import figures
@@ -142,12 +148,21 @@ class StockTask:
     def decision_spans(self, completion: str) -> list[tuple[int, int]]:
         return decision_spans(completion)
 
+    def decision_options(self, word: str) -> tuple[str, ...]:
+        return decision_options(word)
+
     def anchor_text(self, sample: Sample,
                     rng: random.Random) -> tuple[str, list[tuple[int, int]]] | None:
         """A warm-start answer (correct facts; the random lean and confidence are its
-        choices) for price windows; prompt rows have no closes to read one from."""
+        choices) for price windows; prompt rows have no closes to read one from. The lean
+        is the decision: its prior is the training split's up ratio (50/50 in Stage I), for
+        the balance term (``train.balance_coef``)."""
         closes = sample.meta.get("closes")
-        return answer_and_choices(closes, rng) if closes and len(closes) >= 4 else None
+        if not closes or len(closes) < 4:
+            return None
+        text, choices = answer_and_choices(closes, rng)
+        lean, *rest = choices  # (bullish, bearish): UP first
+        return text, [replace(lean, prior=(self.up_ratio, 1.0 - self.up_ratio)), *rest]
 
     def stratum(self, sample: Sample) -> str | None:
         """Stage I (``data.balance``, ``data.balanced_batches``): the label, so every
