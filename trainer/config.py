@@ -190,6 +190,10 @@ class EvalConfig:
     temperature: float = 0.0  # 0: greedy decoding
     max_tokens: int = 0  # 0: rollout.max_tokens
     best_metric: str = "accuracy"  # higher is better; that checkpoint is kept as best/
+    # other data sources whose test split the final adapter is also evaluated on at the end,
+    # through the same workers (report in <run>/<source>-data/); e.g. [bundled] after a run
+    # on the synthetic market
+    also_on: list[Literal["bundled", "synthetic", "local", "hf"]] = field(default_factory=list)
 
 
 @dataclass
@@ -398,6 +402,9 @@ def validate(cfg: StageConfig) -> None:
         (cfg.eval.every_steps >= 0, "eval.every_steps: must be >= 0 (0: only at the end)"),
         (cfg.eval.num_samples >= 0, "eval.num_samples: must be >= 0 (0: the whole split)"),
         (cfg.eval.temperature >= 0, "eval.temperature: must be >= 0 (0: greedy)"),
+        (cfg.data.source not in cfg.eval.also_on,
+         f"eval.also_on: {cfg.data.source!r} is the run's own data source (data.source); "
+         "list other sources only"),
         (cfg.gate.reward_window >= 1 and cfg.gate.loss_window >= 1,
          "gate.reward_window / gate.loss_window: must be at least 1 step"),
         (not (cfg.launch.zero_stage == 3 and cfg.model.load_in_4bit),

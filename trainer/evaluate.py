@@ -42,6 +42,28 @@ def run_eval(task, samples: list[Sample], client: RolloutClient, tokenizer,
     return {"metrics": task.summarize(records), "records": records}
 
 
+def evaluate_on_source(cfg: StageConfig, source: str, client: RolloutClient, tokenizer,
+                       out: Path, limit: int) -> tuple[dict[str, Any], Path]:
+    """The served adapter on another data source's test split (``eval.also_on``): its
+    result and the report written in ``out`` beside that source's baselines."""
+    from dataclasses import replace
+
+    from trainer.config import validate
+    from trainer.report import write_report
+    from trainer.tasks import build_task
+
+    other = replace(cfg, data=replace(cfg.data, source=source))
+    other.eval = replace(cfg.eval, also_on=[])
+    validate(other)
+    task = build_task(other)
+    result = run_eval(task, eval_samples(task, other, "test", limit), client, tokenizer, other)
+    save_eval(out / "eval" / "test.json", result)
+    report = write_report(out, {"test": result}, baselines=task.describe().get("baselines"),
+                          notes=[f"data source: {source} (the run trained on "
+                                 f"{cfg.data.source}); the run's final adapter"])
+    return result, report
+
+
 def scalar_metrics(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
     """The numeric top-level entries, prefixed, for metrics.jsonl."""
     return {f"{prefix}{k}": float(v) for k, v in metrics.items()

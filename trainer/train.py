@@ -238,7 +238,9 @@ def supervisor_counts(status: Path) -> dict[str, float]:
 
 
 def finish(cfg, task, client, tokenizer, run_dir: Path, tag: str) -> None:
-    """Final evaluation on eval.split and test, the gate after Stage I, the report."""
+    """Final evaluation on eval.split and test, the gate after Stage I, the report; then
+    the test splits of eval.also_on's sources."""
+    from trainer.evaluate import evaluate_on_source
     from trainer.gate import check_gate, write_gate
     from trainer.report import write_report
 
@@ -262,6 +264,12 @@ def finish(cfg, task, client, tokenizer, run_dir: Path, tag: str) -> None:
         print(f"{tag} {split}: accuracy {m.get('accuracy', float('nan')):.3f}, format valid "
               f"{m.get('format_valid', float('nan')):.3f}, n={m.get('n')}", flush=True)
     print(f"{tag} report: {report}", flush=True)
+    for source in cfg.eval.also_on:
+        result, report = evaluate_on_source(cfg, source, client, tokenizer,
+                                            run_dir / f"{source}-data", cfg.eval.final_samples)
+        m = result["metrics"]
+        print(f"{tag} {source} data, test: accuracy {m.get('accuracy', float('nan')):.3f}, "
+              f"ROC-AUC {m.get('roc_auc')}, n={m.get('n')}; report: {report}", flush=True)
 
 
 if __name__ == "__main__":

@@ -72,7 +72,10 @@ def test_demo_summary_and_real_data_report(demo):
     root, out = demo
     summary = (root / "SUMMARY.md").read_text()
     assert "accuracy / Bayes" in summary and "answers that parse" in summary
-    assert (root / "stage1" / "real-data" / "report.md").is_file()
+    real = root / "stage2" / "bundled-data"  # Stage II's eval.also_on: [bundled]
+    assert "data source: bundled" in (real / "report.md").read_text()
+    assert json.loads((real / "eval" / "test.json").read_text())["metrics"]["n"] == 16
+    assert "Stage II model on real prices" in summary
     assert "[demo] summary:" in out
 
 
