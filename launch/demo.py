@@ -50,6 +50,10 @@ def summary(root: Path, s1: Path, s2: Path, real: Path, gate: dict, minutes: flo
     def pct(x):
         return "n/a" if x is None else f"{100 * x:.1f}%"
 
+    def flat(m):  # the seed's Stage I confidence reward only costs a confident wrong answer
+        return (" (every answer stated the same confidence: nothing to rank)"
+                if m.get("p_up_values") == 1 else "")
+
     verdict = (ratio is not None and ratio >= TARGET_OF_BAYES and parse is not None
                and parse >= TARGET_PARSE)
     lines = [
@@ -60,11 +64,12 @@ def summary(root: Path, s1: Path, s2: Path, real: Path, gate: dict, minutes: flo
         f"| Bayes-optimal accuracy on those samples (exact) | {pct(bayes)} | |",
         f"| accuracy / Bayes | {pct(ratio)} | >= {pct(TARGET_OF_BAYES)} |",
         f"| answers that parse | {pct(parse)} | >= {pct(TARGET_PARSE)} |",
-        f"| Stage I ROC-AUC | {test.get('roc_auc')} | |",
+        f"| Stage I ROC-AUC | {test.get('roc_auc')}{flat(test)} | |",
         f"| promotion gate | {'passed' if gate.get('passed') else 'not passed (Stage II forced)'} | |",
         f"| Stage II test accuracy (natural distribution) | {pct(s2_test.get('accuracy'))} | |",
         f"| Stage II model on real prices (test) | {pct(real_test.get('accuracy'))}, "
-        f"ROC-AUC {real_test.get('roc_auc')} | beat the baselines in its report |",
+        f"ROC-AUC {real_test.get('roc_auc')}{flat(real_test)} | beat the baselines in its "
+        "report |",
         "", f"Learning target met: **{'yes' if verdict else 'NO'}**", "",
         "Reports:",
         f"- Stage I: {s1 / 'report.md'} (gate: {s1 / 'gate.json'})",

@@ -216,12 +216,12 @@ def supervise(cfg: StageConfig, pool: WorkerPool, key: str | None, run_dir: Path
         manifest_path=run_dir / "workers.json" if run_dir else None, tag=tag).start()
 
 
-def _start_pool(pool: WorkerPool, cfg: StageConfig) -> bool:
+def _start_pool(pool: WorkerPool, cfg: StageConfig, while_loading=None) -> bool:
     """Start the workers; on failure say why, with the settings to change if it was memory."""
     from launch.preflight import worker_failure_hint
 
     try:
-        pool.start()
+        pool.start(while_loading)
         return True
     except WorkerError as exc:
         logs = "".join(w.log_path.read_text(errors="replace") for w in pool.workers
@@ -279,16 +279,31 @@ def run_stage(cfg: StageConfig, stage: str, module: str, plan: Plan,
         t0 = time.perf_counter()
         print(f"[launch] starting {len(pool.workers)} vLLM worker(s): {', '.join(pool.urls)} "
               f"(logs in {run_dir / 'logs'})", flush=True)
-        if not _start_pool(pool, cfg):
+        started: list[subprocess.Popen] = []
+
+        def start_learner(when: str) -> None:
+            pool.write_manifest(run_dir / "workers.json")  # the learner reads the URLs here
+            print(f"[launch] starting {plan.learner.num_processes} learner rank(s) {when}",
+                  flush=True)
+            started.append(_start_learner(cfg, run_dir, module, plan.learner, probe_port=True,
+                                          resume=resume))
+            cleanups.append(lambda: _stop_tree(started[0]))
+
+        # The ranks load their model while the workers load theirs (the learner waits for
+        # them before its first publish): on 2 CPU cores a vLLM start is mostly one
+        # single-threaded import after another. Not when they share GPUs: vLLM sizes its
+        # KV cache from the memory it finds free.
+        early = not cfg.launch.colocate
+        if not _start_pool(pool, cfg, (lambda: start_learner("while the workers load"))
+                           if early else None):
             return 1
         pool.write_manifest(run_dir / "workers.json")
         supervisor = supervise(cfg, pool, key, run_dir)
         cleanups.append(supervisor.stop)
-        print(f"[launch] workers healthy after {time.perf_counter() - t0:.0f}s; starting "
-              f"{plan.learner.num_processes} learner rank(s)", flush=True)
-        learner = _start_learner(cfg, run_dir, module, plan.learner, probe_port=True,
-                                 resume=resume)
-        cleanups.append(lambda: _stop_tree(learner))
+        print(f"[launch] workers healthy after {time.perf_counter() - t0:.0f}s", flush=True)
+        if not started:
+            start_learner("now that they are")
+        learner = started[0]
         code = learner.wait()
         if code != 0:
             _learner_failed(code, run_dir, cfg.stage)

@@ -184,6 +184,17 @@ class RolloutClient:
     def health(self) -> dict[str, bool]:
         return dict(zip(self.urls, self._map(self._healthy, self.urls), strict=True))
 
+    def wait_ready(self, timeout: float, poll: float = 1.0) -> bool:
+        """Wait, quietly, until every worker answers /health or ``timeout`` passes (the
+        launcher may start the learner while the workers still load); True when all answer.
+        Nothing is marked down here: the first ``sync`` judges the workers."""
+        deadline = time.monotonic() + timeout
+        while not all(self.health().values()):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(poll)
+        return True
+
     def take_faults(self) -> dict[str, int]:
         """Fault counts since the last call: requests retried on another worker, workers
         marked down, workers back in use."""

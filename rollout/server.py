@@ -233,9 +233,13 @@ class WorkerPool:
     def urls(self) -> list[str]:
         return [w.url for w in self.workers]
 
-    def start(self) -> None:
+    def start(self, while_loading=None) -> None:
+        """Spawn every worker, call ``while_loading()`` (if given) while they load, then wait
+        until each is healthy."""
         for w in self.workers:
             w.start()
+        if while_loading is not None:
+            while_loading()
         for w in self.workers:
             w.wait_healthy(self.startup_timeout)
 

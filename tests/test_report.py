@@ -113,6 +113,14 @@ def test_single_class_eval_still_plots(tmp_path):
         assert_png(tmp_path / name)
 
 
+def test_a_flat_confidence_is_named_next_to_its_roc_auc(tmp_path):
+    flat = crafted_eval([("UP", "UP", 0.5), ("DOWN", "DOWN", 0.5), ("DOWN", "UP", 0.5)])
+    assert flat["metrics"]["p_up_values"] == 1 and flat["metrics"]["roc_auc"] == 0.5
+    text = write_report(tmp_path, {"val": flat, "test": TEST}).read_text()
+    assert "val: every answer gave the same P(UP)" in text
+    assert "test: every answer" not in text and TEST["metrics"]["p_up_values"] == 3
+
+
 def test_roc_points_area_is_the_rank_auc():
     records = VAL["records"] + TEST["records"] + [record("DOWN", "UP", 0.8)]  # ties at .8, .5
     fpr, tpr = roc_points(records)

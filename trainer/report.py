@@ -134,6 +134,11 @@ def _evals_md(evals: dict[str, dict]) -> list[str]:
                               if not isinstance(v, (dict, list))))
     rows = [[k, *(m.get(k) for m in metrics.values())] for k in keys]
     out = ["## Evaluation", ""] + _table(["metric", *metrics], rows)
+    for label, m in metrics.items():
+        if m.get("p_up_values") == 1 and m.get("n"):
+            out += [f"{label}: every answer gave the same P(UP) (the stated confidence never "
+                    "moved), so ROC-AUC has nothing to rank and is 0.5 by construction; "
+                    "accuracy is the measure here.", ""]
     label, last = list(metrics.items())[-1]
     if "confusion" in last:
         matrix = last["confusion"]

@@ -134,6 +134,7 @@ def train(args: argparse.Namespace) -> None:
         client.sync(version, store.path(version))
 
     # ---- start: a fresh adapter v0, or everything from the latest checkpoint
+    client.wait_ready(rc.startup_timeout_s)  # started while the workers load (launch.runner)
     start = 0
     if args.resume:
         ckpt, _ = checkpoint.resume_point(run_dir, cfg, world)

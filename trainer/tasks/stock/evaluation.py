@@ -132,6 +132,8 @@ def summarize(records: list[dict]) -> dict:
            "reward/mean": _mean([r["reward"] for r in records]),
            **{f"reward/{n}": _mean([r["components"][n] for r in records]) for n in names},
            "roc_auc": roc_auc(p, y),
+           # 1: every answer gave the same P(UP) (e.g. all "50%"): ROC-AUC has nothing to rank
+           "p_up_values": len({round(float(x), 6) for x in p}),
            "ece": ece,
            "predicted_up_ratio": _mean([d == "UP" for d in made]),
            "actual_up_ratio": _mean(list(y)),
