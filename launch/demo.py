@@ -50,6 +50,9 @@ def summary(root: Path, s1: Path, s2: Path, real: Path, gate: dict, minutes: flo
     def pct(x):
         return "n/a" if x is None else f"{100 * x:.1f}%"
 
+    def num(x):
+        return "n/a" if x is None else f"{x:.3f}"
+
     def flat(m):  # the seed's Stage I confidence reward only costs a confident wrong answer
         return (" (every answer stated the same confidence: nothing to rank)"
                 if m.get("p_up_values") == 1 else "")
@@ -58,17 +61,19 @@ def summary(root: Path, s1: Path, s2: Path, real: Path, gate: dict, minutes: flo
                and parse >= TARGET_PARSE)
     lines = [
         "# Stonk-Trainer demo summary", "",
-        f"Wall time: {minutes:.1f} min on this machine.", "",
+        f"Wall time: {minutes:.1f} min for the two stages and their evaluations on this "
+        "machine (the embedded model's build and warm start run before, as their own make "
+        "targets).", "",
         "| what | value | target |", "| --- | --- | --- |",
         f"| Stage I test accuracy (synthetic market) | {pct(acc)} | |",
         f"| Bayes-optimal accuracy on those samples (exact) | {pct(bayes)} | |",
         f"| accuracy / Bayes | {pct(ratio)} | >= {pct(TARGET_OF_BAYES)} |",
         f"| answers that parse | {pct(parse)} | >= {pct(TARGET_PARSE)} |",
-        f"| Stage I ROC-AUC | {test.get('roc_auc')}{flat(test)} | |",
+        f"| Stage I ROC-AUC | {num(test.get('roc_auc'))}{flat(test)} | |",
         f"| promotion gate | {'passed' if gate.get('passed') else 'not passed (Stage II forced)'} | |",
         f"| Stage II test accuracy (natural distribution) | {pct(s2_test.get('accuracy'))} | |",
         f"| Stage II model on real prices (test) | {pct(real_test.get('accuracy'))}, "
-        f"ROC-AUC {real_test.get('roc_auc')}{flat(real_test)} | beat the baselines in its "
+        f"ROC-AUC {num(real_test.get('roc_auc'))}{flat(real_test)} | beat the baselines in its "
         "report |",
         "", f"Learning target met: **{'yes' if verdict else 'NO'}**", "",
         "Reports:",
