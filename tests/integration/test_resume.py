@@ -56,8 +56,11 @@ def _samples(run_dir, step):
 
 
 def _start(root, name, *sets, port):
+    """``port``: the workers' base port; the learner's rendezvous port is set apart as well
+    (two launchers started together both probe the same free port before either binds it)."""
     log = open(root / f"{name}.log", "w")
-    return subprocess.Popen(cli_command(root, name, *SETS, f"rollout.base_port={port}", *sets),
+    return subprocess.Popen(cli_command(root, name, *SETS, f"rollout.base_port={port}",
+                                        f"launch.main_process_port={port + 21000}", *sets),
                             cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
