@@ -106,7 +106,10 @@ def runs(tmp_path_factory, warm_model):
     cmd = [sys.executable, "-m", "launch.cli", "stage1", "--resume", str(run_dir)]
     second = subprocess.Popen(cmd, cwd=REPO, stdout=open(out, "w"), stderr=subprocess.STDOUT,
                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    _wait_for(lambda: "resumed from" in out.read_text(), second, "the resume")
+    # the launcher's own health check, not only the learner's, has seen the worker (the
+    # ranks start while it loads): a worker lost before that is a failed start, not a fault
+    _wait_for(lambda: "resumed from" in out.read_text()
+              and "workers healthy" in out.read_text(), second, "the resume")
     (worker,) = worker_pids(run_dir)
     os.killpg(worker, signal.SIGKILL)  # mid step 3: its requests are lost
     assert second.wait(timeout=900) == 0, out.read_text()[-4000:]
