@@ -34,7 +34,8 @@ from tests.integration.helpers import REPO, alive, cli_command, worker_pids
 
 pytestmark = pytest.mark.integration
 SETS = ("train.steps=4", "run.checkpoint_every=2", "train.learning_rate=5.0e-3",
-        "eval.final_samples=8", "rollout.health_check_interval_s=2")
+        "eval.final_samples=8", "rollout.health_check_interval_s=2",
+        "train.kl_coef=0.05")  # the demo runs KL 0; with it the reference pass is resumed too
 FLOAT_KEYS = ("reward/mean", "reward/std", "loss", "policy_loss", "kl", "clip_frac",
               "is_weight", "logp_gap", "grad_norm", "task/accuracy", "task/format_valid",
               "completion_tokens")
