@@ -179,9 +179,9 @@ def _predict(args: argparse.Namespace) -> int:
     from trainer.config import ConfigError
 
     try:
-        closes = _read_prices(args)
+        closes, dates = _read_prices(args)
         prompt, answer = predict(Path(args.adapter), Path(args.config) if args.config else None,
-                                 args.ticker, args.name, closes, None)
+                                 args.ticker, args.name, closes, dates)
     except (ConfigError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -189,11 +189,14 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_prices(args: argparse.Namespace) -> list[float]:
+def _read_prices(args: argparse.Namespace) -> tuple[list[float], list[str] | None]:
+    """(closes, the shown days' dates or None): from --prices [--dates], or a CSV's last
+    WINDOW+1 rows and its date column when it has one."""
     if bool(args.prices) == bool(args.csv):
         raise ValueError("give the closes with --prices P0,P1,... or --csv FILE (not both)")
     if args.prices:
-        return [float(x) for x in args.prices.replace(" ", "").split(",") if x]
+        dates = [d for d in args.dates.replace(" ", "").split(",") if d] if args.dates else None
+        return [float(x) for x in args.prices.replace(" ", "").split(",") if x], dates
     import csv
 
     with open(args.csv, newline="") as fh:
@@ -202,7 +205,9 @@ def _read_prices(args: argparse.Namespace) -> list[float]:
                None)
     if col is None:
         raise ValueError(f"{args.csv}: no close column (close, Close, adj_close, Adj Close)")
-    return [float(r[col]) for r in rows[-(args.window + 1):]]
+    rows = rows[-(args.window + 1):]
+    date_col = next((c for c in ("date", "Date") if c in rows[0]), None)
+    return [float(r[col]) for r in rows], [r[date_col] for r in rows[1:]] if date_col else None
 
 
 def _data(args: argparse.Namespace) -> int:
@@ -299,7 +304,10 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--ticker", required=True)
     pr.add_argument("--name", default="")
     pr.add_argument("--prices", help="closes, oldest first: the day before the window, then each day")
-    pr.add_argument("--csv", help="a CSV with a close column; its last WINDOW+1 rows are used")
+    pr.add_argument("--dates", help="the shown days' dates, oldest first (default: the "
+                    "weekdays ending today)")
+    pr.add_argument("--csv", help="a CSV with a close column (and a date column, used when "
+                    "there); its last WINDOW+1 rows are used")
     pr.add_argument("--window", type=int, default=5)
     pr.add_argument("--config", help="worker settings (default: the adapter's run config)")
     pr.set_defaults(fn=_predict)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
+from datetime import date, timedelta
 from pathlib import Path
 
 from trainer.config import ConfigError, StageConfig, load_config
@@ -60,9 +61,8 @@ def evaluate_run(run_dir: Path, splits: list[str], which: str, overrides: list[s
                  samples: int | None, out: Path | None) -> Path:
     from transformers import AutoTokenizer
 
-    from trainer.evaluate import eval_samples, run_eval, save_eval
+    from trainer.evaluate import evaluate_and_report
     from trainer.gate import read_gate
-    from trainer.report import write_report
     from trainer.tasks import build_task
 
     cfg = load_config(run_dir / "config.yaml", overrides)
@@ -72,18 +72,28 @@ def evaluate_run(run_dir: Path, splits: list[str], which: str, overrides: list[s
     tok = AutoTokenizer.from_pretrained(cfg.model.name_or_path,
                                         trust_remote_code=cfg.model.trust_remote_code)
     limit = cfg.eval.final_samples if samples is None else samples
-    evals = {}
-    with serving(cfg, adapter, out / "logs") as client:
-        for split in splits:
-            evals[split] = run_eval(task, eval_samples(task, cfg, split, limit), client, tok, cfg)
-            save_eval(out / "eval" / f"{split}.json", evals[split])
-            m = evals[split]["metrics"]
-            print(f"[eval] {split}: accuracy {m.get('accuracy')}, roc_auc {m.get('roc_auc')}, "
-                  f"format valid {m.get('format_valid')}, n={m.get('n')}", flush=True)
     gate = read_gate(run_dir) if (run_dir / "gate.json").is_file() and out == run_dir else None
     notes = [f"adapter: {adapter}", f"data source: {cfg.data.source}"]
-    return write_report(out, evals, baselines=task.describe().get("baselines"), gate=gate,
-                        notes=notes)
+    with serving(cfg, adapter, out / "logs") as client:
+        evals, report = evaluate_and_report(task, cfg, client, tok, out, splits, limit, notes,
+                                            gate=gate)
+    for split, result in evals.items():
+        m = result["metrics"]
+        print(f"[eval] {split}: accuracy {m.get('accuracy')}, roc_auc {m.get('roc_auc')}, "
+              f"format valid {m.get('format_valid')}, n={m.get('n')}", flush=True)
+    return report
+
+
+def business_days_ending(last: date, n: int) -> list[str]:
+    """The ``n`` weekdays up to and including ``last`` (or the weekday before it), oldest
+    first, as ISO dates: the prompt's dates when the user gives prices only (the model was
+    trained on dated windows; no holiday calendar, which the prompt does not need)."""
+    days, day = [], last
+    while len(days) < n:
+        if day.weekday() < 5:
+            days.append(day.isoformat())
+        day -= timedelta(days=1)
+    return days[::-1]
 
 
 def predict(adapter: Path, config: Path | None, ticker: str, name: str, closes: list[float],
@@ -106,7 +116,7 @@ def predict(adapter: Path, config: Path | None, ticker: str, name: str, closes: 
         "base_model_name_or_path") or cfg.model.name_or_path
     cfg.model.name_or_path = base
     shown = len(closes) - 1
-    dates = dates or [f"day {i - shown}" for i in range(shown)]
+    dates = dates or business_days_ending(date.today(), shown)
     if len(dates) != shown:
         raise ConfigError(f"--dates: {len(dates)} dates for {shown} shown days")
     window = Window(ticker, name or ticker, dates, closes, "next", closes[-1])

@@ -42,6 +42,24 @@ def run_eval(task, samples: list[Sample], client: RolloutClient, tokenizer,
     return {"metrics": task.summarize(records), "records": records}
 
 
+def evaluate_and_report(task, cfg: StageConfig, client: RolloutClient, tokenizer, out: Path,
+                        splits: list[str], limit: int, notes: list[str],
+                        gate: Any = None) -> tuple[dict[str, dict[str, Any]], Path]:
+    """Each split's first ``limit`` samples through the served adapter, saved as
+    ``out/eval/<split>.json``, then one report in ``out`` beside the task's baselines.
+    Shared by ``stonk eval`` and ``eval.also_on``."""
+    from trainer.report import write_report
+
+    evals = {}
+    for split in splits:
+        evals[split] = run_eval(task, eval_samples(task, cfg, split, limit), client, tokenizer,
+                                cfg)
+        save_eval(out / "eval" / f"{split}.json", evals[split])
+    report = write_report(out, evals, baselines=task.describe().get("baselines"), gate=gate,
+                          notes=notes)
+    return evals, report
+
+
 def evaluate_on_source(cfg: StageConfig, source: str, client: RolloutClient, tokenizer,
                        out: Path, limit: int) -> tuple[dict[str, Any], Path]:
     """The served adapter on another data source's test split (``eval.also_on``): its
@@ -49,19 +67,16 @@ def evaluate_on_source(cfg: StageConfig, source: str, client: RolloutClient, tok
     from dataclasses import replace
 
     from trainer.config import validate
-    from trainer.report import write_report
     from trainer.tasks import build_task
 
     other = replace(cfg, data=replace(cfg.data, source=source))
     other.eval = replace(cfg.eval, also_on=[])
-    validate(other)
-    task = build_task(other)
-    result = run_eval(task, eval_samples(task, other, "test", limit), client, tokenizer, other)
-    save_eval(out / "eval" / "test.json", result)
-    report = write_report(out, {"test": result}, baselines=task.describe().get("baselines"),
-                          notes=[f"data source: {source} (the run trained on "
-                                 f"{cfg.data.source}); the run's final adapter"])
-    return result, report
+    validate(other)  # the source's own requirements (paths, columns), named as config errors
+    notes = [f"data source: {source} (the run trained on {cfg.data.source}); the run's "
+             "final adapter"]
+    evals, report = evaluate_and_report(build_task(other), other, client, tokenizer, out,
+                                        ["test"], limit, notes)
+    return evals["test"], report
 
 
 def scalar_metrics(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
