@@ -31,6 +31,7 @@ from pathlib import Path
 from launch.cpu_cores import BIND_VAR, allowed_cpus, worker_bindings
 from launch.plan import LearnerSlot, Plan, WorkerSlot
 from rollout.server import (
+    StartAborted,
     WorkerError,
     WorkerPool,
     WorkerSpec,
@@ -216,12 +217,14 @@ def supervise(cfg: StageConfig, pool: WorkerPool, key: str | None, run_dir: Path
         manifest_path=run_dir / "workers.json" if run_dir else None, tag=tag).start()
 
 
-def _start_pool(pool: WorkerPool, cfg: StageConfig, while_loading=None) -> bool:
-    """Start the workers; on failure say why, with the settings to change if it was memory."""
+def _start_pool(pool: WorkerPool, cfg: StageConfig, while_loading=None,
+                stop_waiting=None) -> bool:
+    """Start the workers; on failure say why, with the settings to change if it was memory.
+    ``StartAborted`` (``stop_waiting`` gave a reason) is left to the caller."""
     from launch.preflight import worker_failure_hint
 
     try:
-        pool.start(while_loading)
+        pool.start(while_loading, stop_waiting)
         return True
     except WorkerError as exc:
         logs = "".join(w.log_path.read_text(errors="replace") for w in pool.workers
@@ -293,10 +296,24 @@ def run_stage(cfg: StageConfig, stage: str, module: str, plan: Plan,
         # them before its first publish): on 2 CPU cores a vLLM start is mostly one
         # single-threaded import after another. Not when they share GPUs: vLLM sizes its
         # KV cache from the memory it finds free.
+        # A learner that exits while they load ends the wait at once (a crash, a bad
+        # config): the user hears of it now, not once the workers are up.
         early = not cfg.launch.colocate
-        if not _start_pool(pool, cfg, (lambda: start_learner("while the workers load"))
-                           if early else None):
-            return 1
+
+        def learner_gone() -> str | None:
+            code = started[0].poll() if started else None
+            return None if code is None else f"the learner exited with code {code}"
+
+        try:
+            if not _start_pool(pool, cfg, (lambda: start_learner("while the workers load"))
+                               if early else None, learner_gone):
+                return 1
+        except StartAborted:
+            code = started[0].returncode
+            print("[launch] the learner exited while the workers loaded; stopping them",
+                  file=sys.stderr, flush=True)
+            _learner_failed(code, run_dir, cfg.stage)
+            return code or 1
         pool.write_manifest(run_dir / "workers.json")
         supervisor = supervise(cfg, pool, key, run_dir)
         cleanups.append(supervisor.stop)

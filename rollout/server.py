@@ -30,6 +30,10 @@ class WorkerError(RuntimeError):
     """A worker failed to start, died, or stopped answering."""
 
 
+class StartAborted(Exception):
+    """The wait for the workers was given up for a reason outside them."""
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -161,9 +165,14 @@ class WorkerProcess:
         except OSError:
             return "(no log)"
 
-    def wait_healthy(self, timeout: float) -> None:
+    def wait_healthy(self, timeout: float, stop_waiting=None) -> None:
+        """Until /health answers; ``stop_waiting()`` (if given) returning a reason ends the
+        wait early with ``StartAborted``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            reason = stop_waiting() if stop_waiting is not None else None
+            if reason:
+                raise StartAborted(reason)
             if not self.alive():
                 raise WorkerError(
                     f"vLLM worker {self.url} exited with code {self.proc.returncode} while "
@@ -233,15 +242,16 @@ class WorkerPool:
     def urls(self) -> list[str]:
         return [w.url for w in self.workers]
 
-    def start(self, while_loading=None) -> None:
+    def start(self, while_loading=None, stop_waiting=None) -> None:
         """Spawn every worker, call ``while_loading()`` (if given) while they load, then wait
-        until each is healthy."""
+        until each is healthy, or until ``stop_waiting()`` gives a reason (``StartAborted``:
+        e.g. the learner started alongside has already exited)."""
         for w in self.workers:
             w.start()
         if while_loading is not None:
             while_loading()
         for w in self.workers:
-            w.wait_healthy(self.startup_timeout)
+            w.wait_healthy(self.startup_timeout, stop_waiting)
 
     def stop(self) -> None:
         for w in self.workers:

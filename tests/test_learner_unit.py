@@ -1,5 +1,5 @@
-"""Learner pieces on the embedded model, without DeepSpeed: log-prob alignment, 4-bit, and
-the supervised anchor's batch and NLL."""
+"""Learner pieces on the embedded model, without DeepSpeed: log-prob alignment, 4-bit, the
+supervised anchor's batch and NLL, and the rank's refusals of bad settings."""
 
 import random
 import re
@@ -7,9 +7,12 @@ import re
 import pytest
 import torch
 
+from tests.conftest import REPO
 from trainer.config import StageConfig
 from trainer.learner import build_inputs, load_policy, token_logprobs
 from trainer.types import RolloutBatch
+
+DEMO_CONFIG = REPO / "configs" / "demo" / "stage1.yaml"
 
 
 def _cfg(model_path, **model):
@@ -190,3 +193,30 @@ def test_choice_lse_is_log_p_of_any_option_where_a_choice_is_made(tiny_model):
                           atol=1e-5)
     assert lse[0, 0] == 0 and lse[0, 2] == 0
     assert torch.allclose(lse[0, 1], torch.logsumexp(full[1, [61, 70]], 0), atol=1e-5)
+
+
+def test_a_zero3_deepspeed_file_refuses_what_zero3_cannot_run():
+    """Under accelerate by hand the DeepSpeed file, not launch.zero_stage, says ZeRO-3: the
+    learner refuses the anchor and balance terms there as load-time validation does."""
+    from trainer.config import ConfigError, StageConfig
+    from trainer.learner import check_zero3
+
+    cfg = StageConfig()
+    cfg.train.anchor_coef, cfg.train.balance_coef = 0.0, 0.0
+    check_zero3(cfg)
+    cfg.train.balance_coef = 2.0
+    with pytest.raises(ConfigError, match=r"train\.balance_coef: 2\.0 .*ZeRO-3"):
+        check_zero3(cfg)
+
+
+def test_a_rank_given_bad_settings_says_so_in_one_line(tmp_path, capsys):
+    """`accelerate launch -m trainer.train` by hand: a bad --set is a one-line error and
+    exit code 2 on the rank, not a traceback."""
+    from trainer import train
+
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--run-dir", str(tmp_path), "--config", str(DEMO_CONFIG),
+                    "--set", "train.learning_rate=-1"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "train.learning_rate" in err and "Traceback" not in err

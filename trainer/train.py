@@ -39,7 +39,7 @@ import torch
 from rollout.adapter_store import AdapterStore
 from rollout.client import NoWorkersError, RolloutClient
 from trainer import checkpoint
-from trainer.config import load_config, save_config
+from trainer.config import ConfigError, load_config, save_config
 from trainer.dist import mean_across_ranks, rank_and_world
 from trainer.evaluate import eval_samples, keep_best, run_eval, save_eval, scalar_metrics
 from trainer.learner import Learner, OutOfMemory
@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         train(args)
+    except ConfigError as exc:  # bad settings: one clear line (rank 0), no traceback
+        if rank_and_world()[0] == 0:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
     except (checkpoint.CheckpointError, NoWorkersError, OutOfMemory) as exc:  # clean stops
         if str(exc) != "see rank 0":  # the other ranks leave the explaining to rank 0
             print(f"[stop] rank {rank_and_world()[0]}: {stop_message(exc, Path(args.run_dir))}",
@@ -134,7 +138,10 @@ def train(args: argparse.Namespace) -> None:
         client.sync(version, store.path(version))
 
     # ---- start: a fresh adapter v0, or everything from the latest checkpoint
-    client.wait_ready(rc.startup_timeout_s)  # started while the workers load (launch.runner)
+    # started while the workers load (launch.runner). Each rank polls for itself (one GET a
+    # second): a barrier instead would wait under the process group's timeout, which can be
+    # shorter than rollout.startup_timeout_s
+    client.wait_ready(rc.startup_timeout_s)
     start = 0
     if args.resume:
         ckpt, _ = checkpoint.resume_point(run_dir, cfg, world)
