@@ -15,7 +15,8 @@ greedy prediction follows a forced lean (1.0 when the copy was learned).
 
     python benchmarks/decision_probe.py [--model models/tiny-qwen2-fmt] [--lr 1e-3]
         [--steps 40] [--prompts 8] [--group 8] [--every 10] [--anchor 0] [--balance 0]
-        [--schedule constant] [--seed 0] [--set data.synthetic_rule=streak] [--learner]
+        [--schedule constant] [--seed 0] [--val 300] [--set data.synthetic_rule=streak]
+        [--learner]
 
 Prompts are drawn as Stage I draws them: from the balanced training split, every step 50/50
 (``PromptSampler`` with the task's stratum).
@@ -128,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="weight of the balance term (train.balance_coef) on the anchor's answers")
     p.add_argument("--schedule", default="constant", help="train.lr_schedule (to 0 at --steps)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val", type=int, default=300,
+                   help="validation windows measured (the copy rate: the first third)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. data.synthetic_rule=streak")
     p.add_argument("--learner", action="store_true",
@@ -148,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     task = StockTask(cfg.data, cfg.reward)
     # Stage I's own draws: the balanced training split, every step 50/50 (PromptSampler)
     sampler = PromptSampler(task.split("train"), seed=a.seed, key=task.stratum)
-    val = task.split("val")[:300]
+    val = task.split("val")[:a.val]
     bayes_up = [w.meta["up_prob"] > 0.5 for w in val]
 
     def tid(word: str) -> int:
@@ -178,10 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         follows = 0
         for direction, lean in LEAN.items():
-            lg = last_logits([before_lean(w) + f" {lean}.\nPrediction:" for w in val[:100]])
+            lg = last_logits([before_lean(w) + f" {lean}.\nPrediction:"
+                              for w in val[:len(val) // 3]])
             said_up = lg[:, up_id] > lg[:, down_id]
             follows += int((said_up == (direction == "UP")).sum())
-    copy_rate = follows / 200
+    copy_rate = follows / (2 * (len(val) // 3))
 
     def measure() -> list[float | None]:
         """Mean P(bullish) per up count 0..3, then the mean probability of the Bayes lean."""
@@ -196,13 +200,13 @@ def main(argv: list[str] | None = None) -> int:
             sum(agree) / len(agree), reasoning_nll()]
 
     probe_reasoning = RolloutBatch.teacher_forced(
-        [encode_prompt(tok, x) for x in val[:60]],
+        [encode_prompt(tok, x) for x in val[:len(val) // 5]],
         [tok(reasoning_prefix(w.meta["closes"]), add_special_tokens=False)["input_ids"]
-         for w in val[:60]], tok.pad_token_id)
+         for w in val[:len(val) // 5]], tok.pad_token_id)
 
     def reasoning_nll() -> float:
-        """Mean NLL per token of the reasoning before the lean on the first 60 validation
-        windows, teacher-forced as the learner's anchor is: what the update costs the rest
+        """Mean NLL per token of the reasoning before the lean on the first fifth of the
+        validation windows (60 by default), teacher-forced as the learner's anchor is: what the update costs the rest
         of the answer."""
         with torch.no_grad():
             return float(anchor_nll(model, probe_reasoning, tok.pad_token_id,

@@ -108,7 +108,8 @@ def test_decision_probe_learner_update_is_the_probes(warm_model, monkeypatch, tm
     moves = {}
     for mode in ([], ["--learner"]):
         args = ["--model", str(warm_model), "--lr", "1e-2", "--steps", "3", "--every", "3",
-                "--prompts", "4", "--group", "4", "--anchor", "1", "--seed", "1", *mode]
+                "--prompts", "4", "--group", "4", "--anchor", "1", "--seed", "1", "--val", "60",
+                *mode]
         assert decision_probe.main(args) == 0
         rows = json.loads((tmp_path / "decision_probe.json").read_text())["rows"]
         moves[bool(mode)] = [after - before for before, after in zip(rows[0][1:5], rows[-1][1:5],

@@ -16,10 +16,30 @@ REPO = Path(__file__).resolve().parents[2]
 DEMO = "configs/demo/stage1.yaml"
 
 
+# Tests judge mechanics, not the demo's accuracy: the end-of-run evaluation on 16 samples
+# (the demo's 256 val + 256 test answers took 70 s of a 150 s run, 4 min with two workers)
+EVAL_SETS = ("eval.final_samples=16", "eval.num_samples=8")
+# One uninterrupted run serves as the Stage I end-to-end run and as the reference that an
+# interrupted, resumed run must reproduce (tests/integration/conftest.py)
+REFERENCE_SETS = ("train.steps=4", "run.checkpoint_every=2", "train.learning_rate=5.0e-3",
+                  "run.keep_adapter_versions=10", "rollout.health_check_interval_s=2",
+                  "train.kl_coef=0.05")  # the demo runs KL 0: with it the reference pass runs
+
+
+def demo_worker_env() -> dict[str, str]:
+    """The environment the demo config gives its vLLM workers (rollout.env), for tests that
+    start workers themselves: both cores for compute, the engine in-process (41 s a start
+    instead of 56 s on 2 cores)."""
+    from trainer.config import load_config
+
+    return dict(load_config(REPO / DEMO).rollout.env)
+
+
 def cli_command(run_root: Path, name: str, *sets: str, config: str = DEMO) -> list[str]:
+    """``stonk stage1`` on ``config`` into ``run_root/name``: EVAL_SETS, then ``sets``."""
     cmd = [sys.executable, "-m", "launch.cli", "stage1", "--config", config,
            "--set", f"run.output_dir={run_root}", "--set", f"run.name={name}"]
-    for s in sets:
+    for s in (*EVAL_SETS, *sets):
         cmd += ["--set", s]
     return cmd
 

@@ -27,17 +27,28 @@ def _ps() -> str:
                           text=True).stdout[-4000:]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
-def test_signal_mid_run_stops_everything(tmp_path, warm_model, sig):
+def _learner_ranks(run_dir):
+    return processes_mentioning(str(run_dir.resolve())) + processes_mentioning(str(run_dir))
+
+
+# SIGTERM (what Slurm sends at the time limit) mid-training; Ctrl-C while the workers still
+# load and the learner ranks, started alongside, wait for them
+@pytest.mark.parametrize("sig,when", [(signal.SIGTERM, "step"), (signal.SIGINT, "loading")],
+                         ids=["SIGTERM-mid-run", "Ctrl-C-while-loading"])
+def test_signal_stops_everything(tmp_path, warm_model, sig, when):
     run_dir = tmp_path / "sig"
     log = tmp_path / "launcher.log"
     proc = start_cli(tmp_path, "sig", "train.steps=200", log=log)
     try:
-        _wait_for(lambda: (run_dir / "metrics.jsonl").exists()
-                  and (run_dir / "metrics.jsonl").read_text().strip(), 600, "a first step")
-        learners = processes_mentioning(str(run_dir.resolve())) + processes_mentioning(
-            str(run_dir))
+        if when == "step":
+            _wait_for(lambda: (run_dir / "metrics.jsonl").exists()
+                      and (run_dir / "metrics.jsonl").read_text().strip(), 600, "a first step")
+        else:
+            _wait_for(lambda: _learner_ranks(run_dir), 300, "the learner ranks")
+        learners = _learner_ranks(run_dir)
         assert learners, "learner ranks should be running"
+        if when == "loading":
+            assert "workers healthy" not in log.read_text()
         proc.send_signal(sig)
         t0 = time.monotonic()
         try:
@@ -62,5 +73,8 @@ def test_learner_crash_stops_workers(tmp_path, warm_model):
     assert proc.wait(timeout=600) not in (0, 130)
     text = log.read_text()
     assert "learner exited with code" in text and "workers stopped" in text
+    # it crashed while the workers loaded: the launcher stopped waiting for them at once
+    assert "the learner exited while the workers loaded" in text
+    assert "workers healthy" not in text
     assert not [pid for pid in worker_pids(run_dir) if alive(pid)]
     assert not processes_mentioning(str(run_dir))

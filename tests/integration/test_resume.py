@@ -1,6 +1,7 @@
 """Exact resume: a run SIGKILLed (launcher, learner ranks, workers at once) after step 3, with
 its last checkpoint at step 2, is resumed with ``--resume`` and reaches step 4 with the same
-samples and metrics as an uninterrupted 4-step run. While the resumed run samples step 3 its
+samples and metrics as the uninterrupted run with the same settings (the session's
+``reference_run``, also the end-to-end run). While the resumed run samples step 3 its
 only worker is SIGKILLed too: the supervisor restarts it with the current adapter, the lost
 requests are retried, and the results still match.
 
@@ -30,12 +31,9 @@ import psutil
 import pytest
 from safetensors.torch import load_file
 
-from tests.integration.helpers import REPO, alive, cli_command, worker_pids
+from tests.integration.helpers import REFERENCE_SETS, REPO, alive, cli_command, worker_pids
 
 pytestmark = pytest.mark.integration
-SETS = ("train.steps=4", "run.checkpoint_every=2", "train.learning_rate=5.0e-3",
-        "eval.final_samples=8", "rollout.health_check_interval_s=2",
-        "train.kl_coef=0.05")  # the demo runs KL 0; with it the reference pass is resumed too
 FLOAT_KEYS = ("reward/mean", "reward/std", "loss", "policy_loss", "kl", "clip_frac",
               "is_weight", "logp_gap", "grad_norm", "task/accuracy", "task/format_valid",
               "completion_tokens")
@@ -56,12 +54,11 @@ def _samples(run_dir, step):
     return out
 
 
-def _start(root, name, *sets, port):
-    """``port``: the workers' base port; the learner's rendezvous port is set apart as well
-    (two launchers started together both probe the same free port before either binds it)."""
+def _start(root, name, port):
+    """``port``: the workers' base port; the learner's rendezvous port is set apart too."""
     log = open(root / f"{name}.log", "w")
-    return subprocess.Popen(cli_command(root, name, *SETS, f"rollout.base_port={port}",
-                                        f"launch.main_process_port={port + 21000}", *sets),
+    return subprocess.Popen(cli_command(root, name, *REFERENCE_SETS, f"rollout.base_port={port}",
+                                        f"launch.main_process_port={port + 21000}"),
                             cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
@@ -89,11 +86,9 @@ def _sigkill_tree(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, warm_model):
-    """(reference run, resumed run, resumed run's output). The reference and the run to be
-    killed start together to save wall time."""
+def runs(tmp_path_factory, reference_run):
+    """(reference run, resumed run, resumed run's output, the killed worker's pid)."""
     root = tmp_path_factory.mktemp("resume")
-    ref = _start(root, "ref", port=8630)
     first = _start(root, "run", port=8640)
     run_dir = root / "run"
     metrics, latest = run_dir / "metrics.jsonl", run_dir / "checkpoints" / "LATEST"
@@ -114,8 +109,7 @@ def runs(tmp_path_factory, warm_model):
     (worker,) = worker_pids(run_dir)
     os.killpg(worker, signal.SIGKILL)  # mid step 3: its requests are lost
     assert second.wait(timeout=900) == 0, out.read_text()[-4000:]
-    assert ref.wait(timeout=900) == 0, (root / "ref.log").read_text()[-4000:]
-    return root / "ref", run_dir, out.read_text(), worker
+    return reference_run[0], run_dir, out.read_text(), worker
 
 
 def test_resume_reaches_the_same_metrics_as_an_uninterrupted_run(runs):

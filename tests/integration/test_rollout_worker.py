@@ -8,7 +8,7 @@ import torch
 from rollout.adapter_store import AdapterStore
 from rollout.client import RolloutClient
 from rollout.server import WorkerError, WorkerPool, WorkerSpec, _group_alive
-from tests.integration.helpers import hf_logprobs
+from tests.integration.helpers import demo_worker_env, hf_logprobs
 from trainer.config import StageConfig
 from trainer.learner import load_policy
 
@@ -21,7 +21,7 @@ def worker(warm_model, tmp_path_factory):
     logs = tmp_path_factory.mktemp("logs")
     spec = WorkerSpec(model=str(warm_model), port=8300, max_lora_rank=16, max_model_len=1024,
                       dtype="float32", gpu_memory_utilization=0.1, enforce_eager=True,
-                      env={"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"})
+                      env=demo_worker_env())
     pool = WorkerPool([spec], logs, startup_timeout=600)
     with pool:
         yield pool

@@ -1,7 +1,8 @@
-"""Stage I end to end: 1 real vLLM worker + 2 DeepSpeed learner ranks (gloo), 3 steps, with
+"""Stage I end to end: 1 real vLLM worker + 2 DeepSpeed learner ranks (gloo), 4 steps, with
 the demo's recipe (the policy gradient on the decision tokens, the supervised anchor on the
 warm start's answer, the balance term across both ranks, a cosine learning rate) and a KL
-term on every token on top (the demo runs without one).
+term on every token on top (the demo runs without one). The run is the session's
+``reference_run``, which test_resume.py also compares a resumed run against.
 
 Tolerance for "the worker samples with the adapter the learner pushed": float32 on both
 sides, mean |worker logprob - recomputed logprob| < 1e-3 per step, and under the initial
@@ -11,32 +12,23 @@ adapter v0 the same completions must be at least 10x further off (so the check c
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.integration.helpers import REPO, alive, cli_command, hf_logprobs, worker_pids
+from tests.integration.helpers import alive, hf_logprobs, worker_pids
 from trainer.schedules import lr_factor
 
 pytestmark = pytest.mark.integration
-STEPS = 3
+STEPS = 4  # REFERENCE_SETS
+LR = 5.0e-3
 LOGP_TOL_MEAN = 1e-3
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, warm_model):
-    root = tmp_path_factory.mktemp("runs")
-    cmd = cli_command(root, "e2e", f"train.steps={STEPS}", "run.keep_adapter_versions=10",
-                      "train.learning_rate=5.0e-3", "run.checkpoint_every=2",
-                      "train.pg_tokens=decision", "train.anchor_coef=1.0",
-                      "train.balance_coef=2.0", "train.lr_schedule=cosine",
-                      "train.kl_coef=0.05")
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
-    return root / "e2e", out
+def run(reference_run):
+    return reference_run
 
 
 def _rows(run_dir, step):
@@ -82,16 +74,16 @@ def test_metrics_per_step(run):
     assert rows[-1]["kl"] > 0  # the policy moved away from the reference
     # the learning rate of each step is the cosine schedule's, on every rank
     assert [r["lr"] for r in rows] == pytest.approx(
-        [5.0e-3 * lr_factor(k, STEPS, "cosine") for k in range(1, STEPS + 1)])
+        [LR * lr_factor(k, STEPS, "cosine") for k in range(1, STEPS + 1)])
 
 
 def test_lora_weights_changed(run):
     run_dir, _ = run
     v0 = load_file(run_dir / "adapters/v000000/adapter_model.safetensors")
-    v3 = load_file(run_dir / f"adapters/v{STEPS:06d}/adapter_model.safetensors")
+    last = load_file(run_dir / f"adapters/v{STEPS:06d}/adapter_model.safetensors")
     b_keys = [k for k in v0 if "lora_B" in k]
     assert b_keys and all(v0[k].abs().sum() == 0 for k in b_keys)  # peft init: B = 0
-    assert any(v3[k].abs().sum() > 0 for k in b_keys)
+    assert any(last[k].abs().sum() > 0 for k in b_keys)
     ckpt = run_dir / "checkpoints"
     assert (ckpt / "LATEST").read_text().strip() == f"step_{STEPS:06d}"
     assert (ckpt / "step_000002/adapter/adapter_model.safetensors").is_file()

@@ -30,7 +30,14 @@ from rollout.adapter_store import AdapterStore
 from rollout.client import NoWorkersError, RolloutClient
 from rollout.server import WorkerPool, WorkerSpec
 from rollout.supervisor import Supervisor
-from tests.integration.helpers import REPO, alive, cli_command, processes_mentioning, worker_pids
+from tests.integration.helpers import (
+    REPO,
+    alive,
+    cli_command,
+    demo_worker_env,
+    processes_mentioning,
+    worker_pids,
+)
 from trainer import checkpoint
 from trainer.config import StageConfig
 from trainer.learner import load_policy
@@ -63,7 +70,7 @@ def setup(warm_model, tmp_path_factory):
         store.publish(version, lambda d: model.save_pretrained(d))
     specs = [WorkerSpec(model=str(warm_model), port=port, max_model_len=1024, dtype="float32",
                         gpu_memory_utilization=0.1, enforce_eager=True, chunked_prefill=False,
-                        env={"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}) for port in PORTS]
+                        env=demo_worker_env()) for port in PORTS]
     pool = WorkerPool(specs, root / "logs", startup_timeout=600)
     with pool:
         supervisor = Supervisor(pool, adapter_dir=store.root, api_key=None, interval=1.0,
