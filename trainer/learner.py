@@ -344,7 +344,7 @@ class Learner:
                 nlls.append(float(nll.detach()))
         else:
             share = prior = torch.zeros((0, 1), device=self.device)
-        logged = float(loss)
+        logged = float(loss.detach())
         if tc.balance_coef > 0:
             kl, mean = balance_kl(share, prior)
             loss = loss + tc.balance_coef * kl
