@@ -393,20 +393,37 @@ def run_slurm_node(cfg: StageConfig, stage: str, module: str, plan: Plan, job_id
 
     def learner_node(cleanups) -> int:
         urls = [w.url for w in plan.workers]
-        deadline = time.monotonic() + cfg.rollout.startup_timeout_s
-        while not all(_healthy(u, key) for u in urls):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"workers not healthy after {cfg.rollout.startup_timeout_s}s: "
-                                   f"{[u for u in urls if not _healthy(u, key)]}")
-            time.sleep(5)
         manifest = run_dir / "workers.json"
         if plan.learner.machine_rank == 0:
             manifest.write_text(json.dumps({"workers": [{"url": u} for u in urls]}, indent=2))
             cleanups.append(lambda: (run_dir / DONE).write_text("done\n"))
         while not manifest.exists():  # other learner nodes: wait for machine rank 0
             time.sleep(1)
+        # As on one node, the ranks load their model while the worker nodes load theirs (the
+        # learner waits for every worker's /health before its first publish); this node
+        # watches the same, to name the workers that never came up
+        print(f"[launch] {plan.this_node}: starting {plan.learner.num_processes} learner "
+              f"rank(s) while the workers start: {', '.join(urls)}", flush=True)
         learner = _start_learner(cfg, run_dir, module, plan.learner, probe_port=False)
         cleanups.append(lambda: _stop_tree(learner))
-        return learner.wait()
+        t0 = time.monotonic()
+        while not all(_healthy(u, key) for u in urls):
+            if learner.poll() is not None:
+                break
+            if time.monotonic() - t0 > cfg.rollout.startup_timeout_s:
+                down = [u for u in urls if not _healthy(u, key)]
+                print(f"[launch] {plan.this_node}: error: workers not healthy after "
+                      f"{cfg.rollout.startup_timeout_s:.0f}s (rollout.startup_timeout_s): "
+                      f"{', '.join(down)}; see the worker nodes' logs in {run_dir / 'logs'}",
+                      file=sys.stderr, flush=True)
+                return 1
+            time.sleep(2)
+        else:
+            print(f"[launch] {plan.this_node}: workers healthy after "
+                  f"{time.monotonic() - t0:.0f}s", flush=True)
+        code = learner.wait()
+        if code != 0:
+            _learner_failed(code, run_dir, cfg.stage)
+        return code
 
     return _guarded(learner_node if plan.learner else worker_node)
