@@ -206,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def reasoning_nll() -> float:
         """Mean NLL per token of the reasoning before the lean on the first fifth of the
-        validation windows (60 by default), teacher-forced as the learner's anchor is: what the update costs the rest
-        of the answer."""
+        validation windows (60 by default), teacher-forced as the learner's anchor is: what
+        the update costs the rest of the answer."""
         with torch.no_grad():
             return float(anchor_nll(model, probe_reasoning, tok.pad_token_id,
                                     torch.device("cpu")))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
 from trainer.config import ConfigError, StageConfig, load_config
@@ -84,18 +84,6 @@ def evaluate_run(run_dir: Path, splits: list[str], which: str, overrides: list[s
     return report
 
 
-def business_days_ending(last: date, n: int) -> list[str]:
-    """The ``n`` weekdays up to and including ``last`` (or the weekday before it), oldest
-    first, as ISO dates: the prompt's dates when the user gives prices only (the model was
-    trained on dated windows; no holiday calendar, which the prompt does not need)."""
-    days, day = [], last
-    while len(days) < n:
-        if day.weekday() < 5:
-            days.append(day.isoformat())
-        day -= timedelta(days=1)
-    return days[::-1]
-
-
 def predict(adapter: Path, config: Path | None, ticker: str, name: str, closes: list[float],
             dates: list[str] | None) -> tuple[str, str]:
     """(the prompt, the model's answer) for the window ``closes`` (the day before, then the shown days)."""
@@ -103,6 +91,7 @@ def predict(adapter: Path, config: Path | None, ticker: str, name: str, closes: 
 
     from trainer.rollouts import encode_prompt
     from trainer.tasks.stock.series import Window
+    from trainer.tasks.stock.synthetic import business_days
     from trainer.tasks.stock.task import window_to_sample
 
     if len(closes) < 3 or min(closes) <= 0:
@@ -116,7 +105,8 @@ def predict(adapter: Path, config: Path | None, ticker: str, name: str, closes: 
         "base_model_name_or_path") or cfg.model.name_or_path
     cfg.model.name_or_path = base
     shown = len(closes) - 1
-    dates = dates or business_days_ending(date.today(), shown)
+    # dated like the training windows: the weekdays ending today
+    dates = dates or business_days(date.today(), shown, backward=True)
     if len(dates) != shown:
         raise ConfigError(f"--dates: {len(dates)} dates for {shown} shown days")
     window = Window(ticker, name or ticker, dates, closes, "next", closes[-1])

@@ -407,11 +407,10 @@ def run_slurm_node(cfg: StageConfig, stage: str, module: str, plan: Plan, job_id
         learner = _start_learner(cfg, run_dir, module, plan.learner, probe_port=False)
         cleanups.append(lambda: _stop_tree(learner))
         t0 = time.monotonic()
-        while not all(_healthy(u, key) for u in urls):
+        while down := [u for u in urls if not _healthy(u, key)]:
             if learner.poll() is not None:
                 break
             if time.monotonic() - t0 > cfg.rollout.startup_timeout_s:
-                down = [u for u in urls if not _healthy(u, key)]
                 print(f"[launch] {plan.this_node}: error: workers not healthy after "
                       f"{cfg.rollout.startup_timeout_s:.0f}s (rollout.startup_timeout_s): "
                       f"{', '.join(down)}; see the worker nodes' logs in {run_dir / 'logs'}",

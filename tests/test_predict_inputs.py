@@ -9,7 +9,7 @@ from datetime import date
 import pytest
 
 from launch.cli import _read_prices
-from launch.offline import business_days_ending
+from trainer.tasks.stock.synthetic import business_days
 
 
 def _args(**kw):
@@ -19,9 +19,9 @@ def _args(**kw):
 
 def test_business_days_skip_weekends_and_end_on_the_last_weekday():
     # 2026-12-06 is a Sunday: the window ends on Friday the 4th
-    assert business_days_ending(date(2026, 12, 6), 4) == [
+    assert business_days(date(2026, 12, 6), 4, backward=True) == [
         "2026-12-01", "2026-12-02", "2026-12-03", "2026-12-04"]
-    assert business_days_ending(date(2026, 12, 7), 2) == ["2026-12-04", "2026-12-07"]
+    assert business_days(date(2026, 12, 7), 2, backward=True) == ["2026-12-04", "2026-12-07"]
 
 
 def test_prices_with_and_without_dates():

@@ -348,6 +348,28 @@ def _set_dotted(tree: dict[str, Any], dotted: str, raw: str) -> None:
     node[keys[-1]] = yaml.safe_load(raw)
 
 
+def check_zero3(cfg: StageConfig, stage_from: str = "launch.zero_stage") -> None:
+    """What ZeRO-3 cannot run yet, as a ConfigError. ``validate`` asks when
+    ``launch.zero_stage`` is 3; the learner asks again when the DeepSpeed config it was given
+    says stage 3 (``accelerate launch`` by hand), naming that as ``stage_from``."""
+    where = f"{stage_from} 3"
+    # ZeRO-3 gathers parameters collectively in every forward: a rank whose prompts have no
+    # anchor text would run fewer forwards than the others and hang them
+    for bad, message in (
+        (cfg.model.load_in_4bit,
+         f"{stage_from}: ZeRO-3 cannot partition a 4-bit base (model.load_in_4bit: true); "
+         "use ZeRO-2"),
+        (cfg.train.anchor_coef > 0,
+         f"train.anchor_coef: the supervised anchor is not supported with {where} yet; use "
+         "ZeRO-2 or anchor_coef: 0"),
+        (cfg.train.balance_coef > 0,
+         f"train.balance_coef: the balance term (on the anchor's answers) is not supported "
+         f"with {where} yet; use ZeRO-2 or balance_coef: 0"),
+    ):
+        if bad:
+            raise ConfigError(message)
+
+
 def validate(cfg: StageConfig) -> None:
     """Cross-field checks that types alone cannot express."""
     checks: list[tuple[bool, str]] = [
@@ -407,21 +429,12 @@ def validate(cfg: StageConfig) -> None:
          "list other sources only"),
         (cfg.gate.reward_window >= 1 and cfg.gate.loss_window >= 1,
          "gate.reward_window / gate.loss_window: must be at least 1 step"),
-        (not (cfg.launch.zero_stage == 3 and cfg.model.load_in_4bit),
-         "launch.zero_stage: ZeRO-3 cannot partition a 4-bit base (model.load_in_4bit: true); "
-         "use zero_stage: 2"),
-        # ZeRO-3 gathers parameters collectively in every forward: a rank whose prompts have
-        # no anchor text would run fewer forwards than the others and hang them
-        (not (cfg.launch.zero_stage == 3 and cfg.train.anchor_coef > 0),
-         "train.anchor_coef: the supervised anchor is not supported with launch.zero_stage 3 "
-         "yet; use zero_stage: 2 or anchor_coef: 0"),
-        (not (cfg.launch.zero_stage == 3 and cfg.train.balance_coef > 0),
-         "train.balance_coef: the balance term (on the anchor's answers) is not supported "
-         "with launch.zero_stage 3 yet; use zero_stage: 2 or balance_coef: 0"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    if cfg.launch.zero_stage == 3:
+        check_zero3(cfg)
     _validate_devices(cfg)
     unknown = sorted(set(cfg.reward.weights) - set(REWARD_COMPONENT_NAMES))
     if unknown:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from trainer.config import StageConfig
+from trainer.config import StageConfig, check_zero3
 from trainer.dist import rank_and_world
 from trainer.grpo import TOKEN_SELECTIONS, grpo_loss
 from trainer.schedules import lr_factor
@@ -196,19 +196,6 @@ def balance_kl(shares: torch.Tensor, prior: torch.Tensor) -> tuple[torch.Tensor,
     return kl * world, mean.detach()
 
 
-def check_zero3(cfg) -> None:
-    """What ZeRO-3 cannot run yet, as config errors; ``validate`` refuses the same at load
-    for ``launch.zero_stage: 3``, this catches a ZeRO-3 DeepSpeed file given by hand."""
-    from trainer.config import ConfigError
-
-    for key, value in (("train.anchor_coef", cfg.train.anchor_coef),
-                       ("train.balance_coef", cfg.train.balance_coef)):
-        if value > 0:
-            raise ConfigError(f"{key}: {value} needs the policy's own forward outside "
-                              "DeepSpeed's engine, not supported under ZeRO-3 (the DeepSpeed "
-                              "config says stage 3) yet; set it to 0 or use ZeRO-2")
-
-
 class Learner:
     def __init__(self, cfg: StageConfig, accelerator):
         self.cfg = cfg
@@ -224,8 +211,8 @@ class Learner:
         self.per_rank = cfg.train.prompts_per_rank * cfg.rollout.group_size
         self.micro = cfg.train.micro_batch_size
         plugin = accelerator.state.deepspeed_plugin
-        if plugin is not None and plugin.zero_stage == 3:
-            check_zero3(cfg)  # the DeepSpeed config decides, also under accelerate by hand
+        if plugin is not None and plugin.zero_stage == 3:  # also under accelerate by hand
+            check_zero3(cfg, "the DeepSpeed config's zero_optimization.stage")
         if plugin is not None:
             ds = plugin.deepspeed_config
             ds["train_micro_batch_size_per_gpu"] = self.micro

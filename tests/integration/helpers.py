@@ -26,6 +26,11 @@ REFERENCE_SETS = ("train.steps=4", "run.checkpoint_every=2", "train.learning_rat
                   "train.kl_coef=0.05")  # the demo runs KL 0: with it the reference pass runs
 
 
+def set_flags(*sets: str) -> list[str]:
+    """``--set KEY=VALUE`` for each override, as every stonk and trainer.train command takes."""
+    return [x for s in sets for x in ("--set", s)]
+
+
 def demo_worker_env() -> dict[str, str]:
     """The environment the demo config gives its vLLM workers (rollout.env), for tests that
     start workers themselves: both cores for compute, the engine in-process (41 s a start
@@ -37,11 +42,8 @@ def demo_worker_env() -> dict[str, str]:
 
 def cli_command(run_root: Path, name: str, *sets: str, config: str = DEMO) -> list[str]:
     """``stonk stage1`` on ``config`` into ``run_root/name``: EVAL_SETS, then ``sets``."""
-    cmd = [sys.executable, "-m", "launch.cli", "stage1", "--config", config,
-           "--set", f"run.output_dir={run_root}", "--set", f"run.name={name}"]
-    for s in (*EVAL_SETS, *sets):
-        cmd += ["--set", s]
-    return cmd
+    return [sys.executable, "-m", "launch.cli", "stage1", "--config", config,
+            *set_flags(f"run.output_dir={run_root}", f"run.name={name}", *EVAL_SETS, *sets)]
 
 
 def _terminal_signals() -> None:

@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 from safetensors.torch import load_file
 
-from tests.integration.helpers import DEMO, EVAL_SETS, REPO
+from tests.integration.helpers import DEMO, EVAL_SETS, REPO, set_flags
 
 pytestmark = pytest.mark.integration
 PORT = 8420
@@ -56,7 +56,7 @@ def test_two_stonk_workers_and_zero3_ranks_by_hand_serve_the_same_gathered_adapt
                "--config_file", "launch/accelerate/cpu_deepspeed.yaml",
                "--deepspeed_config_file", "launch/accelerate/ds_zero3.json",
                "--num_processes", "2", "--main_process_port", "29611",
-               "-m", "trainer.train", "--config", DEMO, *[x for s in sets for x in ("--set", s)],
+               "-m", "trainer.train", "--config", DEMO, *set_flags(*sets),
                "--run-dir", str(run_dir), "--workers", ",".join(urls)]
         proc = subprocess.run(cmd, cwd=REPO, env=dict(env, DS_ACCELERATOR="cpu"),
                               capture_output=True, text=True, timeout=900)

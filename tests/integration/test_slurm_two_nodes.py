@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from tests.integration.helpers import DEMO, EVAL_SETS, REPO, alive, processes_mentioning
+from tests.integration.helpers import DEMO, EVAL_SETS, REPO, alive, processes_mentioning, set_flags
 
 pytestmark = pytest.mark.integration
 PORT = 8460
@@ -24,7 +24,7 @@ def test_worker_node_and_learner_node_run_one_job(tmp_path, warm_model):
             "launch.main_process_port=29660", f"run.output_dir={tmp_path}", "train.steps=1",
             *EVAL_SETS]
     cmd = [sys.executable, "-m", "launch.cli", "slurm", "--config", DEMO,
-           *[x for s in sets for x in ("--set", s)]]
+           *set_flags(*sets)]
     env = dict(os.environ, PYTHONUNBUFFERED="1", SLURM_JOB_NODELIST="localhost,127.0.0.1",
                SLURM_NNODES="2", SLURM_JOB_ID="4242", STONK_API_KEY="test-secret")
     logs = [tmp_path / f"node{i}.log" for i in (0, 1)]

@@ -97,13 +97,16 @@ def bayes_accuracy(up_probabilities: list[float]) -> float | None:
     return sum(max(p, 1.0 - p) for p in up_probabilities) / len(up_probabilities)
 
 
-def business_days(start: date, count: int) -> list[str]:
-    out, day = [], start
+def business_days(start: date, count: int, backward: bool = False) -> list[str]:
+    """``count`` weekdays as ISO dates, oldest first: from ``start`` on, or (``backward``)
+    up to and including ``start`` (the weekday before it on a weekend). No holiday calendar:
+    the prompt does not need one."""
+    out, day, step = [], start, timedelta(days=-1 if backward else 1)
     while len(out) < count:
         if day.weekday() < 5:
             out.append(day.isoformat())
-        day += timedelta(days=1)
-    return out
+        day += step
+    return out[::-1] if backward else out
 
 
 def synthetic_series(days: int, seed: int, rule: str = DEFAULT_RULE) -> Series:
