@@ -58,3 +58,15 @@ def test_stage1_steps_are_50_50_and_stage2_draws_the_natural_mix():
     for off in ({"balance": False}, {"balanced_batches": False}):
         other = StockTask(DataConfig(**{**vars(data), **off}), RewardConfig())
         assert {other.stratum(s) for s in other.split("train")} == {None}
+
+
+def test_a_snapshot_keeps_its_position_across_later_draws_and_epochs():
+    """rollout.overlap draws the next step's prompts before this step's checkpoint: the
+    snapshot taken before that draw must still say where this step left off."""
+    sampler = PromptSampler(_samples("UUDDUD"), seed=1, key=lambda s: s.meta["label"])
+    _draw(sampler, 4)
+    snap = sampler.snapshot()
+    ahead = _draw(sampler, 5)  # crosses into epoch 1
+    assert (sampler.epoch, sampler.index) == (1, 3)
+    assert (snap.epoch, snap.index, snap.seed, len(snap.samples)) == (0, 4, 1, 6)
+    assert _draw(snap, 5) == ahead  # the snapshot continues with the same draws

@@ -115,6 +115,11 @@ class RolloutConfig:
     # CPU nodes with 2+ workers: each worker's threads on its own cores (launch/cpu_cores.py);
     # a VLLM_CPU_OMP_THREADS_BIND in env wins.
     cpu_bind: bool = True
+    # Sample step k+1's batch while the learner trains step k (one step off-policy: under
+    # adapter v(k-1); train.is_cap's importance weight corrects for it). Step time becomes
+    # max(generate, learner) + sync instead of their sum when workers and learner ranks have
+    # their own devices. The first step, and the first after a resume, sample in turn.
+    overlap: bool = False
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
 

@@ -6,9 +6,14 @@ anyone re-check which adapter version sampled what and with which log-probs.
 
 from __future__ import annotations
 
+import copy
 import json
 import random
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -67,6 +72,39 @@ class PromptSampler:
             out.append(self.samples[self._order[self.index]])
             self.index += 1
         return out
+
+    def snapshot(self) -> PromptSampler:
+        """This position, unaffected by later draws (what a checkpoint records while the
+        next step's prompts are already drawn)."""
+        return copy.copy(self)  # next() rebinds _order, never mutates it
+
+
+class Background:
+    """One call on its own thread (``rollout.overlap``: the next step's sampling while the
+    learner trains). ``result()`` waits for it and returns its value or raises its error;
+    ``seconds`` is how long the call took."""
+
+    def __init__(self, fn: Callable[[], Any], name: str = "rollout-prefetch"):
+        self.seconds = 0.0
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn,), name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[[], Any]) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._value = fn()
+        except BaseException as exc:  # handed to the caller by result()
+            self._error = exc
+        finally:
+            self.seconds = time.perf_counter() - t0
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def encode_prompt(tokenizer, sample: Sample) -> list[int]:

@@ -44,7 +44,7 @@ from trainer.dist import mean_across_ranks, rank_and_world
 from trainer.evaluate import eval_samples, keep_best, run_eval, save_eval, scalar_metrics
 from trainer.learner import Learner, OutOfMemory
 from trainer.metrics import MetricsWriter, PhaseTimer, Progress
-from trainer.rollouts import PromptSampler, anchor_batch, collect, write_rollouts
+from trainer.rollouts import Background, PromptSampler, anchor_batch, collect, write_rollouts
 from trainer.tasks import build_task
 
 STATUS = "workers_status.json"  # written by the launcher's supervisor (rollout/supervisor.py)
@@ -130,6 +130,9 @@ def train(args: argparse.Namespace) -> None:
         """Rank 0 stores v(version) and loads it on the workers; then every rank makes sure
         every live worker serves it (also one back from a restart) before sampling."""
         state = learner.adapter_state()  # collective under ZeRO-3
+        # every rank's sampling is over before the workers' adapter changes (with
+        # rollout.overlap a rank may still be sampling when rank 0 is done training)
+        acc.wait_for_everyone()
         if rank == 0:
             store.publish(version, lambda d: learner.save_adapter(d, state))
             client.sync(version, store.path(version))
@@ -158,17 +161,33 @@ def train(args: argparse.Namespace) -> None:
     progress = Progress(tc.steps, start_step=start)
 
     # ---- loop
+    def rollout(step: int, samples: list) -> tuple:
+        """Sample and score step ``step``'s groups under the adapter the workers serve now;
+        per-request seeds depend on (train.seed, step, rank) only."""
+        seed = ((tc.seed * 1_000_003 + step * 7_919 + rank * 104_729) % 2**31
+                if rc.seed_requests else None)
+        return collect(task, samples, client, learner.tokenizer, group_size=rc.group_size,
+                       max_tokens=rc.max_tokens, temperature=rc.temperature, top_p=rc.top_p,
+                       seed=seed, advantage=tc.advantage, pad_id=learner.pad_id,
+                       mark_decisions=tc.pg_tokens == "decision")
+
+    # rollout.overlap: the next step's batch, sampled while this step trained (samples,
+    # result, seconds it took); None at the start, after a resume, or without overlap
+    ready = None
     for step in range(start + 1, tc.steps + 1):
         timer = PhaseTimer()
-        samples = sampler.next(tc.prompts_per_rank)
-        with timer("generate"):
-            seed = ((tc.seed * 1_000_003 + step * 7_919 + rank * 104_729) % 2**31
-                    if rc.seed_requests else None)
-            batch, components, groups = collect(
-                task, samples, client, learner.tokenizer, group_size=rc.group_size,
-                max_tokens=rc.max_tokens, temperature=rc.temperature, top_p=rc.top_p,
-                seed=seed, advantage=tc.advantage, pad_id=learner.pad_id,
-                mark_decisions=tc.pg_tokens == "decision")
+        if ready is None:
+            samples = sampler.next(tc.prompts_per_rank)
+            with timer("generate"):
+                batch, components, groups = rollout(step, samples)
+        else:
+            samples, (batch, components, groups), timer.seconds["generate"] = ready
+            ready = None
+        position = sampler.snapshot()  # what a checkpoint of this step records
+        prefetch = None
+        if rc.overlap and step < tc.steps:  # sample step + 1 under v(step - 1) meanwhile
+            upcoming = sampler.next(tc.prompts_per_rank)
+            prefetch = Background(lambda s=step + 1, x=upcoming: rollout(s, x))
         with timer("reward"):
             local = {"reward/mean": float(batch.rewards.mean()),
                      "reward/std": float(batch.rewards.std()),
@@ -190,6 +209,9 @@ def train(args: argparse.Namespace) -> None:
                       if tc.anchor_coef > 0 or tc.balance_coef > 0 else None)
             local["lr"] = learner.set_step(step)
             local.update(learner.train_step(batch, anchor))
+        if prefetch is not None:
+            with timer("rollout_wait"):  # the part of the next batch's sampling not hidden
+                ready = (upcoming, prefetch.result(), prefetch.seconds)
         with timer("sync"):
             publish(step)
         local.update(timer.as_metrics())
@@ -214,7 +236,7 @@ def train(args: argparse.Namespace) -> None:
 
         # ---- checkpoint (collective: every rank writes its part of the optimizer state)
         if step % cfg.run.checkpoint_every == 0 or step == tc.steps:
-            checkpoint.save(cfg, run_dir, step, learner=learner, sampler=sampler,
+            checkpoint.save(cfg, run_dir, step, learner=learner, sampler=position,
                             adapter_dir=store.path(step), rank=rank, world=world)
         acc.wait_for_everyone()
 
