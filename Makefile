@@ -10,7 +10,7 @@ WARM := models/tiny-qwen2-fmt
 PYTEST_ARGS ?=
 
 .PHONY: setup demo stage1 stage2 eval predict tiny-model warmstart test test-fast test-integration lint fix bench clean help
-.PHONY: bench-model bench-trl bench-rollout bench-push bench-learning bench-memory bench-decision bench-all
+.PHONY: bench-model bench-trl bench-rollout bench-push bench-learning bench-memory bench-decision bench-overlap bench-all
 
 help:
 	@echo "make demo | test | setup | stage1 [CONFIG=...] [NPROC=n] [RESUME=run] | stage2 STAGE1=run [FORCE=1] [RESUME=run] | eval RUN=run | predict ADAPTER=.. TICKER=.. PRICES=.. | data | tiny-model | warmstart | test-fast | lint | fix | bench | bench-all | clean"
@@ -115,7 +115,10 @@ bench-memory: setup warmstart bench-model
 	$(BIN)/python benchmarks/memory.py --steps 10 --workers 1
 	$(BIN)/python benchmarks/memory.py --steps 6 --workers 2 --model $(BENCH_MODEL)
 
-bench-all: bench bench-trl bench-rollout bench-push bench-learning bench-memory bench-decision
+bench-overlap: setup warmstart
+	$(BIN)/python benchmarks/overlap.py --rounds 2 --steps 10 --warmup 2
+
+bench-all: bench bench-trl bench-rollout bench-push bench-learning bench-memory bench-decision bench-overlap
 
 clean:
 	rm -rf runs benchmarks/results .pytest_cache

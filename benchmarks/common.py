@@ -107,22 +107,36 @@ def stage1_command(config: str, sets: list[str]) -> list[str]:
 def run_ours(config: str, steps: int, sets: list[str], tag: str,
              on_poll: Callable[[int], None] | None = None, poll_s: float = 0.2) -> dict:
     """Run Stage I through the CLI for ``steps`` steps (checkpoints only at the last step, no
-    periodic eval, a final evaluation of 8 samples; ``sets`` may override each). Returns the run folder, the metrics rows, each
-    step's wall interval (``wall[0]`` includes start-up), the command and its exit code.
-    ``on_poll(pid)`` is called every ``poll_s`` seconds with the launcher's pid."""
+    periodic eval, a final evaluation of 8 samples; ``sets`` may override each). Returns the
+    run folder, the metrics rows, each step's wall interval (``wall[0]`` includes start-up),
+    the command and its exit code. ``on_poll(pid)`` is called every ``poll_s`` seconds with
+    the launcher's pid."""
     name = f"{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = RESULTS / name
-    sets = [f"train.steps={steps}", f"run.checkpoint_every={steps}", "eval.every_steps=0",
-            "eval.final_samples=8",
-            *sets, f"run.output_dir={RESULTS}", f"run.name={name}"]
-    cmd = stage1_command(config, sets)
+    sets = [*run_sets(steps), *sets, f"run.output_dir={RESULTS}", f"run.name={name}"]
+    return run_timed(stage1_command(config, sets), RESULTS / name, on_poll, poll_s)
+
+
+def run_sets(steps: int) -> list[str]:
+    """What every benchmark run sets: ``steps`` steps, one checkpoint at the end, no periodic
+    evaluation, a final one of 8 samples."""
+    return [f"train.steps={steps}", f"run.checkpoint_every={steps}", "eval.every_steps=0",
+            "eval.final_samples=8"]
+
+
+def run_timed(cmd: list[str], run_dir: Path, on_poll: Callable[[int], None] | None = None,
+              poll_s: float = 0.2, env: dict[str, str] | None = None) -> dict:
+    """Run ``cmd`` (a training run writing ``run_dir/metrics.jsonl``), logging to
+    ``<run_dir>.log``, and time each step as the interval between its metrics line and the
+    previous one appearing (``env``: more environment variables); the result as
+    ``run_ours`` describes it."""
     print("ours:", " ".join(cmd), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     metrics = run_dir / "metrics.jsonl"
-    with open(RESULTS / f"{name}.log", "w") as log:
+    log_path = run_dir.parent / f"{run_dir.name}.log"
+    with open(log_path, "w") as log:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                                env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
         arrivals: list[float] = []
         while proc.poll() is None:
             if on_poll:
@@ -135,7 +149,7 @@ def run_ours(config: str, steps: int, sets: list[str], tag: str,
     arrivals += [time.perf_counter()] * (len(rows) - len(arrivals))
     wall = [b - a for a, b in zip([t0, *arrivals], arrivals, strict=False)]
     if code != 0:
-        print(f"ours: exit code {code}; see {RESULTS / name}.log", flush=True)
+        print(f"ours: exit code {code}; see {log_path}", flush=True)
     return {"run_dir": str(run_dir), "rows": rows, "wall": wall, "command": " ".join(cmd),
             "exit_code": code, "seconds_total": time.perf_counter() - t0}
 

@@ -1,6 +1,8 @@
 """Pure helpers of the benchmark scripts: options, medians, tables, threshold crossing,
-process roles, stop-token cut, and the TRL reward wrapper's regrouping."""
+process roles, stop-token cut, the TRL reward wrapper's regrouping, and the per-step wall
+interval of a run."""
 
+import sys
 
 from benchmarks.common import (
     cumulative,
@@ -118,3 +120,21 @@ def test_decision_probe_learner_update_is_the_probes(warm_model, monkeypatch, tm
     assert max(map(abs, probe)) > 0.01, probe  # the update moved the lean
     for p, q in zip(probe, learner, strict=True):
         assert abs(p - q) < 0.1 * max(map(abs, probe)), (probe, learner)
+
+
+def test_run_timed_reads_each_steps_wall_interval_from_its_metrics_line(tmp_path):
+    """Our side's step time is the interval between metrics lines appearing (the run's own
+    phase timings leave barriers and logging out)."""
+    from benchmarks.common import run_timed
+
+    run_dir = tmp_path / "run"
+    script = ("import json, pathlib, time\n"
+              f"d = pathlib.Path({str(run_dir)!r}); d.mkdir()\n"
+              "for step in (1, 2, 3):\n"
+              "    time.sleep(0.6)\n"
+              "    with open(d / 'metrics.jsonl', 'a') as f:\n"
+              "        f.write(json.dumps({'step': step}) + '\\n')\n")
+    run = run_timed([sys.executable, "-c", script], run_dir, env={"STONK_X": "1"})
+    assert run["exit_code"] == 0 and [r["step"] for r in run["rows"]] == [1, 2, 3]
+    assert len(run["wall"]) == 3 and all(w >= 0.35 for w in run["wall"][1:])
+    assert (tmp_path / "run.log").is_file()
