@@ -4,9 +4,9 @@ shorten a step? Each layout runs with overlap off and on, alternately, ``--round
 - ``shared``: the recipe as ``stonk stage1`` runs it here (the config's workers and learner
   ranks, all on every core), as on a CPU box;
 - ``split``: the compute split in two, as a worker GPU and a learner GPU are: one worker
-  (``stonk workers``) on the first half of this process's CPUs (its OpenMP threads bound
-  there by ``VLLM_CPU_OMP_THREADS_BIND``, every other thread of it there by ``taskset``) and
-  one learner rank (``accelerate launch ... trainer.train --workers``) on the other half.
+  (started as the launcher starts one) on the first half of this process's CPUs (its
+  OpenMP threads bound there by ``VLLM_CPU_OMP_THREADS_BIND``, every other thread of it by
+  the affinity it starts with) and one learner rank (``accelerate launch ... trainer.train --workers``) on the other half.
 
 Per run: medians after ``--warmup`` of the wall interval between steps, the phases
 (``time/generate`` is the whole sampling, hidden or not; ``time/rollout_wait`` the part the
@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
-import urllib.request
+from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -43,69 +42,58 @@ from benchmarks.common import (  # noqa: E402
     table,
 )
 
-SPLIT_PORT = 8480
 
-
-def halves() -> tuple[str, str]:
-    """This process's CPUs in two (workers, learner) as taskset / vLLM lists."""
-    from launch.cpu_cores import allowed_cpus, split_cores
+def halves() -> tuple[list[int], list[int]]:
+    """This process's CPUs in two: (workers, learner)."""
+    from launch.cpu_cores import allowed_cpus
 
     cpus = allowed_cpus()
     if len(cpus) < 2:
         raise SystemExit("the split layout needs at least 2 CPUs")
-    a, b = split_cores(2, cpus)
-    return a, b
+    return cpus[:len(cpus) // 2], cpus[len(cpus) // 2:]
 
 
-def start_split_worker(config: str, sets: list[str], cpus: str, log_dir: Path):
-    """``stonk workers`` (one worker) on ``cpus``; returns (process, url) once healthy."""
-    from trainer.config import load_config
+@contextmanager
+def split_worker(cfg, cpus: list[int], root: Path):
+    """One worker on ``cpus`` (started as the launcher starts one, ``benchmarks.serving``):
+    its OpenMP threads bound there by ``VLLM_CPU_OMP_THREADS_BIND``, every other thread of it
+    by the affinity it inherits from this process while it starts. Yields its URL."""
+    from benchmarks.serving import serving
+    from launch.cpu_cores import BIND_VAR, split_cores
 
-    env = dict(load_config(REPO / config, sets).rollout.env, VLLM_CPU_OMP_THREADS_BIND=cpus)
-    flow = "{" + ", ".join(f'{k}: "{v}"' for k, v in env.items()) + "}"
-    cmd = ["taskset", "-c", cpus, sys.executable, "-m", "launch.cli", "workers",
-           "--config", config, "--log-dir", str(log_dir)]
-    for s in [*sets, "rollout.num_workers=1", f"rollout.base_port={SPLIT_PORT}",
-              f"rollout.env={flow}"]:
-        cmd += ["--set", s]
-    print("workers:", " ".join(cmd), flush=True)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=open(log_dir / "stonk-workers.log", "w"),
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{SPLIT_PORT}"
-    deadline = time.monotonic() + 900
-    while True:
-        try:
-            if urllib.request.urlopen(f"{url}/health", timeout=5).status == 200:
-                return proc, url
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise SystemExit(f"the split layout's worker did not start; see {log_dir}")
-        time.sleep(2)
+    env = dict(cfg.rollout.env, **{BIND_VAR: split_cores(1, cpus)[0]})
+    cfg = replace(cfg, rollout=replace(cfg.rollout, num_workers=1, env=env))
+    everything = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        with serving(cfg, root) as (client, _, _):
+            os.sched_setaffinity(0, everything)
+            yield client.urls[0]
+    finally:
+        os.sched_setaffinity(0, everything)
 
 
-def split_run(config: str, steps: int, sets: list[str], cpus: str, url: str,
+def split_run(config: str, steps: int, sets: list[str], cpus: list[int], url: str,
               name: str) -> dict:
     """One learner rank, by hand, on ``cpus`` against the running worker at ``url``."""
+    from launch.cpu_cores import split_cores
+
     run_dir = RESULTS / name
-    threads = len(os.sched_getaffinity(0)) // 2 if hasattr(os, "sched_getaffinity") else 1
-    all_sets = [*run_sets(steps), *sets, "launch.num_processes=1",
-                f"launch.learner_threads={max(1, threads)}"]
-    cmd = ["taskset", "-c", cpus, sys.executable, "-m", "accelerate.commands.launch",
+    cmd = ["taskset", "-c", split_cores(1, cpus)[0], sys.executable, "-m", "accelerate.commands.launch",
            "--config_file", "launch/accelerate/cpu_deepspeed.yaml", "--num_processes", "1",
            "--main_process_port", "29680", "-m", "trainer.train", "--config", config,
            "--run-dir", str(run_dir), "--workers", url]
-    for s in all_sets:
+    for s in [*run_sets(steps), *sets, "launch.num_processes=1",
+              f"launch.learner_threads={len(cpus)}"]:
         cmd += ["--set", s]
     return run_timed(cmd, run_dir, env={"DS_ACCELERATOR": "cpu"})
 
 
-def summary(run: dict, warmup: int) -> dict:
-    rows = run["rows"][warmup:]
-    ranks = {len(list(Path(run["run_dir"]).glob("rollouts.rank*.jsonl")))}
-    out = {"wall": median_after_warmup(run["wall"], warmup), "ranks": ranks.pop()}
+def summary(runs: list[dict], warmup: int, completions_per_step: int) -> dict:
+    """Medians over the runs' steps after ``warmup``: wall interval, phases, completions/s."""
+    rows = [r for run in runs for r in run["rows"][warmup:]]
+    wall = median_after_warmup([w for run in runs for w in run["wall"][warmup:]], 0)
+    out = {"wall": wall, "completions_per_s": completions_per_step / wall}
     for ph in ("generate", "learner", "rollout_wait", "sync"):
         out[ph] = median_after_warmup([r.get(f"time/{ph}", 0.0) for r in rows], 0)
     return out
@@ -125,44 +113,33 @@ def main() -> int:
     per_rank = cfg.train.prompts_per_rank * cfg.rollout.group_size
     tag = result_tag("overlap", a)
     layouts = a.layouts.split(",")
+    ranks = {"shared": cfg.launch.num_processes, "split": 1}
     runs: dict[tuple[str, bool], list[dict]] = {}
     for r in range(a.rounds):
         for layout in layouts:
-            worker = None  # the split layout's own worker, only while its runs go
-            try:
+            with ExitStack() as stack:  # the split layout's own worker, only while its runs go
                 if layout == "split":
                     wcpus, lcpus = halves()
-                    worker, url = start_split_worker(a.config, sets, wcpus,
-                                                     RESULTS / f"{tag}-worker{r}")
+                    url = stack.enter_context(
+                        split_worker(cfg, wcpus, RESULTS / f"{tag}-worker{r}"))
                 for on in (False, True):
                     name = f"{tag}-{layout}-{'on' if on else 'off'}{r}"
                     extra = [*sets, f"rollout.overlap={str(on).lower()}"]
-                    run = (run_ours(a.config, a.steps, extra, name) if worker is None else
+                    run = (run_ours(a.config, a.steps, extra, name) if layout == "shared" else
                            split_run(a.config, a.steps, extra, lcpus, url,
                                      f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"))
                     if run["exit_code"] != 0:
                         raise SystemExit(f"{name} failed (exit {run['exit_code']}): "
                                          f"{run['run_dir']}")
                     runs.setdefault((layout, on), []).append(run)
-            finally:
-                if worker is not None:
-                    worker.send_signal(signal.SIGTERM)
-                    worker.wait(timeout=120)
     result, rows = {}, []
     for layout in layouts:
-        base = None
+        off = summary(runs[(layout, False)], a.warmup, ranks[layout] * per_rank)
         for on in (False, True):
-            pooled = {"run_dir": "", "rows": [], "wall": []}
-            for run in runs[(layout, on)]:
-                pooled["rows"] += run["rows"][a.warmup:]
-                pooled["wall"] += run["wall"][a.warmup:]
-                pooled["run_dir"] = run["run_dir"]
-            s = summary(pooled, 0)
-            s["completions_per_s"] = s["ranks"] * per_rank / s["wall"]
-            base = base or s["completions_per_s"]
-            s["speedup"] = s["completions_per_s"] / base
+            s = summary(runs[(layout, on)], a.warmup, ranks[layout] * per_rank)
+            s["speedup"] = s["completions_per_s"] / off["completions_per_s"]
             result[f"{layout}-{'on' if on else 'off'}"] = s
-            rows.append([layout, "on" if on else "off", s["ranks"], s["wall"], s["generate"],
+            rows.append([layout, "on" if on else "off", ranks[layout], s["wall"], s["generate"],
                          s["learner"], s["rollout_wait"], s["sync"], s["completions_per_s"],
                          f"{s['speedup']:.2f}x"])
     print(f"\nrollout.overlap off/on ({cfg.model.name_or_path}; medians of {a.rounds} "

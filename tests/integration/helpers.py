@@ -89,3 +89,22 @@ def hf_logprobs(model, prompt_ids: list[int], token_ids: list[int]) -> torch.Ten
         logits = model(input_ids=torch.tensor([prompt_ids + token_ids])).logits[0].float()
     logp = torch.log_softmax(logits[len(prompt_ids) - 1:len(prompt_ids) + len(token_ids) - 1], -1)
     return logp.gather(-1, torch.tensor(token_ids).unsqueeze(-1)).squeeze(-1)
+
+
+def worker_logprob_gaps(base_model: Path, run_dir: Path, rows: list[dict],
+                        versions) -> dict[int, float]:
+    """For each adapter version of the run: the mean |log p| gap between the learner's
+    model (base + ``adapters/v<version>``, transformers + peft) and the worker's recorded
+    log-probs of the rollout ``rows``' tokens; near 0 only for the version that sampled."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    gaps = {}
+    for version in versions:
+        model = PeftModel.from_pretrained(base, run_dir / f"adapters/v{version:06d}").eval()
+        diffs = [(hf_logprobs(model, r["prompt_ids"], r["token_ids"])
+                  - torch.tensor(r["worker_logprobs"])).abs() for r in rows]
+        gaps[version] = torch.cat(diffs).mean().item()
+        base = model.unload()
+    return gaps

@@ -10,9 +10,8 @@ import os
 import subprocess
 
 import pytest
-import torch
 
-from tests.integration.helpers import REPO, cli_command, hf_logprobs
+from tests.integration.helpers import REPO, cli_command, worker_logprob_gaps
 
 pytestmark = pytest.mark.integration
 STEPS = 3
@@ -53,19 +52,9 @@ def test_each_batch_is_sampled_one_version_behind(run):
 def test_the_worker_sampled_the_last_batch_under_exactly_v_k_minus_2(run, warm_model):
     """The workers' in-place load waits for every rank's sampling: had v(k-1) been loaded
     while a rank still sampled, its tokens' worker log-probs would follow v(k-1)."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
     rows = [json.loads(x) for x in (run / "rollouts.rank1.jsonl").read_text().splitlines()]
     rows = [r for r in rows if r["step"] == STEPS][:16]
-    base = AutoModelForCausalLM.from_pretrained(warm_model, dtype=torch.float32)
-    gaps = {}
-    for version in (STEPS - 2, STEPS - 1):
-        model = PeftModel.from_pretrained(base, run / f"adapters/v{version:06d}").eval()
-        diffs = [(hf_logprobs(model, r["prompt_ids"], r["token_ids"])
-                  - torch.tensor(r["worker_logprobs"])).abs() for r in rows]
-        gaps[version] = torch.cat(diffs).mean().item()
-        base = model.unload()
+    gaps = worker_logprob_gaps(warm_model, run, rows, (STEPS - 2, STEPS - 1))
     assert gaps[STEPS - 2] < 1e-4, gaps
     assert gaps[STEPS - 1] > 10 * gaps[STEPS - 2], gaps
 

@@ -14,10 +14,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
-from tests.integration.helpers import alive, hf_logprobs, worker_pids
+from tests.integration.helpers import alive, worker_logprob_gaps, worker_pids
 from trainer.schedules import lr_factor
 
 pytestmark = pytest.mark.integration
@@ -90,20 +89,10 @@ def test_lora_weights_changed(run):
 
 
 def test_worker_logprobs_match_learner_under_pushed_adapter(run, warm_model):
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
     run_dir, _ = run
     rows = _rows(run_dir, STEPS)  # sampled under adapter v(STEPS-1)
     assert rows and {r["adapter_version"] for r in rows} == {STEPS - 1}
-    base = AutoModelForCausalLM.from_pretrained(warm_model, dtype=torch.float32)
-    gaps = {}
-    for version in (STEPS - 1, 0):
-        model = PeftModel.from_pretrained(base, run_dir / f"adapters/v{version:06d}").eval()
-        diffs = [(hf_logprobs(model, r["prompt_ids"], r["token_ids"])
-                  - torch.tensor(r["worker_logprobs"])).abs() for r in rows[:16]]
-        gaps[version] = torch.cat(diffs).mean().item()
-        base = model.unload()
+    gaps = worker_logprob_gaps(warm_model, run_dir, rows[:16], (STEPS - 1, 0))
     assert gaps[STEPS - 1] < LOGP_TOL_MEAN, gaps
     assert gaps[0] > 10 * gaps[STEPS - 1], gaps
 
