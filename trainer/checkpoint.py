@@ -54,6 +54,7 @@ from rollout.adapter_store import (
     atomic_write_text,
 )
 from trainer.config import StageConfig, save_config
+from trainer.dist import all_ranks_ok
 
 CHECKPOINTS = "checkpoints"
 LATEST = "LATEST"
@@ -161,16 +162,6 @@ def resume_point(run_dir: Path, cfg: StageConfig, world: int) -> tuple[Path, dic
 
 
 # ---------------------------------------------------------------------------- writing
-
-
-def _all_ranks_ok(ok: bool) -> bool:
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return ok
-    flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
 
 
 def _fsync_tree(root: Path) -> dict[str, int]:
@@ -301,7 +292,7 @@ def save(cfg: StageConfig, run_dir: Path, step: int, *, learner, sampler, adapte
     final, tmp = root / f"{PREFIX}{step:06d}", root / f".tmp-{PREFIX}{step:06d}"
     need = _needed_bytes(run_dir, learner)
     problem = _prepare(root, tmp, need) if rank == 0 else None
-    if not _all_ranks_ok(problem is None):
+    if not all_ranks_ok(problem is None, learner.device):
         raise CheckpointError(failure_message(cfg, run_dir, step, root, problem)
                               if rank == 0 else "see rank 0")
     try:
@@ -313,13 +304,13 @@ def save(cfg: StageConfig, run_dir: Path, step: int, *, learner, sampler, adapte
             shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(failure_message(cfg, run_dir, step, tmp, reason)) from None
     problem = None
-    if _all_ranks_ok(True) and rank == 0:
+    if all_ranks_ok(True, learner.device) and rank == 0:
         try:
             _finalize(cfg, run_dir, step, tmp, final, adapter_dir, world)
         except (OSError, RuntimeError) as exc:
             problem = _reason(exc, root, need)
             shutil.rmtree(tmp, ignore_errors=True)
-    if not _all_ranks_ok(problem is None):
+    if not all_ranks_ok(problem is None, learner.device):
         raise CheckpointError(failure_message(cfg, run_dir, step, root, problem)
                               if rank == 0 else "see rank 0")
     if rank == 0:

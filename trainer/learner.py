@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from trainer.config import StageConfig, check_zero3
-from trainer.dist import rank_and_world
+from trainer.dist import all_reduce_, rank_and_world
 from trainer.grpo import TOKEN_SELECTIONS, grpo_loss
 from trainer.schedules import lr_factor
 from trainer.types import RolloutBatch
@@ -172,8 +172,6 @@ def balance_kl(shares: torch.Tensor, prior: torch.Tensor) -> tuple[torch.Tensor,
     to the prior (the labels' ratio: 50/50 in Stage I) removes that shared drift and leaves
     how the choice differs between prompts to the reward (the marginal-entropy term of
     mutual-information objectives)."""
-    import torch.distributed as dist
-
     if shares.shape[-1] > MAX_OPTIONS:
         raise ValueError(f"a balanced choice has {shares.shape[-1]} options; at most "
                          f"{MAX_OPTIONS} are supported")
@@ -182,10 +180,8 @@ def balance_kl(shares: torch.Tensor, prior: torch.Tensor) -> tuple[torch.Tensor,
     local = torch.nn.functional.pad(shares, (0, pad)).sum(0)  # [MAX_OPTIONS], with grad
     total = torch.stack([local.detach(), torch.nn.functional.pad(prior, (0, pad)).sum(0)])
     total = torch.cat([total.flatten(), total.new_tensor([float(shares.shape[0])])])
-    world = 1
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        world = dist.get_world_size()
-        dist.all_reduce(total)
+    world = rank_and_world()[1]
+    all_reduce_(total)  # on the shares' device (the learner's): NCCL takes CUDA tensors only
     n, sums, priors = total[-1], total[:MAX_OPTIONS], total[MAX_OPTIONS:2 * MAX_OPTIONS]
     k = int((priors > 0).sum())
     if float(n) == 0 or k == 0:

@@ -217,7 +217,7 @@ def train(args: argparse.Namespace) -> None:
         local.update(timer.as_metrics())
         # faults/*: this rank's counts times the world size, so the mean below is the sum
         local.update({f"faults/{k}": float(v * world) for k, v in client.take_faults().items()})
-        record = mean_across_ranks(local)
+        record = mean_across_ranks(local, learner.device)
         if rank == 0:
             record.update(step=step, adapter_version=step,
                           sampled_with_version=int(batch.adapter_version.max()),
