@@ -16,8 +16,7 @@ def generate(model, tokenizer, prompts: list[list[int]], n: int, max_new_tokens:
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
     mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(p) for p in prompts])[:, None])
-    kwargs = ({"do_sample": False} if temperature == 0 else
-              {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0})
+    kwargs = sampling_kwargs(temperature)
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=mask.long(), max_new_tokens=max_new_tokens,
                              num_return_sequences=n, pad_token_id=pad, use_cache=True,
@@ -25,6 +24,16 @@ def generate(model, tokenizer, prompts: list[list[int]], n: int, max_new_tokens:
     stops = set(_stop_ids(model, tokenizer))
     rows = [_cut(r.tolist(), stops) for r in out[:, width:]]
     return [rows[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+
+def sampling_kwargs(temperature: float) -> dict:
+    """``generate`` settings for the plain softmax at ``temperature`` (0: greedy). Every field
+    is stated: the model's generation_config.json (Qwen2.5-Instruct's: top_k 20, top_p 0.8, a
+    repetition penalty) fills any left out, in greedy decoding too."""
+    kwargs = ({"do_sample": False} if temperature == 0 else
+              {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0,
+               "min_p": None})
+    return {**kwargs, "repetition_penalty": 1.0}
 
 
 def _stop_ids(model, tokenizer) -> list[int]:

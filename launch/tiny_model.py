@@ -3,7 +3,8 @@
 ``make tiny-model`` runs this. The result is a folder written by ``save_pretrained`` (config,
 safetensors weights, tokenizer.json, chat template, generation config) that everything loads
 with ``from_pretrained``, exactly like ``Qwen/Qwen2.5-1.5B-Instruct``; no code path knows it
-is tiny.
+is tiny. Its generation config carries Qwen2.5-Instruct's sampling defaults (top-k 20, a
+repetition penalty, ...), so a sampler that lets a model's defaults in fails here too.
 
 - Tokenizer: byte-level BPE (as Qwen2's) trained on text the stock task renders, with digits
   split one per token (as Qwen2 does), and a ChatML chat template with Qwen's special tokens.
@@ -25,6 +26,11 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# Qwen2.5-1.5B-Instruct's generation_config.json sampling defaults. vLLM and transformers
+# fill any sampling field a caller leaves out from these; carrying them makes every CPU test
+# that compares sampled log-probs with the learner's fail if they ever reach sampling.
+QWEN_SAMPLING_DEFAULTS = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20,
+                          "repetition_penalty": 1.1}
 
 
 def _corpus(seed: int) -> list[str]:
@@ -104,6 +110,7 @@ def build(out: str, vocab_size: int = 1024, hidden: int = 256, layers: int = 2,
         bos_token_id=config.bos_token_id,
         eos_token_id=[config.eos_token_id, config.bos_token_id],
         pad_token_id=config.pad_token_id,
+        **QWEN_SAMPLING_DEFAULTS,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)

@@ -33,6 +33,20 @@ from pathlib import Path
 
 from rollout.server import WorkerError
 
+# Sampling fields the learner's math depends on, stated in every request besides temperature
+# and top_p: the learner scores the plain softmax at the rollout temperature, so nothing may
+# truncate or reshape what the workers sample from. A field a request leaves out, vLLM fills
+# from the model's generation_config.json (Qwen2.5-Instruct: top_k 20, top_p 0.8,
+# temperature 0.7, repetition penalty 1.1); the workers also start with
+# ``--generation-config vllm`` (rollout/server.py), so neither path lets them in.
+PLAIN_SAMPLING = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0,
+                  "presence_penalty": 0.0, "frequency_penalty": 0.0}
+
+
+def sampling_fields(temperature: float, top_p: float) -> dict[str, float]:
+    """Every sampling field of a completion request: temperature 0 is greedy decoding."""
+    return {"temperature": temperature, "top_p": top_p, **PLAIN_SAMPLING}
+
 
 class WorkerUnavailable(WorkerError):
     """The worker did not answer (refused, reset, timed out) or failed server-side (5xx)."""
@@ -215,7 +229,7 @@ class RolloutClient:
 
         def body(i: int) -> dict:
             out = {"model": self.adapter_name, "prompt": prompts[i], "n": n,
-                   "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p,
+                   "max_tokens": max_tokens, **sampling_fields(temperature, top_p),
                    "logprobs": 0, "return_token_ids": True, "skip_special_tokens": True}
             if seed is not None:
                 out["seed"] = seed + i * n

@@ -82,6 +82,10 @@ class WorkerSpec:
             "--gpu-memory-utilization", str(self.gpu_memory_utilization),
             "--seed", str(self.seed),
             "--logprobs-mode", "processed_logprobs",
+            # vLLM's neutral sampling defaults, not the model's generation_config.json: a
+            # request that leaves a field out is not sampled top-k / with a repetition
+            # penalty the learner does not score (rollout/client.py states them all too)
+            "--generation-config", "vllm",
             "--disable-uvicorn-access-log",
         ]
         if self.tensor_parallel_size > 1:

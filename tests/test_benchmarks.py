@@ -138,3 +138,26 @@ def test_run_timed_reads_each_steps_wall_interval_from_its_metrics_line(tmp_path
     assert run["exit_code"] == 0 and [r["step"] for r in run["rows"]] == [1, 2, 3]
     assert len(run["wall"]) == 3 and all(w >= 0.35 for w in run["wall"][1:])
     assert (tmp_path / "run.log").is_file()
+
+
+def test_hf_generate_samples_the_plain_softmax_despite_the_models_defaults(warm_model):
+    """The embedded model ships Qwen2.5-Instruct's top_k 20 and repetition penalty; the
+    baseline's generate settings must override them: each step's processed scores are the
+    plain log-softmax of the model's logits (so sampling is from the learner's distribution)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from benchmarks.hf_generate import sampling_kwargs
+
+    model = AutoModelForCausalLM.from_pretrained(warm_model, dtype=torch.float32).eval()
+    prompt = torch.tensor([[1, 40, 41, 42, 43, 40, 41]])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
+                             max_new_tokens=12, output_scores=True,
+                             return_dict_in_generate=True, pad_token_id=0,
+                             **sampling_kwargs(1.0))
+        logits = model(out.sequences).logits[0, prompt.shape[1] - 1:-1]
+    processed = torch.log_softmax(torch.stack(out.scores)[:, 0], -1)
+    steps = len(out.scores)
+    assert torch.allclose(processed, torch.log_softmax(logits[:steps], -1), atol=1e-4)

@@ -31,3 +31,12 @@ def test_tokenizer_round_trips_prompts_and_has_chat_template(tiny_model):
     assert text.endswith("<|im_start|>assistant\n")
     assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
     assert tok.eos_token == "<|im_end|>"
+
+
+def test_generation_config_carries_qwen_instruct_sampling_defaults(tiny_model, warm_model):
+    """The embedded models look like Qwen2.5-Instruct to a sampler: if the model's defaults
+    ever reach sampling (top-k 20, a repetition penalty), the log-prob comparisons fail."""
+    for folder in (tiny_model, warm_model):
+        gen = json.loads((folder / "generation_config.json").read_text())
+        assert gen["top_k"] == 20 and gen["top_p"] == 0.8 and gen["temperature"] == 0.7
+        assert gen["repetition_penalty"] == 1.1 and gen["do_sample"] is True

@@ -81,3 +81,28 @@ def test_pushed_adapter_is_what_the_worker_samples_with(worker, adapters):
         gaps[version] = torch.cat(diffs).mean().item()
     assert gaps[1] < LOGP_TOL_MEAN, f"worker vs learner under the pushed adapter: {gaps}"
     assert gaps[0] > 20 * LOGP_TOL_MEAN, f"adapters should be distinguishable: {gaps}"
+
+
+def test_a_request_that_leaves_sampling_fields_out_gets_the_plain_softmax(worker, warm_model):
+    """The embedded model ships Qwen2.5-Instruct's sampling defaults (top_k 20, repetition
+    penalty 1.1, ...). A request that states only its temperature, as any OpenAI client may
+    send, is sampled from the plain softmax the learner scores: the worker starts with
+    ``--generation-config vllm`` (without it, vLLM fills the missing fields from the model)."""
+    import json
+    import urllib.request
+
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(warm_model, dtype=torch.float32).eval()
+    prompt = [1, 40, 41, 42, 43]
+    body = {"model": "base", "prompt": prompt, "n": 4, "max_tokens": 16, "temperature": 1.0,
+            "logprobs": 0, "return_token_ids": True, "seed": 3}
+    req = urllib.request.Request(f"{worker.urls[0]}/v1/completions",
+                                 data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=300) as resp:
+        choices = json.loads(resp.read())["choices"]
+    diffs = [(hf_logprobs(base, prompt, c["token_ids"])
+              - torch.tensor(c["logprobs"]["token_logprobs"])).abs() for c in choices]
+    gap = torch.cat(diffs).mean().item()
+    assert gap < LOGP_TOL_MEAN, f"worker vs the plain softmax: mean |gap| {gap:.2e}"
