@@ -101,7 +101,7 @@ def test_damaged_checkpoint_is_refused(trained):
 
 
 def test_a_pickle_with_code_is_refused(tmp_path):
-    from trainer.learner import safe_torch_load
+    from trainer.safe_state import safe_torch_load
 
     path = tmp_path / "evil.pt"
     torch.save({"x": torch.zeros(1), "f": shutil.rmtree}, path)

@@ -129,6 +129,13 @@ class TrainConfig:
     steps: int = 500
     prompts_per_rank: int = 8
     micro_batch_size: int = 8  # sequences per learner forward/backward
+    # recompute each decoder layer's activations in the backward instead of keeping them all
+    # (the GPU configs turn it on; `stonk plan` counts the learner's memory either way)
+    gradient_checkpointing: bool = False
+    # completion positions per pass of the output head when scoring (trainer/logprobs.py):
+    # bounds the float32 [positions, vocab] logits, ~0.6 GB at 1024 x Qwen2.5's 151,936;
+    # 0 = a whole micro-batch at once
+    logits_chunk_tokens: int = 1024
     learning_rate: float = 1e-5  # the peak; lr_schedule shapes it over the steps
     # trainer/schedules.py: constant | linear | cosine after a linear warm-up of warmup_steps,
     # down to min_lr_ratio x learning_rate; a function of the step (nothing to checkpoint)
@@ -395,6 +402,8 @@ def validate(cfg: StageConfig) -> None:
          f"train.micro_batch_size: {cfg.train.micro_batch_size} must divide "
          f"train.prompts_per_rank * rollout.group_size = "
          f"{cfg.train.prompts_per_rank * cfg.rollout.group_size}"),
+        (cfg.train.logits_chunk_tokens >= 0,
+         "train.logits_chunk_tokens: must be >= 0 (0: a whole micro-batch at once)"),
         (cfg.train.learning_rate > 0, "train.learning_rate: must be > 0"),
         (cfg.train.warmup_steps >= 0, "train.warmup_steps: must be >= 0"),
         (0 <= cfg.train.min_lr_ratio <= 1, "train.min_lr_ratio: must be in [0, 1]"),

@@ -1,14 +1,14 @@
 """The learner: a peft LoRA policy on a (optionally 4-bit) base, trained under DeepSpeed.
 
-Owns model loading, token log-probs of sampled completions (policy and reference), the GRPO
-update and adapter saving. The reference policy is the same model with the adapter disabled,
-so there is no second model copy.
+Owns model loading, the GRPO update (policy and reference log-probs come from
+trainer/logprobs.py, which never holds the full-vocabulary logits) and adapter saving. The
+reference policy is the same model with the adapter disabled, so there is no second model
+copy.
 
 Training state for checkpoints (``save_state`` / ``load_state``, called by
 trainer/checkpoint.py): under DeepSpeed the engine's own checkpoint (the trainable LoRA
-weights only, each rank's ZeRO optimizer partition, scheduler, step counters), loaded back
-through ``torch.load(weights_only=True)`` with an explicit allowlist of the three DeepSpeed
-types its files hold, instead of DeepSpeed's default ``weights_only=False`` unpickling.
+weights only, each rank's ZeRO optimizer partition, scheduler, step counters), read back
+with the allowlist of trainer/safe_state.py.
 
 The update bypasses ``accelerator.backward`` on purpose: with DeepSpeed it steps the engine
 on every call, while we accumulate gradients over micro-batches; ``engine.backward`` /
@@ -26,6 +26,8 @@ import torch
 from trainer.config import StageConfig, check_zero3
 from trainer.dist import all_reduce_, rank_and_world
 from trainer.grpo import TOKEN_SELECTIONS, grpo_loss
+from trainer.logprobs import token_logprobs
+from trainer.safe_state import only_trainable_in_module_state, safe_torch_load
 from trainer.schedules import lr_factor
 from trainer.types import RolloutBatch
 
@@ -44,7 +46,9 @@ def load_tokenizer(cfg: StageConfig):
 
 
 def load_policy(cfg: StageConfig, device: torch.device):
-    """Base model (4-bit nf4 through bitsandbytes when configured) + a fresh LoRA adapter."""
+    """Base model (4-bit nf4 through bitsandbytes when configured) + a fresh LoRA adapter;
+    with ``train.gradient_checkpointing`` each decoder layer's activations are recomputed in
+    the backward instead of kept (the learner's memory then holds one layer's at a time)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -58,74 +62,21 @@ def load_policy(cfg: StageConfig, device: torch.device):
         )
         kwargs["device_map"] = {"": device}
     model = AutoModelForCausalLM.from_pretrained(cfg.model.name_or_path, **kwargs)
+    # non-reentrant: works with frozen inputs (no enable_input_require_grads) and DeepSpeed
+    checkpointing = {"use_reentrant": False}
     if cfg.model.load_in_4bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=cfg.train.gradient_checkpointing,
+            gradient_checkpointing_kwargs=checkpointing)
+    elif cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
     return get_peft_model(model, lora)
 
 
-def build_inputs(prompt_ids: list[list[int]], completion_ids: torch.Tensor,
-                 completion_mask: torch.Tensor, pad_id: int):
-    """Left-pad prompts so every completion starts at column P (the longest prompt).
-
-    Returns input_ids [n, P+T], attention_mask [n, P+T], position_ids [n, P+T], P.
-    Position ids count real tokens only, so they match what the worker used.
-    """
-    n, t = completion_ids.shape
-    p = max(len(x) for x in prompt_ids)
-    input_ids = torch.full((n, p + t), pad_id, dtype=torch.long)
-    attn = torch.zeros((n, p + t), dtype=torch.long)
-    for i, ids in enumerate(prompt_ids):
-        input_ids[i, p - len(ids):p] = torch.tensor(ids, dtype=torch.long)
-        attn[i, p - len(ids):p] = 1
-    input_ids[:, p:] = completion_ids
-    attn[:, p:] = completion_mask.long()
-    position_ids = (attn.cumsum(dim=1) - 1).clamp(min=0)
-    return input_ids, attn, position_ids, p
-
-
-def token_logprobs(model, batch: RolloutBatch, pad_id: int, temperature: float,
-                   device: torch.device, entropy: bool = False, options: bool = False,
-                   choice_lse: bool = False):
-    """log p(sampled token) for every completion position: [n, T] (float32). With
-    ``entropy``, also the detached sampling entropy at each position; with ``choice_lse``,
-    also log p(any of the options) where ``batch.choice_ids`` names a choice's options (0
-    elsewhere, with grad): (logp, [entropy], [choice_lse]), each [n, T].
-    With ``options`` (the anchor's mode), at those positions log p(any of them) instead of
-    the written token's, and each option's log-prob there: ([n, T], [n, T, K], -inf where
-    no option)."""
-    input_ids, attn, pos, _ = build_inputs(batch.prompt_ids, batch.completion_ids,
-                                           batch.completion_mask, pad_id)
-    t = batch.completion_ids.shape[1]
-    out = model(input_ids=input_ids.to(device), attention_mask=attn.to(device),
-                position_ids=pos.to(device), logits_to_keep=t + 1, use_cache=False)
-    logits = out.logits[:, :t].float() / temperature  # position j predicts completion token j
-    logp = torch.log_softmax(logits, dim=-1)
-    picked = logp.gather(-1, batch.completion_ids.to(device).unsqueeze(-1)).squeeze(-1)
-    if options:
-        if batch.choice_ids is None:
-            return picked, None
-        ids = batch.choice_ids.to(device)
-        alts = logp.gather(-1, ids.clamp(min=0)).masked_fill(ids < 0, float("-inf"))
-        return torch.where(ids[..., 0] >= 0, torch.logsumexp(alts, -1), picked), alts
-    extra = []
-    if entropy:
-        with torch.no_grad():  # row by row: one [T, vocab] temporary, not another [n, T, V]
-            extra.append(torch.stack([-(row.exp() * row).sum(dim=-1) for row in logp]))
-    if choice_lse:
-        lse = torch.zeros_like(picked)
-        if batch.choice_ids is not None:
-            ids = batch.choice_ids.to(device)
-            alts = logp.gather(-1, ids.clamp(min=0)).masked_fill(ids < 0, float("-inf"))
-            at = ids[..., 0] >= 0
-            lse = torch.where(at, torch.logsumexp(alts.masked_fill(~at[..., None], 0.0), -1),
-                              lse)
-        extra.append(lse)
-    return (picked, *extra) if extra else picked
-
-
-def anchor_terms(model, anchor: RolloutBatch, pad_id: int, device: torch.device):
+def anchor_terms(model, anchor: RolloutBatch, pad_id: int, device: torch.device,
+                 chunk_tokens: int = 0):
     """The anchor's two terms from one forward (temperature 1, with grad):
 
     - the mean NLL per token of the reference answers. The tokens of their free choices
@@ -137,7 +88,8 @@ def anchor_terms(model, anchor: RolloutBatch, pad_id: int, device: torch.device)
       probabilities renormalised over them) and their priors: ([M, K], [M, K]), M rows
       that have one (M = 0: empty tensors). ``balance_kl`` turns them into the balance term.
     """
-    logp, alts = token_logprobs(model, anchor, pad_id, 1.0, device, options=True)
+    logp, alts = token_logprobs(model, anchor, pad_id, 1.0, device, options=True,
+                                chunk_tokens=chunk_tokens)
     mask = anchor.completion_mask.to(device)
     if anchor.decision_mask is not None:
         held = 1.0 - anchor.decision_mask.to(device)
@@ -227,7 +179,8 @@ class Learner:
         ctx = nullcontext() if adapter else self.peft_model.disable_adapter()
         with ctx:
             return token_logprobs(self.model, batch, self.pad_id, self.cfg.rollout.temperature,
-                                  self.device, entropy=entropy, choice_lse=choice_lse)
+                                  self.device, entropy=entropy, choice_lse=choice_lse,
+                                  chunk_tokens=self.cfg.train.logits_chunk_tokens)
 
     def set_step(self, step: int) -> float:
         """Set the learning rate of optimizer step ``step`` (1-based, ``train.lr_schedule``);
@@ -321,7 +274,8 @@ class Learner:
         chunk = None if anchor is None else anchor.slice(k * per_anchor, (k + 1) * per_anchor)
         loss = torch.zeros((), device=self.device)
         if chunk is not None and len(chunk):
-            nll, share, prior = anchor_terms(self.model, chunk, self.pad_id, self.device)
+            nll, share, prior = anchor_terms(self.model, chunk, self.pad_id, self.device,
+                                             tc.logits_chunk_tokens)
             if tc.anchor_coef > 0:
                 loss = loss + tc.anchor_coef * nll
                 nlls.append(float(nll.detach()))
@@ -361,7 +315,7 @@ class Learner:
     def save_state(self, path: Path) -> None:
         """Collective: every rank writes its part of the optimizer state under ``path``."""
         if self.is_deepspeed:
-            _only_trainable_in_module_state(self.model)
+            only_trainable_in_module_state(self.model)
             self.model.save_checkpoint(str(path), tag=STATE_TAG, client_state={},
                                        save_latest=False, exclude_frozen_parameters=True)
             return
@@ -412,52 +366,3 @@ def out_of_memory_message(cfg: StageConfig, batch: RolloutBatch, exc: Exception)
             f"rollout.max_tokens ({rc.max_tokens}); with a colocated worker also "
             f"rollout.gpu_memory_utilization ({rc.gpu_memory_utilization}); or set "
             f"model.load_in_4bit: true (now {cfg.model.load_in_4bit}).")
-
-
-def _only_trainable_in_module_state(engine) -> None:
-    """DeepSpeed's ``exclude_frozen_parameters`` keeps frozen weights that are tied to another
-    name (a tied ``lm_head.weight``: 233M parameters for Qwen2.5-1.5B). Keep only the
-    trainable ones: the LoRA weights are all a checkpoint needs from the module."""
-    if getattr(engine, "_stonk_trainable_only", False):
-        return
-    trainable = {n for n, p in engine.module.named_parameters(remove_duplicate=False)
-                 if p.requires_grad}
-    full = engine.module_state_dict
-
-    def module_state_dict(*args, exclude_frozen_parameters=False, **kwargs):
-        sd = full(*args, exclude_frozen_parameters=exclude_frozen_parameters, **kwargs)
-        if exclude_frozen_parameters:
-            for name in [k for k in sd if k not in trainable]:
-                del sd[name]
-        return sd
-
-    engine.module_state_dict = module_state_dict
-    engine._stonk_trainable_only = True
-
-
-def _deepspeed_safe_globals() -> list:
-    """The non-tensor types DeepSpeed's ZeRO checkpoint files hold (seen in 0.19)."""
-    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
-
-
-def safe_torch_load(path, map_location=None):
-    """``torch.load(weights_only=True)``: tensors, containers, numbers, and the DeepSpeed
-    types above; anything else in the file is refused rather than unpickled."""
-    allowed = []
-    try:
-        allowed = _deepspeed_safe_globals()
-    except ImportError:  # pragma: no cover - deepspeed is a dependency
-        pass
-    with torch.serialization.safe_globals(allowed):
-        try:
-            return torch.load(path, map_location=map_location or "cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - UnpicklingError and friends
-            if "Weights only load failed" not in str(exc):
-                raise
-            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-            raise RuntimeError(f"{path}: refusing to unpickle types outside the allowlist "
-                               f"(torch.load weights_only=True): {unsafe}") from None

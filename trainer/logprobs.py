@@ -1,0 +1,136 @@
+"""Token log-probs of sampled completions under the learner's model, without the
+full-vocabulary tensor.
+
+The naive way asks the model for logits at every completion position, ``[n, T, vocab]`` in
+the model's dtype, then a float32 copy and a log-softmax of it: with Qwen2.5's 151,936-token
+vocabulary that is ~1.9 GB per float32 copy at 8 x 384 tokens, held again by autograd for
+the backward. Here the model runs with ``logits_to_keep=1`` while a forward hook keeps the
+decoder's last hidden state ``[n, T, H]``; the output head then runs over at most
+``chunk_tokens`` positions at a time, and under autograd each chunk is checkpointed, so only
+the hidden states are kept for the backward and one chunk's logits are recomputed there. The
+results equal the naive computation (``log_softmax`` of the float32 logits) to float32
+rounding; tests/test_logprobs.py holds that, gradients included.
+
+Assumes the head is the whole map from hidden state to logits (true of Qwen2 and the Llama
+family; not of models that soft-cap their final logits).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from trainer.types import RolloutBatch
+
+
+def build_inputs(prompt_ids: list[list[int]], completion_ids: torch.Tensor,
+                 completion_mask: torch.Tensor, pad_id: int):
+    """Left-pad prompts so every completion starts at column P (the longest prompt).
+
+    Returns input_ids [n, P+T], attention_mask [n, P+T], position_ids [n, P+T], P.
+    Position ids count real tokens only, so they match what the worker used.
+    """
+    n, t = completion_ids.shape
+    p = max(len(x) for x in prompt_ids)
+    input_ids = torch.full((n, p + t), pad_id, dtype=torch.long)
+    attn = torch.zeros((n, p + t), dtype=torch.long)
+    for i, ids in enumerate(prompt_ids):
+        input_ids[i, p - len(ids):p] = torch.tensor(ids, dtype=torch.long)
+        attn[i, p - len(ids):p] = 1
+    input_ids[:, p:] = completion_ids
+    attn[:, p:] = completion_mask.long()
+    position_ids = (attn.cumsum(dim=1) - 1).clamp(min=0)
+    return input_ids, attn, position_ids, p
+
+
+def _inner(model):
+    """The transformers/peft model under DeepSpeed's engine or DDP (they keep it as .module)."""
+    return getattr(model, "module", model)
+
+
+def completion_hidden(model, batch: RolloutBatch, pad_id: int,
+                      device: torch.device) -> torch.Tensor:
+    """The decoder's last hidden state at each position that predicts a completion token:
+    [n, T, H] (position j predicts completion token j). The forward goes through ``model``
+    itself (DeepSpeed's engine included) and computes logits at one position only."""
+    input_ids, attn, pos, _ = build_inputs(batch.prompt_ids, batch.completion_ids,
+                                           batch.completion_mask, pad_id)
+    t = batch.completion_ids.shape[1]
+    kept: dict[str, torch.Tensor] = {}
+
+    def keep(module, args, output):
+        kept["h"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
+
+    handle = _inner(model).get_decoder().register_forward_hook(keep)
+    try:
+        model(input_ids=input_ids.to(device), attention_mask=attn.to(device),
+              position_ids=pos.to(device), logits_to_keep=1, use_cache=False)
+    finally:
+        handle.remove()
+    return kept["h"][:, -(t + 1):-1]
+
+
+def _chunk_scores(head, temperature: float, entropy: bool, h: torch.Tensor,
+                  ids: torch.Tensor, choices: torch.Tensor | None):
+    """One chunk of K positions: (log p of ``ids`` [K], log p of each option [K, C] with -inf
+    where none (or None), the sampling entropy [K] detached (or None))."""
+    logits = head(h).float() / temperature  # [K, vocab]: the only full-vocabulary tensor
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+    picked = (logits.gather(-1, ids[:, None]) - lse).squeeze(-1)
+    alts = None
+    if choices is not None:
+        alts = (logits.gather(-1, choices.clamp(min=0)) - lse).masked_fill(choices < 0,
+                                                                         float("-inf"))
+    ent = None
+    if entropy:
+        with torch.no_grad():
+            logp = logits - lse
+            ent = -(logp.exp() * logp).sum(-1)
+    return picked, alts, ent
+
+
+def token_logprobs(model, batch: RolloutBatch, pad_id: int, temperature: float,
+                   device: torch.device, entropy: bool = False, options: bool = False,
+                   choice_lse: bool = False, chunk_tokens: int = 0):
+    """log p(sampled token) for every completion position: [n, T] (float32). With
+    ``entropy``, also the detached sampling entropy at each position; with ``choice_lse``,
+    also log p(any of the options) where ``batch.choice_ids`` names a choice's options (0
+    elsewhere, with grad): (logp, [entropy], [choice_lse]), each [n, T].
+    With ``options`` (the anchor's mode), at those positions log p(any of them) instead of
+    the written token's, and each option's log-prob there: ([n, T], [n, T, K], -inf where
+    no option). ``chunk_tokens``: positions per pass of the output head (0: all at once)."""
+    h = completion_hidden(model, batch, pad_id, device)
+    n, t = batch.completion_ids.shape
+    flat_h = h.reshape(n * t, h.shape[-1])
+    ids = batch.completion_ids.to(device).reshape(-1)
+    want_choices = (options or choice_lse) and batch.choice_ids is not None
+    choices = batch.choice_ids.to(device).reshape(n * t, -1) if want_choices else None
+    score = partial(_chunk_scores, _inner(model).get_output_embeddings(), temperature, entropy)
+    size = chunk_tokens if chunk_tokens > 0 else max(n * t, 1)
+    recompute = torch.is_grad_enabled() and flat_h.requires_grad and size < n * t
+    parts = []
+    for s in range(0, n * t, size):
+        args = (flat_h[s:s + size], ids[s:s + size],
+                None if choices is None else choices[s:s + size])
+        parts.append(checkpoint(score, *args, use_reentrant=False) if recompute
+                     else score(*args))
+    picked = torch.cat([p[0] for p in parts]).view(n, t)
+    alts = None if choices is None else torch.cat([p[1] for p in parts]).view(n, t, -1)
+    if options:
+        if alts is None:
+            return picked, None
+        at = batch.choice_ids.to(device)[..., 0] >= 0
+        return torch.where(at, torch.logsumexp(alts, -1), picked), alts
+    extra = []
+    if entropy:
+        extra.append(torch.cat([p[2] for p in parts]).view(n, t))
+    if choice_lse:
+        lse = torch.zeros_like(picked)
+        if alts is not None:
+            at = batch.choice_ids.to(device)[..., 0] >= 0
+            lse = torch.where(at, torch.logsumexp(alts.masked_fill(~at[..., None], 0.0), -1),
+                              lse)
+        extra.append(lse)
+    return (picked, *extra) if extra else picked
