@@ -1,7 +1,7 @@
 """Checks that run before anything heavy starts, in the user's terms, with the way out.
 
-Are the model and the data there, are there enough GPUs for the listed indices, is 4-bit
-possible, does the model need custom code the config did not allow, does the workers' KV
+Are the model and the data there, are there enough GPUs for the listed indices, do they
+support the configured precision (bf16 needs compute capability 8.0), is 4-bit possible, does the model need custom code the config did not allow, does the workers' KV
 cache fit in this machine's free RAM (CPU)? All problems are reported together. The demo
 config runs on this machine with the embedded model.
 
@@ -82,6 +82,36 @@ def gpu_problem(cfg: StageConfig, count: int | None = None) -> str | None:
     return None
 
 
+def precision_problem(cfg: StageConfig,
+                      gpus: dict[int, tuple[str, tuple[int, int]]] | None = None) -> str | None:
+    """bfloat16 (model.dtype for the learner, rollout.dtype for the workers) needs compute
+    capability 8.0 (Ampere) or newer: vLLM refuses it below, and the learner's bf16 would be
+    emulated. ``gpus``: visible GPU index -> (name, capability); None asks torch."""
+    if cfg.launch.device != "cuda":
+        return None
+    fields = [f"{k}: bfloat16" for k, v in (("model.dtype", cfg.model.dtype),
+                                           ("rollout.dtype", cfg.rollout.dtype))
+              if v == "bfloat16"]
+    if not fields:
+        return None
+    if gpus is None:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None  # gpu_problem says so
+        gpus = {i: (torch.cuda.get_device_name(i), torch.cuda.get_device_capability(i))
+                for i in range(torch.cuda.device_count())}
+    la = cfg.launch
+    used = sorted(set(la.worker_gpus) | set(la.learner_gpus)) or sorted(gpus)
+    old = [(i, *gpus[i]) for i in used if i in gpus and tuple(gpus[i][1]) < (8, 0)]
+    if not old:
+        return None
+    i, name, (major, minor) = old[0]
+    return (f"{' and '.join(fields)}: bfloat16 needs a GPU of compute capability 8.0 or newer, "
+            f"GPU {i} ({name}) has {major}.{minor}; use float16: set model.dtype: float16 and "
+            f"rollout.dtype: float16 (configs/stage1_11gb.yaml does)")
+
+
 def quantization_problem(cfg: StageConfig) -> str | None:
     if cfg.model.load_in_4bit and importlib.util.find_spec("bitsandbytes") is None:
         return ("model.load_in_4bit: true needs bitsandbytes, which is not installed: "
@@ -156,6 +186,11 @@ def worker_failure_hint(text: str, cfg: StageConfig) -> str | None:
     rc, mm = cfg.rollout, cfg.model
     now = (f"rollout.gpu_memory_utilization={rc.gpu_memory_utilization}, "
            f"model.max_model_len={mm.max_model_len}, rollout.num_workers={rc.num_workers}")
+    if "less than desired GPU memory utilization" in text:
+        return (f"the GPU did not have the worker's share free when it started (the learner "
+                f"or another process holds it): lower rollout.gpu_memory_utilization, free "
+                f"that GPU, or give the worker a GPU of its own (launch.worker_gpus, "
+                f"launch.colocate={cfg.launch.colocate}) ({now})")
     if "less than desired CPU memory utilization" in text:
         return (f"the worker could not reserve its KV cache in RAM: lower "
                 f"rollout.gpu_memory_utilization or rollout.num_workers ({now})")
@@ -176,8 +211,9 @@ def worker_failure_hint(text: str, cfg: StageConfig) -> str | None:
 
 
 def check(cfg: StageConfig, config_path: str) -> None:
-    checks = (gpu_problem(cfg), model_problem(cfg.model.name_or_path), remote_code_problem(cfg),
-              quantization_problem(cfg), cpu_memory_problem(cfg), data_problem(cfg))
+    checks = (gpu_problem(cfg), precision_problem(cfg), model_problem(cfg.model.name_or_path),
+              remote_code_problem(cfg), quantization_problem(cfg), cpu_memory_problem(cfg),
+              data_problem(cfg))
     problems = [p for p in checks if p]
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)

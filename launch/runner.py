@@ -136,6 +136,14 @@ def accelerate_files(cfg: StageConfig, slot: LearnerSlot) -> tuple[str, str]:
     return acc, ds
 
 
+def mixed_precision(cfg: StageConfig) -> str:
+    """accelerate's --mixed_precision for the learner: what model.dtype says on GPUs (the
+    DeepSpeed files take bf16/fp16 from it: "auto"), none on CPU."""
+    if cfg.launch.device == "cpu":
+        return "no"
+    return {"bfloat16": "bf16", "float16": "fp16"}.get(cfg.model.dtype, "no")
+
+
 def learner_command(cfg: StageConfig, run_dir: Path, module: str, slot: LearnerSlot,
                     probe_port: bool = True, resume: bool = False) -> list[str]:
     port = free_port(slot.main_process_port) if probe_port else slot.main_process_port
@@ -144,6 +152,7 @@ def learner_command(cfg: StageConfig, run_dir: Path, module: str, slot: LearnerS
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", str(REPO_ROOT / acc),
         "--deepspeed_config_file", str(REPO_ROOT / ds),
+        "--mixed_precision", mixed_precision(cfg),
         "--num_processes", str(slot.num_processes),
         "--num_machines", str(slot.num_machines),
         "--machine_rank", str(slot.machine_rank),

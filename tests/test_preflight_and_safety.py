@@ -115,6 +115,13 @@ def test_missing_data_is_named(tmp_path):
      "raise rollout.gpu_memory_utilization or lower model.max_model_len"),
     ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
      "rollout.tensor_parallel_size=1"),
+    # the CUDA build's (vLLM 0.33: v1/worker/utils.py, v1/core/kv_cache_utils.py)
+    ("ValueError: Free memory on device cuda:0 (3.21/10.75 GiB) on startup is less than "
+     "desired GPU memory utilization (0.35, 3.76 GiB). Decrease GPU memory utilization or "
+     "reduce GPU memory used by other processes.", "lower rollout.gpu_memory_utilization"),
+    ("ValueError: To serve at least one request with the model's max seq len (2048), (0.06 "
+     "GiB KV cache is needed, which is larger than the available KV cache memory (0.01 GiB). "
+     "Try increasing `gpu_memory_utilization`", "raise rollout.gpu_memory_utilization"),
     ("ModuleNotFoundError: no module named foo", None),
 ])
 def test_worker_memory_failures_name_the_settings(log, wants):
@@ -184,3 +191,55 @@ def test_workers_bind_loopback_by_default_and_remote_ones_need_a_key(monkeypatch
     monkeypatch.delenv(cfg.rollout.api_key_env, raising=False)
     with pytest.raises(ConfigError, match="need an API key"):
         api_key(cfg, local_plan(cfg))
+
+
+TURING = {0: ("NVIDIA GeForce RTX 2080 Ti", (7, 5))}
+AMPERE = {0: ("NVIDIA A10G", (8, 6))}
+
+
+@pytest.mark.parametrize("model_dtype, rollout_dtype, gpus, field", [
+    ("bfloat16", "bfloat16", TURING, "model.dtype: bfloat16 and rollout.dtype: bfloat16"),
+    ("float16", "bfloat16", TURING, "rollout.dtype: bfloat16"),
+    ("bfloat16", "auto", TURING, "model.dtype: bfloat16"),
+    ("float16", "float16", TURING, None),  # what configs/stage1_11gb.yaml sets
+    ("float16", "auto", TURING, None),  # vLLM's auto falls back to float16 by itself
+    ("bfloat16", "bfloat16", AMPERE, None),
+])
+def test_bfloat16_below_compute_capability_8_is_refused_naming_float16(model_dtype,
+                                                                       rollout_dtype, gpus,
+                                                                       field):
+    cfg = _gpu_cfg(worker_gpus=[0], learner_gpus=[0], colocate=True)
+    cfg.model.dtype, cfg.rollout.dtype = model_dtype, rollout_dtype
+    problem = preflight.precision_problem(cfg, gpus)
+    if field is None:
+        assert problem is None
+    else:
+        assert problem.startswith(field + ":") and "float16" in problem.split(";")[1]
+        assert "GPU 0 (NVIDIA GeForce RTX 2080 Ti) has 7.5" in problem
+
+
+def test_only_the_gpus_the_run_uses_are_judged():
+    cfg = _gpu_cfg(worker_gpus=[1], learner_gpus=[2])
+    gpus = {0: TURING[0], 1: AMPERE[0], 2: AMPERE[0]}
+    assert preflight.precision_problem(cfg, gpus) is None
+    cfg.launch.learner_gpus = [0]
+    assert "GPU 0" in preflight.precision_problem(cfg, gpus)
+
+
+@pytest.mark.parametrize("device, dtype, flag", [
+    ("cuda", "bfloat16", "bf16"), ("cuda", "float16", "fp16"), ("cuda", "float32", "no"),
+    ("cpu", "bfloat16", "no"), ("cpu", "float32", "no")])
+def test_the_learner_launch_takes_its_mixed_precision_from_model_dtype(device, dtype, flag):
+    from launch.plan import local_plan
+    from launch.runner import learner_command
+
+    cfg = StageConfig()
+    cfg.launch.device, cfg.model.dtype = device, dtype
+    cmd = learner_command(cfg, Path("runs/x"), "trainer.train", local_plan(cfg).learner,
+                          probe_port=False)
+    assert cmd[cmd.index("--mixed_precision") + 1] == flag
+    for ds in ("ds_config.json", "launch/accelerate/ds_zero3.json"):  # DeepSpeed follows it
+        import json
+
+        conf = json.loads((REPO / ds).read_text())
+        assert conf["bf16"]["enabled"] == conf["fp16"]["enabled"] == "auto"
