@@ -28,3 +28,17 @@ def tiny_model() -> Path:
 @pytest.fixture(scope="session")
 def warm_model() -> Path:
     return need_model(WARM)
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu`-marked tests need CUDA: skipped, with the reason, where torch sees no GPU."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is false)")
+    for item in gpu_items:
+        item.add_marker(skip)

@@ -27,8 +27,9 @@ def rank_and_world() -> tuple[int, int]:
 
 
 def all_reduce_(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
-    """In-place all-reduce of ``t`` (a no-op without a process group); returns ``t``."""
-    if initialized() and dist.get_world_size() > 1:
+    """In-place all-reduce of ``t`` (a no-op without a process group; with one rank it still
+    runs, so a one-GPU run meets NCCL's rules as a node does); returns ``t``."""
+    if initialized():
         dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN}[op])
     return t
 
@@ -38,7 +39,7 @@ def mean_across_ranks(values: dict[str, float], device: torch.device) -> dict[st
     counters and sums keep their integer parts."""
     keys = sorted(values)
     t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
-    if initialized() and dist.get_world_size() > 1:
+    if initialized():
         all_reduce_(t)
         t /= dist.get_world_size()
     return dict(zip(keys, t.cpu().tolist(), strict=True))

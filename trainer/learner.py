@@ -285,7 +285,7 @@ class Learner:
         if tc.balance_coef > 0:
             kl, mean = balance_kl(share, prior)
             loss = loss + tc.balance_coef * kl
-            logged += tc.balance_coef * float(kl) / rank_and_world()[1]
+            logged += tc.balance_coef * float(kl.detach()) / rank_and_world()[1]
             if share.numel():
                 shares.append(mean)
         return loss, logged

@@ -27,6 +27,17 @@ class PhaseTimer:
         return {f"time/{k}": round(v, 4) for k, v in self.seconds.items()}
 
 
+def gpu_memory(device) -> dict[str, float]:
+    """This rank's peak GPU memory so far, in GiB (torch's allocator: what `stonk plan`'s
+    learner figure is checked against); nothing off CUDA."""
+    if getattr(device, "type", "cpu") != "cuda":
+        return {}
+    import torch
+
+    return {"memory/peak_allocated_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+            "memory/peak_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30}
+
+
 class MetricsWriter:
     """Appends one JSON object per step to ``metrics.jsonl`` (line-buffered, crash safe)."""
 

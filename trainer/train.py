@@ -43,7 +43,7 @@ from trainer.config import ConfigError, load_config, save_config
 from trainer.dist import mean_across_ranks, rank_and_world
 from trainer.evaluate import eval_samples, keep_best, run_eval, save_eval, scalar_metrics
 from trainer.learner import Learner, OutOfMemory
-from trainer.metrics import MetricsWriter, PhaseTimer, Progress
+from trainer.metrics import MetricsWriter, PhaseTimer, Progress, gpu_memory
 from trainer.rollouts import Background, PromptSampler, anchor_batch, collect, write_rollouts
 from trainer.tasks import build_task
 
@@ -215,6 +215,7 @@ def train(args: argparse.Namespace) -> None:
         with timer("sync"):
             publish(step)
         local.update(timer.as_metrics())
+        local.update(gpu_memory(learner.device))  # the mean over ranks of each rank's peak
         # faults/*: this rank's counts times the world size, so the mean below is the sum
         local.update({f"faults/{k}": float(v * world) for k, v in client.take_faults().items()})
         record = mean_across_ranks(local, learner.device)
@@ -233,6 +234,8 @@ def train(args: argparse.Namespace) -> None:
                     record["eval/new_best"] = 1.0
             metrics.write(record)
             print(progress.line(step, record), flush=True)
+            if step == 1:
+                print(base_gap_line(cfg, record["logp_gap"]), flush=True)
 
         # ---- checkpoint (collective: every rank writes its part of the optimizer state)
         if step % cfg.run.checkpoint_every == 0 or step == tc.steps:
@@ -256,6 +259,15 @@ def keep_best_or_stop(cfg, run_dir: Path, adapter: Path, step: int, value: float
     except OSError as exc:
         raise checkpoint.CheckpointError(checkpoint.failure_message(
             cfg, run_dir, step, run_dir / "checkpoints" / "best", str(exc))) from None
+
+
+def base_gap_line(cfg, gap: float) -> str:
+    """Step 1 samples under v0, whose LoRA is still zero: the learner/worker log-prob gap is
+    then the gap between the two bases (a 4-bit base quantizes what the workers serve in
+    full precision), which the importance weight (train.is_cap) corrects for all run long."""
+    base = "nf4 4-bit" if cfg.model.load_in_4bit else cfg.model.dtype
+    return (f"[stage{cfg.stage}] step 1: learner ({base} base) vs workers ({cfg.rollout.dtype}) "
+            f"log-prob gap {gap:.2e} per token, the adapter still zero (logp_gap)")
 
 
 def supervisor_counts(status: Path) -> dict[str, float]:
