@@ -10,6 +10,10 @@ repetition penalty, ...), so a sampler that lets a model's defaults in fails her
   split one per token (as Qwen2 does), and a ChatML chat template with Qwen's special tokens.
 - Weights: random init from a fixed seed. head_dim is 64 because vLLM's CPU attention
   rejects smaller heads.
+- ``--model-vocab N`` gives the model N embedding rows (e.g. Qwen2.5's 151,936) while the
+  tokenizer keeps its few hundred tokens: the rows past the tokenizer are never produced by
+  it, as Qwen pads its own 151,665 tokens to 151,936. It gives a small model Qwen's output
+  head, so the learner's full-vocabulary costs (the logits) show on CPU.
 The build is deterministic: the same arguments give byte-identical files.
 """
 
@@ -81,7 +85,9 @@ def build_tokenizer(vocab_size: int, seed: int):
 
 
 def build(out: str, vocab_size: int = 1024, hidden: int = 256, layers: int = 2,
-          heads: int = 4, kv_heads: int = 2, intermediate: int = 768, seed: int = 0) -> Path:
+          heads: int = 4, kv_heads: int = 2, intermediate: int = 768, seed: int = 0,
+          model_vocab: int = 0) -> Path:
+    """``model_vocab``: embedding rows (0: the tokenizer's size); at least the tokenizer's."""
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
@@ -89,8 +95,11 @@ def build(out: str, vocab_size: int = 1024, hidden: int = 256, layers: int = 2,
     tokenizer = build_tokenizer(vocab_size, seed)
     if hidden // heads < 64:
         raise ValueError(f"hidden/heads = {hidden // heads}: vLLM CPU attention needs >= 64")
+    if model_vocab and model_vocab < len(tokenizer):
+        raise ValueError(f"--model-vocab {model_vocab}: the tokenizer has {len(tokenizer)} "
+                         f"tokens; the model needs at least as many rows")
     config = Qwen2Config(
-        vocab_size=len(tokenizer),
+        vocab_size=model_vocab or len(tokenizer),
         hidden_size=hidden,
         intermediate_size=intermediate,
         num_hidden_layers=layers,
@@ -116,7 +125,8 @@ def build(out: str, vocab_size: int = 1024, hidden: int = 256, layers: int = 2,
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"built {out_dir}: Qwen2 {layers} layers, hidden {hidden}, vocab {len(tokenizer)}, "
+    print(f"built {out_dir}: Qwen2 {layers} layers, hidden {hidden}, vocab {config.vocab_size} "
+          f"(tokenizer {len(tokenizer)}), "
           f"{n_params / 1e6:.2f}M parameters")
     return out_dir
 
@@ -131,8 +141,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kv-heads", type=int, default=2)
     p.add_argument("--intermediate", type=int, default=768)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model-vocab", type=int, default=0,
+                   help="embedding rows of the model (0: the tokenizer's size), e.g. 151936")
     a = p.parse_args(argv)
-    build(a.out, a.vocab_size, a.hidden, a.layers, a.heads, a.kv_heads, a.intermediate, a.seed)
+    build(a.out, a.vocab_size, a.hidden, a.layers, a.heads, a.kv_heads, a.intermediate, a.seed,
+          a.model_vocab)
 
 
 if __name__ == "__main__":
