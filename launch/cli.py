@@ -226,6 +226,23 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from trainer.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, args.set)
+        if args.nproc is not None:
+            set_nproc(cfg, args.nproc)
+        from launch.memory import plan_memory
+
+        plan = plan_memory(cfg, args.gpu_memory)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"memory plan for {args.config}\n{plan.render()}")
+    return 0 if plan.fits else 1
+
+
 def _tiny_model(rest: list[str]) -> int:
     from launch.tiny_model import main
 
@@ -322,6 +339,16 @@ def main(argv: list[str] | None = None) -> int:
     dt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config field, e.g. --set data.source=synthetic")
     dt.set_defaults(fn=_data)
+    pl = sub.add_parser("plan", help="memory per GPU of a config's workers and learner ranks "
+                                     "against the GPUs' memory; exit 1 if it does not fit")
+    pl.add_argument("--config", default="configs/stage1.yaml")
+    pl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field, e.g. --set train.micro_batch_size=4")
+    pl.add_argument("--nproc", type=int, default=None, help="learner ranks (per node)")
+    pl.add_argument("--gpu-memory", type=float, default=None, metavar="GB",
+                    help="GiB per GPU to plan for (default: this machine's GPUs, else the "
+                         "config's launch.gpu_memory_gb)")
+    pl.set_defaults(fn=_plan)
     sub.add_parser("demo", help="both stages end to end on the embedded defaults (make demo)")
     sub.add_parser("tiny-model", help="build the embedded Qwen2-architecture model")
     sub.add_parser("warmstart", help="supervised format warm start of a model")

@@ -2,7 +2,9 @@
 
 Are the model and the data there, are there enough GPUs for the listed indices, do they
 support the configured precision (bf16 needs compute capability 8.0), is 4-bit possible, does the model need custom code the config did not allow, does the workers' KV
-cache fit in this machine's free RAM (CPU)? All problems are reported together. The demo
+cache fit in this machine's free RAM (CPU), does the memory plan fit (launch/memory.py: each
+GPU's workers and learner ranks against its memory, this machine's GPUs or else the card
+the config names)? All problems are reported together. The demo
 config runs on this machine with the embedded model.
 
 Also the translation of resource errors that happen later into settings to change: a vLLM
@@ -157,6 +159,19 @@ def cpu_memory_problem(cfg: StageConfig, total: int | None = None,
             f"0.15), or free memory")
 
 
+def memory_problems(cfg: StageConfig, gpu_memory_gb: float | None = None) -> list[str]:
+    """The memory plan's problems, one line each naming the setting to change. Nothing when
+    there is no plan to make: the model is missing, or no GPU and no card named (the model
+    and GPU checks say so)."""
+    from launch.memory import plan_memory
+    from trainer.config import ConfigError
+
+    try:
+        return plan_memory(cfg, gpu_memory_gb).problems
+    except ConfigError:
+        return []
+
+
 def data_problem(cfg: StageConfig) -> str | None:
     d = cfg.data
     if d.source == "local" and not Path(d.path).exists():
@@ -214,7 +229,7 @@ def check(cfg: StageConfig, config_path: str) -> None:
     checks = (gpu_problem(cfg), precision_problem(cfg), model_problem(cfg.model.name_or_path),
               remote_code_problem(cfg), quantization_problem(cfg), cpu_memory_problem(cfg),
               data_problem(cfg))
-    problems = [p for p in checks if p]
+    problems = [p for p in checks if p] + memory_problems(cfg)
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise PreflightError(f"{config_path}: cannot start:\n{lines}\n{DEMO_HINT}")

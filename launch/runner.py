@@ -187,6 +187,9 @@ def dry_run(cfg: StageConfig, plan: Plan, module: str, run_dir: Path) -> str:
         cmd = learner_command(cfg, run_dir, module, plan.learner, probe_port=False)
         lines.append(f"start learner (CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '')}): "
                      + " ".join(cmd))
+    from launch.memory import describe  # here: dry_run is its only use in this module
+
+    lines.append(describe(cfg))
     return "\n".join(lines)
 
 

@@ -240,6 +240,9 @@ class LaunchConfig:
     colocate: bool = False
     main_process_port: int = 29500
     slurm_worker_nodes: int = 1  # multi-node Slurm jobs: the first K nodes run workers
+    # GiB of each GPU, the card this config is written for: the memory plan (`stonk plan`,
+    # preflight) checks against it where no GPU is visible; 0 = ask the GPU (torch.cuda)
+    gpu_memory_gb: float = 0.0
 
 
 @dataclass
@@ -435,6 +438,7 @@ def validate(cfg: StageConfig) -> None:
          "rollout.max_tokens: must be smaller than model.max_model_len"),
         (cfg.rollout.tensor_parallel_size >= 1, "rollout.tensor_parallel_size: must be >= 1"),
         (cfg.launch.slurm_worker_nodes >= 1, "launch.slurm_worker_nodes: must be at least 1"),
+        (cfg.launch.gpu_memory_gb >= 0, "launch.gpu_memory_gb: must be >= 0 (0: ask the GPU)"),
         (cfg.eval.every_steps >= 0, "eval.every_steps: must be >= 0 (0: only at the end)"),
         (cfg.eval.num_samples >= 0, "eval.num_samples: must be >= 0 (0: the whole split)"),
         (cfg.eval.temperature >= 0, "eval.temperature: must be >= 0 (0: greedy)"),
