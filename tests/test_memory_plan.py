@@ -1,0 +1,251 @@
+"""The memory plan (launch/memory.py, memory_terms.py, model_shape.py): every GPU config fits
+the card its header names, the terms against figures worked out by hand and against the
+tensors autograd really keeps, preflight's refusal, and `stonk plan`."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launch.memory import plan_memory
+from launch.memory_terms import GIB, activation_bytes, learner_memory, worker_memory
+from launch.model_shape import PromptLength, architecture, byte_bound
+from tests.conftest import REPO
+from trainer.config import ConfigError, from_dict, load_config
+
+CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
+GPU_CONFIGS = [p for p in CONFIGS if load_config(p).launch.device == "cuda"]
+QWEN = "Qwen/Qwen2.5-1.5B-Instruct"
+
+
+def _header(path: Path) -> str:
+    lines = path.read_text().splitlines()
+    return " ".join(x for x in lines[:next(i for i, x in enumerate(lines) if not
+                                           x.startswith("#"))])
+
+
+def test_there_are_gpu_configs_and_an_11gb_one():
+    names = {p.relative_to(REPO).as_posix() for p in GPU_CONFIGS}
+    assert {"configs/stage1.yaml", "configs/stage1_11gb.yaml", "configs/node/stage1.yaml",
+            "configs/multinode/stage1.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", GPU_CONFIGS, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_gpu_config_fits_the_card_its_header_names(path):
+    cfg = load_config(path)
+    gb = cfg.launch.gpu_memory_gb
+    assert gb > 0, "a GPU config names its card: launch.gpu_memory_gb"
+    assert re.search(rf"\b{gb:g} GB\b", _header(path)), f"the header names the {gb:g} GB card"
+    assert cfg.train.gradient_checkpointing
+    plan = plan_memory(cfg, gb)  # the card named, whatever this machine has
+    assert plan.problems == []
+    for group in plan.groups:
+        assert group.used <= group.capacity == gb * GIB
+
+
+def test_stage1_is_colocated_on_one_24gb_card_and_11gb_is_float16():
+    plan = plan_memory(load_config(REPO / "configs/stage1.yaml"), 24)
+    assert [[p.role for p in g.processes] for g in plan.groups] == [["worker", "learner rank"]]
+    small = load_config(REPO / "configs/stage1_11gb.yaml")
+    assert (small.launch.gpu_memory_gb, small.model.dtype, small.rollout.dtype) == (
+        11, "float16", "float16")
+
+
+def test_qwen_architecture_from_the_table_matches_the_hub_figures():
+    arch = architecture(QWEN)
+    assert (arch.vocab, arch.hidden, arch.intermediate, arch.layers, arch.heads,
+            arch.kv_heads, arch.head_dim, arch.tied) == (151936, 1536, 8960, 28, 12, 2, 128, True)
+    # the model card's count; by hand: 28 x (2 x 1536^2 + 2 x 1536 x 256 + 3 x 1536 x 8960)
+    # = 1,310,195,712 in the projections, + 151936 x 1536 embeddings + norms and biases
+    assert arch.linear_params == 1_310_195_712
+    assert arch.params == 1_543_714_304
+
+
+def test_unknown_model_is_one_line_naming_the_field():
+    with pytest.raises(ConfigError, match=r"^model\.name_or_path: nobody/no-such-model is "):
+        architecture("nobody/no-such-model")
+
+
+def _stage1(**sets):
+    return load_config(REPO / "configs/stage1.yaml", [f"{k}={v}" for k, v in sets.items()])
+
+
+def test_worker_terms_by_hand():
+    cfg = _stage1()
+    w = worker_memory(architecture(QWEN), cfg, 400, 24 * GIB)
+    assert w.get("weights") == 1_543_714_304 * 2  # bf16 ("auto": the checkpoint's dtype)
+    assert w.kv_token_bytes == 2 * 28 * 2 * 128 * 2  # K and V, layers, KV heads, head_dim, bf16
+    # 8 prompts x 1 rank / 1 worker x G 8 = 64 sequences of 400 + 384 = 784 tokens (49 blocks)
+    assert w.step_tokens == 64 * 784 and w.kv_needed == 64 * 784 * 28672
+    assert w.share == 0.35 * 24 * GIB
+    # vLLM's share minus weights, LoRA slots, profiling peak, workspaces, CUDA graphs
+    inside = sum(t.bytes for t in w.terms if t.name not in ("CUDA context", "KV cache"))
+    assert w.kv_available == pytest.approx(w.share - inside)
+
+
+def test_learner_terms_by_hand():
+    arch, cfg = architecture(QWEN), _stage1()
+    lm = learner_memory(arch, cfg, 400)
+    nf4 = 0.5 + 1 / 64 + 4 / 16384  # codes, 8-bit absmax per 64, fp32 absmax per 256 blocks
+    # DeepSpeed bf16 casts the rest (233,518,592 params) back to 2 bytes
+    assert lm.get("base weights") == pytest.approx(1_310_195_712 * nf4 + 233_518_592 * 2)
+    # LoRA r16 on q, k, v, o: 28 x 16 x (3072 + 1792 + 1792 + 3072) = 4,358,144 params;
+    # bf16 weights and grads + fp32 master, its grad and two moments on 1 rank
+    assert lm.get("LoRA + AdamW") == 4_358_144 * (2 + 2 + 4 + 4 + 8)
+    assert lm.get("ZeRO-2 gradient bucket") == 50_000_000 * 2  # ds_config.json, bf16
+    assert lm.get("logits") == 5 * 1024 * 151936 * 4
+    plain = learner_memory(arch, _stage1(**{"model.load_in_4bit": "false"}), 400)
+    assert plain.get("base weights") == 1_543_714_304 * 2
+    chunk0 = learner_memory(arch, _stage1(**{"train.logits_chunk_tokens": 0}), 400)
+    assert chunk0.get("logits") == 5 * (8 * 384) * 151936 * 4  # the whole micro-batch
+
+
+def test_activation_formula_by_hand_on_a_toy_shape():
+    from launch.model_shape import Architecture
+
+    toy = Architecture(vocab=10, hidden=8, intermediate=16, layers=2, heads=2, kv_heads=1,
+                       head_dim=4, tied=True, dtype="float32", source="test")
+    cfg = _stage1(**{"lora.r": 1, "lora.dropout": 0.0})
+    # per layer and token: 4 x (2H + nh + 2) + 4 x (3H + 2kv + 4r) + 4 x 3I = 80 + 144 + 192;
+    # after the decoder 4H + 4H = 64; 10 tokens
+    assert activation_bytes(toy, cfg, 10, 4, 4, False) == 10 * (2 * 416 + 64)
+    # checkpointing: each layer's input (4H) + what follows the decoder + one layer
+    assert activation_bytes(toy, cfg, 10, 4, 4, True) == 10 * (2 * 32 + 64) + 10 * 416
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.05])
+def test_activations_equal_what_autograd_keeps_on_the_embedded_model(warm_model, dropout):
+    """float32 on CPU: the bytes of every tensor the policy forward saves for the backward
+    (autograd's saved-tensor hooks, parameters left out) against the formula."""
+    import torch
+
+    from trainer.config import StageConfig
+    from trainer.learner import load_policy
+    from trainer.logprobs import token_logprobs
+    from trainer.types import RolloutBatch
+
+    cfg = StageConfig()
+    cfg.model.name_or_path, cfg.model.dtype, cfg.launch.device = str(warm_model), "float32", "cpu"
+    cfg.lora.dropout = dropout
+    model = load_policy(cfg, torch.device("cpu")).train()
+    n, p, t = 4, 24, 40
+    ids = torch.randint(3, 400, (n, t))
+    batch = RolloutBatch([list(range(3, 3 + p))] * n, ids, torch.ones(n, t), torch.zeros(n, t),
+                         torch.zeros(n), torch.zeros(n), torch.zeros(n, dtype=torch.long),
+                         group_size=n)
+    params = {q.untyped_storage().data_ptr() for q in model.parameters()}
+    kept: dict[int, int] = {}
+
+    def pack(x):
+        if x.untyped_storage().data_ptr() not in params:
+            kept[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        token_logprobs(model, batch, 0, 1.0, torch.device("cpu"), entropy=True,
+                       chunk_tokens=1024)
+    want = activation_bytes(architecture(str(warm_model)), cfg, n * (p + t), 4, 4, False)
+    # the first layer's input needs no gradient, so it keeps less: within 10 %
+    assert sum(kept.values()) == pytest.approx(want, rel=0.10)
+
+
+def test_prompt_length_is_the_models_tokens_with_the_chat_template(warm_model):
+    from transformers import AutoTokenizer
+
+    from launch.model_shape import _tokenizer
+    from trainer.rollouts import encode_prompt
+    from trainer.tasks.base import Sample
+
+    encode, render = _tokenizer(str(warm_model))
+    tok = AutoTokenizer.from_pretrained(warm_model)
+    for system, user in [("You are a market analyst.", "Stock: MSFT\n2012-01-03: 26.77 (+1.2%)"),
+                         ("sys", "Will the next trading day's close be UP or DOWN?")]:
+        sample = Sample("x", [{"role": "system", "content": system},
+                              {"role": "user", "content": user}])
+        ids = encode_prompt(tok, sample)
+        assert encode(render(system, user)) == len(ids)
+        assert byte_bound(render(system, user)) >= len(ids)  # the estimate is a bound
+    demo = load_config(REPO / "configs/demo/stage1.yaml")
+    assert plan_memory(demo).prompt.how.startswith("measured")
+
+
+def test_preflight_refuses_naming_the_setting_with_the_numbers(monkeypatch):
+    from launch.preflight import PreflightError, check, memory_problems
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("launch.memory._gpus_visible", lambda: False)  # the card named
+    cfg = _stage1(**{"train.gradient_checkpointing": "false"})
+    with pytest.raises(PreflightError) as err:
+        check(cfg, "stage1.yaml")
+    line = next(x for x in str(err.value).splitlines() if "learner rank" in x)
+    assert re.search(r"train\.micro_batch_size: the learner rank on GPU 0 needs [\d.]+ GiB .* "
+                     r"but [\d.]+ GiB is there; .*gradient_checkpointing: true", line)
+    [worker] = memory_problems(load_config(REPO / "configs/stage1_11gb.yaml",
+                                           ["rollout.gpu_memory_utilization=0.4"]))
+    assert re.search(r"^rollout\.gpu_memory_utilization: the worker on GPU 0 gets 0\.4 x 11\.0 "
+                     r"= 4\.40 GiB; .* raise it to 0\.\d\d", worker)
+    assert memory_problems(load_config(REPO / "configs/stage1_11gb.yaml")) == []
+
+
+def test_gpu_memory_field_is_validated_and_needed_without_a_gpu():
+    with pytest.raises(ConfigError, match=r"launch\.gpu_memory_gb: must be >= 0"):
+        from_dict({"launch": {"gpu_memory_gb": -1}}, "x.yaml")
+    from launch.memory import _gpus_visible
+
+    if not _gpus_visible():
+        with pytest.raises(ConfigError, match=r"launch\.gpu_memory_gb: 0 asks the GPU"):
+            plan_memory(_stage1(**{"launch.gpu_memory_gb": 0}))
+
+
+def _stonk(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_stonk_plan_on_the_demo_config_and_the_exit_codes():
+    out = _stonk("plan", "--config", "configs/demo/stage1.yaml")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "RAM (" in text and "worker + 2 x learner rank" in text
+    assert re.search(r"prompt: \d+ tokens \(measured", text)
+    for term in ("KV cache", "base weights", "activations", "logits", "problems: none"):
+        assert term in text
+    bad = _stonk("plan", "--config", "configs/stage1_11gb.yaml", "--set",
+                 "train.gradient_checkpointing=false")
+    assert bad.returncode == 1 and "problems:\n  - train.micro_batch_size" in bad.stdout
+    big = _stonk("plan", "--config", "configs/stage1_11gb.yaml", "--gpu-memory", "80")
+    assert big.returncode == 0 and "80 GiB per GPU (--gpu-memory)" in big.stdout
+
+
+def test_plan_and_help_import_no_torch():
+    code = ("import sys, launch.cli, launch.memory, launch.preflight; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_dry_run_prints_the_plan():
+    out = _stonk("stage1", "--config", "configs/stage1.yaml", "--dry-run")
+    assert out.returncode == 0 and "memory plan:\n" in out.stdout
+    assert re.search(r"\nGPU 0 \([\d.]+ GiB\): worker \+ learner rank\n", out.stdout)
+
+
+def test_tiny_model_with_a_full_vocabulary(tmp_path):
+    from launch.tiny_model import build
+
+    out = build(str(tmp_path / "v"), model_vocab=2048, layers=1)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["vocab_size"] == 2048
+    assert len(json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]) < 2048
+    with pytest.raises(ValueError, match="--model-vocab 10"):
+        build(str(tmp_path / "w"), model_vocab=10)
+
+
+def test_plan_with_an_explicit_prompt_length():
+    plan = plan_memory(_stage1(), 24, PromptLength(100, "given"))
+    assert plan.seq == 484 and plan.prompt.how == "given"
