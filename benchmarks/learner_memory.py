@@ -18,9 +18,10 @@ tensors' (the question a GPU's allocated-bytes peak answers). The estimate is th
 learner figure for the same settings without its fixed runtime term (the baseline holds
 that), ``deepspeed=False`` (no ZeRO bucket, AdamW in float32).
 
-    .venv/bin/python benchmarks/learner_memory.py            # every row (~6 min on 2 cores)
+    .venv/bin/python benchmarks/learner_memory.py            # every row (~5 min on 2 cores)
     .venv/bin/python benchmarks/learner_memory.py --rows 0 1  # some rows
-Writes ``benchmarks/results/learner_memory.json``.
+Needs the three models (``BUILD`` below). Writes ``benchmarks/results/learner_memory.json``;
+BENCHMARKS.md section 8 records a run.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ ROWS = [
 ]
 TOLERANCE = 0.30
 WARM_MODEL = "models/tiny-qwen2-fmt"
+BUILD = ("make warmstart; make bench-model; .venv/bin/python -m launch.cli tiny-model --out "
+         "models/qwen2-v151936 --model-vocab 151936")
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 
 
@@ -141,9 +144,12 @@ def main() -> int:
     if a.child:
         print(json.dumps(child(tuple(json.loads(a.child)))))
         return 0
+    rows = [ROWS[i] for i in (a.rows if a.rows is not None else range(len(ROWS)))]
+    missing = sorted({r[0] for r in rows} - {r[0] for r in rows if (REPO / r[0]).is_dir()})
+    if missing:
+        raise SystemExit(f"missing {', '.join(missing)}: build them first ({BUILD})")
     results = []
-    for i in a.rows if a.rows is not None else range(len(ROWS)):
-        row = ROWS[i]
+    for i, row in enumerate(rows):
         est, got = estimate(row), measure(row)
         total = sum(est.values())
         ratio = total / got["peak_gib"]
