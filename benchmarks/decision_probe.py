@@ -36,8 +36,9 @@ LoRA init and the draws: whether and when the lean "clicks" varies with it.
 ``--learner`` makes the update the real ``Learner.train_step`` (one process, no DeepSpeed):
 each sampled lean becomes a completion (the forced reasoning, then the lean token) in a
 ``RolloutBatch`` with the group-normalised advantages, ``pg_tokens: decision`` on the lean,
-KL 0, ``anchor_coef`` = ``--anchor``, and the learner's AdamW and gradient clipping; so a
-difference between the two updates would show here, not in a Stage I run.
+KL 0, ``anchor_coef`` = ``--anchor``, and the learner's AdamW and gradient clipping (the
+probe's own update clips at the same global norm, 1.0); so a difference between the two
+updates would show here, not in a Stage I run.
 
 Prints a markdown table of P(bullish) per up count (the Bayes answer: bullish for 0 and 2,
 bearish for 1 and 3) and the mean probability of the Bayes lean
@@ -245,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
                 group["lr"] = a.lr * lr_factor(step, a.steps, a.schedule)
             opt.zero_grad()
             loss.backward()
+            # the learner's clipping (Learner.train_step; gradient_clipping in ds_config.json)
+            torch.nn.utils.clip_grad_norm_(opt.param_groups[0]["params"], 1.0)
             opt.step()
         if step % a.every == 0 or step == a.steps:
             elapsed = time.perf_counter() - t0
