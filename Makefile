@@ -10,10 +10,10 @@ WARM := models/tiny-qwen2-fmt
 PYTEST_ARGS ?=
 
 .PHONY: setup demo stage1 stage2 eval predict tiny-model warmstart test test-fast test-integration lint fix bench clean help
-.PHONY: bench-model bench-trl bench-rollout bench-push bench-learning bench-memory bench-decision bench-overlap bench-all
+.PHONY: bench-model bench-trl bench-rollout bench-push bench-learning bench-memory bench-decision bench-overlap bench-learner-memory bench-all plan gpu-check
 
 help:
-	@echo "make demo | test | setup [PROFILE=cpu|gpu] [WHEELS=dir] | check-gpu-deps | gpu-wheels | stage1 [CONFIG=...] [NPROC=n] [RESUME=run] | stage2 STAGE1=run [FORCE=1] [RESUME=run] | eval RUN=run | predict ADAPTER=.. TICKER=.. PRICES=.. | data | tiny-model | warmstart | test-fast | lint | fix | bench | bench-all | clean"
+	@echo "make demo | test | setup [PROFILE=cpu|gpu] [WHEELS=dir] | check-gpu-deps | gpu-wheels | gpu-check [WHEELS=dir] | plan [CONFIG=...] | stage1 [CONFIG=...] [NPROC=n] [RESUME=run] | stage2 STAGE1=run [FORCE=1] [RESUME=run] | eval RUN=run | predict ADAPTER=.. TICKER=.. PRICES=.. | data | tiny-model | warmstart | test-fast | lint | fix | bench | bench-all | clean"
 
 # ---- install (idempotent: a stamp that depends on pyproject.toml; seconds when done)
 # launch/setup_profile.py (system python, standard library) picks the profile: PROFILE=cpu|gpu,
@@ -65,6 +65,18 @@ demo: setup warmstart
 stage1: setup
 	@case "$(CONFIG)" in configs/demo/*) $(MAKE) --no-print-directory warmstart;; esac
 	$(BIN)/python -m launch.cli stage1 $(if $(RESUME),--resume $(RESUME),--config $(or $(CONFIG),configs/stage1.yaml)) $(if $(NPROC),--nproc $(NPROC)) $(ARGS)
+
+# ---- memory per GPU of a config's workers and learner ranks, against the card (stonk plan)
+plan: setup
+	$(BIN)/python -m launch.cli plan --config $(or $(CONFIG),configs/stage1.yaml) $(ARGS)
+
+# ---- the production path's first GPU run (one GPU, no network; benchmarks/gpu_check.py):
+# the gpu profile (WHEELS=dir: from carried wheels, `make gpu-wheels`), pytest -m gpu, then 3
+# colocated Stage I steps on a random-init Qwen2.5-1.5B-Instruct-shaped model at
+# configs/stage1.yaml's settings; prints peak GPU memory per process beside the plan's
+gpu-check:
+	+@$(MAKE) --no-print-directory setup PROFILE=gpu $(if $(WHEELS),WHEELS="$(WHEELS)")
+	$(BIN)/python benchmarks/gpu_check.py $(ARGS)
 
 # ---- data: what a config loads, its splits and skips, and the baselines to beat
 .PHONY: data
@@ -136,7 +148,15 @@ bench-memory: setup warmstart bench-model
 bench-overlap: setup warmstart
 	$(BIN)/python benchmarks/overlap.py --rounds 2 --steps 10 --warmup 2
 
-bench-all: bench bench-trl bench-rollout bench-push bench-learning bench-memory bench-decision bench-overlap
+# the plan's learner estimate against the measured CPU peak (BENCHMARKS.md section 8)
+QWEN_VOCAB_MODEL := models/qwen2-v151936
+$(QWEN_VOCAB_MODEL)/config.json: $(MODEL_TEXT) | $(STAMP)
+	$(BIN)/python -m launch.cli tiny-model --out $(QWEN_VOCAB_MODEL) --model-vocab 151936
+
+bench-learner-memory: setup warmstart bench-model $(QWEN_VOCAB_MODEL)/config.json
+	$(BIN)/python benchmarks/learner_memory.py
+
+bench-all: bench bench-trl bench-rollout bench-push bench-learning bench-memory bench-decision bench-overlap bench-learner-memory
 
 clean:
 	rm -rf runs benchmarks/results .pytest_cache
