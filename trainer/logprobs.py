@@ -12,7 +12,10 @@ results equal the naive computation (``log_softmax`` of the float32 logits) to f
 rounding; tests/test_logprobs.py holds that, gradients included.
 
 Assumes the head is the whole map from hidden state to logits (true of Qwen2 and the Llama
-family; not of models that soft-cap their final logits).
+family; not of models that soft-cap their final logits), and that it is frozen (LoRA never
+trains it). Under ZeRO-3 the head's weight is partitioned outside a module's forward: it is
+gathered once per call and used as a plain tensor, because a checkpointed chunk recomputed in
+the backward would otherwise find the released ``[0]``-shaped shard.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from trainer.types import RolloutBatch
@@ -72,6 +76,25 @@ def completion_hidden(model, batch: RolloutBatch, pad_id: int,
     return kept["h"][:, -(t + 1):-1]
 
 
+def output_head(model):
+    """The map from hidden state to logits. Under ZeRO-3 (the weight carries DeepSpeed's
+    ``ds_id``) a frozen, full copy of the gathered weight, so that checkpoint recomputes in
+    the backward see the same tensor as the forward; otherwise the module itself."""
+    head = _inner(model).get_output_embeddings()
+    weight = head.weight
+    if not hasattr(weight, "ds_id"):
+        return head
+    if weight.requires_grad:
+        raise ValueError("trainer/logprobs.py: a trainable output head under ZeRO-3 is not "
+                         "supported (LoRA keeps the head frozen)")
+    import deepspeed  # lazy: only ZeRO-3 runs reach here
+    params = [p for p in (weight, head.bias) if p is not None]
+    with deepspeed.zero.GatheredParameters(params):
+        w = weight.detach().clone()
+        b = None if head.bias is None else head.bias.detach().clone()
+    return partial(F.linear, weight=w, bias=b)
+
+
 def _chunk_scores(head, temperature: float, entropy: bool, h: torch.Tensor,
                   ids: torch.Tensor, choices: torch.Tensor | None):
     """One chunk of K positions: (log p of ``ids`` [K], log p of each option [K, C] with -inf
@@ -107,7 +130,7 @@ def token_logprobs(model, batch: RolloutBatch, pad_id: int, temperature: float,
     ids = batch.completion_ids.to(device).reshape(-1)
     want_choices = (options or choice_lse) and batch.choice_ids is not None
     choices = batch.choice_ids.to(device).reshape(n * t, -1) if want_choices else None
-    score = partial(_chunk_scores, _inner(model).get_output_embeddings(), temperature, entropy)
+    score = partial(_chunk_scores, output_head(model), temperature, entropy)
     size = chunk_tokens if chunk_tokens > 0 else max(n * t, 1)
     recompute = torch.is_grad_enabled() and flat_h.requires_grad and size < n * t
     parts = []
