@@ -54,7 +54,7 @@ def test_baseline_rows_on_a_hand_made_market():
         return out
     splits = {"train": split(400, 0.7), "val": split(200, 0.5), "test": split(200, 0.3)}
     res = run_baselines(splits)
-    assert set(res) == {"majority", "momentum", "logistic"}  # no oracle without up_prob
+    assert set(res) == {"majority", "momentum", "trend5", "logistic"}  # no oracle: no up_prob
     assert res["momentum"]["val"].accuracy == res["momentum"]["test"].accuracy == 1.0
     assert res["momentum"]["val"].auc == 1.0
     majority = res["majority"]["test"]  # always UP, the training majority

@@ -161,3 +161,17 @@ def test_hf_generate_samples_the_plain_softmax_despite_the_models_defaults(warm_
     processed = torch.log_softmax(torch.stack(out.scores)[:, 0], -1)
     steps = len(out.scores)
     assert torch.allclose(processed, torch.log_softmax(logits[:steps], -1), atol=1e-4)
+
+
+def test_reward_share_arms_alternate_and_only_the_reasoning_weights_change():
+    from benchmarks.reward_share import ARMS, arm_order
+    from trainer.config import load_config
+
+    assert arm_order(0) == ["seed", "accuracy_only"] == arm_order(2)
+    assert arm_order(1) == ["accuracy_only", "seed"]
+    seed = load_config("configs/demo/stage1.yaml", ARMS["seed"]).reward.weights
+    only = load_config("configs/demo/stage1.yaml", ARMS["accuracy_only"]).reward.weights
+    assert seed["data_usage"] > 0 and seed["coherence"] > 0
+    assert only["data_usage"] == only["coherence"] == 0
+    assert {k: v for k, v in only.items() if k not in ("data_usage", "coherence")} == \
+        {k: v for k, v in seed.items() if k not in ("data_usage", "coherence")}

@@ -89,11 +89,11 @@ def test_task_reports_bayes_accuracy_per_split_and_the_oracle_baseline(rule):
     assert task.report.origin.startswith(f"{rule} rule")
     d = task.describe()
     for name in ("train", "val", "test"):
-        assert synthetic.REVERSION_P <= d[f"{name}_bayes_accuracy"] <= synthetic.MOMENTUM_P
+        assert synthetic.REVERSION_P <= d[f"{name}_bayes_expected_accuracy"] <= synthetic.MOMENTUM_P
     oracle = task.baselines["bayes_oracle"]
     for split in ("val", "test"):
         assert oracle[split].accuracy > task.baselines["majority"][split].accuracy + 0.15
-        assert oracle[split].accuracy == pytest.approx(d[f"{split}_bayes_accuracy"], abs=0.05)
+        assert oracle[split].accuracy == pytest.approx(d[f"{split}_bayes_expected_accuracy"], abs=0.05)
     sample = task.split("train")[0]
     bayes = "UP" if sample.meta["up_prob"] > 0.5 else "DOWN"
     assert task.diagnostics(sample, f"Prediction: {bayes}")["bayes_agreement"] == 1.0

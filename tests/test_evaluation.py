@@ -81,7 +81,8 @@ def test_metrics_by_hand(crafted, task):
                               "DOWN": {"UP": 1, "DOWN": 1, "invalid": 1}}
     assert m["reward/mean"] == pytest.approx(sum(r["reward"] for r in records) / 6)
     assert m["reward/accuracy"] == pytest.approx(3 * 0.6 / 6)
-    assert "bayes_accuracy" not in m  # crafted samples carry no oracle
+    # crafted samples carry no oracle
+    assert not {"bayes_rule_accuracy", "bayes_expected_accuracy", "of_bayes_rule"} & set(m)
 
 
 def test_reliability_bins():
@@ -113,8 +114,11 @@ def test_synthetic_samples_report_the_bayes_oracle(task):
     bayes = ["UP" if s.meta["up_prob"] > 0.5 else "DOWN" for s in samples]
     m = task.evaluate(samples, [_answer(b, 75) for b in bayes])
     assert m["bayes_agreement"] == 1.0
-    assert m["bayes_accuracy"] == pytest.approx(
+    assert m["bayes_expected_accuracy"] == pytest.approx(
         sum(max(s.meta["up_prob"], 1 - s.meta["up_prob"]) for s in samples) / 50)
+    # answering as the rule does scores what the rule scored, on the same windows
+    assert m["bayes_rule_accuracy"] == m["accuracy"] and m["of_bayes_rule"] == 1.0
+    assert m["same_samples"]["bayes_rule"]["verdict"] == "no clear difference"
 
 
 # ---- P(UP) and the market-aware reading

@@ -24,7 +24,8 @@ def record(label: str, prediction: str | None, confidence: float | None) -> dict
     return {"id": "x", "label": label, "prediction": prediction, "confidence": confidence,
             "p_up": p, "format_valid": confidence is not None, "correct": right,
             "reward": 0.6 * right, "components": {"accuracy": 0.6 * right},
-            "reasoning_quality": 0.5, "next_change_pct": None}
+            "reasoning_quality": 0.5, "next_change_pct": None,
+            "baselines": {"majority": {"up": True, "score": 0.0}}}
 
 
 def crafted_eval(answers: list[tuple[str, str | None, float | None]]) -> dict:
@@ -69,9 +70,15 @@ def test_full_report(tmp_path):
     assert ("|  | val accuracy | val ROC-AUC | test accuracy | test ROC-AUC |" in md)
     assert "| majority | 0.500 | 0.500 | 0.520 | 0.500 |" in md
     assert "| logistic | 0.610 | 0.660 | 0.600 | 0.640 |" in md
-    val_auc, test_auc = VAL["metrics"]["roc_auc"], TEST["metrics"]["roc_auc"]
-    assert f"| **model (val)** | 0.400 | {val_auc:.3f} | n/a | n/a |" in md
-    assert f"| **model (stage2/test)** | n/a | n/a | 0.750 | {test_auc:.3f} |" in md
+    # the model beside the baselines on its own windows only, never in the full-split table
+    assert "**model (" not in md and "### Full splits" in md
+    assert "### On the model's own 4 windows (stage2/test)" in md
+    test_auc = TEST["metrics"]["roc_auc"]
+    assert f"| **model** | 0.750 | {test_auc:.3f} | n/a | n/a |" in md
+    # always UP is right on the 2 UP windows; the model differs on one of 4: +1/4, and a
+    # resample of 4 windows misses it a third of the time ((3/4)^4), so the interval holds 0
+    assert ("| majority | 0.500 | 0.500 | +25.0 pts [+0.0, +75.0] | no clear difference |"
+            in md)
     assert "Verdict: **NOT PASSED**" in md and "| val accuracy | 0.400 | >= 0.8 | FAIL |" in md
     assert "- seed 0 | 2 ranks\n- b" in md  # notes verbatim
     for name in STEP_PNGS + EVAL_PNGS:
@@ -87,7 +94,8 @@ def test_full_report(tmp_path):
 
 def test_without_metrics_jsonl_step_plots_are_skipped(tmp_path):
     md = write_report(tmp_path, {"test": TEST}).read_text()
-    assert "No metrics.jsonl: step plots skipped." in md and "No baselines given." in md
+    assert "No metrics.jsonl: step plots skipped." in md
+    assert "No full-split baselines given." in md
     for name in STEP_PNGS:
         assert not (tmp_path / name).exists()
     for name in EVAL_PNGS:

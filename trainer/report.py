@@ -5,8 +5,9 @@ may carry ``eval/<metric>`` keys from periodic evaluation) and is given the eval
 baselines, the gate result and free notes. It writes into the run folder:
 
 - ``report.md``: training summary, one column of metrics per evaluation, the confusion
-  matrix of the last evaluation, the baselines beside the model's accuracy and ROC-AUC, the
-  gate table, the plots and the notes (verbatim).
+  matrix of the last evaluation, per evaluation the model beside every baseline on the same
+  windows (``same_samples`` in its metrics: difference, interval, verdict), the baselines on
+  the full splits (labelled as such), the gate table, the plots and the notes (verbatim).
 - ``metrics.json``: every number above (evaluations without their per-answer records).
 - ``curves.png`` (``reward/mean``, ``task/accuracy`` and any ``eval/accuracy`` over steps) and
   ``components.png`` (each ``reward/<component>``): only when metrics.jsonl has rows.
@@ -15,9 +16,8 @@ baselines, the gate result and free notes. It writes into the run folder:
 
 Inputs: ``evals`` maps a label ("val", "test", "stage2/test") to ``{"metrics": ...,
 "records": ...}`` as ``StockTask.evaluate`` / ``eval_records`` return them (records need
-``label`` and ``p_up``). The split a label refers to is its last part ("stage2/test" ->
-test), which places the model beside the baselines of that split. ``baselines`` is
-``StockTask.describe()["baselines"]``: name -> {"val_acc", "val_auc", "test_acc", ...}.
+``label`` and ``p_up``). ``baselines`` is ``StockTask.describe()["baselines"]`` (the full
+splits): name -> {"val_acc", "val_auc", "test_acc", ...}.
 A crash can cut the last line of metrics.jsonl; unreadable lines are skipped and counted.
 """
 
@@ -149,24 +149,51 @@ def _evals_md(evals: dict[str, dict]) -> list[str]:
     return out
 
 
-def _split_of(label: str) -> str:
-    return label.rsplit("/", 1)[-1]
+def _pts(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
+def same_samples_rows(m: dict) -> list[list[Any]]:
+    """The model and each baseline on the model's own windows: name, accuracy, ROC-AUC,
+    model minus baseline with its interval (points), verdict."""
+    rows: list[list[Any]] = [["**model**", m.get("accuracy"), m.get("roc_auc"), None, None]]
+    for name, v in (m.get("same_samples") or {}).items():
+        rows.append([name, v["accuracy"], v["roc_auc"],
+                     f"{_pts(v['diff'])} pts [{_pts(v['diff_lo'])}, {_pts(v['diff_hi'])}]",
+                     v["verdict"]])
+    return rows
+
+
+def _same_md(label: str, m: dict) -> list[str]:
+    out = [f"### On the model's own {m.get('n')} windows ({label})", "",
+           "Each baseline fitted on train and scored on exactly the windows the model "
+           "answered. Model - baseline: accuracy points with a 95% paired bootstrap interval; "
+           "the model is better or worse only when the interval excludes 0.", ""]
+    out += _table(["", "accuracy", "ROC-AUC", "model - baseline", "model is"],
+                  same_samples_rows(m))
+    if m.get("bayes_expected_accuracy") is not None:
+        out += [f"bayes_rule is what the Bayes rule scored on these windows; model / Bayes "
+                f"rule: {_fmt(m.get('of_bayes_rule'))}. Its expected accuracy here (mean of "
+                f"max(p, 1 - p), before the labels are drawn): "
+                f"{_fmt(m.get('bayes_expected_accuracy'))}.", ""]
+    return out
 
 
 def _baselines_md(baselines: dict | None, evals: dict[str, dict]) -> list[str]:
+    out = ["## Baselines", ""]
+    for label, e in evals.items():
+        if e["metrics"].get("same_samples"):
+            out += _same_md(label, e["metrics"])
     if not baselines:
-        return ["## Baselines", "", "No baselines given.", ""]
+        return out + ["No full-split baselines given.", ""]
     cols = list(dict.fromkeys(k for by in baselines.values() for k in by))
     splits = list(dict.fromkeys(c.rsplit("_", 1)[0] for c in cols))
     cols = [f"{s}_{m}" for s in splits for m in ("acc", "auc")]
     rows = [[name, *(by.get(c) for c in cols)] for name, by in baselines.items()]
-    for label, e in evals.items():
-        m, split = e["metrics"], _split_of(label)
-        mine = {f"{split}_acc": m.get("accuracy"), f"{split}_auc": m.get("roc_auc")}
-        rows.append([f"**model ({label})**", *(mine.get(c) for c in cols)])
     header = ["", *(c.replace("_acc", " accuracy").replace("_auc", " ROC-AUC") for c in cols)]
-    return ["## Baselines", "", "Fitted on train; the model beside them on the same split.",
-            ""] + _table(header, rows)
+    return out + ["### Full splits", "", "Fitted on train, scored on every window of each "
+                  "split (not only those the model answered): not comparable with the "
+                  "model's figures above.", ""] + _table(header, rows)
 
 
 def _gate_md(gate: dict | None) -> list[str]:

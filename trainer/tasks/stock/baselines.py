@@ -3,6 +3,9 @@
 - ``majority``: always the direction most common in the training split (a constant score,
   so its ROC-AUC is 0.5).
 - ``momentum``: tomorrow repeats the last shown day's direction (score: the last % change).
+- ``trend5``: tomorrow follows the last five shown days' trend (score: their summed log
+  return, so the direction of close[-1] against close[-6]; fewer days if the window is
+  shorter).
 - ``logistic``: L2-regularised logistic regression on the window's N % changes, standardised
   with training statistics, fitted by Newton's method on the training split only.
 - ``bayes_oracle`` (synthetic source only): the exact posterior of the generating process;
@@ -103,6 +106,17 @@ def _momentum(train: Arrays) -> Scorer:
     return lambda x: (x[:, -1] > 0, x[:, -1])
 
 
+TREND_DAYS = 5
+
+
+def _trend(train: Arrays) -> Scorer:
+    def call(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        total = np.log1p(x[:, -TREND_DAYS:] / 100.0).sum(axis=1)
+        return total > 0, total
+
+    return call
+
+
 def _logistic(train: Arrays) -> Scorer:
     predict = fit_logistic(train.x, train.y)
     return lambda x: (predict(x) > 0.5, predict(x))
@@ -111,6 +125,7 @@ def _logistic(train: Arrays) -> Scorer:
 BASELINES: dict[str, Callable[[Arrays], Scorer]] = {
     "majority": _majority,
     "momentum": _momentum,
+    "trend5": _trend,
     "logistic": _logistic,
 }
 

@@ -25,8 +25,15 @@ Definitions:
   prediction).
 - ``predicted_up_ratio``: the share of UP among answers with a prediction;
   ``actual_up_ratio``: the share of UP labels.
-- Synthetic market only: ``bayes_accuracy``, the Bayes classifier's expected accuracy on
-  these windows, and ``bayes_agreement``, the share of answers that pick what it picks.
+- ``same_samples``: every baseline (and on the synthetic market the Bayes rule) scored on
+  exactly these records, with the model's difference, its interval and a verdict
+  (``same_samples.py``); records carry each baseline's call in ``baselines``.
+- Synthetic market only: ``bayes_rule_accuracy``, what the Bayes rule (the likelier
+  direction under the exact posterior) scored on these windows; ``of_bayes_rule``, the
+  model's accuracy over it (the same windows, so at most about 1 but for ties);
+  ``bayes_expected_accuracy``, its expected accuracy on these windows, mean of
+  max(p, 1 - p), a different figure; and ``bayes_agreement``, the share of answers that
+  pick what the rule picks.
 
 Departure from the seed: it reported accuracy and average reward; the per-direction
 accuracy, ROC-AUC and calibration are ours, because a balanced accuracy can hide a model
@@ -44,6 +51,7 @@ from trainer.tasks.stock.answer import ParsedAnswer
 from trainer.tasks.stock.baselines import roc_auc
 from trainer.tasks.stock.rewards import COMPONENTS, Facts
 from trainer.tasks.stock.rewards.probability import p_up
+from trainer.tasks.stock.same_samples import BAYES, compare
 from trainer.tasks.stock.synthetic import bayes_accuracy
 
 REASONING_COMPONENTS = ("data_usage", "coherence")
@@ -106,12 +114,17 @@ def confusion(records: list[dict]) -> dict[str, dict[str, int]]:
     return out
 
 
-def _bayes(records: list[dict]) -> dict[str, float | None]:
+def _bayes(records: list[dict], same: dict[str, dict],
+           accuracy: float | None) -> dict[str, float | None]:
     """The synthetic market's oracle on these windows, when every record carries it."""
-    if not records or any("bayes_p_up" not in r for r in records):
+    if BAYES not in same:
         return {}
     picks = ["UP" if r["bayes_p_up"] > 0.5 else "DOWN" for r in records]
-    return {"bayes_accuracy": bayes_accuracy([r["bayes_p_up"] for r in records]),
+    realised = same[BAYES]["accuracy"]
+    return {"bayes_rule_accuracy": realised,
+            "of_bayes_rule": accuracy / realised if accuracy is not None and realised
+            else None,
+            "bayes_expected_accuracy": bayes_accuracy([r["bayes_p_up"] for r in records]),
             "bayes_agreement": _mean([r["prediction"] == b
                                       for r, b in zip(records, picks, strict=True)])}
 
@@ -139,5 +152,6 @@ def summarize(records: list[dict]) -> dict:
            "actual_up_ratio": _mean(list(y)),
            "reliability": bins,
            "confusion": confusion(records)}
-    out.update(_bayes(records))
+    out["same_samples"] = compare(records)
+    out.update(_bayes(records, out["same_samples"], out["accuracy"]))
     return out

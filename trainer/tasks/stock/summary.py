@@ -48,14 +48,14 @@ def render(task: StockTask) -> str:
     header = ["split", "date range (config)", "label days kept", "natural", "natural up",
               "kept", "UP", "DOWN", "kept up"]
     if task.has_oracle:
-        header.append("bayes acc")
+        header.append("Bayes expected acc")
     rows = []
     for name, st in task.stats.items():
         row = [name, ranges[name], f"{st.first} .. {st.last}" if st.kept else None,
                st.natural, _pct(st.natural_up_ratio), st.kept, st.kept_up,
                st.kept - st.kept_up, _pct(st.up_ratio)]
         if task.has_oracle:
-            row.append(_pct(task.bayes_accuracy(name)))
+            row.append(_pct(task.bayes_expected_accuracy(name)))
         rows.append(row)
     out.append(table(header, rows))
     out.append("")

@@ -33,6 +33,7 @@ from trainer.tasks.stock.problems import DataError
 from trainer.tasks.stock.prompt import render_prompt
 from trainer.tasks.stock.rewards import Facts, score, score_batch
 from trainer.tasks.stock.rewards.probability import PLAIN_PRIOR
+from trainer.tasks.stock.same_samples import baseline_calls
 from trainer.tasks.stock.series import PromptRow, Window, windows_and_flat
 from trainer.tasks.stock.sources import load_source
 from trainer.tasks.stock.splits import SPLITS, SplitStats, assign, balance, ups
@@ -206,11 +207,14 @@ class StockTask:
 
     def eval_records(self, samples: list[Sample], completions: list[str]) -> list[dict]:
         """One JSON record per (sample, completion) pair: label, prediction, confidence,
-        p_up, format_valid, reward and components, reasoning_quality, next_change_pct."""
+        p_up, format_valid, reward and components, reasoning_quality, next_change_pct, and
+        what each baseline fitted on train says about the sample (``baselines``)."""
         out = []
         for sample, completion in zip(samples, completions, strict=True):
             ans, facts = parse_answer(completion), self.facts(sample)
             out.append(eval_record(sample, ans, facts, score(ans, facts, self.weights)))
+        for rec, calls in zip(out, baseline_calls(self._splits["train"], samples), strict=True):
+            rec["baselines"] = calls
         return out
 
     def evaluate(self, samples: list[Sample], completions: list[str]) -> dict[str, Any]:
@@ -221,7 +225,7 @@ class StockTask:
     def baselines(self) -> dict[str, dict[str, Metric]]:
         return run_baselines(self._splits)
 
-    def bayes_accuracy(self, name: str) -> float | None:
+    def bayes_expected_accuracy(self, name: str) -> float | None:
         if not self.has_oracle:
             return None
         return bayes_accuracy([s.meta["up_prob"] for s in self._splits[name]])
@@ -236,8 +240,8 @@ class StockTask:
             out[f"{name}_natural_up_ratio"] = (None if st.natural_up_ratio is None
                                                else round(st.natural_up_ratio, 4))
             if self.has_oracle:
-                bayes = self.bayes_accuracy(name)
-                out[f"{name}_bayes_accuracy"] = None if bayes is None else round(bayes, 4)
+                bayes = self.bayes_expected_accuracy(name)
+                out[f"{name}_bayes_expected_accuracy"] = None if bayes is None else round(bayes, 4)
         out["skipped"] = dict(self.report.skipped)
         out["baselines"] = {
             name: {f"{s}_{k}": None if v is None else round(v, 4)
