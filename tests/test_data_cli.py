@@ -12,7 +12,7 @@ def test_data_command_prints_summary_and_baselines(capsys):
         assert f"\n{ticker} " in out
     for line_start in ("train  first .. 2012-12-31", "val    after 2012-12-31 .. 2015-12-31",
                        "test   after 2015-12-31 .. last", "skipped  flat_next_day",
-                       "majority ", "momentum ", "logistic "):
+                       "majority ", "momentum ", "trend5 ", "logistic "):
         assert f"\n{line_start}" in out, line_start
     assert "val acc  val auc  test acc  test auc" in out
 
@@ -21,7 +21,7 @@ def test_data_command_on_the_synthetic_market_shows_bayes(capsys):
     assert main(["data", "--config", "configs/demo/stage1.yaml",
                  "--set", "data.source=synthetic", "--set", "data.balance=false"]) == 0
     out = capsys.readouterr().out
-    assert "natural distribution (Stage II)" in out and "bayes acc" in out
+    assert "natural distribution (Stage II)" in out and "Bayes expected acc" in out
     assert "\nbayes_oracle " in out
 
 
