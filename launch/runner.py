@@ -111,9 +111,18 @@ def worker_specs(cfg: StageConfig, slots: list[WorkerSlot], key: str | None,
             seed=cfg.train.seed + i, api_key=key, trust_remote_code=cfg.model.trust_remote_code,
             tensor_parallel_size=rc.tensor_parallel_size, devices=slot.devices,
             chunked_prefill=chunked_prefill(cfg), extra_args=list(rc.extra_args),
-            env=dict(rc.env) if binds[i] is None else {**rc.env, BIND_VAR: binds[i]},
+            env={**worker_flags(cfg), **rc.env,
+                 **({} if binds[i] is None else {BIND_VAR: binds[i]})},
         ))
     return specs
+
+
+def worker_flags(cfg: StageConfig) -> dict[str, str]:
+    """Environment our vLLM plugin reads: the dense LoRA ops on CPU workers."""
+    from rollout.dense_lora import ENV
+
+    on = cfg.launch.device == "cpu" and cfg.rollout.cpu_dense_lora
+    return {ENV: "1" if on else "0"}
 
 
 def accelerate_files(cfg: StageConfig, slot: LearnerSlot) -> tuple[str, str]:

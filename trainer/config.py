@@ -115,6 +115,10 @@ class RolloutConfig:
     # CPU nodes with 2+ workers: each worker's threads on its own cores (launch/cpu_cores.py);
     # a VLLM_CPU_OMP_THREADS_BIND in env wins.
     cpu_bind: bool = True
+    # CPU workers: LoRA ops as one dense matmul when every token uses the same adapter (ours
+    # always do) instead of vLLM-CPU's per-token gather (rollout/dense_lora.py); vLLM's own
+    # ops on any version it was not checked on, and on GPUs
+    cpu_dense_lora: bool = True
     # Sample step k+1's batch while the learner trains step k (one step off-policy: under
     # adapter v(k-1); train.is_cap's importance weight corrects for it). Step time becomes
     # max(generate, learner) + sync instead of their sum when workers and learner ranks have
