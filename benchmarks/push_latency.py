@@ -62,7 +62,7 @@ def main() -> int:
                 times["load_verify"].append(t2 - t1)
                 times["push"].append(t2 - t0)
                 size = folder_bytes(path)
-                store.prune(3)
+                store.prune(3, version)
         rows.append({"r": r, "adapter_mb": size / 2**20, "workers": cfg.rollout.num_workers,
                      **{f"{k}_ms": 1000 * statistics.median(v) for k, v in times.items()}})
         print(rows[-1], flush=True)

@@ -56,7 +56,7 @@ def _stage(args: argparse.Namespace) -> int:
             raise ConfigError(f"{args.config}: stage: this command runs stage {args.stage}, "
                               f"the file says stage {cfg.stage}")
         from launch.plan import local_plan
-        from launch.runner import dry_run, run_dir_for
+        from launch.runner import dry_run, fresh_run_problem, run_dir_for
 
         plan = local_plan(cfg)
         name, module = STAGE_MODULES[cfg.stage]
@@ -66,6 +66,8 @@ def _stage(args: argparse.Namespace) -> int:
             return 0
         if args.resume:
             _check_resume(cfg, run_dir)
+        elif problem := fresh_run_problem(run_dir, name):
+            raise ConfigError(problem)
         elif cfg.stage == 2:
             cfg = _stage2_prepare(cfg, args, run_dir)
         check(cfg, args.config)

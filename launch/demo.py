@@ -116,6 +116,21 @@ def summary(root: Path, s1: Path, s2: Path, real: Path, gate: dict, minutes: flo
     return "\n".join(lines) + "\n"
 
 
+def set_aside(root: Path) -> Path | None:
+    """An earlier demo in ``root`` moves to ``root``-<its time>, so this one starts fresh
+    (a run never mixes with an earlier run's files) and nothing is deleted."""
+    if not root.is_dir() or not any(root.iterdir()):
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(root.stat().st_mtime))
+    dest = root.with_name(f"{root.name}-{stamp}")
+    n = 1
+    while dest.exists():
+        dest, n = root.with_name(f"{root.name}-{stamp}-{n}"), n + 1
+    root.rename(dest)
+    print(f"[demo] the earlier demo in {root} moved to {dest}", flush=True)
+    return dest
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="stonk demo", description=__doc__.splitlines()[0])
     p.add_argument("--name", default="demo")
@@ -127,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     t0 = time.perf_counter()
     root = Path(a.output_dir) / a.name
+    set_aside(root)
     s1, s2 = root / "stage1", root / "stage2"
     real = s2 / "bundled-data"  # configs/demo/stage2.yaml: eval.also_on: [bundled]
     extra = [x for kv in a.set for x in ("--set", kv)]

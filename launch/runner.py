@@ -72,6 +72,20 @@ def run_dir_for(cfg: StageConfig, stage: str, job_id: str | None = None) -> Path
     return Path(cfg.run.output_dir) / (cfg.run.name or f"{stage}-{stamp}")
 
 
+RUN_MARKS = ("config.yaml", "metrics.jsonl", "adapters", "checkpoints", "stage2.json")
+
+
+def fresh_run_problem(run_dir: Path, stage: str) -> str | None:
+    """Why a new run may not start in ``run_dir`` (it holds an earlier run's files, which a
+    new run would mix with: adapter versions, checkpoints, metrics), or None."""
+    held = [m for m in RUN_MARKS if (run_dir / m).exists()]
+    if not held:
+        return None
+    return (f"{run_dir} already holds a run ({', '.join(held)}): continue it with "
+            f"RESUME={run_dir} (stonk {stage} --resume {run_dir}), or start a new one with "
+            "--set run.name=<a new name>")
+
+
 def api_key(cfg: StageConfig, plan: Plan) -> str | None:
     if not plan.api_key_required:
         return None

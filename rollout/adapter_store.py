@@ -82,9 +82,13 @@ class AdapterStore:
         marker = self.root / "LATEST"
         return int(marker.read_text().strip()) if marker.exists() else None
 
-    def prune(self, keep: int) -> list[int]:
-        """Delete all but the newest ``keep`` versions; returns the versions removed."""
-        old = self.versions()[:-keep] if keep > 0 else []
+    def prune(self, keep: int, current: int) -> list[int]:
+        """Keep ``current`` (the version just published) and the ``keep - 1`` before it,
+        which workers may still serve (one step behind with rollout.overlap); delete older
+        ones, and any above ``current``: leftovers no worker of this run can serve (a
+        resumed run rolls back past them). Returns the versions removed."""
+        low = current - max(keep, 1) + 1
+        old = [v for v in self.versions() if v < low or v > current]
         for v in old:
             shutil.rmtree(self.path(v), ignore_errors=True)
         return old

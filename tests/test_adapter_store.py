@@ -40,5 +40,19 @@ def test_prune_keeps_newest(tmp_path):
     store = AdapterStore(tmp_path / "a")
     for v in range(5):
         store.publish(v, _write(str(v)))
-    assert store.prune(2) == [0, 1, 2]
+    assert store.prune(2, 4) == [0, 1, 2]
     assert store.versions() == [3, 4]
+
+
+def test_prune_never_removes_the_version_just_published(tmp_path):
+    """A store that still holds higher versions from an earlier attempt (v2, v3) and now
+    publishes v0: v0 stays (keeping the highest numbers had removed it, and the worker that
+    re-read it died on FileNotFoundError); the leftovers go."""
+    store = AdapterStore(tmp_path / "a")
+    for v in (2, 3):
+        store.publish(v, _write(str(v)))
+    store.publish(0, _write("new"))
+    assert store.prune(3, 0) == [2, 3]
+    assert store.versions() == [0]
+    store.publish(1, _write("new1"))
+    assert store.prune(3, 1) == [] and store.versions() == [0, 1]

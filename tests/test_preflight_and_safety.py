@@ -243,3 +243,19 @@ def test_the_learner_launch_takes_its_mixed_precision_from_model_dtype(device, d
 
         conf = json.loads((REPO / ds).read_text())
         assert conf["bf16"]["enabled"] == conf["fp16"]["enabled"] == "auto"
+
+
+def test_a_fresh_run_refuses_a_folder_that_holds_a_run(tmp_path):
+    from launch.runner import fresh_run_problem
+
+    run = tmp_path / "r"
+    assert fresh_run_problem(run, "stage1") is None  # not there yet
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    assert fresh_run_problem(run, "stage1") is None  # a folder of the user's own
+    (run / "adapters").mkdir()
+    (run / "metrics.jsonl").write_text("{}\n")
+    problem = fresh_run_problem(run, "stage1")
+    assert problem == (f"{run} already holds a run (metrics.jsonl, adapters): continue it "
+                       f"with RESUME={run} (stonk stage1 --resume {run}), or start a new one "
+                       "with --set run.name=<a new name>")

@@ -119,6 +119,12 @@ class RolloutConfig:
     # always do) instead of vLLM-CPU's per-token gather (rollout/dense_lora.py); vLLM's own
     # ops on any version it was not checked on, and on GPUs
     cpu_dense_lora: bool = True
+    # The parity alarm (trainer/parity.py): logp_gap, the mean per-token |learner - worker|
+    # log-prob, above max_logp_gap for logp_gap_steps steps in a row stops the run (the
+    # workers' samples are not the learner's policy). ~1e-7 in float32, ~1e-3 with a 4-bit
+    # learner base; 0 turns it off
+    max_logp_gap: float = 0.1
+    logp_gap_steps: int = 3
     # Sample step k+1's batch while the learner trains step k (one step off-policy: under
     # adapter v(k-1); train.is_cap's importance weight corrects for it). Step time becomes
     # max(generate, learner) + sync instead of their sum when workers and learner ranks have
@@ -423,6 +429,8 @@ def validate(cfg: StageConfig) -> None:
         (cfg.data.window >= 2, "data.window: must be at least 2 days"),
         (cfg.launch.num_processes >= 1, "launch.num_processes: must be at least 1"),
         (cfg.run.keep_adapter_versions >= 1, "run.keep_adapter_versions: must be at least 1"),
+        (cfg.rollout.max_logp_gap >= 0, "rollout.max_logp_gap: must be >= 0 (0: no alarm)"),
+        (cfg.rollout.logp_gap_steps >= 1, "rollout.logp_gap_steps: must be at least 1"),
         (cfg.run.checkpoint_every >= 1, "run.checkpoint_every: must be at least 1"),
         (cfg.run.keep_checkpoints >= 1, "run.keep_checkpoints: must be at least 1"),
         (cfg.rollout.request_timeout_s > 0, "rollout.request_timeout_s: must be > 0 seconds"),

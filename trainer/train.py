@@ -44,6 +44,7 @@ from trainer.dist import mean_across_ranks, rank_and_world
 from trainer.evaluate import eval_samples, keep_best, run_eval, save_eval, scalar_metrics
 from trainer.learner import Learner, OutOfMemory
 from trainer.metrics import MetricsWriter, PhaseTimer, Progress, gpu_memory
+from trainer.parity import ParityAlarm, ParityError
 from trainer.rollouts import Background, PromptSampler, anchor_batch, collect, write_rollouts
 from trainer.tasks import build_task
 
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
         if rank_and_world()[0] == 0:
             print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
-    except (checkpoint.CheckpointError, NoWorkersError, OutOfMemory) as exc:  # clean stops
+    except (checkpoint.CheckpointError, NoWorkersError, OutOfMemory,
+            ParityError) as exc:  # clean stops
         if str(exc) != "see rank 0":  # the other ranks leave the explaining to rank 0
             print(f"[stop] rank {rank_and_world()[0]}: {stop_message(exc, Path(args.run_dir))}",
                   file=sys.stderr, flush=True)
@@ -136,7 +138,7 @@ def train(args: argparse.Namespace) -> None:
         if rank == 0:
             store.publish(version, lambda d: learner.save_adapter(d, state))
             client.sync(version, store.path(version))
-            store.prune(cfg.run.keep_adapter_versions)
+            store.prune(cfg.run.keep_adapter_versions, version)
         acc.wait_for_everyone()
         client.sync(version, store.path(version))
 
@@ -174,6 +176,7 @@ def train(args: argparse.Namespace) -> None:
     # rollout.overlap: the next step's batch, sampled while this step trained (samples,
     # result, seconds it took); None at the start, after a resume, or without overlap
     ready = None
+    parity = ParityAlarm(rc.max_logp_gap, rc.logp_gap_steps)
     for step in range(start + 1, tc.steps + 1):
         timer = PhaseTimer()
         if ready is None:
@@ -219,6 +222,7 @@ def train(args: argparse.Namespace) -> None:
         # faults/*: this rank's counts times the world size, so the mean below is the sum
         local.update({f"faults/{k}": float(v * world) for k, v in client.take_faults().items()})
         record = mean_across_ranks(local, learner.device)
+        parity.update(step, record["logp_gap"])  # the same on every rank: all stop together
         if rank == 0:
             record.update(step=step, adapter_version=step,
                           sampled_with_version=int(batch.adapter_version.max()),

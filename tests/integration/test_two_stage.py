@@ -16,13 +16,18 @@ pytestmark = pytest.mark.integration
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+def _demo_command(root, steps: int = 2) -> list[str]:
+    return [sys.executable, "-m", "launch.cli", "demo", "--name", "d", "--output-dir",
+            str(root), "--stage1-steps", str(steps), "--stage2-steps", str(steps), "--set",
+            "eval.final_samples=16", "--set", "eval.every_steps=1", "--set",
+            "eval.num_samples=8"]
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory, warm_model):
     root = tmp_path_factory.mktemp("demo")
-    cmd = [sys.executable, "-m", "launch.cli", "demo", "--name", "d", "--output-dir", str(root),
-           "--stage1-steps", "2", "--stage2-steps", "2", "--set", "eval.final_samples=16",
-           "--set", "eval.every_steps=1", "--set", "eval.num_samples=8"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1500)
+    proc = subprocess.run(_demo_command(root), cwd=REPO, capture_output=True, text=True,
+                          timeout=1500)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
     return root / "d", proc.stdout
 
@@ -137,3 +142,29 @@ def test_eval_of_a_runs_adapter_reproduces_the_runs_own_evaluation(demo, tmp_pat
     assert set(summary["evals"]) == {"val", "test"} and "roc_auc" in summary["evals"]["test"]
     for name in ("roc.png", "reliability.png", "confusion.png"):
         _valid_png(tmp_path / name)
+
+
+def test_the_demo_runs_again_and_a_stage_refuses_a_used_folder(demo):
+    """Last in this file (it moves the fixture's folder). The same demo command again
+    succeeds, in a fresh folder, the first demo kept beside it; `stonk stage1` into a folder
+    that holds a run refuses with one line naming RESUME= and a new run.name."""
+    root, _ = demo
+    proc = subprocess.run([sys.executable, "-m", "launch.cli", "stage1", "--config",
+                           "configs/demo/stage1.yaml", "--set", f"run.output_dir={root}",
+                           "--set", "run.name=stage1"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "already holds a run" in err[0] and "RESUME=" in err[0]
+    assert "run.name" in err[0]
+    first_rows = (root / "stage1" / "metrics.jsonl").read_text()
+
+    again = subprocess.run(_demo_command(root.parent, steps=1), cwd=REPO, capture_output=True,
+                           text=True, timeout=1500)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-5000:]
+    moved = [p for p in root.parent.iterdir() if p.name.startswith("d-")]
+    assert len(moved) == 1 and f"moved to {moved[0]}" in again.stdout
+    assert (moved[0] / "stage1" / "metrics.jsonl").read_text() == first_rows
+    rows = (root / "stage1" / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 1  # the new run's one step, nothing of the first run's two
+    assert (root / "SUMMARY.md").is_file()
