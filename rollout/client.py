@@ -157,7 +157,7 @@ class RolloutClient:
             return False
         try:
             if self.path is not None and self.served_adapter_path(url) != self.path:
-                self._load(url, self.path)
+                self._load(url, self.path, self.version)
                 if self.served_adapter_path(url) != self.path:
                     return False
         except WorkerError:
@@ -228,7 +228,7 @@ class RolloutClient:
         start = self._await_live()
 
         def body(i: int) -> dict:
-            out = {"model": self.adapter_name, "prompt": prompts[i], "n": n,
+            out = {"model": self.version_name(version), "prompt": prompts[i], "n": n,
                    "max_tokens": max_tokens, **sampling_fields(temperature, top_p),
                    "logprobs": 0, "return_token_ids": True, "skip_special_tokens": True}
             if seed is not None:
@@ -256,6 +256,9 @@ class RolloutClient:
 
     def _group(self, url: str, body: dict, n: int, version: int) -> list[Completion]:
         out = self._request(url, "/v1/completions", body)
+        if out.get("model") != body["model"]:  # the adapter that served it, by its name
+            raise WorkerError(f"{url}: asked adapter {body['model']}, the response was served "
+                              f"by {out.get('model')!r}")
         choices = sorted(out["choices"], key=lambda c: c["index"])
         if len(choices) != n:
             raise WorkerError(f"{url}: asked for n={n} completions, got {len(choices)}")
@@ -269,12 +272,26 @@ class RolloutClient:
                                     version, url))
         return group
 
-    def served_adapter_path(self, url: str) -> str | None:
+    def version_name(self, version: int) -> str:
+        """The name adapter ``version`` is loaded under: one per version, never in place,
+        so a response names the version that served it and a worker that kept an older one
+        cannot answer for the new name."""
+        return f"{self.adapter_name}-v{version}"
+
+    def _policy_cards(self, url: str) -> dict[str, str | None]:
+        """This client's adapters the worker holds: name -> path."""
         models = self._request(url, "/v1/models", timeout=30)
-        for card in models.get("data", []):
-            if card.get("id") == self.adapter_name:
-                return card.get("root")
-        return None
+        prefix = f"{self.adapter_name}-v"
+        return {c["id"]: c.get("root") for c in models.get("data", [])
+                if str(c.get("id", "")).startswith(prefix)}
+
+    def served_adapter_path(self, url: str, version: int | None = None) -> str | None:
+        """The path the worker serves adapter ``version`` (default: the current one) from,
+        None when it does not hold that version."""
+        version = self.version if version is None else version
+        if version is None:
+            return None
+        return self._policy_cards(url).get(self.version_name(version))
 
     def _checked_path(self, path: str | Path) -> str:
         resolved = Path(path).resolve()
@@ -283,21 +300,36 @@ class RolloutClient:
                               f"adapter store {self.adapter_root}")
         return str(resolved)
 
-    def _load(self, url: str, path: str) -> None:
-        body = {"lora_name": self.adapter_name, "lora_path": path, "load_inplace": True}
-        self._request(url, "/v1/load_lora_adapter", body)
+    def _unload(self, url: str, name: str) -> None:
+        try:
+            self._request(url, "/v1/unload_lora_adapter", {"lora_name": name})
+        except WorkerError:  # already gone (404); a worker that is down fails verify next
+            pass
+
+    def _load(self, url: str, path: str, version: int) -> None:
+        """Load ``version`` under its own name, read from disk afresh (a name the worker
+        already holds is unloaded first: a resumed run may publish the same number again),
+        then unload every other version. Called between steps, when no rank samples."""
+        name = self.version_name(version)
+        held = self._policy_cards(url)
+        if name in held:
+            self._unload(url, name)
+        self._request(url, "/v1/load_lora_adapter", {"lora_name": name, "lora_path": path})
+        for other in held:
+            if other != name:
+                self._unload(url, other)
 
     def publish(self, version: int, path: str | Path) -> None:
-        """Load adapter ``version`` from ``path`` on every worker in place, then verify."""
+        """Load adapter ``version`` from ``path`` on every worker, then verify."""
         path = self._checked_path(path)
-        self._map(lambda url: self._load(url, path), self.urls)
+        self._map(lambda url: self._load(url, path, version), self.urls)
         self.verify(version, path)
 
     def verify(self, version: int, path: str | Path) -> None:
-        """Check that every worker reports ``path`` for the policy adapter; then rollouts
-        from this client are recorded as produced by ``version``."""
+        """Check that every worker serves ``version`` from ``path``; then rollouts from this
+        client are recorded as produced by ``version``."""
         path = str(Path(path).resolve())
-        served = self._map(self.served_adapter_path, self.urls)
+        served = self._map(lambda url: self.served_adapter_path(url, version), self.urls)
         wrong = [f"{u} serves {s}" for u, s in zip(self.urls, served, strict=True) if s != path]
         if wrong:
             raise WorkerError(f"adapter v{version} ({path}) not in place: " + "; ".join(wrong))
@@ -305,7 +337,7 @@ class RolloutClient:
 
     def sync(self, version: int, path: str | Path) -> list[str]:
         """Fault-tolerant publish and health check between steps: every worker that answers
-        is made to serve ``path`` (loaded in place where it serves something else) and
+        is made to serve ``path`` (loaded under the version's name where it does not) and
         verified; the others are marked down. Returns the live workers (at least one, waiting
         for a restart if none is live). Afterwards rollouts are recorded as ``version``."""
         self.path = self._checked_path(path)

@@ -6,7 +6,7 @@ Runs in the launcher (the process that owns the worker processes), as one thread
 - up: the process exited -> "died"; ``/health`` failed ``unhealthy_after`` times in a row
   (each waits ``health_timeout``) -> "hung", and the process group is killed. Either way the
   worker is restarted on the same port, at most ``max_restarts`` times; then it is "failed".
-- starting: healthy -> the adapter store's newest version is loaded in place and verified
+- starting: healthy -> the adapter store's newest version is loaded (under its version's name) and verified
   ("restarted"); exited or past ``startup_timeout`` -> "restart_failed" and another try.
 
 Events go to ``events_path`` (one JSON line each, e.g. ``faults.jsonl`` in the run folder) and

@@ -97,6 +97,22 @@ def test_pushed_adapter_is_what_the_worker_samples_with(worker, adapters):
     assert gaps[0] > 20 * LOGP_TOL_MEAN, f"adapters should be distinguishable: {gaps}"
 
 
+def test_each_version_has_its_own_name_and_a_stale_client_cannot_sample(worker, adapters):
+    """v1 is loaded under policy-v1 and v0 unloaded; a client that missed v1 and asks for
+    policy-v0 gets an error naming it, never v1's samples recorded as v0's."""
+    _, store, _ = adapters
+    client = RolloutClient(worker.urls, timeout=300)
+    client.publish(0, store.path(0))
+    client.publish(1, store.path(1))
+    assert client._policy_cards(worker.urls[0]) == {"policy-v1": str(store.path(1).resolve())}
+    (group,) = client.generate([[1, 40, 41]], n=2, max_tokens=4)
+    assert all(c.adapter_version == 1 for c in group)
+    stale = RolloutClient(worker.urls, timeout=300)
+    stale.version, stale.path = 0, str(store.path(0).resolve())
+    with pytest.raises(WorkerError, match="policy-v0"):
+        stale.generate([[1, 40, 41]], n=2, max_tokens=4)
+
+
 def test_a_request_that_leaves_sampling_fields_out_gets_the_plain_softmax(worker, warm_model):
     """The embedded model ships Qwen2.5-Instruct's sampling defaults (top_k 20, repetition
     penalty 1.1, ...). A request that states only its temperature, as any OpenAI client may
