@@ -77,7 +77,8 @@ def test_stage2_starts_from_the_merged_stage1_model(demo):
 def test_demo_summary_and_real_data_report(demo):
     root, out = demo
     summary = (root / "SUMMARY.md").read_text()
-    assert "accuracy / Bayes" in summary and "answers that parse" in summary
+    assert "model / Bayes rule" in summary and "answers that parse" in summary
+    assert "the Bayes rule on the same windows" in summary and "against the simple" in summary
     real = root / "stage2" / "bundled-data"  # Stage II's eval.also_on: [bundled]
     assert "data source: bundled" in (real / "report.md").read_text()
     assert json.loads((real / "eval" / "test.json").read_text())["metrics"]["n"] == 16
