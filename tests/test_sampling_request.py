@@ -32,7 +32,7 @@ def recorder():
             bodies.append(body)
             choices = [{"index": i, "token_ids": [5], "text": "x", "finish_reason": "stop",
                         "logprobs": {"token_logprobs": [-0.5]}} for i in range(body["n"])]
-            data = json.dumps({"choices": choices}).encode()
+            data = json.dumps({"model": body["model"], "choices": choices}).encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
