@@ -9,6 +9,7 @@ from trainer.config import DataConfig, RewardConfig
 from trainer.tasks.base import Sample
 from trainer.tasks.stock.same_samples import (
     BAYES,
+    Fitted,
     baseline_calls,
     bayes_rule_accuracy,
     beats_all,
@@ -58,7 +59,7 @@ def test_realised_bayes_in_the_metrics_matches_a_brute_force_count(task):
 
 def test_each_baseline_call_follows_its_rule_from_the_prices(task):
     samples = task.split("test")[:60]
-    calls = baseline_calls(task.split("train"), samples)
+    calls = baseline_calls(Fitted.on(task.split("train")), samples)
     train_up = np.mean([s.meta["label"] == "UP" for s in task.split("train")])
     for s, c in zip(samples, calls, strict=True):
         closes = s.meta["closes"]

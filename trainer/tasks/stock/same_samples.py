@@ -24,11 +24,12 @@ labels) is a separate figure, ``bayes_expected_accuracy``, in the metrics.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from trainer.tasks.base import Sample
-from trainer.tasks.stock.baselines import BASELINES, Arrays, roc_auc
+from trainer.tasks.stock.baselines import BASELINES, Arrays, Scorer, roc_auc
 
 BOOTSTRAP = 2000
 BOOTSTRAP_SEED = 0
@@ -37,22 +38,36 @@ BAYES = "bayes_rule"
 VERDICTS = ("better", "worse", "no clear difference")
 
 
-def baseline_calls(train: list[Sample], samples: list[Sample]) -> list[dict[str, dict]]:
-    """Per sample, what each baseline fitted on ``train`` says about it: name ->
-    {"up": bool, "score": float} (score ranks for ROC-AUC). Samples without a price window
-    (prompt rows), or of another length than train's, get ``majority`` only."""
-    fitted = Arrays.of(train)
-    ys = [s.meta["label"] == "UP" for s in train]
-    up_majority = bool(np.mean(ys) >= 0.5) if ys else True
-    out: list[dict[str, dict]] = [{"majority": {"up": up_majority, "score": 0.0}}
+@dataclass(frozen=True)
+class Fitted:
+    """The baselines fitted on a training split, once: the majority direction, the window
+    width the fit reads, and each window baseline's scorer."""
+    up_majority: bool
+    width: int
+    scorers: dict[str, Scorer]
+
+    @classmethod
+    def on(cls, train: list[Sample]) -> Fitted:
+        arrays = Arrays.of(train)
+        ys = [s.meta["label"] == "UP" for s in train]
+        scorers = ({name: fit(arrays) for name, fit in BASELINES.items()}
+                   if len(arrays.y) else {})
+        return cls(bool(np.mean(ys) >= 0.5) if ys else True, arrays.x.shape[1], scorers)
+
+
+def baseline_calls(fitted: Fitted, samples: list[Sample]) -> list[dict[str, dict]]:
+    """Per sample, what each baseline says about it: name -> {"up": bool, "score": float}
+    (score ranks for ROC-AUC). Samples without a price window (prompt rows), or of another
+    length than train's, get ``majority`` only."""
+    out: list[dict[str, dict]] = [{"majority": {"up": fitted.up_majority, "score": 0.0}}
                                   for _ in samples]
-    width = fitted.x.shape[1]  # a window of another length cannot be scored by the fit
-    rows = [i for i, s in enumerate(samples) if len(s.meta.get("changes_pct") or ()) == width]
-    if not rows or not len(fitted.y):
+    rows = [i for i, s in enumerate(samples)
+            if len(s.meta.get("changes_pct") or ()) == fitted.width]
+    if not rows or not fitted.scorers:
         return out
     x = np.array([samples[i].meta["changes_pct"] for i in rows], float)
-    for name, fit in BASELINES.items():
-        up, score = fit(fitted)(x)
+    for name, scorer in fitted.scorers.items():
+        up, score = scorer(x)
         for j, i in enumerate(rows):
             out[i][name] = {"up": bool(up[j]), "score": float(score[j])}
     return out

@@ -33,7 +33,7 @@ from trainer.tasks.stock.problems import DataError
 from trainer.tasks.stock.prompt import render_prompt
 from trainer.tasks.stock.rewards import Facts, score, score_batch
 from trainer.tasks.stock.rewards.probability import PLAIN_PRIOR
-from trainer.tasks.stock.same_samples import baseline_calls
+from trainer.tasks.stock.same_samples import Fitted, baseline_calls
 from trainer.tasks.stock.series import PromptRow, Window, windows_and_flat
 from trainer.tasks.stock.sources import load_source
 from trainer.tasks.stock.splits import SPLITS, SplitStats, assign, balance, ups
@@ -213,13 +213,18 @@ class StockTask:
         for sample, completion in zip(samples, completions, strict=True):
             ans, facts = parse_answer(completion), self.facts(sample)
             out.append(eval_record(sample, ans, facts, score(ans, facts, self.weights)))
-        for rec, calls in zip(out, baseline_calls(self._splits["train"], samples), strict=True):
+        for rec, calls in zip(out, baseline_calls(self.fitted_baselines, samples), strict=True):
             rec["baselines"] = calls
         return out
 
     def evaluate(self, samples: list[Sample], completions: list[str]) -> dict[str, Any]:
         """Metrics of one completion per sample (accuracy, ROC-AUC, ECE, confusion, ...)."""
         return summarize(self.eval_records(samples, completions))
+
+    @cached_property
+    def fitted_baselines(self) -> Fitted:
+        """The baselines fitted on train once, for every evaluation's same-window table."""
+        return Fitted.on(self._splits["train"])
 
     @cached_property
     def baselines(self) -> dict[str, dict[str, Metric]]:
