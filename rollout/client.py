@@ -43,6 +43,9 @@ PLAIN_SAMPLING = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0,
                   "presence_penalty": 0.0, "frequency_penalty": 0.0}
 
 
+REFUSALS = 3  # rounds (2 s apart) of every worker refusing the adapter before stopping
+
+
 def sampling_fields(temperature: float, top_p: float) -> dict[str, float]:
     """Every sampling field of a completion request: temperature 0 is greedy decoding."""
     return {"temperature": temperature, "top_p": top_p, **PLAIN_SAMPLING}
@@ -89,6 +92,8 @@ class RolloutClient:
         self.path: str | None = None  # ... and its folder
         self.down: set[str] = set()
         self.faults: Counter[str] = Counter()  # request_retries, worker_down, worker_back
+        # healthy workers whose last load of the current adapter failed: url -> the error
+        self.refused: dict[str, str] = {}
         self._lock = threading.Lock()
         self._revive_lock = threading.Lock()
 
@@ -154,15 +159,18 @@ class RolloutClient:
     def _revive(self, url: str) -> bool:
         """A healthy worker serving the current adapter (loaded here if needed) is live."""
         if not self._healthy(url):
+            self.refused.pop(url, None)
             return False
         try:
             if self.path is not None and self.served_adapter_path(url) != self.path:
                 self._load(url, self.path, self.version)
                 if self.served_adapter_path(url) != self.path:
-                    return False
-        except WorkerError:
+                    raise WorkerError(f"{url} does not list {self.path} after loading it")
+        except WorkerError as exc:
+            self.refused[url] = str(exc)
             return False
         with self._lock:
+            self.refused.pop(url, None)
             back = url in self.down
             self.down.discard(url)
             if back:
@@ -173,16 +181,25 @@ class RolloutClient:
         return True
 
     def _await_live(self) -> list[str]:
-        """Live workers, waiting up to ``wait_for_workers_s`` for one to come back."""
+        """Live workers, waiting up to ``wait_for_workers_s`` for one to come back. Workers
+        that answer but refuse the current adapter ``REFUSALS`` rounds in a row are no
+        restart away from serving it: that stops at once, with the worker's error."""
         with self._revive_lock:
             live = self.live()
             deadline = time.monotonic() + self.wait_for_workers_s
+            refusals = 0
             while not live:
                 for url in self.urls:
                     self._revive(url)
                 live = self.live()
                 if live:
                     break
+                refusals = refusals + 1 if len(self.refused) == len(self.urls) else 0
+                if refusals >= REFUSALS:
+                    url, why = next(iter(self.refused.items()))
+                    raise NoWorkersError(
+                        f"every worker answers but none serves adapter v{self.version} "
+                        f"({self.path}) after {refusals} tries; {url}: {why[:400]}")
                 if self._supervisor_gave_up():
                     raise NoWorkersError(
                         f"all {len(self.urls)} worker(s) are gone and the launcher could not "

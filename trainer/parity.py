@@ -26,18 +26,20 @@ class ParityAlarm:
     def __init__(self, max_gap: float, steps: int):
         self.max_gap, self.steps, self.run = max_gap, steps, 0
 
-    def update(self, step: int, gap: float) -> None:
-        """Count this step's gap; raise :class:`ParityError` once it has been above the
-        bound ``steps`` steps in a row. ``max_gap`` 0 turns the alarm off."""
+    def update(self, step: int, gap: float) -> ParityError | None:
+        """Count this step's gap; the error to stop with once it has been above the bound
+        ``steps`` steps in a row (the caller logs the step, then raises it), else None.
+        ``max_gap`` 0 turns the alarm off."""
         if self.max_gap <= 0:
-            return
+            return None
         bad = not math.isfinite(gap) or gap > self.max_gap
         self.run = self.run + 1 if bad else 0
-        if self.run >= self.steps:
-            raise ParityError(
-                f"logp_gap {gap:.3g} at step {step}, above rollout.max_logp_gap "
-                f"({self.max_gap:g}) for {self.run} steps in a row: the workers' samples do "
-                "not match the learner's policy. Check that every worker serves the adapter "
-                "just published (served_adapters in the workers' logs), samples from the "
-                "plain softmax (no top-k / penalties from the model's generation_config), "
-                "and loads the same base model and dtype as the learner")
+        if self.run < self.steps:
+            return None
+        return ParityError(
+            f"logp_gap {gap:.3g} at step {step}, above rollout.max_logp_gap "
+            f"({self.max_gap:g}) for {self.run} steps in a row: the workers' samples do "
+            "not match the learner's policy. Check that every worker serves the adapter "
+            "just published (served_adapters in the workers' logs), samples from the "
+            "plain softmax (no top-k / penalties from the model's generation_config), "
+            "and loads the same base model and dtype as the learner")

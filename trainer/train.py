@@ -71,8 +71,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except (checkpoint.CheckpointError, NoWorkersError, OutOfMemory,
             ParityError) as exc:  # clean stops
-        if str(exc) != "see rank 0":  # the other ranks leave the explaining to rank 0
-            print(f"[stop] rank {rank_and_world()[0]}: {stop_message(exc, Path(args.run_dir))}",
+        # the other ranks leave the explaining to rank 0 (every rank sees the same gap)
+        rank = rank_and_world()[0]
+        if str(exc) != "see rank 0" and not (rank and isinstance(exc, ParityError)):
+            print(f"[stop] rank {rank}: {stop_message(exc, Path(args.run_dir))}",
                   file=sys.stderr, flush=True)
         sys.exit(EXIT_STOPPED)
 
@@ -222,12 +224,13 @@ def train(args: argparse.Namespace) -> None:
         # faults/*: this rank's counts times the world size, so the mean below is the sum
         local.update({f"faults/{k}": float(v * world) for k, v in client.take_faults().items()})
         record = mean_across_ranks(local, learner.device)
-        parity.update(step, record["logp_gap"])  # the same on every rank: all stop together
+        # the same gap on every rank: all stop together, after rank 0 has logged the step
+        mismatch = parity.update(step, record["logp_gap"])
         if rank == 0:
             record.update(step=step, adapter_version=step,
                           sampled_with_version=int(batch.adapter_version.max()),
                           **supervisor_counts(run_dir / STATUS))
-            if cfg.eval.every_steps and step % cfg.eval.every_steps == 0:
+            if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and not mismatch:
                 with timer("eval"):
                     ev = run_eval(task, watch, client, learner.tokenizer, cfg)["metrics"]
                 record.update(scalar_metrics(ev, "eval/"))
@@ -240,6 +243,8 @@ def train(args: argparse.Namespace) -> None:
             print(progress.line(step, record), flush=True)
             if step == 1:
                 print(base_gap_line(cfg, record["logp_gap"]), flush=True)
+        if mismatch:
+            raise mismatch
 
         # ---- checkpoint (collective: every rank writes its part of the optimizer state)
         if step % cfg.run.checkpoint_every == 0 or step == tc.steps:

@@ -164,3 +164,34 @@ def test_dense_lora_ops_sample_the_same_tokens_with_the_same_logprobs(worker, de
     assert APPLIED in dense.workers[0].log_path.read_text(errors="replace"), "the dense worker's log does not show the plugin applied"
     plain_logs = worker.workers[0].log_path.read_text(errors="replace")
     assert APPLIED not in plain_logs
+
+
+def test_an_adapter_every_worker_refuses_stops_at_once_with_the_workers_error(worker,
+                                                                             adapters):
+    """A healthy worker that cannot load the adapter (here: its weights file is not a
+    safetensors file) is no restart away from serving it: the client stops after a few
+    tries with the worker's own error, instead of waiting for a restart until the learner
+    ranks' collectives time out."""
+    import time
+
+    from rollout.client import REFUSALS, NoWorkersError
+
+    _, store, _ = adapters
+
+    def write_broken(folder):
+        config = store.path(1) / "adapter_config.json"
+        (folder / "adapter_config.json").write_text(config.read_text())
+        (folder / "adapter_model.safetensors").write_bytes(b"not safetensors")
+
+    broken = store.publish(7, write_broken)
+    client = RolloutClient(worker.urls, timeout=300, adapter_root=store.root,
+                           wait_for_workers_s=600)
+    t = time.monotonic()
+    with pytest.raises(NoWorkersError) as err:
+        client.sync(7, broken)
+    assert time.monotonic() - t < 30 + 2 * REFUSALS
+    msg = str(err.value)
+    assert f"none serves adapter v7 ({broken.resolve()})" in msg and worker.urls[0] in msg
+    assert "load_lora_adapter" in msg  # the worker's answer to the load, quoted
+    client.publish(1, store.path(1))  # the worker itself is fine
+    assert client.health() == {worker.urls[0]: True}
