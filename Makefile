@@ -133,6 +133,7 @@ bench-rollout: setup warmstart bench-model
 
 bench-push: setup warmstart
 	$(BIN)/python benchmarks/push_latency.py --ranks 8,16,64 --repeats 20
+	$(BIN)/python benchmarks/keepalive.py --rounds 5
 
 bench-learning: setup warmstart
 	$(BIN)/python benchmarks/learning.py --steps 200 --eval-every 10
