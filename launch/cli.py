@@ -104,38 +104,71 @@ def _stage2_prepare(cfg, args: argparse.Namespace, run_dir: Path):
     stage1 = Path(args.stage1_run)
     if os.environ.get("SLURM_NODEID", "0") == "0":
         return prepare(cfg, stage1, run_dir, args.force)
-    import time  # other nodes: wait for node 0's merge on the shared filesystem
+    from launch.slurm_job import wait_for  # other nodes: node 0's merge, on the shared disk
 
-    while not (run_dir / "stage2.json").is_file():
-        time.sleep(5)
+    wait_for((run_dir / "stage2.json").is_file, cfg.launch.node_wait_s,
+             f"node 0's Stage II merge ({run_dir / 'stage2.json'})", poll_s=5.0)
     cfg.model.name_or_path = str(run_dir / "base")
     return cfg
 
 
 def _slurm(args: argparse.Namespace) -> int:
+    """This node's part of one attempt of a Slurm job (launch/slurm_job.py): node 0 decides
+    whether the attempt starts fresh, resumes the run folder's latest checkpoint or has
+    nothing left to do; the other nodes follow that decision."""
     from launch.preflight import PreflightError, check
     from trainer.config import ConfigError
 
     try:
+        if args.resume:  # the run's own config.yaml, whatever the batch file passes
+            args.config = None
         cfg = _load(args)
+        from launch import slurm_job
         from launch.plan import slurm_plan
         from launch.runner import dry_run, run_dir_for
 
-        plan = slurm_plan(cfg, dict(os.environ))
+        env = dict(os.environ)
+        plan = slurm_plan(cfg, env)
         name, module = STAGE_MODULES[cfg.stage]
-        job = os.environ.get("SLURM_JOB_ID", "local")
+        job = env.get("SLURM_JOB_ID", "local")
+        run_dir = Path(args.resume) if args.resume else run_dir_for(cfg, name, job)
         if args.dry_run:
-            print(dry_run(cfg, plan, module, run_dir_for(cfg, name, job)))
+            print(dry_run(cfg, plan, module, run_dir))
             return 0
-        if cfg.stage == 2:
-            cfg = _stage2_prepare(cfg, args, run_dir_for(cfg, name, job))
+        cfg = _run_config(args, run_dir, cfg)
+        plan = slurm_plan(cfg, env)  # as the run's own config places it
+        attempt = slurm_job.attempt_number(env)
+        if int(env["SLURM_NODEID"]) == 0:
+            start = slurm_job.decide(cfg, run_dir, plan, attempt, bool(args.resume))
+        else:
+            start = slurm_job.await_decision(run_dir, attempt, cfg.launch.node_wait_s)
+        if start == "finished":
+            print(slurm_job.finished_message(run_dir, cfg), flush=True)
+            return 0
+        if start == "resume":
+            print(f"[launch] attempt {attempt}: continuing {run_dir} from its latest "
+                  f"checkpoint", flush=True)
+        elif cfg.stage == 2:
+            cfg = _stage2_prepare(cfg, args, run_dir)
         check(cfg, args.config)
     except (ConfigError, PreflightError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from launch.runner import run_slurm_node
+    return slurm_job.run_slurm_node(cfg, name, module, plan, run_dir, attempt,
+                                    start == "resume", job)
 
-    return run_slurm_node(cfg, name, module, plan, job)
+
+def _run_config(args: argparse.Namespace, run_dir: Path, cfg):
+    """A run folder with a checkpoint continues with its own config.yaml (and --set)."""
+    from trainer.checkpoint import latest
+    from trainer.config import load_config
+
+    if not (run_dir / "config.yaml").is_file() or latest(run_dir) is None:
+        return cfg
+    cfg = load_config(run_dir / "config.yaml", args.set)
+    if args.nproc is not None:
+        set_nproc(cfg, args.nproc)
+    return cfg
 
 
 def _workers(args: argparse.Namespace) -> int:
@@ -303,9 +336,11 @@ def main(argv: list[str] | None = None) -> int:
     _stage2_args(s2)
     _resume_arg(s2)
     s2.set_defaults(fn=_stage, stage=2)
-    sl = sub.add_parser("slurm", help="run this node's part of a Slurm job (under srun)")
+    sl = sub.add_parser("slurm", help="run this node's part of a Slurm job (under srun); a "
+                        "requeued job continues from its run folder's latest checkpoint")
     _common(sl, "configs/multinode/stage1.yaml")
     _stage2_args(sl)
+    _resume_arg(sl)
     sl.set_defaults(fn=_slurm)
     ev = sub.add_parser("eval", help="evaluate a run's adapter on a split; write its report")
     ev.add_argument("--run", required=True, help="run folder")

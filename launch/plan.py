@@ -17,6 +17,7 @@ Roles:
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 
 from trainer.config import ConfigError, StageConfig
@@ -27,9 +28,10 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 @dataclass
 class WorkerSlot:
     node: str
-    host: str  # address the server binds to
+    host: str  # the address in the worker's URL (and the one it binds to, unless ``bind``)
     port: int
     devices: str | None  # CUDA_VISIBLE_DEVICES, None on CPU
+    bind: str | None = None  # the address the server binds to, when not ``host``
 
     @property
     def url(self) -> str:
@@ -60,6 +62,7 @@ class Plan:
         lines = [f"nodes: {', '.join(self.nodes)} (this node: {self.this_node})"]
         for w in self.workers:
             here = " [this node]" if w in self.local_workers else ""
+            here += f" bound to {w.bind}" if w.bind and w.bind != w.host else ""
             lines.append(f"worker {w.url} on {w.node} devices={w.devices or 'cpu'}{here}")
         if self.learner:
             ls = self.learner
@@ -104,6 +107,34 @@ def _workers_on(cfg: StageConfig, node: str, host: str) -> list[WorkerSlot]:
     return [WorkerSlot(node, host, rc.base_port + i, groups[i]) for i in range(rc.num_workers)]
 
 
+def routed_address(peer: str) -> str:
+    """This machine's address on the interface that routes to ``peer`` (no packet is sent);
+    every interface (0.0.0.0) when ``peer`` cannot be resolved or reached. A node's own
+    hostname can resolve to a loopback alias (127.0.1.1) that other nodes cannot reach, so a
+    worker node never binds to it."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((peer, 9))
+            return s.getsockname()[0]
+    except OSError:
+        return "0.0.0.0"
+
+
+def _worker_nodes(cfg: StageConfig, nodes: list[str], this: str) -> list[WorkerSlot]:
+    """Workers on the first ``launch.slurm_worker_nodes`` nodes, addressed by
+    ``launch.worker_host`` (``{node}`` replaced) or the node name; this node's own workers
+    bind to that name, or to the address that routes to the first learner node."""
+    k, template = cfg.launch.slurm_worker_nodes, cfg.launch.worker_host
+    workers = []
+    for n in nodes[:k]:
+        host = template.format(node=n) if template else n
+        for w in _workers_on(cfg, n, host):
+            if n == this:
+                w.bind = host if template else routed_address(nodes[k])
+            workers.append(w)
+    return workers
+
+
 def _learner_devices(cfg: StageConfig) -> str | None:
     return ",".join(map(str, cfg.launch.learner_gpus)) or None
 
@@ -136,7 +167,7 @@ def slurm_plan(cfg: StageConfig, env: dict[str, str]) -> Plan:
     if k >= len(nodes):
         raise ConfigError(f"launch.slurm_worker_nodes: {k} worker node(s) leave no learner "
                           f"node in a {len(nodes)}-node job")
-    workers = [w for n in nodes[:k] for w in _workers_on(cfg, n, n)]
+    workers = _worker_nodes(cfg, nodes, this)
     local = [w for w in workers if w.node == this]
     learner = None
     if node_id >= k:

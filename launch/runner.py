@@ -10,14 +10,12 @@ workers and restarts a dead or hung one on its port with the current adapter; ev
 ``faults.jsonl`` and worker states to ``workers_status.json`` in the run folder. When the
 learner fails, the launcher names the last complete checkpoint and the command that resumes.
 
-Multi-node Slurm jobs run :func:`run_slurm_node` on every node (``srun stonk slurm``):
-worker nodes serve until the learner writes ``DONE`` into the shared run folder; learner
-nodes wait for every worker to be healthy, then start their ranks.
+Slurm jobs run ``launch/slurm_job.py`` on every node (``srun stonk slurm``), built from
+the parts here.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -116,10 +114,11 @@ def worker_specs(cfg: StageConfig, slots: list[WorkerSlot], key: str | None,
     if cfg.launch.device == "cpu" and rc.cpu_bind:
         binds = worker_bindings(len(slots), rc.env, allowed_cpus())
     for i, slot in enumerate(slots):
-        port = free_port(slot.port, slot.host, taken) if probe_ports else slot.port
+        address = slot.bind or slot.host
+        port = free_port(slot.port, address, taken) if probe_ports else slot.port
         taken.add(port)
         specs.append(WorkerSpec(
-            model=cfg.model.name_or_path, port=port, host=slot.host, max_lora_rank=cfg.lora.r,
+            model=cfg.model.name_or_path, port=port, host=address, max_lora_rank=cfg.lora.r,
             max_model_len=cfg.model.max_model_len, dtype=rc.dtype,
             gpu_memory_utilization=rc.gpu_memory_utilization, enforce_eager=rc.enforce_eager,
             seed=cfg.train.seed + i, api_key=key, trust_remote_code=cfg.model.trust_remote_code,
@@ -396,68 +395,3 @@ def _healthy(url: str, key: str | None) -> bool:
             return r.status == 200
     except (urllib.error.URLError, OSError):
         return False
-
-
-def run_slurm_node(cfg: StageConfig, stage: str, module: str, plan: Plan, job_id: str) -> int:
-    """This node's part of a Slurm job (every node runs this under ``srun``)."""
-    run_dir = run_dir_for(cfg, stage, job_id)
-    if len(plan.nodes) == 1:
-        return run_stage(cfg, stage, module, plan, run_dir)
-    key = api_key(cfg, plan)
-    if plan.learner is None or plan.learner.machine_rank == 0:
-        _prepare(cfg, run_dir)
-
-    def worker_node(cleanups) -> int:
-        pool = WorkerPool(worker_specs(cfg, plan.local_workers, key, probe_ports=False),
-                          run_dir / "logs" / plan.this_node, cfg.rollout.startup_timeout_s)
-        cleanups.append(pool.stop)
-        pool.start()
-        supervisor = supervise(cfg, pool, key, None, tag=f"[launch] {plan.this_node}:")
-        supervisor.adapter_dir = (Path(cfg.run.adapter_dir) if cfg.run.adapter_dir
-                                  else run_dir / "adapters")  # shared with the learner nodes
-        cleanups.append(supervisor.stop)
-        print(f"[launch] {plan.this_node}: serving {', '.join(pool.urls)} until "
-              f"{run_dir / DONE} appears", flush=True)
-        while not (run_dir / DONE).exists():
-            if supervisor.all_failed():
-                print(f"[launch] {plan.this_node}: every worker failed and could not be "
-                      f"restarted", file=sys.stderr, flush=True)
-                return 1
-            time.sleep(5)
-        return 0
-
-    def learner_node(cleanups) -> int:
-        urls = [w.url for w in plan.workers]
-        manifest = run_dir / "workers.json"
-        if plan.learner.machine_rank == 0:
-            manifest.write_text(json.dumps({"workers": [{"url": u} for u in urls]}, indent=2))
-            cleanups.append(lambda: (run_dir / DONE).write_text("done\n"))
-        while not manifest.exists():  # other learner nodes: wait for machine rank 0
-            time.sleep(1)
-        # As on one node, the ranks load their model while the worker nodes load theirs (the
-        # learner waits for every worker's /health before its first publish); this node
-        # watches the same, to name the workers that never came up
-        print(f"[launch] {plan.this_node}: starting {plan.learner.num_processes} learner "
-              f"rank(s) while the workers start: {', '.join(urls)}", flush=True)
-        learner = _start_learner(cfg, run_dir, module, plan.learner, probe_port=False)
-        cleanups.append(lambda: _stop_tree(learner))
-        t0 = time.monotonic()
-        while down := [u for u in urls if not _healthy(u, key)]:
-            if learner.poll() is not None:
-                break
-            if time.monotonic() - t0 > cfg.rollout.startup_timeout_s:
-                print(f"[launch] {plan.this_node}: error: workers not healthy after "
-                      f"{cfg.rollout.startup_timeout_s:.0f}s (rollout.startup_timeout_s): "
-                      f"{', '.join(down)}; see the worker nodes' logs in {run_dir / 'logs'}",
-                      file=sys.stderr, flush=True)
-                return 1
-            time.sleep(2)
-        else:
-            print(f"[launch] {plan.this_node}: workers healthy after "
-                  f"{time.monotonic() - t0:.0f}s", flush=True)
-        code = learner.wait()
-        if code != 0:
-            _learner_failed(code, run_dir, cfg.stage)
-        return code
-
-    return _guarded(learner_node if plan.learner else worker_node)

@@ -35,8 +35,16 @@ class StartAborted(Exception):
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
+    """SIGTERM when the launcher dies; SIGUSR1 ignored (exec keeps that): Slurm's time-limit
+    warning goes to every process of the job step, and only the learner ranks, which set
+    their own handler, act on it (launch/slurm_job.py). libc's calls, not Python's: this may
+    run in a thread other than the main one (a worker restarted by the supervisor)."""
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.signal.restype = ctypes.c_void_p
+        libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        libc.signal(int(signal.SIGUSR1), 1)  # 1: SIG_IGN
     except OSError:
         pass
 

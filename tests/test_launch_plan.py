@@ -165,7 +165,10 @@ def test_remote_workers_require_api_key(monkeypatch):
     monkeypatch.setenv("STONK_API_KEY", "s3cret")
     assert api_key(cfg, plan) == "s3cret"
     text = dry_run(cfg, plan, "trainer.train", Path("runs/x"))
-    assert "--host gpu07 --port 8100" in text and "--api-key <$STONK_API_KEY>" in text
+    # gpu08 (the learner node) does not resolve here: the workers bind every interface,
+    # the learner nodes reach them by the node's name
+    assert "--host 0.0.0.0 --port 8100" in text and "--api-key <$STONK_API_KEY>" in text
+    assert "worker http://gpu07:8100 on gpu07 devices=0 [this node] bound to 0.0.0.0" in text
     assert "CUDA_VISIBLE_DEVICES=3" in text
 
 
@@ -196,7 +199,10 @@ def test_batch_files_ask_slurm_for_what_a_run_needs(path):
     text = path.read_text()
     sbatch = dict(re.findall(r"^#SBATCH --([\w-]+)=(\S+)", text, re.M))
     assert {"job-name", "nodes", "ntasks-per-node", "gpus-per-node", "cpus-per-task", "time",
-            "output"} <= sbatch.keys(), sbatch
+            "output", "open-mode", "signal"} <= sbatch.keys(), sbatch
+    # requeued attempts append to one log; the time-limit warning reaches every task
+    assert sbatch["open-mode"] == "append" and "#SBATCH --requeue\n" in text
+    assert re.fullmatch(r"USR1@\d+", sbatch["signal"]), "SIGUSR1 to the steps, not B: (shell)"
     log_dir = Path(sbatch["output"]).parent
     assert (REPO / log_dir).is_dir() and subprocess.run(
         ["git", "ls-files", "--error-unmatch", str(log_dir / ".gitkeep")], cwd=REPO,
@@ -229,3 +235,21 @@ def test_stage2_slurm_dry_run_uses_the_stage2_recipe():
     assert "learner on gpu08: machine_rank=0/1 processes=8" in out
     text = (REPO / "launch/slurm/stage2_multinode.sbatch").read_text()
     assert "--stage1-run" in text and "${FORCE:+--force}" in text
+
+
+def test_a_worker_node_binds_where_the_learner_nodes_reach_it(monkeypatch):
+    """Never to what the node's own name resolves to (127.0.1.1 on some clusters): to the
+    address that routes to the first learner node, or to launch.worker_host."""
+    from launch.plan import routed_address
+
+    assert routed_address("127.0.0.1") == "127.0.0.1"
+    assert routed_address("no-such-node.invalid") == "0.0.0.0"  # every interface
+    cfg = load_config(MULTI)
+    plan = slurm_plan(cfg, slurm_env("localhost,127.0.0.1", 2, 0))
+    assert [(w.url, w.bind) for w in plan.local_workers][:1] == [
+        ("http://localhost:8100", "127.0.0.1")]
+    cfg = load_config(MULTI, ["launch.worker_host='{node}-ib'"])
+    plan = slurm_plan(cfg, slurm_env("gpu[1-3]", 3, 1))  # a learner node: no bind
+    assert plan.workers[0].url == "http://gpu1-ib:8100" and plan.workers[0].bind is None
+    plan = slurm_plan(cfg, slurm_env("gpu[1-3]", 3, 0))
+    assert {w.bind for w in plan.local_workers} == {"gpu1-ib"}

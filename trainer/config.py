@@ -250,6 +250,14 @@ class LaunchConfig:
     colocate: bool = False
     main_process_port: int = 29500
     slurm_worker_nodes: int = 1  # multi-node Slurm jobs: the first K nodes run workers
+    # Slurm: the longest one node waits for another (the attempt's start decision, node 0's
+    # Stage II merge, the learner's worker manifest) and a worker node serves a learner that
+    # shows no sign of life (no new metrics line)
+    node_wait_s: float = 3600.0
+    # Slurm: the address other nodes reach a worker node's workers at; "{node}" is replaced
+    # by the node's name (e.g. "{node}-ib"). Empty: the node name, the workers bound to the
+    # address that routes to the first learner node (never a loopback alias of the name)
+    worker_host: str = ""
     # GiB of each GPU, the card this config is written for: the memory plan (`stonk plan`,
     # preflight) checks against it where no GPU is visible; 0 = ask the GPU (torch.cuda)
     gpu_memory_gb: float = 0.0
@@ -450,6 +458,7 @@ def validate(cfg: StageConfig) -> None:
          "rollout.max_tokens: must be smaller than model.max_model_len"),
         (cfg.rollout.tensor_parallel_size >= 1, "rollout.tensor_parallel_size: must be >= 1"),
         (cfg.launch.slurm_worker_nodes >= 1, "launch.slurm_worker_nodes: must be at least 1"),
+        (cfg.launch.node_wait_s > 0, "launch.node_wait_s: must be > 0 seconds"),
         (cfg.launch.gpu_memory_gb >= 0, "launch.gpu_memory_gb: must be >= 0 (0: ask the GPU)"),
         (cfg.eval.every_steps >= 0, "eval.every_steps: must be >= 0 (0: only at the end)"),
         (cfg.eval.num_samples >= 0, "eval.num_samples: must be >= 0 (0: the whole split)"),

@@ -22,7 +22,8 @@ Reliability (README "Reliability"): ``--resume`` continues from the latest check
 per-request seeds make a step's samples independent of which worker serves them, so a
 request lost with a worker is retried elsewhere (rollout/client.py) with the same result.
 A failed checkpoint write or the loss of every worker stops the run cleanly (exit code 3)
-with the previous checkpoint intact.
+with the previous checkpoint intact. SIGUSR1 (Slurm's warning before the time limit,
+``launch/slurm_job.py``) stops it cleanly too, after the current step and its checkpoint.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ import argparse
 import json
 import os
 import random
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import torch
@@ -52,6 +55,10 @@ STATUS = "workers_status.json"  # written by the launcher's supervisor (rollout/
 EXIT_STOPPED = 3  # a clean stop: checkpoint write failed, every worker gone, out of memory
 
 
+class TimeLimitStop(RuntimeError):
+    """SIGUSR1 arrived: the run stopped after a step, with that step's checkpoint."""
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="GRPO learner ranks (one per process)")
     parser.add_argument("--run-dir", required=True)
@@ -69,11 +76,12 @@ def main(argv: list[str] | None = None) -> None:
         if rank_and_world()[0] == 0:
             print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
-    except (checkpoint.CheckpointError, NoWorkersError, OutOfMemory,
-            ParityError) as exc:  # clean stops
+    except (checkpoint.CheckpointError, NoWorkersError, OutOfMemory, ParityError,
+            TimeLimitStop) as exc:  # clean stops
         # the other ranks leave the explaining to rank 0 (every rank sees the same gap)
         rank = rank_and_world()[0]
-        if str(exc) != "see rank 0" and not (rank and isinstance(exc, ParityError)):
+        if str(exc) != "see rank 0" and not (rank and isinstance(exc, (ParityError,
+                                                                       TimeLimitStop))):
             print(f"[stop] rank {rank}: {stop_message(exc, Path(args.run_dir))}",
                   file=sys.stderr, flush=True)
         sys.exit(EXIT_STOPPED)
@@ -91,6 +99,10 @@ def stop_message(exc: Exception, run_dir: Path) -> str:
 
 def train(args: argparse.Namespace) -> None:
     run_dir = Path(args.run_dir)
+    # Slurm's time-limit warning (launch/slurm_job.py): finish the step, checkpoint, stop.
+    # First thing: the launcher starts the ranks with SIGUSR1 ignored until they get here
+    warned = threading.Event()
+    signal.signal(signal.SIGUSR1, lambda signum, frame: warned.set())
 
     # ---- config
     cfg = load_config(args.config or run_dir / "config.yaml", args.set)
@@ -223,14 +235,18 @@ def train(args: argparse.Namespace) -> None:
         local.update(gpu_memory(learner.device))  # the mean over ranks of each rank's peak
         # faults/*: this rank's counts times the world size, so the mean below is the sum
         local.update({f"faults/{k}": float(v * world) for k, v in client.take_faults().items()})
+        local["stop_requested"] = float(warned.is_set())
         record = mean_across_ranks(local, learner.device)
+        # any rank warned: all stop after this step (a rank may have missed the signal)
+        stop_now = record.pop("stop_requested") > 0 and step < tc.steps
         # the same gap on every rank: all stop together, after rank 0 has logged the step
         mismatch = parity.update(step, record["logp_gap"])
         if rank == 0:
             record.update(step=step, adapter_version=step,
                           sampled_with_version=int(batch.adapter_version.max()),
                           **supervisor_counts(run_dir / STATUS))
-            if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and not mismatch:
+            if (cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and not mismatch
+                    and not stop_now):
                 with timer("eval"):
                     ev = run_eval(task, watch, client, learner.tokenizer, cfg)["metrics"]
                 record.update(scalar_metrics(ev, "eval/"))
@@ -247,10 +263,15 @@ def train(args: argparse.Namespace) -> None:
             raise mismatch
 
         # ---- checkpoint (collective: every rank writes its part of the optimizer state)
-        if step % cfg.run.checkpoint_every == 0 or step == tc.steps:
+        if step % cfg.run.checkpoint_every == 0 or step == tc.steps or stop_now:
             checkpoint.save(cfg, run_dir, step, learner=learner, sampler=position,
                             adapter_dir=store.path(step), rank=rank, world=world)
         acc.wait_for_everyone()
+        if stop_now:
+            raise TimeLimitStop(
+                f"SIGUSR1 (Slurm's time-limit warning): stopped after step {step} with its "
+                f"checkpoint; the requeued job continues from it (or: make stage{cfg.stage} "
+                f"RESUME={run_dir})")
 
     if rank == 0:
         served = {url: client.served_adapter_path(url) for url in client.live()}

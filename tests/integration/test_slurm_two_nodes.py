@@ -41,7 +41,7 @@ def test_worker_node_and_learner_node_run_one_job(tmp_path, warm_model):
     worker_log, learner_log = (p.read_text() for p in logs)
     run_dir = tmp_path / "stage1-job4242"
     url = f"http://localhost:{PORT}"
-    assert f"serving {url} until" in worker_log
+    assert f"serving {url} (bound to 127.0.0.1) until" in worker_log  # routes to 127.0.0.1
     assert "rank(s) while the workers start" in learner_log
     assert "workers healthy after" in learner_log
     assert json.loads((run_dir / "served_adapters.json").read_text()) == {
