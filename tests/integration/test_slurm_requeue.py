@@ -147,3 +147,21 @@ def test_the_requeued_run_ends_as_the_uninterrupted_one(job):
             assert abs(a[key] - b[key]) <= ABS_TOL + REL_TOL * abs(a[key]), (a["step"], key)
     for step in (1, 2, 3, 4):
         assert _samples(run_dir, step) == _samples(reference, step), f"step {step}"
+
+
+def test_resume_by_hand_keeps_the_one_node_checks(job):
+    """``stonk slurm --resume RUN`` (a job resubmitted under a new id): a finished run has
+    nothing to do; a changed recipe is refused before anything starts, naming the field."""
+    run_dir = job[1]
+    env = dict(os.environ, SLURM_JOB_NODELIST="localhost,127.0.0.1", SLURM_NNODES="2",
+               SLURM_NODEID="0", SLURM_JOB_ID="5152", STONK_API_KEY="test-secret")
+    base = [sys.executable, "-m", "launch.cli", "slurm", "--config", DEMO, "--resume",
+            str(run_dir)]
+    done = subprocess.run(base, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "already reached step 4" in done.stdout, done.stderr
+    changed = subprocess.run(base + set_flags("train.steps=6", "train.learning_rate=1.0e-3"),
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert changed.returncode == 2, changed.stdout + changed.stderr
+    err = changed.stderr
+    assert err.startswith(f"error: {run_dir}: cannot continue") and "Traceback" not in err
+    assert "train.learning_rate: 0.005 -> 0.001" in err  # the one-node check, listing fields

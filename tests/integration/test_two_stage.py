@@ -145,6 +145,56 @@ def test_eval_of_a_runs_adapter_reproduces_the_runs_own_evaluation(demo, tmp_pat
         _valid_png(tmp_path / name)
 
 
+def test_stage2_on_slurm_resumes_a_requeued_job_without_merging_again(demo, tmp_path):
+    """Stage II as a one-node Slurm job: attempt 0 merges the Stage I model, gets Slurm's
+    time-limit warning (SIGUSR1 to every process) and stops after a step with its
+    checkpoint; attempt 1 (``SLURM_RESTART_COUNT=1``) continues from it on the merged base
+    it already has, and finishes."""
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    root, _ = demo
+    env = dict(os.environ, PYTHONUNBUFFERED="1", SLURM_JOB_NODELIST="localhost",
+               SLURM_NNODES="1", SLURM_NODEID="0", SLURM_JOB_ID="6262")
+    cmd = [sys.executable, "-m", "launch.cli", "slurm", "--config", "configs/demo/stage2.yaml",
+           "--stage1-run", str(root / "stage1"), "--force",  # 2 demo steps fail the gate
+           "--set", f"run.output_dir={tmp_path}",
+           "--set", "train.steps=3", "--set", "eval.final_samples=16", "--set",
+           "eval.num_samples=8", "--set", "rollout.base_port=8480"]
+    logs = [tmp_path / f"attempt{k}.log" for k in (0, 1)]
+    first = subprocess.Popen(cmd, cwd=REPO, env=dict(env, SLURM_RESTART_COUNT="0"),
+                             stdout=open(logs[0], "w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 600
+    while "step 1/3" not in logs[0].read_text():
+        assert first.poll() is None and time.monotonic() < deadline, logs[0].read_text()[-3000:]
+        time.sleep(0.05)
+    for proc in [psutil.Process(first.pid), *psutil.Process(first.pid).children(recursive=True)]:
+        try:
+            proc.send_signal(signal.SIGUSR1)
+        except psutil.NoSuchProcess:
+            pass
+    first.wait(timeout=600)
+    run_dir = tmp_path / "stage2-job6262"
+    out0 = logs[0].read_text()
+    stopped = (run_dir / "checkpoints" / "LATEST").read_text().strip()
+    assert "[stage2] merging" in out0 and "stopped after step" in out0, out0[-3000:]
+    assert stopped in ("step_000001", "step_000002"), stopped
+    merged = (run_dir / "stage2.json").stat().st_mtime
+
+    second = subprocess.run(cmd, cwd=REPO, env=dict(env, SLURM_RESTART_COUNT="1"),
+                            capture_output=True, text=True, timeout=900)
+    out1 = second.stdout + second.stderr
+    assert second.returncode == 0, out1[-3000:]
+    assert "continuing" in out1 and f"resumed from {run_dir / 'checkpoints' / stopped}" in out1
+    assert "[stage2] merging" not in out1  # the merged base of attempt 0 is used
+    assert (run_dir / "stage2.json").stat().st_mtime == merged
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+
+
 def test_the_demo_runs_again_and_a_stage_refuses_a_used_folder(demo):
     """Last in this file (it moves the fixture's folder). The same demo command again
     succeeds, in a fresh folder, the first demo kept beside it; `stonk stage1` into a folder
