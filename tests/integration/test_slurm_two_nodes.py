@@ -51,3 +51,24 @@ def test_worker_node_and_learner_node_run_one_job(tmp_path, warm_model):
     assert (run_dir / "DONE").is_file()  # the learner node marked the run done
     assert (run_dir / "logs" / "localhost").is_dir()  # each worker node logs in its own folder
     assert not [p for p in processes_mentioning(str(run_dir)) if alive(p.pid)]
+
+
+def test_a_node_whose_peers_never_come_stops_naming_what_it_waited_for(tmp_path, warm_model):
+    """launch.node_wait_s bounds every wait between nodes: a learner node without node 0
+    waits for node 0's start decision; a worker node whose learner never shows a sign of
+    life (no workers.json, no metrics) stops its workers."""
+    sets = ["launch.slurm_worker_nodes=1", f"rollout.base_port={PORT + 5}",
+            f"run.output_dir={tmp_path}", "launch.node_wait_s=4", *EVAL_SETS]
+    cmd = [sys.executable, "-m", "launch.cli", "slurm", "--config", DEMO, *set_flags(*sets)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", SLURM_JOB_NODELIST="localhost,127.0.0.1",
+               SLURM_NNODES="2", SLURM_JOB_ID="4343", STONK_API_KEY="test-secret")
+    learner = subprocess.run(cmd, cwd=REPO, env=dict(env, SLURM_NODEID="1"),
+                             capture_output=True, text=True, timeout=120)
+    assert learner.returncode == 2, learner.stdout + learner.stderr
+    assert ("waited 4s (launch.node_wait_s) for node 0's start decision for attempt 0"
+            in learner.stderr)
+    worker = subprocess.run(cmd, cwd=REPO, env=dict(env, SLURM_NODEID="0"),
+                            capture_output=True, text=True, timeout=600)
+    assert worker.returncode == 1, worker.stdout + worker.stderr
+    assert "no learner activity (metrics.jsonl, workers.json) for 4s" in worker.stderr
+    assert not [p for p in processes_mentioning(str(tmp_path)) if alive(p.pid)]
