@@ -138,8 +138,10 @@ def _labels(samples: list[Sample]) -> np.ndarray:
     return np.array([s.meta["label"] == "UP" for s in samples], float)
 
 
-def run_baselines(splits: dict[str, list[Sample]]) -> dict[str, dict[str, Metric]]:
-    """Baseline name -> split -> metric, fitted on ``train``, scored on val and test."""
+def run_baselines(splits: dict[str, list[Sample]], scorers: dict[str, Scorer] | None = None
+                  ) -> dict[str, dict[str, Metric]]:
+    """Baseline name -> split -> metric, fitted on ``train`` (or the ``scorers`` already
+    fitted there), scored on val and test."""
     train = Arrays.of(splits["train"])
     evals = {name: Arrays.of(splits.get(name, [])) for name in EVAL_SPLITS}
     if not len(train.y):  # prompt rows only: the label base rate is all there is
@@ -148,8 +150,9 @@ def run_baselines(splits: dict[str, list[Sample]]) -> dict[str, dict[str, Metric
         return {"majority": {s: _metric(np.full(len(y), up), np.zeros(len(y)), y)
                              for s, y in ys.items() if len(y)}}
     out = {}
-    for name, fit in BASELINES.items():
-        scorer = fit(train)
+    if scorers is None:
+        scorers = {name: fit(train) for name, fit in BASELINES.items()}
+    for name, scorer in scorers.items():
         out[name] = {s: _metric(*scorer(a.x), a.y) for s, a in evals.items() if len(a.y)}
     if not np.isnan(train.oracle).any():
         out["bayes_oracle"] = {s: _metric(a.oracle > 0.5, a.oracle, a.y)

@@ -228,7 +228,7 @@ class StockTask:
 
     @cached_property
     def baselines(self) -> dict[str, dict[str, Metric]]:
-        return run_baselines(self._splits)
+        return run_baselines(self._splits, self.fitted_baselines.scorers)
 
     def bayes_expected_accuracy(self, name: str) -> float | None:
         if not self.has_oracle:
