@@ -78,11 +78,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except (checkpoint.CheckpointError, NoWorkersError, OutOfMemory, ParityError,
             TimeLimitStop) as exc:  # clean stops
-        # the other ranks leave the explaining to rank 0 (every rank sees the same gap)
-        rank = rank_and_world()[0]
-        if str(exc) != "see rank 0" and not (rank and isinstance(exc, (ParityError,
-                                                                       TimeLimitStop))):
-            print(f"[stop] rank {rank}: {stop_message(exc, Path(args.run_dir))}",
+        if str(exc) != "see rank 0":  # the other ranks leave the explaining to rank 0
+            print(f"[stop] rank {rank_and_world()[0]}: {stop_message(exc, Path(args.run_dir))}",
                   file=sys.stderr, flush=True)
         sys.exit(EXIT_STOPPED)
 
@@ -260,7 +257,7 @@ def train(args: argparse.Namespace) -> None:
             if step == 1:
                 print(base_gap_line(cfg, record["logp_gap"]), flush=True)
         if mismatch:
-            raise mismatch
+            raise mismatch if rank == 0 else ParityError("see rank 0")
 
         # ---- checkpoint (collective: every rank writes its part of the optimizer state)
         if step % cfg.run.checkpoint_every == 0 or step == tc.steps or stop_now:
@@ -268,7 +265,7 @@ def train(args: argparse.Namespace) -> None:
                             adapter_dir=store.path(step), rank=rank, world=world)
         acc.wait_for_everyone()
         if stop_now:
-            raise TimeLimitStop(
+            raise TimeLimitStop("see rank 0") if rank else TimeLimitStop(
                 f"SIGUSR1 (Slurm's time-limit warning): stopped after step {step} with its "
                 f"checkpoint; the requeued job continues from it (or: make stage{cfg.stage} "
                 f"RESUME={run_dir})")
