@@ -128,15 +128,14 @@ def _slurm(args: argparse.Namespace) -> int:
         from launch.runner import dry_run, run_dir_for
 
         env = dict(os.environ)
-        plan = slurm_plan(cfg, env)
         name, module = STAGE_MODULES[cfg.stage]
         job = env.get("SLURM_JOB_ID", "local")
         run_dir = Path(args.resume) if args.resume else run_dir_for(cfg, name, job)
+        cfg = _run_config(args, run_dir, cfg)  # a run with a checkpoint: its own config
+        plan = slurm_plan(cfg, env)
         if args.dry_run:
             print(dry_run(cfg, plan, module, run_dir))
             return 0
-        cfg = _run_config(args, run_dir, cfg)
-        plan = slurm_plan(cfg, env)  # as the run's own config places it
         attempt = slurm_job.attempt_number(env)
         if int(env["SLURM_NODEID"]) == 0:
             start = slurm_job.decide(cfg, run_dir, plan, attempt, bool(args.resume))
