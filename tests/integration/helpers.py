@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -77,6 +78,33 @@ def alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def signal_tree(procs: list[subprocess.Popen], sig: int) -> list[int]:
+    """``sig`` to each process and all its descendants at once (as Slurm signals a job step,
+    or a machine dies); the pids signalled."""
+    pids = []
+    for p in procs:
+        try:
+            pids += [p.pid] + [c.pid for c in psutil.Process(p.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+    return pids
+
+
+def wait_until(predicate, what: str, procs: list[subprocess.Popen],
+               timeout: float = 600) -> None:
+    """Poll ``predicate`` until true; fail if any of ``procs`` ends first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert all(p.poll() is None for p in procs), f"the run ended before {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 def worker_pids(run_dir: Path) -> list[int]:

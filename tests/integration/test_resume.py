@@ -27,11 +27,18 @@ import subprocess
 import sys
 import time
 
-import psutil
 import pytest
 from safetensors.torch import load_file
 
-from tests.integration.helpers import REFERENCE_SETS, REPO, alive, cli_command, worker_pids
+from tests.integration.helpers import (
+    REFERENCE_SETS,
+    REPO,
+    alive,
+    cli_command,
+    signal_tree,
+    wait_until,
+    worker_pids,
+)
 
 pytestmark = pytest.mark.integration
 FLOAT_KEYS = ("reward/mean", "reward/std", "loss", "policy_loss", "kl", "clip_frac",
@@ -63,22 +70,9 @@ def _start(root, name, port):
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
-def _wait_for(predicate, proc, what, timeout=600):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert proc.poll() is None, f"the run ended before {what}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def _sigkill_tree(proc: subprocess.Popen) -> None:
     """SIGKILL the launcher, its learner ranks and its workers at once (a machine dying)."""
-    tree = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
-    for pid in tree:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    tree = signal_tree([proc], signal.SIGKILL)
     proc.wait(timeout=60)
     deadline = time.monotonic() + 60
     while any(alive(p) for p in tree) and time.monotonic() < deadline:
@@ -92,8 +86,8 @@ def runs(tmp_path_factory, reference_run):
     first = _start(root, "run", port=8640)
     run_dir = root / "run"
     metrics, latest = run_dir / "metrics.jsonl", run_dir / "checkpoints" / "LATEST"
-    _wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 3
-              and latest.is_file(), first, "step 3")
+    wait_until(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 3
+               and latest.is_file(), "step 3", [first])
     assert latest.read_text().strip() == "step_000002"
     _sigkill_tree(first)
     assert len(metrics.read_text().splitlines()) == 3  # step 3 happened, not checkpointed
@@ -104,8 +98,8 @@ def runs(tmp_path_factory, reference_run):
                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
     # the launcher's own health check, not only the learner's, has seen the worker (the
     # ranks start while it loads): a worker lost before that is a failed start, not a fault
-    _wait_for(lambda: "resumed from" in out.read_text()
-              and "workers healthy" in out.read_text(), second, "the resume")
+    wait_until(lambda: "resumed from" in out.read_text()
+               and "workers healthy" in out.read_text(), "the resume", [second])
     (worker,) = worker_pids(run_dir)
     os.killpg(worker, signal.SIGKILL)  # mid step 3: its requests are lost
     assert second.wait(timeout=900) == 0, out.read_text()[-4000:]

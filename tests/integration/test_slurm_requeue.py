@@ -24,7 +24,6 @@ import subprocess
 import sys
 import time
 
-import psutil
 import pytest
 
 from tests.integration.helpers import (
@@ -35,6 +34,8 @@ from tests.integration.helpers import (
     alive,
     processes_mentioning,
     set_flags,
+    signal_tree,
+    wait_until,
 )
 from tests.integration.test_resume import ABS_TOL, FLOAT_KEYS, REL_TOL, _rows, _samples
 
@@ -57,30 +58,6 @@ def _attempt(tmp_path, n: int) -> tuple[list[subprocess.Popen], list]:
     return nodes, logs
 
 
-def _signal_job(nodes, sig) -> list[int]:
-    """``sig`` to every process of both nodes, as Slurm signals a job step."""
-    pids = []
-    for p in nodes:
-        try:
-            pids += [p.pid] + [c.pid for c in psutil.Process(p.pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            pass
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-    return pids
-
-
-def _wait(predicate, what: str, nodes, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert all(p.poll() is None for p in nodes), f"a node ended before {what}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def _finish(nodes, logs, timeout: float = 900) -> list[int]:
     try:
         return [p.wait(timeout=timeout) for p in nodes]
@@ -97,19 +74,19 @@ def job(tmp_path_factory, reference_run, warm_model):
     metrics, latest = run_dir / "metrics.jsonl", run_dir / "checkpoints" / "LATEST"
 
     nodes, logs = _attempt(tmp, 0)  # 1. preempted after step 3
-    _wait(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 3
-          and latest.is_file(), "step 3", nodes)
+    wait_until(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 3
+               and latest.is_file(), "step 3", nodes)
     assert latest.read_text().strip() == "step_000002"
-    pids = _signal_job(nodes, signal.SIGTERM)
+    pids = signal_tree(nodes, signal.SIGTERM)
     deadline = time.monotonic() + 30  # Slurm's KillWait
     while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.2)
-    _signal_job(nodes, signal.SIGKILL)
+    signal_tree(nodes, signal.SIGKILL)
     _finish(nodes, logs, 60)
 
     nodes, logs = _attempt(tmp, 1)  # 2. resumes; warned of the time limit at step 3
-    _wait(lambda: "resumed from" in logs[1].read_text(), "the resume", nodes)
-    _signal_job(nodes, signal.SIGUSR1)
+    wait_until(lambda: "resumed from" in logs[1].read_text(), "the resume", nodes)
+    signal_tree(nodes, signal.SIGUSR1)
     codes = _finish(nodes, logs)
     out1 = [p.read_text() for p in logs]
     assert latest.read_text().strip() == "step_000003", out1[1][-4000:]

@@ -4,13 +4,15 @@ runs, gate.json, reports, valid PNGs, the merged Stage II base, and the gate's r
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 
 import pytest
 
-from tests.integration.helpers import REPO
+from tests.integration.helpers import REPO, signal_tree, wait_until
 
 pytestmark = pytest.mark.integration
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -150,12 +152,6 @@ def test_stage2_on_slurm_resumes_a_requeued_job_without_merging_again(demo, tmp_
     time-limit warning (SIGUSR1 to every process) and stops after a step with its
     checkpoint; attempt 1 (``SLURM_RESTART_COUNT=1``) continues from it on the merged base
     it already has, and finishes."""
-    import os
-    import signal
-    import time
-
-    import psutil
-
     root, _ = demo
     env = dict(os.environ, PYTHONUNBUFFERED="1", SLURM_JOB_NODELIST="localhost",
                SLURM_NNODES="1", SLURM_NODEID="0", SLURM_JOB_ID="6262")
@@ -167,15 +163,8 @@ def test_stage2_on_slurm_resumes_a_requeued_job_without_merging_again(demo, tmp_
     logs = [tmp_path / f"attempt{k}.log" for k in (0, 1)]
     first = subprocess.Popen(cmd, cwd=REPO, env=dict(env, SLURM_RESTART_COUNT="0"),
                              stdout=open(logs[0], "w"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 600
-    while "step 1/3" not in logs[0].read_text():
-        assert first.poll() is None and time.monotonic() < deadline, logs[0].read_text()[-3000:]
-        time.sleep(0.05)
-    for proc in [psutil.Process(first.pid), *psutil.Process(first.pid).children(recursive=True)]:
-        try:
-            proc.send_signal(signal.SIGUSR1)
-        except psutil.NoSuchProcess:
-            pass
+    wait_until(lambda: "step 1/3" in logs[0].read_text(), "step 1", [first])
+    signal_tree([first], signal.SIGUSR1)  # as Slurm signals every process of the step
     first.wait(timeout=600)
     run_dir = tmp_path / "stage2-job6262"
     out0 = logs[0].read_text()
