@@ -37,7 +37,7 @@ from rollout.server import (
     _group_alive,
 )
 from rollout.supervisor import Supervisor
-from trainer.config import ConfigError, StageConfig, save_config
+from trainer.config import ConfigError, StageConfig, mixed_precision, save_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DONE = "DONE"
@@ -156,14 +156,6 @@ def accelerate_files(cfg: StageConfig, slot: LearnerSlot) -> tuple[str, str]:
     if ds == "auto":
         ds = "launch/accelerate/ds_zero3.json" if la.zero_stage == 3 else "ds_config.json"
     return acc, ds
-
-
-def mixed_precision(cfg: StageConfig) -> str:
-    """accelerate's --mixed_precision for the learner: what model.dtype says on GPUs (the
-    DeepSpeed files take bf16/fp16 from it: "auto"), none on CPU."""
-    if cfg.launch.device == "cpu":
-        return "no"
-    return {"bfloat16": "bf16", "float16": "fp16"}.get(cfg.model.dtype, "no")
 
 
 def learner_command(cfg: StageConfig, run_dir: Path, module: str, slot: LearnerSlot,

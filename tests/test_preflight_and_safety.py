@@ -16,7 +16,7 @@ import torch
 from launch import preflight
 from rollout.client import NoWorkersError, RolloutClient
 from rollout.server import WorkerError, WorkerSpec
-from trainer.config import ConfigError, StageConfig, from_dict, load_config
+from trainer.config import ConfigError, StageConfig, from_dict, load_config, mixed_precision
 
 REPO = Path(__file__).resolve().parents[1]
 GIB = 2**30
@@ -238,6 +238,7 @@ def test_the_learner_launch_takes_its_mixed_precision_from_model_dtype(device, d
     cmd = learner_command(cfg, Path("runs/x"), "trainer.train", local_plan(cfg).learner,
                           probe_port=False)
     assert cmd[cmd.index("--mixed_precision") + 1] == flag
+    assert mixed_precision(cfg) == flag  # what the learner builds its Accelerator with
     for ds in ("ds_config.json", "launch/accelerate/ds_zero3.json"):  # DeepSpeed follows it
         import json
 
@@ -259,3 +260,37 @@ def test_a_fresh_run_refuses_a_folder_that_holds_a_run(tmp_path):
     assert problem == (f"{run} already holds a run (metrics.jsonl, adapters): continue it "
                        f"with RESUME={run} (stonk stage1 --resume {run}), or start a new one "
                        "with --set run.name=<a new name>")
+
+
+GPU_ACCELERATE = sorted(p.name for p in (REPO / "launch/accelerate").glob("*.yaml")
+                        if "use_cpu: true" not in p.read_text())
+
+
+@pytest.mark.parametrize("name", GPU_ACCELERATE)
+def test_a_by_hand_accelerate_launch_of_every_gpu_config_passes_accelerates_checks(
+        name, monkeypatch):
+    """README's by-hand command (`accelerate launch --config_file launch/accelerate/X.yaml
+    -m trainer.train ...`, no --mixed_precision) through accelerate's own launch validation
+    and the environment its DeepSpeed launcher hands the ranks, up to the DeepSpeedPlugin
+    every rank's Accelerator builds. A config file's mixed_precision beside a
+    deepspeed_config_file is refused there (ValueError); a CPU launch skips that check, so
+    only this shows it without a GPU."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import DeepSpeedPlugin
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env
+
+    monkeypatch.chdir(REPO)
+    args = launch_command_parser().parse_args([
+        "--config_file", f"launch/accelerate/{name}", "--num_processes", "2",
+        "-m", "trainer.train", "--config", "configs/node/stage1.yaml"])
+    args, defaults, mp_from_file = _validate_launch_command(args)
+    assert args.use_deepspeed and not args.cpu
+    # what accelerate's launch_command does before its DeepSpeed launcher
+    args.deepspeed_fields_from_accelerate_config = ",".join(
+        [*defaults.deepspeed_config, *(["mixed_precision"] if mp_from_file else [])])
+    _, env = prepare_deepspeed_cmd_env(args)
+    for key, value in env.items():
+        if key.startswith("ACCELERATE_"):
+            monkeypatch.setenv(key, value)
+    plugin = DeepSpeedPlugin()  # raises where the launch would fail on every rank
+    assert plugin.zero_stage == (3 if "zero3" in name else 2)

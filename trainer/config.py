@@ -604,3 +604,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> StageCo
 
 def save_config(cfg: StageConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def mixed_precision(cfg: StageConfig) -> str:
+    """The learner's accelerate mixed precision: what model.dtype says on GPUs (the DeepSpeed
+    files take bf16/fp16 from it: "auto"), "no" on CPU. The learner builds its Accelerator
+    with it (trainer/train.py), so a by-hand ``accelerate launch`` needs no flag for it."""
+    if cfg.launch.device == "cpu":
+        return "no"
+    return {"bfloat16": "bf16", "float16": "fp16"}.get(cfg.model.dtype, "no")

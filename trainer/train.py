@@ -42,7 +42,7 @@ import torch
 from rollout.adapter_store import AdapterStore
 from rollout.client import NoWorkersError, RolloutClient
 from trainer import checkpoint
-from trainer.config import ConfigError, load_config, save_config
+from trainer.config import ConfigError, load_config, mixed_precision, save_config
 from trainer.dist import mean_across_ranks, rank_and_world
 from trainer.evaluate import eval_samples, keep_best, run_eval, save_eval, scalar_metrics
 from trainer.learner import Learner, OutOfMemory
@@ -110,7 +110,9 @@ def train(args: argparse.Namespace) -> None:
     # ---- setup: accelerator, task, learner, workers, adapter store
     from accelerate import Accelerator
 
-    acc = Accelerator()
+    # precision from the config, not the launch command: accelerate refuses a config file's
+    # mixed_precision beside a DeepSpeed config file, so launch/accelerate/*.yaml carry none
+    acc = Accelerator(mixed_precision=mixed_precision(cfg))
     rank, world = rank_and_world()
     if rank == 0 and args.config:  # started by hand (accelerate launch): record the inputs
         run_dir.mkdir(parents=True, exist_ok=True)
