@@ -10,7 +10,10 @@ with `WHEELS=dir`), then runs this, which:
 3. runs 3 colocated Stage I steps at configs/stage1.yaml's settings through `stonk stage1`
    (the users' path: launcher, vLLM worker, accelerate + DeepSpeed learner, 4-bit base),
    sampling each GPU process's memory with nvidia-smi;
-4. prints, and writes to OUT/summary.json and OUT/summary.md: per process the peak GPU
+4. runs the learner alone at the same settings (benchmarks/gpu_learner.py under accelerate
+   launch: DeepSpeed ZeRO-2, bf16, NCCL, the plan's worst-case batch); where vLLM is not
+   installed (a GPU machine without the rollout engine), this replaces part 3;
+5. prints, and writes to OUT/summary.json and OUT/summary.md: per process the peak GPU
    memory beside `stonk plan`'s figure, the learner's own torch peak, step 1's learner/worker
    log-prob gap (nf4 base vs the bf16 base the worker serves) and the step time.
 Each part says how long it took; the whole is meant to finish within 10 minutes.
@@ -191,7 +194,8 @@ def render(s: dict, tests: str, env: dict) -> str:
         f"step 1 logp_gap (nf4 learner vs bf16 worker, adapter zero): {s['step1_logp_gap']}",
         f"step time: {s['step_seconds']} s (median after step 1: "
         f"{s['step_seconds_median_after_step1']})",
-        f"command: {s['command']}"])
+        f"command: {s['command']}", "",
+        f"the learner alone (benchmarks/gpu_learner.py): {json.dumps(s.get('learner'))}"])
 
 
 def environment() -> dict:
@@ -209,6 +213,24 @@ def environment() -> dict:
             versions[pkg] = None
     return {"gpu": name.strip(), "driver": driver.strip(), "python": platform.python_version(),
             "versions": versions}
+
+
+def learner_only(model: Path, out: Path, t0: float) -> dict:
+    """benchmarks/gpu_learner.py under accelerate launch on one GPU; its learner.json, or the
+    exit code where it wrote none."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           "launch/accelerate/gpu_single.yaml", "benchmarks/gpu_learner.py",
+           "--model", str(model), "--out", str(out), "--config", CONFIG]
+    print(f"[gpu-check] 4/4 the learner alone ({time.perf_counter() - t0:.0f} s in): "
+          f"{' '.join(cmd)}", flush=True)
+    proc = subprocess.run(cmd, cwd=REPO, text=True, capture_output=True)
+    print("\n".join(line for line in (proc.stdout + proc.stderr).splitlines()
+                    if "[gpu-learner]" in line or "Error" in line)[-4000:], flush=True)
+    if proc.returncode != 0:
+        (out.parent / "learner.log").write_text(proc.stdout + proc.stderr)
+    path = out / "learner.json"
+    return (json.loads(path.read_text()) if path.is_file()
+            else {"ok": False, "exit_code": proc.returncode})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,21 +261,30 @@ def main(argv: list[str] | None = None) -> int:
     env, t0 = environment(), time.perf_counter()
     tests = "skipped (--skip-tests)"
     if not a.skip_tests:
-        print("[gpu-check] 1/3 pytest -m gpu", flush=True)
+        print("[gpu-check] 1/4 pytest -m gpu", flush=True)
         proc = subprocess.run(tests_cmd, cwd=REPO, capture_output=True, text=True)
         print(proc.stdout[-3000:], proc.stderr[-2000:], flush=True)
         tests = (proc.stdout.strip().splitlines() or ["?"])[-1]
-    print(f"[gpu-check] 2/3 building {model} ({time.perf_counter() - t0:.0f} s in)", flush=True)
+    print(f"[gpu-check] 2/4 building {model} ({time.perf_counter() - t0:.0f} s in)", flush=True)
     if not (model / "config.json").is_file():
         build_random_model(model, qwen_architecture(), device="cuda")
         torch.cuda.empty_cache()
     plan = plan_figures(CONFIG, sets)
-    print(f"[gpu-check] 3/3 {a.steps} Stage I steps ({time.perf_counter() - t0:.0f} s in)",
+    learner = learner_only(model, out / "learner", t0)
+    if env["versions"]["vllm"] is None:
+        print("[gpu-check] vllm is not installed: no Stage I run (parts 1 and 4 only)")
+        s = {"exit_code": None, "learner": learner, "environment": env, "tests": tests,
+             "seconds_total": time.perf_counter() - t0}
+        (out / "summary.json").write_text(json.dumps(s, indent=1))
+        print(json.dumps(learner, indent=1), f"\npytest -m gpu: {tests}", flush=True)
+        return 0 if learner.get("ok") and "failed" not in tests else 1
+    print(f"[gpu-check] 3/4 {a.steps} Stage I steps ({time.perf_counter() - t0:.0f} s in)",
           flush=True)
     with GpuSampler() as sampler:
         result = run_timed(run_cmd, out / "stage1")
     s = summary(result, sampler, plan)
-    s.update(environment=env, tests=tests, seconds_total=time.perf_counter() - t0)
+    s.update(environment=env, tests=tests, seconds_total=time.perf_counter() - t0,
+             learner=learner)
     (out / "summary.json").write_text(json.dumps(s, indent=1))
     text = render(s, tests, env)
     (out / "summary.md").write_text(text + "\n")

@@ -5,6 +5,7 @@ CUDA. The GPU run itself: benchmarks/gpu_check.py on a GPU machine (BENCHMARKS.m
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -73,3 +74,34 @@ def test_without_cuda_it_says_so_in_one_line(capsys):
         pytest.skip("a GPU is here")
     assert gpu_check.main(["--skip-tests", "--out", "/tmp/unused-gpu-check"]) == 2
     assert capsys.readouterr().err.startswith("error: gpu-check needs a CUDA GPU")
+
+
+@pytest.mark.integration
+def test_the_learner_alone_runs_under_accelerate_on_the_cpu(tiny_model, tmp_path):
+    """benchmarks/gpu_learner.py (`make gpu-check`'s part 4) through accelerate launch with the
+    CPU DeepSpeed config: the real learner at configs/stage1.yaml's settings (4-bit base,
+    ZeRO-2) at a small shape trains two steps, restores its adapter from its DeepSpeed state
+    and writes learner.json. On a GPU the same script runs under gpu_single.yaml."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = tmp_path / "learner"
+    sets = ["rollout.max_tokens=16", "train.prompts_per_rank=1", "rollout.group_size=4",
+            "train.micro_batch_size=2", "model.max_model_len=1024", "model.dtype=float32"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           "launch/accelerate/cpu_deepspeed.yaml", "--num_processes", "1",
+           "benchmarks/gpu_learner.py", "--model", str(tiny_model), "--out", str(out),
+           *[x for s in sets for x in ("--set", s)]]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "DS_ACCELERATOR": "cpu",
+                               "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    result = json.loads((out / "learner.json").read_text())
+    assert result["ok"] and result["resume_restores_adapter"] and result["zero_stage"] == 2
+    layers = json.loads((tiny_model / "config.json").read_text())["num_hidden_layers"]
+    # every linear of every decoder layer (q, k, v, o, gate, up, down) in 4 bits
+    assert result["four_bit_layers"] == 7 * layers and result["mixed_precision"] == "no"
+    assert len(result["steps"]) == 2 and all(s["grad_norm"] > 0 for s in result["steps"])
+    assert (out / "adapter" / "adapter_config.json").is_file()
