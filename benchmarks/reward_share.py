@@ -39,12 +39,16 @@ def arm_order(seed: int) -> list[str]:
     return names if seed % 2 == 0 else names[::-1]
 
 
-def run_one(config: str, arm: str, seed: int, sets: list[str]) -> dict:
-    name = f"reward-share-{arm}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+def run_one(config: str, arm: str, seed: int, sets: list[str],
+            arm_sets: list[str] | None = None, tag: str = "reward-share") -> dict:
+    """One whole Stage I of ``arm`` (``arm_sets``, else ``ARMS[arm]``): exit code, minutes,
+    command, and the test evaluation's same-sample figures and the gate."""
+    name = f"{tag}-{arm}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = RESULTS / name
-    cmd = stage1_command(config, [*sets, *ARMS[arm], f"train.seed={seed}",
+    arm_sets = ARMS[arm] if arm_sets is None else arm_sets
+    cmd = stage1_command(config, [*sets, *arm_sets, f"train.seed={seed}",
                                   f"run.output_dir={RESULTS}", f"run.name={name}"])
-    print(f"[reward_share] {arm}, seed {seed}: {' '.join(cmd)}", flush=True)
+    print(f"[{tag}] {arm}, seed {seed}: {' '.join(cmd)}", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with open(RESULTS / f"{name}.log", "w") as log:
@@ -63,7 +67,7 @@ def run_one(config: str, arm: str, seed: int, sets: list[str]) -> dict:
                                                                           "trend5")},
                    **{f"{b}_acc": same.get(b, {}).get("accuracy") for b in ("logistic",
                                                                             "trend5")})
-    print(f"[reward_share] {arm}, seed {seed}: exit {code}, "
+    print(f"[{tag}] {arm}, seed {seed}: exit {code}, "
           f"accuracy {out.get('accuracy')}, of Bayes rule {out.get('of_bayes_rule')}",
           flush=True)
     return out

@@ -92,6 +92,30 @@ def test_restore_continues_exactly(trained, tiny_model):
         assert torch.equal(v, fresh.adapter_tensors()[k]), k
 
 
+def test_restore_continues_exactly_with_several_updates_per_batch(tmp_path, tiny_model):
+    """train.updates_per_batch=2: the ratio's reference (the log-probs at a batch's start) is
+    made anew from each batch, so a checkpoint between batches holds all a resume needs: the
+    next batch's two updates are identical on the saved learner and on a fresh one loaded
+    from the checkpoint."""
+    cfg = _cfg(tiny_model)
+    cfg.train.updates_per_batch = 2
+    learner, sampler = _learner(cfg), _sampler()
+    learner.train_step(_batch(0))
+    store = AdapterStore(tmp_path / "run" / "adapters")
+    store.publish(1, lambda d: learner.save_adapter(d))
+    rng_at_save = torch.get_rng_state()
+    ckpt = _save(cfg, tmp_path / "run", 1, learner, sampler, store)
+    torch.manual_seed(99)
+    fresh = _learner(cfg)
+    checkpoint.load(ckpt, cfg, learner=fresh, sampler=_sampler(), rank=0)
+    a = learner.train_step(_batch(1))
+    torch.set_rng_state(rng_at_save)
+    b = fresh.train_step(_batch(1))
+    assert a == b and a["clip_frac"] > 0  # the second update's ratio left 1: it was used
+    for k, v in learner.adapter_tensors().items():
+        assert torch.equal(v, fresh.adapter_tensors()[k]), k
+
+
 def test_damaged_checkpoint_is_refused(trained):
     cfg, learner, sampler, store, run_dir = trained
     ckpt = _save(cfg, run_dir, 1, learner, sampler, store)
@@ -206,6 +230,26 @@ def test_resume_point_checks_world_config_and_steps(trained):
         checkpoint.resume_point(run_dir, cfg, 1)
     cfg.lora.r, cfg.rollout.temperature, cfg.train.steps = 16, 1.0, 1
     with pytest.raises(CheckpointError, match="already reached step 1"):
+        checkpoint.resume_point(run_dir, cfg, 1)
+
+
+def test_a_checkpoint_from_before_a_field_was_added_resumes(trained):
+    """A checkpoint written by a version without train.policy_loss (its config.json and hash
+    lack it) resumes while the field stays at its default, and is refused once it differs."""
+    import json
+
+    cfg, learner, sampler, store, run_dir = trained
+    cfg.train.steps = 5
+    ckpt = _save(cfg, run_dir, 1, learner, sampler, store)
+    saved = json.loads((ckpt / "config.json").read_text())
+    del saved["train"]["policy_loss"]
+    (ckpt / "config.json").write_text(json.dumps(saved))
+    state = json.loads((ckpt / "state.json").read_text())
+    state["config_hash"] = "0" * 16  # what the older version's hash would be: different
+    (ckpt / "state.json").write_text(json.dumps(state))
+    assert checkpoint.resume_point(run_dir, cfg, 1)[1]["step"] == 1
+    cfg.train.policy_loss = "cispo"
+    with pytest.raises(CheckpointError, match=r"train\.policy_loss: 'grpo' -> 'cispo'"):
         checkpoint.resume_point(run_dir, cfg, 1)
 
 

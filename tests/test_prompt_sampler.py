@@ -70,3 +70,24 @@ def test_a_snapshot_keeps_its_position_across_later_draws_and_epochs():
     assert (sampler.epoch, sampler.index) == (1, 3)
     assert (snap.epoch, snap.index, snap.seed, len(snap.samples)) == (0, 4, 1, 6)
     assert _draw(snap, 5) == ahead  # the snapshot continues with the same draws
+
+
+def test_a_saved_position_continues_exactly_whatever_each_step_drew():
+    """Dynamic sampling draws a varying number of prompts a step: the position, not a count
+    of steps, is what a checkpoint restores (across an epoch boundary too)."""
+    import pytest
+
+    samples = _samples("UUUDDDUD")
+    key = lambda s: s.meta["label"]  # noqa: E731
+    first = PromptSampler(samples, seed=5, key=key)
+    for n in (3, 5, 4):  # 12 draws: into the second epoch
+        first.next(n)
+    state = first.state_dict()
+    again = PromptSampler(samples, seed=5, key=key)
+    again.load_state_dict(state)
+    assert (again.epoch, again.index) == (1, 4)
+    assert _draw(again, 9) == _draw(first, 9)
+    with pytest.raises(ValueError, match="seed/size"):
+        PromptSampler(samples, seed=6, key=key).load_state_dict(state)
+    with pytest.raises(ValueError, match="out of range"):
+        PromptSampler(samples, seed=5, key=key).load_state_dict({**state, "index": 9})

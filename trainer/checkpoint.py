@@ -26,8 +26,9 @@ only ever points at a complete checkpoint.
 Resuming (``--resume``, trainer/train.py) loads LATEST on every rank: it refuses a different
 world size or a config that changed in a field that matters (``RESUME_MAY_CHANGE`` lists the
 ones that may change, e.g. train.steps), verifies every file's size, restores the learner
-state and checks the restored adapter equals ``adapter/`` bit for bit, replays the prompt
-sampler to the saved data position (and checks it), then restores RNG states. ``rollback``
+state and checks the restored adapter equals ``adapter/`` bit for bit, puts the prompt
+sampler at the saved data position (``PromptSampler.load_state_dict``: the same shard, or a
+refusal), then restores RNG states. ``rollback``
 removes what the interrupted run did after the checkpoint (metrics and rollout rows, newer
 adapter versions, a newer best), so the resumed run continues one consistent history.
 """
@@ -104,6 +105,14 @@ def config_hash(cfg: StageConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config.json with every field this version added at its default (the
+    sections' fields only: a mapping inside a section, e.g. reward.weights, is one value)."""
+    defaults = StageConfig().to_dict()
+    return {**defaults, **{k: {**defaults[k], **v} if isinstance(defaults.get(k), dict) else v
+                           for k, v in saved.items()}}
+
+
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """'field: old -> new' for every fixed field that differs."""
     a, b = _fixed_fields(old), _fixed_fields(new)
@@ -150,10 +159,13 @@ def resume_point(run_dir: Path, cfg: StageConfig, world: int) -> tuple[Path, dic
             f"resume with launch.num_processes={state['world_size']} (each rank's data shard "
             f"and optimizer partition depend on it)")
     if state["config_hash"] != config_hash(cfg):
-        saved = json.loads((ckpt / "config.json").read_text())
-        changes = "\n".join(f"  - {c}" for c in config_changes(saved, cfg.to_dict()))
-        raise CheckpointError(f"{ckpt}: the config changed in fields a resume must keep:\n"
-                              f"{changes}\nput them back, or start a fresh run")
+        # a field added since the checkpoint was written reads as its default there: a run
+        # started before an upgrade resumes after it, unless a field it had really changed
+        saved = with_defaults(json.loads((ckpt / "config.json").read_text()))
+        if changes := config_changes(saved, cfg.to_dict()):
+            listed = "\n".join(f"  - {c}" for c in changes)
+            raise CheckpointError(f"{ckpt}: the config changed in fields a resume must keep:"
+                                  f"\n{listed}\nput them back, or start a fresh run")
     if state["step"] >= cfg.train.steps:
         raise CheckpointError(f"{ckpt}: the run already reached step {state['step']} "
                               f"(train.steps={cfg.train.steps}); to train further, resume with "
@@ -246,8 +258,7 @@ def _write_rank_state(tmp: Path, rank: int, sampler) -> None:
     py = random.getstate()
     npst = np.random.get_state()
     meta = {"rank": rank,
-            "sampler": {"seed": sampler.seed, "epoch": sampler.epoch, "index": sampler.index,
-                        "size": len(sampler.samples)},
+            "sampler": sampler.state_dict(),
             "python_random": [py[0], list(py[1]), py[2]],
             "numpy_random": [npst[0], int(npst[2]), int(npst[3]), float(npst[4])]}
     tensors = {"torch": torch.get_rng_state(),
@@ -354,22 +365,15 @@ def _verify_adapter(learner, adapter_dir: Path) -> None:
                               f"checkpoint's (max |diff| {worst:.3g})")
 
 
-def _restore_rank_state(ckpt: Path, rank: int, sampler, prompts_per_step: int,
-                        step: int) -> None:
+def _restore_rank_state(ckpt: Path, rank: int, sampler) -> None:
     from safetensors.torch import load_file
 
     meta = json.loads((ckpt / f"rank{rank}.json").read_text())
-    saved = meta["sampler"]
-    if (saved["seed"], saved["size"]) != (sampler.seed, len(sampler.samples)):
+    try:  # the saved position, not a replay of prompts_per_rank draws a step: dynamic
+        sampler.load_state_dict(meta["sampler"])  # sampling draws a varying number
+    except ValueError as exc:
         raise CheckpointError(f"{ckpt}: rank {rank}'s data shard differs from the checkpoint's "
-                              f"(seed/size {saved['seed']}/{saved['size']} vs {sampler.seed}/"
-                              f"{len(sampler.samples)}): did the data change?")
-    for _ in range(step):  # replay the draws: the order is a pure function of (seed, epoch)
-        sampler.next(prompts_per_step)
-    if (sampler.epoch, sampler.index) != (saved["epoch"], saved["index"]):
-        raise CheckpointError(f"{ckpt}: rank {rank}'s data position after replay "
-                              f"{(sampler.epoch, sampler.index)} differs from the saved "
-                              f"{(saved['epoch'], saved['index'])}")
+                              f"({exc}): did the data change?") from None
     tensors = load_file(str(ckpt / f"rank{rank}.rng.safetensors"))
     py = meta["python_random"]
     random.setstate((py[0], tuple(py[1]), py[2]))
@@ -391,7 +395,7 @@ def load(ckpt: Path, cfg: StageConfig, *, learner, sampler, rank: int) -> dict[s
     except (OSError, RuntimeError) as exc:
         raise CheckpointError(f"{ckpt}: could not restore the learner state: {exc}") from None
     _verify_adapter(learner, ckpt / "adapter")
-    _restore_rank_state(ckpt, rank, sampler, cfg.train.prompts_per_rank, state["step"])
+    _restore_rank_state(ckpt, rank, sampler)
     return state
 
 

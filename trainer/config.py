@@ -130,6 +130,11 @@ class RolloutConfig:
     # max(generate, learner) + sync instead of their sum when workers and learner ranks have
     # their own devices. The first step, and the first after a resume, sample in turn.
     overlap: bool = False
+    # DAPO's dynamic sampling: a group whose G rewards are all equal (no gradient) is dropped
+    # and more prompts are drawn until the step has train.prompts_per_rank groups, at most
+    # max_extra_draws more a step and rank (then dropped groups fill the batch)
+    dynamic_sampling: bool = False
+    max_extra_draws: int = 32
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
 
@@ -157,7 +162,17 @@ class TrainConfig:
     clip_eps: float = 0.2
     is_cap: float = 2.0  # truncated importance-sampling weight for worker/learner mismatch
     advantage: Literal["grpo", "dr_grpo"] = "grpo"
-    loss_agg: Literal["seq-mean-token-mean", "token-mean"] = "seq-mean-token-mean"
+    # the policy-gradient variant (trainer/grpo.py POLICY_LOSSES): grpo | dapo | gspo | cispo
+    policy_loss: Literal["grpo", "dapo", "gspo", "cispo"] = "grpo"
+    # its clip range [1 - low, 1 + high]; null: the variant's own (dapo: high 0.28; gspo: 3e-4
+    # / 4e-4; cispo: no lower bound, high 0.28), else clip_eps
+    clip_eps_low: float | None = None
+    clip_eps_high: float | None = None
+    # optimizer steps per sampled batch (TRL's num_iterations): each takes its ratio against
+    # the learner's log-probs at the batch's start; the adapter is published once per batch
+    updates_per_batch: int = 1
+    # auto: the variant's (grpo, gspo: seq-mean-token-mean; dapo, cispo: token-mean)
+    loss_agg: Literal["auto", "seq-mean-token-mean", "token-mean"] = "auto"
     # which completion tokens carry the policy gradient: "all"; "high_entropy" = the
     # entropy_top_frac share of each micro-batch's tokens the sampler was least sure of;
     # "decision" = the tokens the task marks as stating the decision (the stock task: the
@@ -188,6 +203,10 @@ class RewardConfig:
     # (prior shift, trainer/tasks/stock/rewards/probability.py); feeds the confidence and
     # calibration rewards, ROC-AUC and calibration in evaluation.
     market_aware_confidence: bool = False
+    # DAPO's overlong shaping, a task-independent component "overlong": 0 up to
+    # rollout.max_tokens - overlong_buffer tokens, then down to -overlong_coef at max_tokens
+    overlong_buffer: int = 0  # 0: off
+    overlong_coef: float = 1.0
 
 
 @dataclass
@@ -430,6 +449,15 @@ def validate(cfg: StageConfig) -> None:
         (0 <= cfg.train.min_lr_ratio <= 1, "train.min_lr_ratio: must be in [0, 1]"),
         (cfg.train.kl_coef >= 0, "train.kl_coef: must be >= 0"),
         (0 <= cfg.train.clip_eps < 1, "train.clip_eps: must be in [0, 1)"),
+        (cfg.train.clip_eps_low is None or 0 <= cfg.train.clip_eps_low <= 1,
+         "train.clip_eps_low: must be in [0, 1] or null"),
+        (cfg.train.clip_eps_high is None or cfg.train.clip_eps_high >= 0,
+         "train.clip_eps_high: must be >= 0 or null"),
+        (cfg.train.updates_per_batch >= 1, "train.updates_per_batch: must be at least 1"),
+        (0 <= cfg.reward.overlong_buffer < cfg.rollout.max_tokens,
+         "reward.overlong_buffer: must be in [0, rollout.max_tokens) (0: off)"),
+        (cfg.reward.overlong_coef >= 0, "reward.overlong_coef: must be >= 0"),
+        (cfg.rollout.max_extra_draws >= 0, "rollout.max_extra_draws: must be >= 0"),
         (cfg.train.is_cap >= 1, "train.is_cap: must be >= 1"),
         (0 < cfg.train.entropy_top_frac <= 1, "train.entropy_top_frac: must be in (0, 1]"),
         (cfg.train.anchor_coef >= 0, "train.anchor_coef: must be >= 0"),

@@ -12,7 +12,10 @@ Where we depart from the paper (DeepSeekMath GRPO) and why:
   ``min(exp(old_logp - rollout_logp), is_cap)`` (detached), so the update stays correct when
   the sampler and learner disagree a little (truncated IS, Yao et al. 2025).
 - With one update per batch ``old_logp`` is the detached current log-prob, so the ratio is 1
-  and clipping is inactive; clipping matters when a batch is reused for several updates.
+  and clipping is inactive; clipping matters when a batch is reused for several updates
+  (``train.updates_per_batch``).
+- The policy-gradient term is a registered variant (``POLICY_LOSSES``, ``train.policy_loss``):
+  grpo, dapo, gspo, cispo; each function's docstring names its paper and our departures.
 """
 
 from __future__ import annotations
@@ -27,9 +30,40 @@ AggregateFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # (entropy [N, T], mask [N, T], top_frac, decision marks [N, T] or None) -> weight [N, T]
 SelectFn = Callable[[torch.Tensor, torch.Tensor, float, torch.Tensor | None], torch.Tensor]
 
+# (logp [N, T] with grad, old_logp [N, T] detached, advantages [N, 1], mask [N, T], clip low,
+# clip high) -> (per-token policy-gradient loss [N, T], 0/1 [N, T]: where the ratio lies
+# outside [1 - low, 1 + high])
+PolicyLossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float, float],
+                        tuple[torch.Tensor, torch.Tensor]]
+
 ADVANTAGE_ESTIMATORS: dict[str, AdvantageFn] = {}
 LOSS_AGGREGATIONS: dict[str, AggregateFn] = {}
 TOKEN_SELECTIONS: dict[str, SelectFn] = {}
+
+
+@dataclass(frozen=True)
+class PolicyLoss:
+    """A registered policy-gradient variant and the defaults it comes with: its paper's
+    aggregation (``train.loss_agg: auto``) and clip range (where ``train.clip_eps_low`` /
+    ``clip_eps_high`` are unset; None: ``train.clip_eps``)."""
+
+    fn: PolicyLossFn
+    aggregation: str
+    clip_low: float | None = None
+    clip_high: float | None = None
+
+
+POLICY_LOSSES: dict[str, PolicyLoss] = {}
+
+
+def register_policy_loss(name: str, aggregation: str, clip_low: float | None = None,
+                         clip_high: float | None = None) -> Callable[[PolicyLossFn],
+                                                                     PolicyLossFn]:
+    def deco(fn: PolicyLossFn) -> PolicyLossFn:
+        POLICY_LOSSES[name] = PolicyLoss(fn, aggregation, clip_low, clip_high)
+        return fn
+
+    return deco
 
 
 def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
@@ -145,6 +179,75 @@ def decision_tokens(entropy: torch.Tensor, mask: torch.Tensor, top_frac: float,
     return picked * share
 
 
+def _outside(ratio: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    return ((ratio < 1.0 - low) | (ratio > 1.0 + high)).float()
+
+
+@register_policy_loss("grpo", "seq-mean-token-mean")
+def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor,
+                      mask: torch.Tensor, low: float, high: float):
+    """PPO's clipped surrogate per token, ``-min(r A, clip(r, 1 - low, 1 + high) A)`` with
+    ``r = exp(logp - old_logp)`` (DeepSeekMath's GRPO, Shao et al. 2024: low = high =
+    ``train.clip_eps``)."""
+    ratio = torch.exp(logp - old_logp)
+    clipped = torch.clamp(ratio, 1.0 - low, 1.0 + high)
+    return -torch.minimum(ratio * adv, clipped * adv), _outside(ratio.detach(), low, high)
+
+
+@register_policy_loss("dapo", "token-mean", clip_high=0.28)
+def dapo_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor,
+                   mask: torch.Tensor, low: float, high: float):
+    """DAPO (Yu et al. 2025): the clipped surrogate with a decoupled, wider upper clip
+    ("clip-higher": low 0.2, high 0.28, so unlikely tokens can still gain), averaged over the
+    batch's tokens (token-mean: long answers weigh by their length). The paper's other two
+    parts are their own settings here: overlong shaping (``reward.overlong_buffer``,
+    :func:`overlong_penalty`) and dynamic sampling (``rollout.dynamic_sampling``). Departure:
+    the paper drops the KL term; ``train.kl_coef`` still applies (set it to 0 for the
+    paper's objective)."""
+    return clipped_surrogate(logp, old_logp, adv, mask, low, high)
+
+
+@register_policy_loss("gspo", "seq-mean-token-mean", clip_low=3e-4, clip_high=4e-4)
+def gspo_sequence(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor,
+                  mask: torch.Tensor, low: float, high: float):
+    """GSPO (Zheng et al. 2025): one importance ratio per sequence, the geometric mean of its
+    token ratios ``s = exp(mean_t(logp - old_logp))``, clipped per sequence with the paper's
+    small range (3e-4, 4e-4): ``-min(s A, clip(s) A)``, written at every token of the
+    sequence so that the per-sequence mean (the default aggregation) is the paper's
+    sequence objective and its gradient is ``A s mean_t grad logp_t`` (GSPO-token with one
+    advantage per sequence). Departure: the truncated IS weight against the workers
+    (``train.is_cap``) stays per token."""
+    lengths = mask.sum(dim=1, keepdim=True).clamp(min=1)
+    seq_ratio = torch.exp(((logp - old_logp) * mask).sum(dim=1, keepdim=True) / lengths)
+    clipped = torch.clamp(seq_ratio, 1.0 - low, 1.0 + high)
+    per_seq = -torch.minimum(seq_ratio * adv, clipped * adv)  # [N, 1]
+    return (per_seq.expand_as(logp),
+            _outside(seq_ratio.detach(), low, high).expand_as(logp))
+
+
+@register_policy_loss("cispo", "token-mean", clip_low=1.0, clip_high=0.28)
+def cispo_reinforce(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor,
+                    mask: torch.Tensor, low: float, high: float):
+    """CISPO (MiniMax-M1, 2025): REINFORCE on every token, ``-sg(clip(r, 1 - low, 1 + high))
+    A logp``, the clipped importance weight detached, so no token's gradient is dropped as
+    PPO's clip drops it (only its weight is bounded); token-mean. The paper bounds the
+    weight from above only: low defaults to 1 (a weight >= 0, never clipped from below);
+    high to 0.28 here (the paper tunes it per run)."""
+    ratio = torch.exp(logp - old_logp).detach()
+    weight = torch.clamp(ratio, 1.0 - low, 1.0 + high)
+    return -weight * adv * logp, _outside(ratio, low, high)
+
+
+def overlong_penalty(lengths: torch.Tensor, max_tokens: int, buffer: int) -> torch.Tensor:
+    """DAPO's soft overlong punishment: lengths [N] (completion tokens) -> [N] in [-1, 0]:
+    0 up to ``max_tokens - buffer`` tokens, then falling linearly to -1 at ``max_tokens``
+    (``reward.overlong_buffer``; its weight is ``reward.overlong_coef``). The workers stop
+    at ``max_tokens``, so -1 is the floor."""
+    free = max_tokens - buffer
+    over = (lengths.float() - free).clamp(min=0) / max(buffer, 1)
+    return -over.clamp(max=1.0)
+
+
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """[N, T], [N, T] -> [N, T]: k3 estimate of KL(policy || ref), >= 0, zero where equal."""
     delta = ref_logp - logp
@@ -176,8 +279,12 @@ def grpo_loss(
     aggregation: str = "seq-mean-token-mean",
     pg_weight: torch.Tensor | None = None,
     choice_lse: torch.Tensor | None = None,
+    policy_loss: str = "grpo",
+    clip_eps_high: float | None = None,
 ) -> tuple[torch.Tensor, LossStats]:
-    """Clipped surrogate + k3 KL with truncated importance sampling.
+    """Policy gradient (``POLICY_LOSSES[policy_loss]``, clipped to ``[1 - clip_eps, 1 +
+    clip_eps_high]``, ``clip_eps_high`` None: ``clip_eps``) + k3 KL, with truncated
+    importance sampling against the workers.
 
     logp [N, T]: learner log-probs of the sampled tokens (requires grad)
     old_logp [N, T]: learner log-probs before this update (detached)
@@ -199,9 +306,8 @@ def grpo_loss(
     if choice_lse is not None:
         lse = choice_lse.to(logp.dtype)
         pg_logp, pg_old = logp - lse, old_logp - lse.detach()
-    ratio = torch.exp(pg_logp - pg_old)  # [N, T]
-    clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
-    pg = -torch.minimum(ratio * adv, clipped * adv)  # [N, T]
+    high = clip_eps if clip_eps_high is None else clip_eps_high
+    pg, outside = POLICY_LOSSES[policy_loss].fn(pg_logp, pg_old, adv, mask, clip_eps, high)
 
     raw_is = torch.exp(old_logp - rollout_logp).detach()
     is_weight = torch.clamp(raw_is, max=is_cap)
@@ -219,7 +325,7 @@ def grpo_loss(
         stats = LossStats(
             policy_loss=float(LOSS_AGGREGATIONS[aggregation](pg, mask)),
             kl=float((kl * mask).sum() / n),
-            clip_frac=float((((ratio - 1.0).abs() > clip_eps).to(mask.dtype) * mask).sum() / n),
+            clip_frac=float((outside.to(mask.dtype) * mask).sum() / n),
             is_weight=float((is_weight * mask).sum() / n),
             is_truncated_frac=float(((raw_is > is_cap).to(mask.dtype) * mask).sum() / n),
         )

@@ -12,6 +12,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import torch
 
 from rollout.client import RolloutClient
 from trainer.credit import decision_choices, marks, option_ids
-from trainer.grpo import ADVANTAGE_ESTIMATORS
+from trainer.grpo import ADVANTAGE_ESTIMATORS, overlong_penalty
 from trainer.tasks.base import Sample, Task
 from trainer.types import RolloutBatch
 
@@ -73,6 +74,22 @@ class PromptSampler:
             self.index += 1
         return out
 
+    def state_dict(self) -> dict[str, int]:
+        """The data position (the order is a pure function of seed and epoch)."""
+        return {"seed": self.seed, "epoch": self.epoch, "index": self.index,
+                "size": len(self.samples)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from ``state``'s position, however many prompts each step drew (dynamic
+        sampling draws more). ValueError when it belongs to another shard."""
+        if (state["seed"], state["size"]) != (self.seed, len(self.samples)):
+            raise ValueError(f"seed/size {state['seed']}/{state['size']} vs {self.seed}/"
+                             f"{len(self.samples)}")
+        if not 0 <= state["index"] <= len(self.samples) or state["epoch"] < 0:
+            raise ValueError(f"position {(state['epoch'], state['index'])} is out of range")
+        self.epoch, self.index = state["epoch"], state["index"]
+        self._order = self._shuffled(self.epoch)
+
     def snapshot(self) -> PromptSampler:
         """This position, unaffected by later draws (what a checkpoint records while the
         next step's prompts are already drawn)."""
@@ -113,19 +130,84 @@ def encode_prompt(tokenizer, sample: Sample) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def collect(task: Task, samples: list[Sample], client: RolloutClient, tokenizer, *, group_size: int,
-            max_tokens: int, temperature: float, top_p: float, seed: int | None,
-            advantage: str, pad_id: int,
-            mark_decisions: bool = False) -> tuple[RolloutBatch, list[dict[str, float]], list]:
-    """Sample G completions per prompt, score them; returns the batch, per-row reward
-    components and the raw completion groups. ``mark_decisions``: also mark the tokens of
-    each completion that state its decision (``Task.decision_spans``) and the options it
-    chose among (``Task.decision_options``, as ``choice_ids``)."""
+@dataclass
+class StepRollout:
+    """One step's scored groups on one rank: the prompts they answer (with dynamic sampling,
+    the kept ones), the batch, per-row reward components, the raw completion groups and the
+    sampling's own metrics (``rollout/...``)."""
+
+    samples: list[Sample]
+    batch: RolloutBatch
+    components: list[dict[str, float]]
+    groups: list
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+# (samples, round) -> (prompt ids, completion groups, per-row reward components)
+Drawn = tuple[list[list[int]], list, list[dict[str, float]]]
+
+
+def sample_groups(task: Task, samples: list[Sample], client: RolloutClient, tokenizer, *,
+                  group_size: int, max_tokens: int, temperature: float, top_p: float,
+                  seed: int | None, overlong_buffer: int = 0,
+                  overlong_coef: float = 1.0) -> Drawn:
+    """Sample G completions per prompt and score them: the task's components, plus the
+    task-independent ``overlong`` (``reward.overlong_buffer`` > 0: DAPO's soft penalty)."""
     prompt_ids = [encode_prompt(tokenizer, s) for s in samples]
     groups = client.generate(prompt_ids, n=group_size, max_tokens=max_tokens,
                              temperature=temperature, top_p=top_p, seed=seed)
     scored = task.score_batch(samples, [[c.text for c in group] for group in groups])
     components = [c for per_sample in scored for c in per_sample]
+    if overlong_buffer > 0:
+        lengths = torch.tensor([len(c.token_ids) for group in groups for c in group])
+        for c, p in zip(components, overlong_penalty(lengths, max_tokens, overlong_buffer),
+                        strict=True):
+            c["overlong"] = overlong_coef * float(p)
+    return prompt_ids, groups, components
+
+
+def informative_groups(samples: list[Sample], draw: Callable[[list[Sample], int], Drawn],
+                       more: Callable[[int], list[Sample]],
+                       max_extra: int) -> tuple[list[Sample], Drawn, dict[str, float]]:
+    """DAPO's dynamic sampling (Yu et al. 2025): a group whose G rewards are all equal has
+    zero advantage everywhere and gives no gradient, so it is dropped and ``more(k)`` draws
+    the k prompts still missing (``draw(samples, round)`` samples and scores them), until
+    ``len(samples)`` groups are informative or ``max_extra`` extra prompts were drawn; then
+    dropped groups fill the batch, so every rank still trains on a full batch. Departure:
+    the paper over-samples a whole batch per round; drawing only what is missing spends no
+    sampling on groups that would be cut. Returns the kept prompts, their groups and
+    ``rollout/filtered_groups``, ``rollout/extra_draws``, ``rollout/uninformative_kept``."""
+    need, extra, rnd, chosen = len(samples), 0, 0, samples
+    kept: list[tuple] = []
+    dropped: list[tuple] = []
+    while True:
+        prompt_ids, groups, components = draw(chosen, rnd)
+        g = len(groups[0])
+        for i, s in enumerate(chosen):
+            rows = components[i * g:(i + 1) * g]
+            rewards = [sum(c.values()) for c in rows]
+            informative = max(rewards) - min(rewards) > 1e-9
+            (kept if informative else dropped).append((s, prompt_ids[i], groups[i], rows))
+        missing = need - len(kept)
+        if missing <= 0 or extra >= max_extra:
+            break
+        chosen = more(min(missing, max_extra - extra))
+        extra, rnd = extra + len(chosen), rnd + 1
+    picked = kept + dropped[:max(0, need - len(kept))]
+    stats = {"rollout/filtered_groups": float(len(dropped)),
+             "rollout/extra_draws": float(extra),
+             "rollout/uninformative_kept": float(max(0, need - len(kept)))}
+    drawn = ([p for _, p, _, _ in picked], [gr for _, _, gr, _ in picked],
+             [c for *_, rows in picked for c in rows])
+    return [s for s, *_ in picked], drawn, stats
+
+
+def build_batch(task: Task, tokenizer, drawn: Drawn, *, group_size: int, advantage: str,
+                pad_id: int, mark_decisions: bool = False) -> RolloutBatch:
+    """The batch of scored groups, advantages per group. ``mark_decisions``: also mark the
+    tokens of each completion that state its decision (``Task.decision_spans``) and the
+    options it chose among (``Task.decision_options``, as ``choice_ids``)."""
+    prompt_ids, groups, components = drawn
     rewards = [sum(c.values()) for c in components]
     adv = ADVANTAGE_ESTIMATORS[advantage](torch.tensor(rewards), group_size)
     marks = choices = None
@@ -133,8 +215,7 @@ def collect(task: Task, samples: list[Sample], client: RolloutClient, tokenizer,
         marked = [decision_choices(tokenizer, c.token_ids, task.decision_spans,
                                    task.decision_options) for group in groups for c in group]
         marks, choices = [m for m, _ in marked], [c for _, c in marked]
-    batch = RolloutBatch.from_groups(prompt_ids, groups, rewards, adv, pad_id, marks, choices)
-    return batch, components, groups
+    return RolloutBatch.from_groups(prompt_ids, groups, rewards, adv, pad_id, marks, choices)
 
 
 def anchor_batch(task: Task, samples: list[Sample], prompt_ids: list[list[int]],

@@ -48,7 +48,16 @@ from trainer.evaluate import eval_samples, keep_best, run_eval, save_eval, scala
 from trainer.learner import Learner, OutOfMemory
 from trainer.metrics import MetricsWriter, PhaseTimer, Progress, gpu_memory
 from trainer.parity import ParityAlarm, ParityError
-from trainer.rollouts import Background, PromptSampler, anchor_batch, collect, write_rollouts
+from trainer.rollouts import (
+    Background,
+    PromptSampler,
+    StepRollout,
+    anchor_batch,
+    build_batch,
+    informative_groups,
+    sample_groups,
+    write_rollouts,
+)
 from trainer.tasks import build_task
 
 STATUS = "workers_status.json"  # written by the launcher's supervisor (rollout/supervisor.py)
@@ -176,15 +185,29 @@ def train(args: argparse.Namespace) -> None:
     progress = Progress(tc.steps, start_step=start)
 
     # ---- loop
-    def rollout(step: int, samples: list) -> tuple:
-        """Sample and score step ``step``'s groups under the adapter the workers serve now;
-        per-request seeds depend on (train.seed, step, rank) only."""
-        seed = ((tc.seed * 1_000_003 + step * 7_919 + rank * 104_729) % 2**31
-                if rc.seed_requests else None)
-        return collect(task, samples, client, learner.tokenizer, group_size=rc.group_size,
-                       max_tokens=rc.max_tokens, temperature=rc.temperature, top_p=rc.top_p,
-                       seed=seed, advantage=tc.advantage, pad_id=learner.pad_id,
-                       mark_decisions=tc.pg_tokens == "decision")
+    def rollout(step: int, samples: list) -> StepRollout:
+        """Sample and score step ``step``'s groups under the adapter the workers serve now
+        (with rollout.dynamic_sampling, drawing more prompts for groups without a gradient);
+        per-request seeds depend on (train.seed, step, rank, round) only."""
+        def draw(chosen: list, round_: int):
+            seed = ((tc.seed * 1_000_003 + step * 7_919 + rank * 104_729 + round_ * 15_485_863)
+                    % 2**31 if rc.seed_requests else None)
+            return sample_groups(task, chosen, client, learner.tokenizer,
+                                 group_size=rc.group_size, max_tokens=rc.max_tokens,
+                                 temperature=rc.temperature, top_p=rc.top_p, seed=seed,
+                                 overlong_buffer=cfg.reward.overlong_buffer,
+                                 overlong_coef=cfg.reward.overlong_coef)
+
+        stats = {}
+        if rc.dynamic_sampling:
+            samples, drawn, stats = informative_groups(samples, draw, sampler.next,
+                                                       rc.max_extra_draws)
+        else:
+            drawn = draw(samples, 0)
+        batch = build_batch(task, learner.tokenizer, drawn, group_size=rc.group_size,
+                            advantage=tc.advantage, pad_id=learner.pad_id,
+                            mark_decisions=tc.pg_tokens == "decision")
+        return StepRollout(samples, batch, drawn[2], drawn[1], stats)
 
     # rollout.overlap: the next step's batch, sampled while this step trained (samples,
     # result, seconds it took); None at the start, after a resume, or without overlap
@@ -193,16 +216,16 @@ def train(args: argparse.Namespace) -> None:
     for step in range(start + 1, tc.steps + 1):
         timer = PhaseTimer()
         if ready is None:
-            samples = sampler.next(tc.prompts_per_rank)
             with timer("generate"):
-                batch, components, groups = rollout(step, samples)
+                got = rollout(step, sampler.next(tc.prompts_per_rank))
         else:
-            samples, (batch, components, groups), timer.seconds["generate"] = ready
+            got, timer.seconds["generate"] = ready
             ready = None
+        samples, batch, components, groups = got.samples, got.batch, got.components, got.groups
         position = sampler.snapshot()  # what a checkpoint of this step records
         prefetch = None
         if rc.overlap and step < tc.steps:  # sample step + 1 under v(step - 1) meanwhile
-            upcoming = sampler.next(tc.prompts_per_rank)
+            upcoming = sampler.next(tc.prompts_per_rank)  # extra draws: in the thread
             prefetch = Background(lambda s=step + 1, x=upcoming: rollout(s, x))
         with timer("reward"):
             local = {"reward/mean": float(batch.rewards.mean()),
@@ -212,6 +235,8 @@ def train(args: argparse.Namespace) -> None:
                                            for c in g) / len(batch)}
             for name in components[0]:
                 local[f"reward/{name}"] = sum(c[name] for c in components) / len(components)
+            # counts: this rank's times the world size, so the mean below is the sum
+            local.update({k: v * world for k, v in got.stats.items()})
             diags = [task.diagnostics(s, c.text) for s, g in zip(samples, groups, strict=True)
                      for c in g]
             local.update({f"task/{k}": v for k, v in task.aggregate(diags).items()})
@@ -227,7 +252,7 @@ def train(args: argparse.Namespace) -> None:
             local.update(learner.train_step(batch, anchor))
         if prefetch is not None:
             with timer("rollout_wait"):  # the part of the next batch's sampling not hidden
-                ready = (upcoming, prefetch.result(), prefetch.seconds)
+                ready = (prefetch.result(), prefetch.seconds)
         with timer("sync"):
             publish(step)
         local.update(timer.as_metrics())
