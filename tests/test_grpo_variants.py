@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from trainer.config import StageConfig, TrainConfig
-from trainer.grpo import POLICY_LOSSES, grpo_loss, overlong_penalty
-from trainer.learner import clip_range
+from trainer.grpo import POLICY_LOSSES, clip_range, grpo_loss, overlong_penalty
 from trainer.rollouts import informative_groups
 
 
@@ -184,3 +183,20 @@ def test_several_updates_per_batch_take_their_ratio_against_the_batchs_start(tin
     # two optimizer steps either way (the same first step: same seed, same batch)
     a, b = twice.adapter_tensors(), once.adapter_tensors()
     assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_among_options_ratio_takes_both_sides_at_their_own_time():
+    """With a decision's options (choice_lse), the ratio is p(token | options) now over
+    p(token | options) at the batch's start: logp -1, lse -0.5 now; -1.2, -0.6 then ->
+    exp(0.1) = 1.10517, inside the 0.2 clip. Taking the start's lse as today's would give
+    exp(0.2) = 1.2214, clipped at 1.2."""
+    def loss(old_lse):
+        logp = torch.tensor([[-1.0]], requires_grad=True)
+        out, _ = grpo_loss(logp, torch.tensor([[-1.2]]), None, torch.tensor([[-1.2]]),
+                           torch.tensor([1.0]), torch.ones(1, 1), clip_eps=0.2, kl_coef=0.0,
+                           is_cap=2.0, choice_lse=torch.tensor([[-0.5]]),
+                           old_choice_lse=old_lse)
+        return float(out.detach())
+
+    assert loss(torch.tensor([[-0.6]])) == pytest.approx(-math.exp(0.1), rel=1e-6)
+    assert loss(None) == pytest.approx(-1.2, rel=1e-6)

@@ -179,6 +179,15 @@ def decision_tokens(entropy: torch.Tensor, mask: torch.Tensor, top_frac: float,
     return picked * share
 
 
+def clip_range(tc) -> tuple[float, float]:
+    """(low, high) of the ratio's clip for a train config ``tc``: train.clip_eps_low /
+    clip_eps_high where set, else the policy-loss variant's own, else train.clip_eps."""
+    variant = POLICY_LOSSES[tc.policy_loss]
+    pick = [tc.clip_eps_low, variant.clip_low, tc.clip_eps], [tc.clip_eps_high,
+                                                              variant.clip_high, tc.clip_eps]
+    return tuple(next(x for x in side if x is not None) for side in pick)
+
+
 def _outside(ratio: torch.Tensor, low: float, high: float) -> torch.Tensor:
     return ((ratio < 1.0 - low) | (ratio > 1.0 + high)).float()
 
@@ -281,6 +290,7 @@ def grpo_loss(
     choice_lse: torch.Tensor | None = None,
     policy_loss: str = "grpo",
     clip_eps_high: float | None = None,
+    old_choice_lse: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, LossStats]:
     """Policy gradient (``POLICY_LOSSES[policy_loss]``, clipped to ``[1 - clip_eps, 1 +
     clip_eps_high]``, ``clip_eps_high`` None: ``clip_eps``) + k3 KL, with truncated
@@ -298,6 +308,8 @@ def grpo_loss(
     options), so the credit moves probability among the options and never to other tokens
     (a wrong choice pushed down sends its mass to the right one, not into the format). The
     importance weight and the KL keep the full distribution.
+    old_choice_lse [N, T] or None: choice_lse when ``old_logp`` was taken (several updates
+    per batch); None: choice_lse's own value, detached (one update: the same thing).
     Returns the scalar loss and detached stats.
     """
     mask = mask.to(logp.dtype)
@@ -305,7 +317,8 @@ def grpo_loss(
     pg_logp, pg_old = logp, old_logp
     if choice_lse is not None:
         lse = choice_lse.to(logp.dtype)
-        pg_logp, pg_old = logp - lse, old_logp - lse.detach()
+        old_lse = lse.detach() if old_choice_lse is None else old_choice_lse.to(logp.dtype)
+        pg_logp, pg_old = logp - lse, old_logp - old_lse
     high = clip_eps if clip_eps_high is None else clip_eps_high
     pg, outside = POLICY_LOSSES[policy_loss].fn(pg_logp, pg_old, adv, mask, clip_eps, high)
 

@@ -25,7 +25,7 @@ import torch
 
 from trainer.config import StageConfig, check_zero3
 from trainer.dist import all_reduce_, rank_and_world
-from trainer.grpo import POLICY_LOSSES, TOKEN_SELECTIONS, grpo_loss
+from trainer.grpo import POLICY_LOSSES, TOKEN_SELECTIONS, clip_range, grpo_loss
 from trainer.logprobs import token_logprobs
 from trainer.safe_state import only_trainable_in_module_state, safe_torch_load
 from trainer.schedules import lr_factor
@@ -144,15 +144,6 @@ def balance_kl(shares: torch.Tensor, prior: torch.Tensor) -> tuple[torch.Tensor,
     return kl * world, mean.detach()
 
 
-def clip_range(tc) -> tuple[float, float]:
-    """(low, high) of the ratio's clip: train.clip_eps_low / clip_eps_high where set, else
-    the policy-loss variant's own, else train.clip_eps."""
-    variant = POLICY_LOSSES[tc.policy_loss]
-    pick = [tc.clip_eps_low, variant.clip_low, tc.clip_eps], [tc.clip_eps_high,
-                                                              variant.clip_high, tc.clip_eps]
-    return tuple(next(x for x in side if x is not None) for side in pick)
-
-
 class Learner:
     def __init__(self, cfg: StageConfig, accelerator):
         self.cfg = cfg
@@ -214,10 +205,10 @@ class Learner:
     def _train_step(self, batch: RolloutBatch, anchor: RolloutBatch | None) -> dict[str, float]:
         """``train.updates_per_batch`` optimizer steps on ``batch``: the first records its
         detached log-probs (the parameters' at the batch's start: the optimizer steps only
-        after every micro-batch) as ``old_logp``, which every later one takes its ratio
-        against. The returned metrics are the updates' means."""
+        after every micro-batch), every later one takes its ratio against them. Returns the
+        updates' mean metrics."""
         n = self.cfg.train.updates_per_batch
-        batch.old_logp = None
+        batch.old_logp = batch.old_choice_lse = None
         runs = [self._update(batch, anchor, record_old=n > 1)]
         runs += [self._update(batch, anchor) for _ in range(n - 1)]
         return {k: sum(r[k] for r in runs) / n for k in runs[0]}
@@ -229,6 +220,7 @@ class Learner:
         low, high = clip_range(tc)
         if record_old:
             batch.old_logp = torch.zeros_like(batch.rollout_logp)
+            batch.old_choice_lse = torch.zeros_like(batch.rollout_logp)
         self.model.train()
         totals: dict[str, float] = {}
         n_micro = len(batch) // self.micro
@@ -248,16 +240,20 @@ class Learner:
             if tc.kl_coef > 0:
                 with torch.no_grad():
                     ref = self.logprobs(mb, adapter=False)
+            rows = slice(k * self.micro, (k + 1) * self.micro)
             if record_old:
-                batch.old_logp[k * self.micro:(k + 1) * self.micro] = logp.detach().cpu()
-            old = (logp.detach() if record_old or mb.old_logp is None
-                   else mb.old_logp.to(self.device))
+                batch.old_logp[rows] = logp.detach().cpu()
+                if lse:
+                    batch.old_choice_lse[rows] = lse[0].detach().cpu()
+            fresh = record_old or mb.old_logp is None
+            old = logp.detach() if fresh else mb.old_logp.to(self.device)
+            old_lse = None if fresh or not lse else mb.old_choice_lse.to(self.device)
             loss, st = grpo_loss(
                 logp, old, ref, mb.rollout_logp.to(self.device),
                 mb.advantages.to(self.device), mask, clip_eps=low, clip_eps_high=high,
                 kl_coef=tc.kl_coef, is_cap=tc.is_cap, policy_loss=tc.policy_loss,
                 aggregation=variant.aggregation if tc.loss_agg == "auto" else tc.loss_agg,
-                pg_weight=pg_weight, choice_lse=lse[0] if lse else None,
+                pg_weight=pg_weight, choice_lse=lse[0] if lse else None, old_choice_lse=old_lse,
             )
             logged = float(loss.detach())
             if anchor is not None or tc.balance_coef > 0:
