@@ -121,6 +121,15 @@ def quantization_problem(cfg: StageConfig) -> str | None:
     return None
 
 
+def tracker_problem(cfg: StageConfig) -> str | None:
+    from trainer.trackers import missing_packages
+
+    if missing := missing_packages(cfg.run.report_to):
+        return (f"run.report_to: {', '.join(cfg.run.report_to)} needs {', '.join(missing)}, "
+                f"which is not installed: `pip install {' '.join(missing)}`, or leave it out")
+    return None
+
+
 def remote_code_problem(cfg: StageConfig) -> str | None:
     """A local model whose config asks for custom code runs it only when the config says so."""
     config = Path(cfg.model.name_or_path) / "config.json"
@@ -228,7 +237,7 @@ def worker_failure_hint(text: str, cfg: StageConfig) -> str | None:
 def check(cfg: StageConfig, config_path: str) -> None:
     checks = (gpu_problem(cfg), precision_problem(cfg), model_problem(cfg.model.name_or_path),
               remote_code_problem(cfg), quantization_problem(cfg), cpu_memory_problem(cfg),
-              data_problem(cfg))
+              data_problem(cfg), tracker_problem(cfg))
     problems = [p for p in checks if p] + memory_problems(cfg)
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)

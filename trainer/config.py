@@ -32,18 +32,22 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
+    # a hub id or a local folder (config.json, weights, tokenizer)
     name_or_path: str = "Qwen/Qwen2.5-1.5B-Instruct"
+    # the learner's base in nf4 (bitsandbytes); workers serve it in dtype
     load_in_4bit: bool = False
+    # the learner's weights and compute (bf16 needs compute capability 8.0)
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
-    trust_remote_code: bool = False
-    max_model_len: int = 1024
+    trust_remote_code: bool = False  # run a model's own Python code (only code you trust)
+    max_model_len: int = 1024  # prompt + completion tokens the workers accept
 
 
 @dataclass
 class LoraConfig:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
+    r: int = 16  # LoRA rank (vLLM accepts 1, 8, 16, 32, 64, ...)
+    alpha: int = 32  # LoRA scale numerator (the update is scaled by alpha / r)
+    dropout: float = 0.0  # dropout on the LoRA path while training
+    # the linear layers that get an adapter
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
     )
@@ -53,13 +57,14 @@ class LoraConfig:
 class DataConfig:
     """Where market data comes from and how it is cut (see ``trainer/tasks/stock/data.py``)."""
 
+    # bundled | synthetic | local | hf (data/README.md)
     source: Literal["bundled", "synthetic", "local", "hf"] = "bundled"
     path: str = ""  # local: a CSV/Parquet file (long table) or a folder with one file per ticker
     hf_name: str = ""  # hf: hub id, a folder written by save_to_disk, or a .parquet/.jsonl/.csv
-    hf_split: str = "train"
+    hf_split: str = "train"  # hf: the split to read
     columns: dict[str, str] = field(default_factory=dict)  # our field -> source column
     tickers: list[str] = field(default_factory=list)  # empty: every ticker of the source
-    window: int = 5
+    window: int = 5  # trading days shown in each prompt
     balance: bool = True  # Stage I: exactly 50/50 UP/DOWN in every split
     # with balance: each rank's training draws alternate UP and DOWN, so every step's
     # prompts are 50/50 too (trainer/rollouts.PromptSampler)
@@ -68,28 +73,28 @@ class DataConfig:
     train_end: str = "2012-12-31"  # last date a training window may touch
     val_end: str = "2015-12-31"  # last date a validation window may touch; test comes after
     test_end: str = ""  # last date a test window may touch (empty: the data's last)
-    synthetic_days: int = 4000
+    synthetic_days: int = 4000  # synthetic: days generated per ticker
     # the synthetic market's rule (trainer/tasks/stock/synthetic.py): "majority" (momentum of
     # the last three signs) or "streak" (mixed follow their majority, streaks of three revert)
     synthetic_rule: Literal["majority", "streak"] = "majority"
-    seed: int = 0
+    seed: int = 0  # synthetic: the market's random seed
 
 
 @dataclass
 class RolloutConfig:
-    num_workers: int = 1
-    group_size: int = 8
-    max_tokens: int = 128
-    temperature: float = 1.0
-    top_p: float = 1.0
-    host: str = "127.0.0.1"
-    base_port: int = 8100
+    num_workers: int = 1  # vLLM worker processes
+    group_size: int = 8  # completions sampled per prompt (G)
+    max_tokens: int = 128  # the longest completion; longer ones are cut (finish_reason length)
+    temperature: float = 1.0  # sampling temperature (the learner scores at the same one)
+    top_p: float = 1.0  # nucleus sampling; 1.0 keeps the plain softmax the learner scores
+    host: str = "127.0.0.1"  # the address workers bind to
+    base_port: int = 8100  # worker i listens on base_port + i
     gpu_memory_utilization: float = 0.85  # on CPU: fraction of the NUMA node's RAM for KV cache
-    dtype: str = "auto"
-    enforce_eager: bool = False
-    request_timeout_s: float = 300.0
-    startup_timeout_s: float = 900.0
-    max_concurrent_requests: int = 64
+    dtype: str = "auto"  # the workers' weights (auto: the model's own)
+    enforce_eager: bool = False  # no CUDA graphs: less memory, slower decoding
+    request_timeout_s: float = 300.0  # one generation request
+    startup_timeout_s: float = 900.0  # workers' start, until healthy
+    max_concurrent_requests: int = 64  # in flight from one learner rank
     tensor_parallel_size: int = 1  # GPUs per worker (vLLM --tensor-parallel-size)
     # Workers that serve other hosts (multi-node) require this API key, read from the
     # environment variable named here; workers bound to 127.0.0.1 need none.
@@ -135,14 +140,14 @@ class RolloutConfig:
     # max_extra_draws more a step and rank (then dropped groups fill the batch)
     dynamic_sampling: bool = False
     max_extra_draws: int = 32
-    extra_args: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
+    extra_args: list[str] = field(default_factory=list)  # more `vllm serve` arguments
+    env: dict[str, str] = field(default_factory=dict)  # more environment variables for the workers
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 500
-    prompts_per_rank: int = 8
+    steps: int = 500  # GRPO steps (one sampled batch each)
+    prompts_per_rank: int = 8  # prompts per step and learner rank (x group_size completions)
     micro_batch_size: int = 8  # sequences per learner forward/backward
     # recompute each decoder layer's activations in the backward instead of keeping them all
     # (the GPU configs turn it on; `stonk plan` counts the learner's memory either way)
@@ -155,12 +160,13 @@ class TrainConfig:
     # trainer/schedules.py: constant | linear | cosine after a linear warm-up of warmup_steps,
     # down to min_lr_ratio x learning_rate; a function of the step (nothing to checkpoint)
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0
-    weight_decay: float = 0.0
-    kl_coef: float = 0.15
-    clip_eps: float = 0.2
+    warmup_steps: int = 0  # linear warm-up of the learning rate
+    min_lr_ratio: float = 0.0  # the schedule's floor, as a share of learning_rate
+    weight_decay: float = 0.0  # AdamW's
+    kl_coef: float = 0.15  # weight of the k3 KL to the base (the adapter off)
+    clip_eps: float = 0.2  # the ratio's clip range (see clip_eps_low / high)
     is_cap: float = 2.0  # truncated importance-sampling weight for worker/learner mismatch
+    # grpo: (r - mean) / std per group; dr_grpo: r - mean
     advantage: Literal["grpo", "dr_grpo"] = "grpo"
     # the policy-gradient variant (trainer/grpo.py POLICY_LOSSES): grpo | dapo | gspo | cispo
     policy_loss: Literal["grpo", "dapo", "gspo", "cispo"] = "grpo"
@@ -178,7 +184,7 @@ class TrainConfig:
     # "decision" = the tokens the task marks as stating the decision (the stock task: the
     # first bullish/bearish lean or Prediction value; needs a model that writes the format)
     pg_tokens: Literal["all", "high_entropy", "decision"] = "all"
-    entropy_top_frac: float = 0.2
+    entropy_top_frac: float = 0.2  # pg_tokens high_entropy: the share of tokens kept
     # supervised anchor: this weight x the NLL of a label-free reference answer to each
     # step's prompts (Task.anchor_text; the stock task: a warm-start answer, ending at
     # end-of-sequence) joins the loss, like PPO-ptx's pretraining term; at its free choices
@@ -190,11 +196,12 @@ class TrainConfig:
     # balance_kl); holds the shared drift of every prompt's decision, never one prompt's
     # choice; 0 = off. Uses the anchor's reference answers (built when either is > 0).
     balance_coef: float = 0.0
-    seed: int = 0
+    seed: int = 0  # LoRA init, prompt order, sampling seeds
 
 
 @dataclass
 class RewardConfig:
+    # component -> weight (trainer/tasks/stock/rewards)
     weights: dict[str, float] = field(
         default_factory=lambda: {"accuracy": 1.0, "data_usage": 1.0, "coherence": 1.0,
                                  "confidence": 1.0, "diversity": 1.0}
@@ -211,12 +218,16 @@ class RewardConfig:
 
 @dataclass
 class RunConfig:
-    output_dir: str = "runs"
+    output_dir: str = "runs"  # runs go to output_dir/name
     name: str = ""  # empty: stage name + timestamp
-    checkpoint_every: int = 50
+    checkpoint_every: int = 50  # steps between full checkpoints (and the last step)
     keep_checkpoints: int = 3  # the newest K checkpoints/step_N are kept (plus best/)
-    keep_adapter_versions: int = 3
+    keep_adapter_versions: int = 3  # published adapters kept on disk
     log_rollouts_every: int = 1  # write rollouts.jsonl every N steps (0: never)
+    # experiment trackers on rank 0, besides metrics.jsonl (trainer/trackers.py): any of
+    # tensorboard, wandb, mlflow, trackio; offline, under <run folder>/trackers/, by default
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = field(
+        default_factory=list)
     # Where adapters are published for the workers; empty: <run folder>/adapters. Multi-node
     # runs need a directory on a filesystem every node sees (the run folder usually is).
     adapter_dir: str = ""
@@ -225,7 +236,7 @@ class RunConfig:
 @dataclass
 class EvalConfig:
     every_steps: int = 0  # evaluate during training every K steps (0: only at the end)
-    split: Literal["val", "test"] = "val"
+    split: Literal["val", "test"] = "val"  # the split evaluated during training and for best/
     num_samples: int = 64  # fixed subset (the split's first N samples) for periodic eval; 0: all
     final_samples: int = 256  # samples of eval.split and of test evaluated at the end; 0: all
     temperature: float = 0.0  # 0: greedy decoding
@@ -245,16 +256,16 @@ class GateConfig:
     min_avg_reward: float = 0.7  # mean batch reward over the window
     min_val_accuracy: float = 0.8  # accuracy of the final evaluation on eval.split
     min_reasoning_quality: float = 0.5  # reasoning quality score of that evaluation, 0..1
-    loss_window: int = 20
+    loss_window: int = 20  # the last K steps the loss bounds below read
     max_abs_loss: float = 0.1  # "low": |mean loss| over the window
     max_loss_std: float = 0.05  # "stable": std of the loss over the window
 
 
 @dataclass
 class LaunchConfig:
-    device: Literal["cpu", "cuda"] = "cuda"
+    device: Literal["cpu", "cuda"] = "cuda"  # cuda or cpu (the CPU demo)
     num_processes: int = 1  # learner ranks per node
-    zero_stage: Literal[2, 3] = 2
+    zero_stage: Literal[2, 3] = 2  # DeepSpeed ZeRO stage of the learner
     # "auto": launch/accelerate/{cpu_deepspeed, gpu_single, node_zero2, node_zero3,
     # multinode_zero2}.yaml by device, ranks, machines and zero_stage; or a path.
     accelerate_config: str = "auto"
@@ -265,9 +276,9 @@ class LaunchConfig:
     # They may only overlap when colocate is true (e.g. one GPU shared; then
     # rollout.gpu_memory_utilization is the worker's share of that GPU's memory).
     worker_gpus: list[int] = field(default_factory=list)
-    learner_gpus: list[int] = field(default_factory=list)
-    colocate: bool = False
-    main_process_port: int = 29500
+    learner_gpus: list[int] = field(default_factory=list)  # GPU indices of the learner ranks
+    colocate: bool = False  # workers and learner share GPUs
+    main_process_port: int = 29500  # accelerate's rendezvous port (a free one is probed)
     slurm_worker_nodes: int = 1  # multi-node Slurm jobs: the first K nodes run workers
     # Slurm: the longest one node waits for another (the attempt's start decision, node 0's
     # Stage II merge, the learner's worker manifest) and a worker node serves a learner that
@@ -284,7 +295,7 @@ class LaunchConfig:
 
 @dataclass
 class StageConfig:
-    stage: Literal[1, 2] = 1
+    stage: Literal[1, 2] = 1  # 1: balanced data, the gate; 2: from a Stage I run, natural data
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     data: DataConfig = field(default_factory=DataConfig)

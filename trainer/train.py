@@ -41,7 +41,7 @@ import torch
 
 from rollout.adapter_store import AdapterStore
 from rollout.client import NoWorkersError, RolloutClient
-from trainer import checkpoint
+from trainer import checkpoint, trackers
 from trainer.config import ConfigError, load_config, mixed_precision, save_config
 from trainer.dist import mean_across_ranks, rank_and_world
 from trainer.evaluate import eval_samples, keep_best, run_eval, save_eval, scalar_metrics
@@ -121,7 +121,8 @@ def train(args: argparse.Namespace) -> None:
 
     # precision from the config, not the launch command: accelerate refuses a config file's
     # mixed_precision beside a DeepSpeed config file, so launch/accelerate/*.yaml carry none
-    acc = Accelerator(mixed_precision=mixed_precision(cfg))
+    acc = Accelerator(mixed_precision=mixed_precision(cfg),
+                      **trackers.accelerator_kwargs(cfg.run.report_to, run_dir))
     rank, world = rank_and_world()
     if rank == 0 and args.config:  # started by hand (accelerate launch): record the inputs
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -129,6 +130,8 @@ def train(args: argparse.Namespace) -> None:
     if rank == 0 and args.workers:
         (run_dir / "workers.json").write_text(json.dumps(
             {"workers": [{"url": u} for u in args.workers.split(",")]}, indent=2))
+    if rank == 0:  # accelerate would start a tracker (and its files) on every rank
+        trackers.start(acc, run_dir.name, cfg.to_dict())
     task = build_task(cfg)
     sampler = PromptSampler(task.split("train")[rank::world], seed=tc.seed + rank,
                             key=task.stratum)
@@ -280,6 +283,7 @@ def train(args: argparse.Namespace) -> None:
                         cfg, run_dir, store.path(step), step, float(value)):
                     record["eval/new_best"] = 1.0
             metrics.write(record)
+            trackers.log(acc, record, step)
             print(progress.line(step, record), flush=True)
             if step == 1:
                 print(base_gap_line(cfg, record["logp_gap"]), flush=True)

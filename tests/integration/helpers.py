@@ -24,7 +24,8 @@ EVAL_SETS = ("eval.final_samples=16", "eval.num_samples=8")
 # interrupted, resumed run must reproduce (tests/integration/conftest.py)
 REFERENCE_SETS = ("train.steps=4", "run.checkpoint_every=2", "train.learning_rate=5.0e-3",
                   "run.keep_adapter_versions=10", "rollout.health_check_interval_s=2",
-                  "train.kl_coef=0.05")  # the demo runs KL 0: with it the reference pass runs
+                  "train.kl_coef=0.05",  # the demo runs KL 0: with it the reference pass runs
+                  "run.report_to=[tensorboard]")
 
 
 def set_flags(*sets: str) -> list[str]:

@@ -100,3 +100,26 @@ def test_worker_logprobs_match_learner_under_pushed_adapter(run, warm_model):
 def test_no_worker_outlives_the_run(run):
     run_dir, _ = run
     assert not [pid for pid in worker_pids(run_dir) if alive(pid)]
+
+
+def test_tensorboard_holds_every_step_of_metrics_jsonl_and_the_config(run):
+    """run.report_to: [tensorboard] (REFERENCE_SETS): the event files under trackers/ hold
+    each step's metrics as metrics.jsonl has them, and the resolved config as
+    hyper-parameters."""
+    import yaml
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, _ = run
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    folder = run_dir / "trackers" / run_dir.name  # one per project, written by rank 0 only
+    assert len(list(folder.glob("events.out.tfevents.*"))) == 1
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    for key in ("loss", "reward/mean", "logp_gap", "lr"):
+        got = acc.Scalars(key)
+        assert [e.step for e in got] == [r["step"] for r in rows] == list(range(1, STEPS + 1))
+        assert [e.value for e in got] == pytest.approx([r[key] for r in rows], rel=1e-6,
+                                                        abs=1e-9)
+    (hparams,) = (run_dir / "trackers").rglob("hparams.yml")
+    config = yaml.safe_load(hparams.read_text())
+    assert config["train.steps"] == STEPS and config["train.learning_rate"] == LR
