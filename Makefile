@@ -10,7 +10,7 @@ WARM := models/tiny-qwen2-fmt
 PYTEST_ARGS ?=
 
 .PHONY: setup demo stage1 stage2 eval predict tiny-model warmstart test test-fast test-integration lint fix bench clean help
-.PHONY: bench-model bench-trl bench-rollout bench-push bench-learning bench-memory bench-decision bench-overlap bench-learner-memory bench-reward-share bench-all plan gpu-check
+.PHONY: bench-model bench-trl bench-rollout bench-push bench-learning bench-memory bench-decision bench-overlap bench-learner-memory bench-reward-share bench-variants bench-all plan gpu-check
 
 help:
 	@echo "make demo | test | setup [PROFILE=cpu|gpu] [WHEELS=dir] | check-gpu-deps | gpu-wheels | gpu-check [WHEELS=dir] | plan [CONFIG=...] | stage1 [CONFIG=...] [NPROC=n] [RESUME=run] | stage2 STAGE1=run [FORCE=1] [RESUME=run] | eval RUN=run | predict ADAPTER=.. TICKER=.. PRICES=.. | data | tiny-model | warmstart | test-fast | lint | fix | bench | bench-all | clean"
@@ -141,6 +141,9 @@ bench-learning: setup warmstart
 # the demo's Stage I with the seed's reward and with accuracy only, 3 seeds each (~50 min)
 bench-reward-share: setup warmstart
 	$(BIN)/python benchmarks/reward_share.py --seeds 0,1,2
+
+bench-variants: setup warmstart
+	$(BIN)/python benchmarks/grpo_variants.py --seeds 0,1
 
 bench-decision: setup warmstart
 	$(BIN)/python benchmarks/decision_probe.py --lr 3e-3 --steps 40 --every 10 --anchor 1 \

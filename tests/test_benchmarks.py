@@ -175,3 +175,18 @@ def test_reward_share_arms_alternate_and_only_the_reasoning_weights_change():
     assert only["data_usage"] == only["coherence"] == 0
     assert {k: v for k, v in only.items() if k not in ("data_usage", "coherence")} == \
         {k: v for k, v in seed.items() if k not in ("data_usage", "coherence")}
+
+
+def test_grpo_variants_reads_the_eval_curve_and_names_registered_variants(tmp_path):
+    import json
+
+    from benchmarks import grpo_variants
+    from trainer.config import load_config
+
+    rows = [{"step": 1, "rollout/filtered_groups": 2.0}, {"step": 2, "eval/accuracy": 0.5},
+            {"step": 3}, {"step": 4, "eval/accuracy": 0.75, "rollout/filtered_groups": 1.0}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    assert grpo_variants.curve(tmp_path) == ([(2, 0.0, 0.5), (4, 0.0, 0.75)], 3.0)
+    for arm, sets in grpo_variants.ARMS.items():  # each arm a valid change of the demo
+        cfg = load_config("configs/demo/stage1.yaml", sets)
+        assert cfg.train.policy_loss == arm.split("_")[0], arm
