@@ -7,6 +7,7 @@ errors and ``--dry-run`` are instant.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -56,7 +57,7 @@ def _stage(args: argparse.Namespace) -> int:
             raise ConfigError(f"{args.config}: stage: this command runs stage {args.stage}, "
                               f"the file says stage {cfg.stage}")
         from launch.plan import local_plan
-        from launch.runner import dry_run, fresh_run_problem, run_dir_for
+        from launch.runner import api_key, dry_run, fresh_run_problem, run_dir_for
 
         plan = local_plan(cfg)
         name, module = STAGE_MODULES[cfg.stage]
@@ -64,6 +65,7 @@ def _stage(args: argparse.Namespace) -> int:
         if args.dry_run:
             print(dry_run(cfg, plan, module, run_dir))
             return 0
+        api_key(cfg, plan)  # before anything starts or merges
         if args.resume:
             _check_resume(cfg, run_dir)
         elif problem := fresh_run_problem(run_dir, name):
@@ -125,7 +127,7 @@ def _slurm(args: argparse.Namespace) -> int:
         cfg = _load(args)
         from launch import slurm_job
         from launch.plan import slurm_plan
-        from launch.runner import dry_run, run_dir_for
+        from launch.runner import api_key, dry_run, run_dir_for
 
         env = dict(os.environ)
         name, module = STAGE_MODULES[cfg.stage]
@@ -136,6 +138,7 @@ def _slurm(args: argparse.Namespace) -> int:
         if args.dry_run:
             print(dry_run(cfg, plan, module, run_dir))
             return 0
+        api_key(cfg, plan)
         attempt = slurm_job.attempt_number(env)
         if int(env["SLURM_NODEID"]) == 0:
             start = slurm_job.decide(cfg, run_dir, plan, attempt, bool(args.resume))
@@ -177,13 +180,14 @@ def _workers(args: argparse.Namespace) -> int:
     try:
         cfg = _load(args)
         from launch.plan import local_plan
-        from launch.runner import dry_run
+        from launch.runner import api_key, dry_run
 
         plan = local_plan(cfg)
         plan.learner = None
         if args.dry_run:
             print(dry_run(cfg, plan, "", Path(".")))
             return 0
+        api_key(cfg, plan)
         check(cfg, args.config)
     except (ConfigError, PreflightError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -196,13 +200,16 @@ def _workers(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from launch.offline import evaluate_run
     from launch.preflight import PreflightError
+    from rollout.server import WorkerError
     from trainer.config import ConfigError
+    from trainer.tasks.stock.problems import DataError
 
     try:
         report = evaluate_run(Path(args.run), args.split, args.adapter, args.set, args.samples,
                               Path(args.out) if args.out else None)
-    except (ConfigError, PreflightError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ConfigError, PreflightError, DataError, WorkerError) as exc:
+        # one line; a worker's message goes on with its log's tail, the file it names
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     print(f"[eval] report: {report}")
     return 0
@@ -277,27 +284,17 @@ def _plan(args: argparse.Namespace) -> int:
     return 0 if plan.fits else 1
 
 
-def _tiny_model(rest: list[str]) -> int:
-    from launch.tiny_model import main
+def _passthrough(module: str):
+    """A command that owns its arguments: ``module.main(rest)``, imported only when run (its
+    --help too stays light); None from main counts as success."""
+    def run(rest: list[str]) -> int:
+        return importlib.import_module(module).main(rest) or 0
 
-    main(rest)
-    return 0
-
-
-def _warmstart(rest: list[str]) -> int:
-    from trainer.warmstart import main
-
-    main(rest)
-    return 0
+    return run
 
 
-def _demo(rest: list[str]) -> int:
-    from launch.demo import main
-
-    return main(rest)
-
-
-PASSTHROUGH = {"tiny-model": _tiny_model, "warmstart": _warmstart, "demo": _demo}
+PASSTHROUGH = {"tiny-model": _passthrough("launch.tiny_model"),
+               "warmstart": _passthrough("trainer.warmstart"), "demo": _passthrough("launch.demo")}
 
 
 def _stage2_args(p: argparse.ArgumentParser) -> None:

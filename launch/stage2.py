@@ -32,9 +32,12 @@ def stage1_adapter(stage1_run: Path) -> Path:
 
 def check_promotion(stage1_run: Path, force: bool) -> dict:
     """The Stage I gate verdict; raises listing the failed indicators unless ``force``."""
-    from trainer.gate import failed_indicators, read_gate
+    from trainer.gate import GateError, failed_indicators, read_gate
 
-    gate = read_gate(stage1_run)
+    try:
+        gate = read_gate(stage1_run)
+    except GateError as exc:  # a user's input: one error line, not a traceback
+        raise ConfigError(f"{exc} (is {stage1_run} a finished Stage I run?)") from None
     failed = [] if gate.get("passed") else failed_indicators(gate)
     if failed and not force:
         lines = "\n".join(f"  - {f}" for f in failed)

@@ -53,6 +53,18 @@ def test_long_table_with_ticker_column_and_ticker_filter(tmp_path):
     assert [s.ticker for s in data.series] == ["Y"] and data.report.seen == {"X", "Y"}
 
 
+@pytest.mark.parametrize("sep", [";", "\t", "|"])
+def test_semicolon_tab_and_pipe_separated_files_load_like_commas(tmp_path, sep):
+    """Spreadsheets in many locales write ';' (with ',' as the decimal mark elsewhere in the
+    file's text columns, which must not split them)."""
+    rows = [{**r, "Name": "Acme, Inc."} for r in ticker_rows("x")]
+    pd.DataFrame(rows).to_csv(tmp_path / "semi.csv", index=False, sep=sep)
+    write_csv(tmp_path / "comma.csv", rows)
+    (a,) = load_source(local(tmp_path / "semi.csv")).series
+    (b,) = load_source(local(tmp_path / "comma.csv")).series
+    assert (a.ticker, a.dates, a.closes) == (b.ticker, b.dates, b.closes) == ("X", DAYS, prices())
+
+
 def test_adjusted_close_is_used_when_present(tmp_path):
     rows = [{**r, "Adj Close": r["Close"] / 2} for r in ticker_rows()]
     (s,) = load_source(local(write_csv(tmp_path / "a.csv", rows))).series

@@ -15,12 +15,14 @@ import argparse
 import random
 import time
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from trainer.config import DataConfig
 from trainer.tasks.stock.data import Window
 from trainer.warm_answers import LEAN, answer_and_choices
+
+if TYPE_CHECKING:  # torch only where a model trains: `stonk warmstart --help` stays light
+    import torch
 
 DECISION_WEIGHT = 10.0
 DECISION_WORDS = [f" {w}" for w in (*LEAN, *LEAN.values())]  # " UP", ..., " bullish", ...
@@ -74,6 +76,8 @@ def weighted_loss(logits: torch.Tensor, labels: torch.Tensor,
     """Next-token cross-entropy on the answer, with the lean and prediction tokens weighted
     ``DECISION_WEIGHT`` times: they are 2 of ~30 answer tokens, and copying the lean into the
     prediction is what lets GRPO's choice of lean decide the answer."""
+    import torch
+
     logits, labels = logits[:, :-1], labels[:, 1:]
     mask = labels != -100
     ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0),
@@ -84,6 +88,7 @@ def weighted_loss(logits: torch.Tensor, labels: torch.Tensor,
 
 def warm_start(base: str, out: str, data: DataConfig, steps: int, batch_size: int, lr: float,
                seed: int) -> Path:
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(seed)

@@ -54,6 +54,21 @@ def file_ticker(path: Path) -> str:
     return name.upper()
 
 
+def _delimiter(path: Path) -> str:
+    """The CSV's field separator, sniffed from its first lines: ',', ';', tab or '|'
+    (spreadsheets in many locales write ';'); ',' when the sniffer cannot tell."""
+    import csv
+    import gzip
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rt", errors="replace") as fh:
+            sample = fh.read(8192)
+        return csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
+    except (csv.Error, OSError, EOFError):
+        return ","
+
+
 def read_table(path: Path) -> pd.DataFrame:
     """Read a CSV (.csv, .csv.gz) or Parquet (.parquet, .pq) file; fail naming it."""
     name = path.name.lower()
@@ -65,7 +80,7 @@ def read_table(path: Path) -> pd.DataFrame:
         if name.endswith((".parquet", ".pq")):
             frame = pd.read_parquet(path)
         else:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=True)
+            frame = pd.read_csv(path, dtype=str, keep_default_na=True, sep=_delimiter(path))
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file is empty") from None
     except Exception as exc:  # any reader failure is a problem with this file
