@@ -42,6 +42,8 @@ LOGGED = {"loss", "reward", "kl", "entropy", "grad_norm"}  # besides TRL's "a/b"
 def reward_function(task, samples: list, group_size: int, last: dict):
     """A TRL reward function over our task: rewards (component sum) per completion; the
     batch's task diagnostics (accuracy ...) go into ``last``."""
+    from trainer.rollouts import total_reward  # the reward ours trains on
+
     def stock_reward(prompts, completions, sample_index, **_) -> list[float]:
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
         groups: list[tuple[int, list[str]]] = []
@@ -55,7 +57,7 @@ def reward_function(task, samples: list, group_size: int, last: dict):
         diags = [task.diagnostics(s, t) for s, (_, g) in zip(chosen, groups, strict=True)
                  for t in g]
         last.update(task.aggregate(diags))
-        return [sum(c.values()) for per_sample in scored for c in per_sample]
+        return [total_reward(c) for per_sample in scored for c in per_sample]
 
     return stock_reward
 

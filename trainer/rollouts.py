@@ -147,6 +147,11 @@ class StepRollout:
 Drawn = tuple[list[list[int]], list, list[dict[str, float]]]
 
 
+def total_reward(components: dict[str, float]) -> float:
+    """A completion's reward: the sum of its (weighted) components."""
+    return sum(components.values())
+
+
 def sample_groups(task: Task, samples: list[Sample], client: RolloutClient, tokenizer, *,
                   group_size: int, max_tokens: int, temperature: float, top_p: float,
                   seed: int | None, overlong_buffer: int = 0,
@@ -185,7 +190,7 @@ def informative_groups(samples: list[Sample], draw: Callable[[list[Sample], int]
         g = len(groups[0])
         for i, s in enumerate(chosen):
             rows = components[i * g:(i + 1) * g]
-            rewards = [sum(c.values()) for c in rows]
+            rewards = [total_reward(c) for c in rows]
             informative = max(rewards) - min(rewards) > 1e-9
             (kept if informative else dropped).append((s, prompt_ids[i], groups[i], rows))
         missing = need - len(kept)
@@ -208,7 +213,7 @@ def build_batch(task: Task, tokenizer, drawn: Drawn, *, group_size: int, advanta
     tokens of each completion that state its decision (``Task.decision_spans``) and the
     options it chose among (``Task.decision_options``, as ``choice_ids``)."""
     prompt_ids, groups, components = drawn
-    rewards = [sum(c.values()) for c in components]
+    rewards = [total_reward(c) for c in components]
     adv = ADVANTAGE_ESTIMATORS[advantage](torch.tensor(rewards), group_size)
     marks = choices = None
     if mark_decisions:

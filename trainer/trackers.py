@@ -58,10 +58,19 @@ def hyperparameters(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _rank0(acc) -> bool:
+    """Trackers live on rank 0 of the process group. Not ``acc.is_main_process``: on CPU the
+    accelerator can count one process while the group has several (trainer/dist.py), and
+    accelerate 1.15 creates a tracker's files (TensorBoard's event files) on every rank that
+    calls ``init_trackers``."""
+    from trainer.dist import rank_and_world  # torch: not at import (preflight imports this)
+
+    return bool(acc.log_with) and rank_and_world()[0] == 0
+
+
 def start(acc, project: str, config: dict[str, Any]) -> None:
-    """On rank 0 only: accelerate 1.15 creates each tracker's writer (TensorBoard's event
-    files) on every rank that calls ``init_trackers``."""
-    if acc.log_with:
+    """Every rank may call it; the trackers start on rank 0 only."""
+    if _rank0(acc):
         acc.init_trackers(project, config=hyperparameters(config))
 
 
@@ -72,5 +81,5 @@ def numbers(record: dict[str, Any]) -> dict[str, float]:
 
 
 def log(acc, record: dict[str, Any], step: int) -> None:
-    if acc.log_with:
+    if _rank0(acc):
         acc.log(numbers(record), step=step)

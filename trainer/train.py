@@ -130,8 +130,7 @@ def train(args: argparse.Namespace) -> None:
     if rank == 0 and args.workers:
         (run_dir / "workers.json").write_text(json.dumps(
             {"workers": [{"url": u} for u in args.workers.split(",")]}, indent=2))
-    if rank == 0:  # accelerate would start a tracker (and its files) on every rank
-        trackers.start(acc, run_dir.name, cfg.to_dict())
+    trackers.start(acc, run_dir.name, cfg.to_dict())
     task = build_task(cfg)
     sampler = PromptSampler(task.split("train")[rank::world], seed=tc.seed + rank,
                             key=task.stratum)
