@@ -9,11 +9,11 @@ TINY := models/tiny-qwen2
 WARM := models/tiny-qwen2-fmt
 PYTEST_ARGS ?=
 
-.PHONY: setup demo stage1 stage2 eval predict tiny-model warmstart test test-fast test-integration lint fix bench clean help
+.PHONY: setup demo stage1 stage2 eval predict serve export tiny-model warmstart test test-fast test-integration lint fix bench clean help
 .PHONY: bench-model bench-trl bench-rollout bench-push bench-learning bench-memory bench-decision bench-overlap bench-learner-memory bench-reward-share bench-variants bench-all plan gpu-check
 
 help:
-	@echo "make demo | test | setup [PROFILE=cpu|gpu] [WHEELS=dir] | check-gpu-deps | gpu-wheels | gpu-check [WHEELS=dir] | plan [CONFIG=...] | stage1 [CONFIG=...] [NPROC=n] [RESUME=run] | stage2 STAGE1=run [FORCE=1] [RESUME=run] | eval RUN=run | predict ADAPTER=.. TICKER=.. PRICES=.. | data | tiny-model | warmstart | test-fast | lint | fix | bench | bench-all | clean"
+	@echo "make demo | test | setup [PROFILE=cpu|gpu] [WHEELS=dir] | check-gpu-deps | gpu-wheels | gpu-check [WHEELS=dir] | plan [CONFIG=...] | stage1 [CONFIG=...] [NPROC=n] [RESUME=run] | stage2 STAGE1=run [FORCE=1] [RESUME=run] | eval RUN=run | predict RUN=.. PRICES=csv|dir | serve RUN=.. | export RUN=.. [HUB=repo] | data | tiny-model | warmstart | test-fast | lint | fix | bench | bench-all | clean"
 
 # ---- install (idempotent: a stamp that depends on pyproject.toml; seconds when done)
 # launch/setup_profile.py (system python, standard library) picks the profile: PROFILE=cpu|gpu,
@@ -93,8 +93,16 @@ eval: setup
 	$(BIN)/python -m launch.cli eval --run $(RUN) --split $(or $(SPLIT),test) --adapter $(or $(ADAPTER),best) $(ARGS)
 
 predict: setup
-	@test -n "$(ADAPTER)" -a -n "$(TICKER)" || { echo "usage: make predict ADAPTER=<dir> TICKER=T PRICES=p0,p1,... (or CSV=file)"; exit 2; }
-	$(BIN)/python -m launch.cli predict --adapter $(ADAPTER) --ticker $(TICKER) $(if $(PRICES),--prices $(PRICES)) $(if $(CSV),--csv $(CSV)) $(ARGS)
+	@test -n "$(RUN)" -a -n "$(PRICES)" || { echo "usage: make predict RUN=<run> PRICES=<csv or folder> [OUT=predictions.csv] [ARGS=...]"; exit 2; }
+	$(BIN)/python -m launch.cli predict --run $(RUN) --adapter $(or $(ADAPTER),best) --prices $(PRICES) $(if $(OUT),--out $(OUT)) $(ARGS)
+
+serve: setup
+	@test -n "$(RUN)" || { echo "usage: make serve RUN=runs/<run> [ADAPTER=best] [PORT=8000]"; exit 2; }
+	$(BIN)/python -m launch.cli serve --run $(RUN) --adapter $(or $(ADAPTER),best) --port $(or $(PORT),8000) $(ARGS)
+
+export: setup
+	@test -n "$(RUN)" || { echo "usage: make export RUN=runs/<run> [ADAPTER=best] [OUT=dir] [HUB=user/repo]"; exit 2; }
+	$(BIN)/python -m launch.cli export --run $(RUN) --adapter $(or $(ADAPTER),best) $(if $(OUT),--out $(OUT)) $(if $(HUB),--push-to-hub $(HUB)) $(ARGS)
 
 # ---- tests: unit tests first (fast), then integration (real vLLM workers + DeepSpeed)
 test: setup warmstart

@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from launch import cli_adapter
+
 STAGE_MODULES = {1: ("stage1", "trainer.train"), 2: ("stage2", "trainer.train")}
 
 
@@ -197,60 +199,6 @@ def _workers(args: argparse.Namespace) -> int:
     return serve_workers(cfg, plan, Path(args.log_dir))
 
 
-def _eval(args: argparse.Namespace) -> int:
-    from launch.offline import evaluate_run
-    from launch.preflight import PreflightError
-    from rollout.server import WorkerError
-    from trainer.config import ConfigError
-    from trainer.tasks.stock.problems import DataError
-
-    try:
-        report = evaluate_run(Path(args.run), args.split, args.adapter, args.set, args.samples,
-                              Path(args.out) if args.out else None)
-    except (ConfigError, PreflightError, DataError, WorkerError) as exc:
-        # one line; a worker's message goes on with its log's tail, the file it names
-        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
-    print(f"[eval] report: {report}")
-    return 0
-
-
-def _predict(args: argparse.Namespace) -> int:
-    from launch.offline import predict
-    from trainer.config import ConfigError
-
-    try:
-        closes, dates = _read_prices(args)
-        prompt, answer = predict(Path(args.adapter), Path(args.config) if args.config else None,
-                                 args.ticker, args.name, closes, dates)
-    except (ConfigError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(prompt, "\n---\n", answer, sep="")
-    return 0
-
-
-def _read_prices(args: argparse.Namespace) -> tuple[list[float], list[str] | None]:
-    """(closes, the shown days' dates or None): from --prices [--dates], or a CSV's last
-    WINDOW+1 rows and its date column when it has one."""
-    if bool(args.prices) == bool(args.csv):
-        raise ValueError("give the closes with --prices P0,P1,... or --csv FILE (not both)")
-    if args.prices:
-        dates = [d for d in args.dates.replace(" ", "").split(",") if d] if args.dates else None
-        return [float(x) for x in args.prices.replace(" ", "").split(",") if x], dates
-    import csv
-
-    with open(args.csv, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    col = next((c for c in ("adj_close", "Adj Close", "close", "Close") if rows and c in rows[0]),
-               None)
-    if col is None:
-        raise ValueError(f"{args.csv}: no close column (close, Close, adj_close, Adj Close)")
-    rows = rows[-(args.window + 1):]
-    date_col = next((c for c in ("date", "Date") if c in rows[0]), None)
-    return [float(r[col]) for r in rows], [r[date_col] for r in rows[1:]] if date_col else None
-
-
 def _data(args: argparse.Namespace) -> int:
     from trainer.config import ConfigError, load_config
     from trainer.tasks.stock.problems import DataError
@@ -338,29 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     _stage2_args(sl)
     _resume_arg(sl)
     sl.set_defaults(fn=_slurm)
-    ev = sub.add_parser("eval", help="evaluate a run's adapter on a split; write its report")
-    ev.add_argument("--run", required=True, help="run folder")
-    ev.add_argument("--split", action="append", choices=["train", "val", "test"],
-                    help="split(s) to evaluate (repeatable; default: test)")
-    ev.add_argument("--adapter", default="best", help="best, latest or an adapter folder")
-    ev.add_argument("--samples", type=int, default=None,
-                    help="first N samples of each split (default: eval.final_samples; 0: all)")
-    ev.add_argument("--out", help="folder for report.md and plots (default: the run folder)")
-    ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override the run's config, e.g. --set data.source=bundled")
-    ev.set_defaults(fn=_eval)
-    pr = sub.add_parser("predict", help="the model's answer for given recent prices")
-    pr.add_argument("--adapter", required=True, help="adapter folder (e.g. RUN/checkpoints/best/adapter)")
-    pr.add_argument("--ticker", required=True)
-    pr.add_argument("--name", default="")
-    pr.add_argument("--prices", help="closes, oldest first: the day before the window, then each day")
-    pr.add_argument("--dates", help="the shown days' dates, oldest first (default: the "
-                    "weekdays ending today)")
-    pr.add_argument("--csv", help="a CSV with a close column (and a date column, used when "
-                    "there); its last WINDOW+1 rows are used")
-    pr.add_argument("--window", type=int, default=5)
-    pr.add_argument("--config", help="worker settings (default: the adapter's run config)")
-    pr.set_defaults(fn=_predict)
+    cli_adapter.add_parsers(sub)
     wk = sub.add_parser("workers", help="serve this node's vLLM workers until stopped (for "
                                         "`accelerate launch -m trainer.train --workers ...`)")
     _common(wk, "configs/stage1.yaml")

@@ -1,13 +1,13 @@
 """Use a trained adapter outside training: ``stonk eval`` (a run's report on a split) and
-``stonk predict`` (one answer for given prices). Both start one vLLM worker serving the
-adapter's base model, publish the adapter to it, and stop it on every exit path.
+``stonk predict`` (``launch/predict.py``); which adapter a run's ``--adapter`` names. Both
+start one vLLM worker serving the adapter's base model, publish the adapter to it, and stop
+it on every exit path.
 """
 
 from __future__ import annotations
 
 import json
 from contextlib import contextmanager
-from datetime import date
 from pathlib import Path
 
 from trainer.config import ConfigError, StageConfig, load_config
@@ -29,7 +29,7 @@ def resolve_adapter(run_dir: Path, which: str) -> Path:
         latest = ckpt / "LATEST"
         if latest.is_file():
             return ckpt / latest.read_text().strip() / "adapter"
-        raise ConfigError(f"{run_dir}: no checkpoint to evaluate (checkpoints/LATEST missing)")
+        raise ConfigError(f"{run_dir}: no checkpoint yet (checkpoints/LATEST missing)")
     path = Path(which)
     if not (path / "adapter_config.json").is_file():
         raise ConfigError(f"--adapter {which}: not a peft adapter folder (no adapter_config.json)")
@@ -84,35 +84,26 @@ def evaluate_run(run_dir: Path, splits: list[str], which: str, overrides: list[s
     return report
 
 
-def predict(adapter: Path, config: Path | None, ticker: str, name: str, closes: list[float],
-            dates: list[str] | None) -> tuple[str, str]:
-    """(the prompt, the model's answer) for the window ``closes`` (the day before, then the shown days)."""
-    from transformers import AutoTokenizer
-
-    from trainer.rollouts import encode_prompt
-    from trainer.tasks.stock.series import Window
-    from trainer.tasks.stock.synthetic import business_days
-    from trainer.tasks.stock.task import window_to_sample
-
-    if len(closes) < 3 or min(closes) <= 0:
-        raise ConfigError("--prices: give at least 3 positive closes (the day before the "
-                          "window, then each shown day)")
-    config = config or find_run_config(adapter)
+def run_adapter(run: Path | None, which: str, config: Path | None = None,
+                overrides: list[str] | None = None) -> tuple[StageConfig, Path]:
+    """(the run's config, the adapter folder) for ``--run RUN --adapter best|latest|DIR``,
+    or ``--adapter DIR`` alone (its run found above it, or ``config``). The config's model is
+    the adapter's own base (a Stage II adapter's is the merged Stage I model)."""
+    if run is not None:
+        if not (run / "config.yaml").is_file():
+            raise ConfigError(f"--run {run}: not a run folder (no config.yaml)")
+        adapter = resolve_adapter(run, which)
+    elif which in ("best", "latest"):
+        raise ConfigError(f"--adapter {which}: needs --run RUN (or give an adapter folder)")
+    else:
+        adapter = resolve_adapter(Path("."), which)
+    config = config or (run / "config.yaml" if run else find_run_config(adapter))
     if config is None:
         raise ConfigError(f"--adapter {adapter}: not inside a run folder; pass --config")
-    cfg = load_config(config)
-    base = json.loads((adapter / "adapter_config.json").read_text()).get(
-        "base_model_name_or_path") or cfg.model.name_or_path
-    cfg.model.name_or_path = base
-    shown = len(closes) - 1
-    # dated like the training windows: the weekdays ending today
-    dates = dates or business_days(date.today(), shown, backward=True)
-    if len(dates) != shown:
-        raise ConfigError(f"--dates: {len(dates)} dates for {shown} shown days")
-    window = Window(ticker, name or ticker, dates, closes, "next", closes[-1])
-    sample = window_to_sample(window)
-    tok = AutoTokenizer.from_pretrained(base, trust_remote_code=cfg.model.trust_remote_code)
-    with serving(cfg, adapter, Path("runs") / "predict-logs") as client:
-        (group,) = client.generate([encode_prompt(tok, sample)], n=1,
-                                   max_tokens=cfg.rollout.max_tokens, temperature=0.0)
-    return sample.messages[-1]["content"], group[0].text
+    cfg = load_config(config, overrides or [])
+    try:
+        meta = json.loads((adapter / "adapter_config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{adapter / 'adapter_config.json'}: unreadable: {exc}") from None
+    cfg.model.name_or_path = meta.get("base_model_name_or_path") or cfg.model.name_or_path
+    return cfg, adapter

@@ -70,6 +70,9 @@ class WorkerSpec:
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     devices: str | None = None  # CUDA_VISIBLE_DEVICES for this worker, None: inherit
+    # adapters served from the start under their own names (stonk serve); training
+    # workers start with none and load each version at run time
+    lora_modules: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -109,6 +112,8 @@ class WorkerSpec:
             cmd.append("--trust-remote-code")
         if self.api_key:
             cmd += ["--api-key", self.api_key]
+        if self.lora_modules:
+            cmd += ["--lora-modules", *(f"{k}={v}" for k, v in self.lora_modules.items())]
         return cmd + list(self.extra_args)
 
     def environment(self) -> dict[str, str]:

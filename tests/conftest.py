@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -42,3 +43,17 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is false)")
     for item in gpu_items:
         item.add_marker(skip)
+
+
+@pytest.fixture
+def fake_run(tmp_path):
+    """A run folder as training leaves it (config, LATEST and the adapter's config)."""
+    run = tmp_path / "run"
+    adapter = run / "checkpoints" / "step_000002" / "adapter"
+    adapter.mkdir(parents=True)
+    (run / "config.yaml").write_text((REPO / "configs/demo/stage1.yaml").read_text())
+    (run / "metrics.jsonl").write_text("")
+    (run / "checkpoints" / "LATEST").write_text("step_000002\n")
+    (adapter / "adapter_config.json").write_text(json.dumps(
+        {"base_model_name_or_path": "models/elsewhere"}))
+    return run

@@ -12,8 +12,8 @@ import pytest
 from launch.cli import main
 from tests.conftest import REPO
 
-SUBCOMMANDS = ("stage1", "stage2", "slurm", "eval", "predict", "workers", "data", "plan",
-               "demo", "tiny-model", "warmstart")
+SUBCOMMANDS = ("stage1", "stage2", "slurm", "eval", "predict", "serve", "export", "workers",
+               "data", "plan", "demo", "tiny-model", "warmstart")
 
 
 @pytest.mark.parametrize("cmd", SUBCOMMANDS)
@@ -74,3 +74,26 @@ def test_eval_whose_worker_dies_starting_is_one_line(tmp_path, warm_model):
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
     assert len(errors) == 1 and "exited with code" in errors[0] and "while starting" in errors[0]
+
+
+def test_serve_off_loopback_without_the_api_key_is_one_line(fake_run, capsys, monkeypatch):
+    monkeypatch.delenv("STONK_API_KEY", raising=False)
+    code = main(["serve", "--run", str(fake_run), "--host", "0.0.0.0"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --host 0.0.0.0: a server other hosts can "
+                                        "reach needs an API key: export STONK_API_KEY")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_export_refuses_an_existing_folder_and_a_run_without_checkpoints(fake_run, tmp_path,
+                                                                          capsys):
+    (tmp_path / "out").mkdir()
+    code = main(["export", "--run", str(fake_run), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err == f"error: --out {tmp_path / 'out'}: exists; remove it or " \
+                                "choose another folder\n"
+    (fake_run / "checkpoints" / "LATEST").unlink()
+    code = main(["export", "--run", str(fake_run)])
+    err = capsys.readouterr().err
+    assert code == 2 and err == f"error: {fake_run}: no checkpoint yet (checkpoints/LATEST " \
+                                "missing)\n"

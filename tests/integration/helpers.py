@@ -48,6 +48,14 @@ def cli_command(run_root: Path, name: str, *sets: str, config: str = DEMO) -> li
             *set_flags(f"run.output_dir={run_root}", f"run.name={name}", *EVAL_SETS, *sets)]
 
 
+def demo_command(root: Path, steps: int = 2) -> list[str]:
+    """``stonk demo`` into ``root/d``: both stages, ``steps`` each, a short evaluation."""
+    return [sys.executable, "-m", "launch.cli", "demo", "--name", "d", "--output-dir",
+            str(root), "--stage1-steps", str(steps), "--stage2-steps", str(steps), "--set",
+            "eval.final_samples=16", "--set", "eval.every_steps=1", "--set",
+            "eval.num_samples=8"]
+
+
 def _terminal_signals() -> None:
     """In the child: Ctrl-C as a terminal delivers it. A shell that starts a job in the
     background (``make test &``) sets SIGINT to "ignore", children inherit that, and Python

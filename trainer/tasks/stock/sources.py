@@ -98,28 +98,38 @@ def _resolve(path: str) -> Path:
     return p
 
 
-@register_source("local")
-def _local(cfg: DataConfig) -> SourceData:
-    path = _resolve(cfg.path)
+def load_tables(path: Path, columns: dict[str, str], tickers: list[str], min_len: int,
+                report: DataReport, names: dict[str, str] | None = None) -> list[Series]:
+    """Every series in a table file or a folder of them (one file per ticker), by the rules
+    of ``tables.py``; training (``data.source: local``) and ``stonk predict`` both read here."""
     if not path.exists():
-        raise DataError(f"{cfg.path}: no such file or folder (data.path)")
+        raise DataError(f"{path}: no such file or folder")
     files = table_files(path) if path.is_dir() else [path]
     if not files:
         raise DataError(f"{path}: no table files in this folder; use {', '.join(SUFFIXES)}")
-    report = DataReport("local", str(path))
     series: list[Series] = []
     owner: dict[str, Path] = {}
     for f in files:
-        got = frame_to_series(read_table(f), str(f), cfg.columns, report,
-                              default_ticker=file_ticker(f), min_len=cfg.window + 2,
-                              tickers=cfg.tickers or None)
+        got = frame_to_series(read_table(f), str(f), columns, report,
+                              default_ticker=file_ticker(f), min_len=min_len,
+                              names=names, tickers=tickers or None)
         for ticker in {s.ticker for s in got}:
             if owner.setdefault(ticker, f) != f:
                 raise DataError(f"{f}: ticker {ticker} is also in {owner[ticker]}; "
                                 f"keep one file per ticker")
         series += got
-    report.check_tickers(cfg.tickers)
-    return SourceData(series, [], report)
+    report.check_tickers(tickers)
+    return series
+
+
+@register_source("local")
+def _local(cfg: DataConfig) -> SourceData:
+    path = _resolve(cfg.path)
+    if not path.exists():
+        raise DataError(f"{cfg.path}: no such file or folder (data.path)")
+    report = DataReport("local", str(path))
+    return SourceData(load_tables(path, cfg.columns, cfg.tickers, cfg.window + 2, report), [],
+                      report)
 
 
 @register_source("hf")

@@ -200,7 +200,7 @@ def _ticker_series(ticker: str, group: pd.DataFrame, frame: pd.DataFrame,
     dates = group["date"].tolist()
     out_of_order = sum(b < a for a, b in zip(dates, dates[1:], strict=False))
     report.repair("unsorted", out_of_order,
-                f"{origin}: {ticker}: {out_of_order} row(s) out of date order (sorted)")
+                f"{origin}: {ticker}: {out_of_order} row(s) out of date order")
     group = group.sort_values("date", kind="stable")
     dup = group["date"].duplicated(keep="first")
     for r in group[dup].itertuples():

@@ -47,9 +47,15 @@ def _messages(user: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
+def window_messages(w: Window) -> list[dict[str, str]]:
+    """The chat a window is shown as (system prompt, then the window's prompt); the label
+    plays no part, so ``stonk predict`` shows windows whose next day is unknown the same way."""
+    return _messages(render_prompt(w.name, w.ticker, w.dates, w.closes, w.changes_pct, w.info,
+                                   w.news))
+
+
 def window_to_sample(w: Window, oracle=None) -> Sample:
     """A chat sample for a price window; ``oracle`` (synthetic data) adds the exact P(UP)."""
-    user = render_prompt(w.name, w.ticker, w.dates, w.closes, w.changes_pct, w.info, w.news)
     text = " ".join([w.info, *(h for heads in w.news.values() for h in heads)])
     meta = {"ticker": w.ticker, "label": w.label, "closes": w.closes,
             "changes_pct": w.changes_pct, "dates": w.dates, "next_date": w.next_date,
@@ -58,7 +64,7 @@ def window_to_sample(w: Window, oracle=None) -> Sample:
             "prompt_numbers": figures(text, PROMPT_FIGURES)[0] if text.strip() else []}
     if oracle is not None:
         meta["up_prob"] = oracle(w.changes_pct)
-    return Sample(id=f"{w.ticker}:{w.next_date}", messages=_messages(user), meta=meta)
+    return Sample(id=f"{w.ticker}:{w.next_date}", messages=window_messages(w), meta=meta)
 
 
 def prompt_row_to_sample(r: PromptRow) -> Sample:

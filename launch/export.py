@@ -1,0 +1,146 @@
+"""``stonk export``: a run's adapter as files others can use without this project.
+
+``OUT/adapter``: the peft adapter alone (with a model card); ``OUT/merged``: the adapter
+merged into its base in bf16 (``merge_and_unload``), with the tokenizer, loadable by plain
+``transformers`` and ``vllm``. The merged folder's ``generation_config.json`` keeps the
+base's token ids but neutral sampling (temperature 1, top_p 1, top_k 0, no repetition
+penalty): the model was trained and evaluated that way (rollout workers run vLLM with
+``--generation-config vllm``), and Qwen's own file (repetition_penalty 1.1, top_k 20) would
+change even greedy answers. The folder is written beside OUT and renamed into place, so a
+failed export leaves no half folder; an existing OUT is refused.
+
+``--push-to-hub REPO`` uploads the merged folder (and the adapter under ``adapter/``) with
+``huggingface_hub``; it needs network and a token (``HF_TOKEN`` or ``huggingface-cli login``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from trainer.config import ConfigError, StageConfig
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+NEUTRAL_SAMPLING = {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": 0,
+                    "min_p": 0.0, "repetition_penalty": 1.0}
+
+
+def _section(report: str, title: str) -> str:
+    """The markdown section of ``report`` headed ``title`` (up to the next heading of the
+    same or a higher level), or ""."""
+    lines = report.splitlines()
+    for i, line in enumerate(lines):
+        if line.lstrip("#").strip() == title and line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            end = next((j for j in range(i + 1, len(lines)) if lines[j].startswith("#")
+                        and len(lines[j]) - len(lines[j].lstrip("#")) <= level), len(lines))
+            return "\n".join(lines[i + 1:end]).strip()
+    return ""
+
+
+def model_card(cfg: StageConfig, run: Path | None, adapter: Path, base: str) -> str:
+    """README.md for the exported folders: base, data and splits, stage and gate verdict,
+    the run's evaluation with its same-sample baselines, intended use, and what it is not."""
+    d = cfg.data
+    gate = json.loads((run / "gate.json").read_text()) if run and (run / "gate.json").is_file() \
+        else None
+    report = (run / "report.md").read_text() if run and (run / "report.md").is_file() else ""
+    verdict = ("no gate result (Stage II runs have none)" if gate is None else
+               "passed" if gate.get("passed") else "failed: " + ", ".join(
+                   i["label"] for i in gate.get("indicators", []) if not i.get("passed")))
+    data = (f"`{d.source}`" + (f" ({d.path})" if d.source == "local" else "")
+            + (f" ({d.hf_name})" if d.source == "hf" else "")
+            + (f", tickers {', '.join(d.tickers)}" if d.tickers else ""))
+    lines = [
+        "---", f"base_model: {base}", "library_name: transformers", "tags: [grpo, lora, "
+        "finance, stonk-trainer]", "---", "",
+        f"# Stonk-Trainer stage {cfg.stage} model", "",
+        f"A LoRA adapter (r={cfg.lora.r}, alpha={cfg.lora.alpha}) trained with GRPO by "
+        f"Stonk-Trainer on `{base}`, exported from `{adapter}`. Given a company's last "
+        f"{d.window} daily closes with their % changes, it answers the next trading day's "
+        "direction (UP/DOWN) with a confidence and a reasoning that cites the data.", "",
+        "## Data and splits", "",
+        f"- source: {data}; windows of {d.window} trading days",
+        f"- splits by time per ticker: train up to {d.train_end}, validation up to "
+        f"{d.val_end}, test after (up to {d.test_end or 'the data end'})",
+        f"- stage {cfg.stage}: " + ("training prompts balanced 50/50 UP/DOWN" if cfg.stage == 1
+                                    else "training on the natural distribution"),
+        f"- promotion gate: {verdict}", "",
+        "## Evaluation (from the run's report.md)", "",
+        _section(report, "Evaluation") or "The run folder holds no report.", "",
+    ]
+    for title in ("On the model's own", "Promotion gate (Super Saiyan)"):
+        hits = [h for h in report.splitlines() if h.startswith("#") and title in h]
+        for h in hits:
+            lines += [f"### {h.lstrip('#').strip()}", "", _section(report, h.lstrip("#").strip()),
+                      ""]
+    lines += [
+        "## Intended use", "",
+        "Research on reinforcement learning for language models and on how such a model "
+        "reasons about price series. Prompts must look like training's: the system prompt and "
+        "window format of Stonk-Trainer (`stonk serve` writes an example request).", "",
+        "**Not investment advice.** Next-day direction is close to unpredictable on real "
+        "markets; accuracy on the splits above says nothing about future returns, costs or "
+        "risk. Do not trade on it.", "",
+        "## Sampling", "",
+        "`generation_config.json` states neutral sampling, as in training; the figures above "
+        "are greedy (temperature 0).", "",
+    ]
+    return "\n".join(lines)
+
+
+def merge(base: str, adapter: Path, dest: Path, trust_remote_code: bool) -> None:
+    """The adapter merged into its bf16 base, with tokenizer and neutral sampling."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16,
+                                                 trust_remote_code=trust_remote_code)
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    gen = merged.generation_config.to_dict()
+    ids = {k: gen[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in gen}
+    merged.generation_config = GenerationConfig(**ids, **NEUTRAL_SAMPLING)
+    merged.save_pretrained(dest, safe_serialization=True)
+    AutoTokenizer.from_pretrained(base, trust_remote_code=trust_remote_code).save_pretrained(dest)
+
+
+def export(cfg: StageConfig, run: Path | None, adapter: Path, out: Path) -> Path:
+    if out.exists():
+        raise ConfigError(f"--out {out}: exists; remove it or choose another folder")
+    base = cfg.model.name_or_path
+    card = model_card(cfg, run, adapter, base)
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "adapter").mkdir(parents=True)
+    try:
+        for name in ADAPTER_FILES:
+            if (adapter / name).is_file():
+                shutil.copy2(adapter / name, tmp / "adapter" / name)
+        (tmp / "adapter" / "README.md").write_text(card.replace(
+            "library_name: transformers", "library_name: peft"))
+        print(f"[export] merging {adapter} into {base} (bf16)", flush=True)
+        merge(base, adapter, tmp / "merged", cfg.model.trust_remote_code)
+        (tmp / "merged" / "README.md").write_text(card)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"[export] {out}/adapter (peft) and {out}/merged (bf16, transformers and vLLM)",
+          flush=True)
+    return out
+
+
+def push_to_hub(out: Path, repo: str, private: bool) -> str:
+    """Upload ``out/merged`` (and ``out/adapter`` under ``adapter/``) to the Hub repo
+    ``repo``; returns its URL. Needs network and a token."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    url = api.create_repo(repo, private=private, exist_ok=True)
+    api.upload_folder(repo_id=repo, folder_path=str(out / "merged"),
+                      commit_message="Stonk-Trainer export: merged model")
+    api.upload_folder(repo_id=repo, folder_path=str(out / "adapter"), path_in_repo="adapter",
+                      commit_message="Stonk-Trainer export: LoRA adapter")
+    return str(url)

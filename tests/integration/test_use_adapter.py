@@ -1,0 +1,178 @@
+"""A trained adapter used outside training, on the short demo's Stage I run: batch
+`stonk predict` through one worker, `stonk serve` called with the `openai` client and stopped
+with Ctrl-C, and `stonk export`'s merged model giving the served adapter's greedy answers in
+plain transformers and plain vLLM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from launch.runner import free_port
+from tests.integration.helpers import REPO, demo_worker_env, processes_mentioning
+from trainer.config import load_config
+from trainer.tasks.stock.answer import parse_answer
+
+pytestmark = pytest.mark.integration
+DAYS = ["2024-02-01", "2024-02-02", "2024-02-05", "2024-02-06", "2024-02-07", "2024-02-08",
+        "2024-02-09", "2024-02-12", "2024-02-13"]
+
+
+def test_predict_writes_one_row_per_ticker_and_date(demo, tmp_path):
+    prices = tmp_path / "prices"
+    prices.mkdir()
+    aaa = [100 * 1.01 ** i for i in range(len(DAYS))]
+    bbb = [50 * 0.99 ** i * (1.03 if i % 3 == 0 else 1.0) for i in range(len(DAYS))]
+    (prices / "aaa.csv").write_text("date,close\n" + "".join(
+        f"{d},{c:.4f}\n" for d, c in zip(DAYS, aaa, strict=True)))
+    (prices / "bbb.csv").write_text("Date;Price\n" + "".join(  # ';' and an alias column
+        f"{d};{c:.4f}\n" for d, c in zip(DAYS, bbb, strict=True)))
+    out = tmp_path / "p.jsonl"
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.cli", "predict", "--run", str(demo[0] / "stage1"),
+         "--prices", str(prices), "--dates", "all", "--out", str(out), "--log-dir",
+         str(tmp_path / "logs")], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    window = load_config(demo[0] / "stage1" / "config.yaml").data.window
+    ends = DAYS[window:]
+    assert [(r["ticker"], r["date"]) for r in rows] == [(t, d) for t in ("AAA", "BBB")
+                                                        for d in ends]
+    for ticker, closes in (("AAA", aaa), ("BBB", bbb)):
+        mine = [r for r in rows if r["ticker"] == ticker]
+        assert [r["target_date"] for r in mine] == [*ends[1:], ""]
+        want = ["UP" if b > a else "DOWN" for a, b in zip(closes[window:], closes[window + 1:],
+                                                          strict=False)]
+        assert [r["actual"] for r in mine] == [*want, ""]
+    for r in rows:
+        assert r["prompt"].count("\n2024-02-") == window  # the run's window, dated rows
+        assert "nan" not in r["prompt"]
+        ans = parse_answer(r["completion"])
+        assert r["prediction"] == (ans.prediction or "")
+        if ans.valid:
+            p = ans.confidence if ans.prediction == "UP" else 1 - ans.confidence
+            assert r["p_up"] == pytest.approx(p, abs=1e-6)
+    assert sum(r["format_valid"] for r in rows) >= len(rows) - 1
+    assert f"[predict] {len(rows)}/{len(rows)} answered" in proc.stdout
+
+
+def _chat(url: str, model: str, messages: list[dict], max_tokens: int) -> str:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{url}/v1", api_key="none", timeout=120)
+    r = client.chat.completions.create(model=model, messages=messages, temperature=0.0,
+                                       max_tokens=max_tokens)
+    return r.choices[0].message.content
+
+
+def _wait_for_line(proc: subprocess.Popen, text: str, timeout: float) -> list[str]:
+    lines, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        lines.append(line)
+        if text in line:
+            return lines
+    raise AssertionError(f"no {text!r} from the process:\n{''.join(lines)[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def served(demo, tmp_path_factory):
+    """(url, request.json, the process) of `stonk serve` on the demo's Stage I run."""
+    port = free_port(8000 + 421, "127.0.0.1", set())
+    logs = tmp_path_factory.mktemp("serve")
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-m", "launch.cli", "serve", "--run", str(demo[0] / "stage1"),
+         "--port", str(port), "--log-dir", str(logs)], cwd=REPO, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = _wait_for_line(proc, "curl -s", 600)
+        yield f"http://127.0.0.1:{port}", logs / "request.json", proc, "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_export_gives_the_served_adapters_greedy_answers(demo, served, tmp_path):
+    """Plain transformers and plain vLLM on the merged bf16 folder answer a few test
+    prompts as the served adapter does (greedy)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.tasks.stock.task import StockTask
+
+    run = demo[0] / "stage1"
+    url = served[0]
+    cfg = load_config(run / "config.yaml")
+    samples = StockTask(cfg.data, cfg.reward).split("test")[:3]
+    n = cfg.rollout.max_tokens
+    want = [_chat(url, "stonk", s.messages, n) for s in samples]
+
+    out = tmp_path / "export"
+    proc = subprocess.run([sys.executable, "-m", "launch.cli", "export", "--run", str(run),
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    card = (out / "merged" / "README.md").read_text()
+    gate = json.loads((run / "gate.json").read_text())
+    assert "not investment advice" in card.lower()
+    assert f"promotion gate: {'passed' if gate['passed'] else 'failed'}" in card
+    assert "majority" in card and "bayes_rule" in card  # the same-sample baselines
+    gen = json.loads((out / "merged" / "generation_config.json").read_text())
+    assert gen.get("repetition_penalty", 1.0) == 1.0 and gen.get("top_k", 0) == 0
+
+    merged = out / "merged"
+    tok = AutoTokenizer.from_pretrained(merged)
+    model = AutoModelForCausalLM.from_pretrained(merged)
+    assert model.dtype == torch.bfloat16
+    hf = []
+    for s in samples:
+        ids = tok.apply_chat_template(s.messages, add_generation_prompt=True,
+                                      return_tensors="pt", return_dict=True)
+        with torch.no_grad():  # the file's sampling settings, made greedy
+            got = model.generate(**ids, max_new_tokens=n, do_sample=False)
+        hf.append(tok.decode(got[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+    assert hf == want
+
+    port = free_port(8000 + 431, "127.0.0.1", set())
+    vllm = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(merged),
+         "--port", str(port), "--max-model-len", "1024", "--gpu-memory-utilization",
+         "0.15"], cwd=REPO,
+        env={**os.environ, **demo_worker_env()}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        _wait_for_line(vllm, "Application startup complete", 600)
+        plain = [_chat(f"http://127.0.0.1:{port}", str(merged), s.messages, n)
+                 for s in samples]
+    finally:
+        os.killpg(vllm.pid, signal.SIGKILL)
+        vllm.wait()
+    assert plain == want
+
+
+def test_serve_answers_the_openai_client_and_stops_on_ctrl_c(served):
+    url, request, proc, printed = served
+    assert "model 'stonk'" in printed and f"{url}/v1/chat/completions" in printed
+    body = json.loads(request.read_text())
+    assert body["messages"][0]["role"] == "system" and "Prediction: UP or DOWN" in \
+        body["messages"][0]["content"]
+    from openai import OpenAI
+
+    answer = OpenAI(base_url=f"{url}/v1", api_key="none").chat.completions.create(**body)
+    ans = parse_answer(answer.choices[0].message.content)
+    assert ans.valid, answer.choices[0].message.content
+    assert answer.model == "stonk"
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 0
+    assert "[serve] stopped" in proc.stdout.read()
+    assert not processes_mentioning(str(request.parent / "server.log")), "a server survived"
+    assert not [p for p in processes_mentioning("vllm.entrypoints")
+                if f"--port {url.rsplit(':', 1)[1]}" in " ".join(p.cmdline())]
