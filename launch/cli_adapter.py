@@ -23,12 +23,17 @@ def _adapter_args(p: argparse.ArgumentParser, required: bool, config: bool = Tru
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
+    """What a user's input or machine can cause: a bad setting or file, a worker that will
+    not start, a model folder or hub id that does not load (OSError, HFValidationError),
+    no network or token for the hub (HTTP errors are OSErrors)."""
+    from huggingface_hub.errors import HFValidationError
+
     from launch.preflight import PreflightError
     from rollout.server import WorkerError
     from trainer.config import ConfigError
     from trainer.tasks.stock.problems import DataError
 
-    return ConfigError, PreflightError, DataError, WorkerError
+    return ConfigError, PreflightError, DataError, WorkerError, OSError, HFValidationError
 
 
 def _fail(exc: Exception) -> int:
@@ -38,10 +43,13 @@ def _fail(exc: Exception) -> int:
 
 
 def _resolve(args: argparse.Namespace):
-    from launch.offline import run_adapter
+    """(config, adapter folder, run folder or None: --run, else the run holding --adapter)."""
+    from launch.offline import find_run_config, run_adapter
 
-    return run_adapter(Path(args.run) if args.run else None, args.adapter,
-                       Path(args.config) if args.config else None, args.set)
+    cfg, adapter = run_adapter(Path(args.run) if args.run else None, args.adapter,
+                               Path(args.config) if args.config else None, args.set)
+    found = find_run_config(adapter)
+    return cfg, adapter, Path(args.run) if args.run else (found.parent if found else None)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -61,7 +69,7 @@ def _predict(args: argparse.Namespace) -> int:
     from trainer.config import ConfigError
 
     try:
-        cfg, adapter = _resolve(args)
+        cfg, adapter, _ = _resolve(args)
         if args.window is not None and args.window != cfg.data.window:
             raise ConfigError(f"--window {args.window}: the adapter was trained on "
                               f"data.window = {cfg.data.window} days; its answers are only "
@@ -83,9 +91,8 @@ def _serve(args: argparse.Namespace) -> int:
     from launch.serve import serve
 
     try:
-        cfg, adapter = _resolve(args)
-        out = Path(args.log_dir) if args.log_dir else (
-            Path(args.run) / "serve" if args.run else adapter.parent / "serve")
+        cfg, adapter, run = _resolve(args)
+        out = Path(args.log_dir) if args.log_dir else (run or adapter.parent) / "serve"
         return serve(cfg, adapter, args.name, args.host, args.port, out)
     except _user_errors() as exc:
         return _fail(exc)
@@ -94,15 +101,14 @@ def _serve(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from launch.export import export, push_to_hub
 
-    run = Path(args.run) if args.run else None
     try:
-        cfg, adapter = _resolve(args)
+        cfg, adapter, run = _resolve(args)
         out = Path(args.out) if args.out else (run or adapter.parent) / "export"
         export(cfg, run, adapter, out)
+        if args.push_to_hub:
+            print(f"[export] pushed to {push_to_hub(out, args.push_to_hub, args.private)}")
     except _user_errors() as exc:
         return _fail(exc)
-    if args.push_to_hub:
-        print(f"[export] pushed to {push_to_hub(out, args.push_to_hub, args.private)}")
     return 0
 
 

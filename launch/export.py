@@ -16,6 +16,7 @@ failed export leaves no half folder; an existing OUT is refused.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -39,16 +40,34 @@ def _section(report: str, title: str) -> str:
     return ""
 
 
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def model_card(cfg: StageConfig, run: Path | None, adapter: Path, base: str) -> str:
     """README.md for the exported folders: base, data and splits, stage and gate verdict,
     the run's evaluation with its same-sample baselines, intended use, and what it is not."""
     d = cfg.data
-    gate = json.loads((run / "gate.json").read_text()) if run and (run / "gate.json").is_file() \
-        else None
+    gate, stage2 = (_read_json(run / name) if run else None for name in ("gate.json",
+                                                                          "stage2.json"))
     report = (run / "report.md").read_text() if run and (run / "report.md").is_file() else ""
-    verdict = ("no gate result (Stage II runs have none)" if gate is None else
-               "passed" if gate.get("passed") else "failed: " + ", ".join(
-                   i["label"] for i in gate.get("indicators", []) if not i.get("passed")))
+    if gate is not None:
+        verdict = "passed" if gate.get("passed") else "failed: " + ", ".join(
+            i["label"] for i in gate.get("indicators", []) if not i.get("passed"))
+    elif stage2 is not None:  # Stage II has no gate of its own: say what it started from
+        verdict = (f"Stage I's ({stage2.get('stage1_run')}) "
+                   f"{'passed' if stage2.get('passed') else 'failed'}"
+                   f"{', Stage II forced' if stage2.get('forced') else ''}")
+    else:
+        verdict = "no gate result in the run folder"
+    trained_on = f"`{base}`"
+    if stage2 is not None:  # the adapter sits on the merged Stage I model, not the hub base
+        trained_on = (f"the merged Stage I model (from `{stage2.get('stage1_base')}`); the "
+                      f"adapter alone loads only on that model: use `merged/`")
+        base = stage2.get("stage1_base") or base
     data = (f"`{d.source}`" + (f" ({d.path})" if d.source == "local" else "")
             + (f" ({d.hf_name})" if d.source == "hf" else "")
             + (f", tickers {', '.join(d.tickers)}" if d.tickers else ""))
@@ -57,7 +76,7 @@ def model_card(cfg: StageConfig, run: Path | None, adapter: Path, base: str) -> 
         "finance, stonk-trainer]", "---", "",
         f"# Stonk-Trainer stage {cfg.stage} model", "",
         f"A LoRA adapter (r={cfg.lora.r}, alpha={cfg.lora.alpha}) trained with GRPO by "
-        f"Stonk-Trainer on `{base}`, exported from `{adapter}`. Given a company's last "
+        f"Stonk-Trainer on {trained_on}, exported from `{adapter}`. Given a company's last "
         f"{d.window} daily closes with their % changes, it answers the next trading day's "
         "direction (UP/DOWN) with a confidence and a reasoning that cites the data.", "",
         "## Data and splits", "",
@@ -68,6 +87,8 @@ def model_card(cfg: StageConfig, run: Path | None, adapter: Path, base: str) -> 
                                     else "training on the natural distribution"),
         f"- promotion gate: {verdict}", "",
         "## Evaluation (from the run's report.md)", "",
+        "As the run's report.md last had it: training's final evaluation, or the last "
+        "`stonk eval` written into the run folder.", "",
         _section(report, "Evaluation") or "The run folder holds no report.", "",
     ]
     for title in ("On the model's own", "Promotion gate (Super Saiyan)"):
@@ -111,7 +132,7 @@ def export(cfg: StageConfig, run: Path | None, adapter: Path, out: Path) -> Path
         raise ConfigError(f"--out {out}: exists; remove it or choose another folder")
     base = cfg.model.name_or_path
     card = model_card(cfg, run, adapter, base)
-    tmp = out.with_name(f".{out.name}.partial")
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "adapter").mkdir(parents=True)
     try:

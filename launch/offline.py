@@ -40,16 +40,12 @@ def resolve_adapter(run_dir: Path, which: str) -> Path:
 def serving(cfg: StageConfig, adapter: Path, log_dir: Path):
     """A RolloutClient whose single worker serves ``adapter`` on ``cfg.model``."""
     from launch.plan import local_plan
-    from launch.runner import api_key, worker_specs
+    from launch.runner import api_key
     from rollout.client import RolloutClient
     from rollout.server import WorkerPool
 
-    cfg.rollout.num_workers = 1
-    if cfg.launch.worker_gpus:
-        cfg.launch.worker_gpus = cfg.launch.worker_gpus[:cfg.rollout.tensor_parallel_size]
-    plan = local_plan(cfg)
-    key = api_key(cfg, plan)
-    pool = WorkerPool(worker_specs(cfg, plan.local_workers, key, probe_ports=True), log_dir,
+    key = api_key(cfg, local_plan(cfg))
+    pool = WorkerPool([offline_spec(cfg, key, probe_ports=True)], log_dir,
                       cfg.rollout.startup_timeout_s)
     with pool:
         client = RolloutClient(pool.urls, timeout=cfg.rollout.request_timeout_s, api_key=key)
@@ -65,8 +61,7 @@ def evaluate_run(run_dir: Path, splits: list[str], which: str, overrides: list[s
     from trainer.gate import read_gate
     from trainer.tasks import build_task
 
-    cfg = load_config(run_dir / "config.yaml", overrides)
-    adapter = resolve_adapter(run_dir, which)
+    cfg, adapter = run_adapter(run_dir, which, None, overrides)
     out = out or run_dir
     task = build_task(cfg)
     tok = AutoTokenizer.from_pretrained(cfg.model.name_or_path,
@@ -101,9 +96,48 @@ def run_adapter(run: Path | None, which: str, config: Path | None = None,
     if config is None:
         raise ConfigError(f"--adapter {adapter}: not inside a run folder; pass --config")
     cfg = load_config(config, overrides or [])
+    if not any(o.startswith("model.name_or_path=") for o in overrides or []):
+        cfg.model.name_or_path = adapter_base(run or config.parent, adapter, cfg)
+    return cfg, adapter
+
+
+def adapter_base(run: Path, adapter: Path, cfg: StageConfig) -> str:
+    """The model the adapter was trained on: a Stage II run's own merged Stage I model
+    (``RUN/base``), else the adapter's recorded base. A local path is made absolute and must
+    exist: run folders record paths relative to where they were started, and a moved demo
+    (``runs/demo-<time>``) would otherwise find the new demo's base under the old name."""
+    if (run / "stage2.json").is_file() and (run / "base").is_dir():
+        return str((run / "base").resolve())
     try:
         meta = json.loads((adapter / "adapter_config.json").read_text())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{adapter / 'adapter_config.json'}: unreadable: {exc}") from None
-    cfg.model.name_or_path = meta.get("base_model_name_or_path") or cfg.model.name_or_path
-    return cfg, adapter
+    base = meta.get("base_model_name_or_path") or cfg.model.name_or_path
+    path = Path(base).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ConfigError(f"{adapter / 'adapter_config.json'}: base model {base}: not a model "
+                          f"folder (no config.json)")
+    if path.exists():
+        return str(path.resolve())
+    if path.is_absolute() or base.startswith(".") or base.count("/") > 1:
+        raise ConfigError(f"{adapter / 'adapter_config.json'}: base model {base}: no such "
+                          f"folder from {Path.cwd()}; pass --set model.name_or_path=PATH")
+    return base  # a hub id (org/name)
+
+
+def offline_spec(cfg: StageConfig, key: str | None, probe_ports: bool):
+    """The one worker an offline command runs, with training's settings for the run. A
+    ``CUDA_VISIBLE_DEVICES`` the user set wins over the config's worker GPUs (which name a
+    training node's layout, where GPU 0 may be busy)."""
+    import os
+
+    from launch.plan import local_plan
+    from launch.runner import worker_specs
+
+    cfg.rollout.num_workers = 1
+    if cfg.launch.worker_gpus:
+        cfg.launch.worker_gpus = cfg.launch.worker_gpus[:cfg.rollout.tensor_parallel_size]
+    (spec,) = worker_specs(cfg, local_plan(cfg).local_workers[:1], key, probe_ports)
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        spec.devices = None  # inherit
+    return spec

@@ -44,6 +44,7 @@ def load_prices(path: Path, cfg: StageConfig, tickers: list[str]) -> list:
 
     report = DataReport("predict", str(path))
     names = BUNDLED_NAMES if path.exists() and path.resolve() == BUNDLED_PATH else None
+    tickers = [t.strip().upper() for t in tickers]
     series = load_tables(path, cfg.data.columns, tickers, cfg.data.window + 1, report, names)
     problems = [*report.skipped, *report.repaired]
     if problems:
@@ -140,7 +141,7 @@ def predict_batch(cfg: StageConfig, adapter: Path, prices: Path, tickers: list[s
     prompts = [encode_prompt(tok, Sample(id="", messages=window_messages(q.window), meta={}))
                for q in todo]
     print(f"[predict] {len(todo)} window(s) of {cfg.data.window} days from {prices}; "
-          f"adapter {adapter}", flush=True)
+          f"adapter {adapter} on base {cfg.model.name_or_path}", flush=True)
     texts: list[str] = []
     with serving(cfg, adapter, log_dir) as client:
         start = time.monotonic()

@@ -56,8 +56,8 @@ def serve(cfg: StageConfig, adapter: Path, name: str, host: str, port: int,
           out_dir: Path) -> int:
     """Start the server, print how to call it, keep it up until Ctrl-C / SIGTERM (0) or
     until it dies (1, with its log's tail)."""
-    from launch.plan import LOOPBACK, local_plan
-    from launch.runner import worker_specs
+    from launch.offline import offline_spec
+    from launch.plan import LOOPBACK
     from rollout.server import StartAborted, WorkerError, WorkerProcess
 
     key_env = cfg.rollout.api_key_env
@@ -65,13 +65,9 @@ def serve(cfg: StageConfig, adapter: Path, name: str, host: str, port: int,
     if host not in LOOPBACK and key is None:
         raise ConfigError(f"--host {host}: a server other hosts can reach needs an API key: "
                           f"export {key_env}=<secret> (rollout.api_key_env)")
-    cfg.rollout.num_workers = 1
-    if cfg.launch.worker_gpus:
-        cfg.launch.worker_gpus = cfg.launch.worker_gpus[:cfg.rollout.tensor_parallel_size]
-    (slot,) = local_plan(cfg).local_workers[:1]
-    (spec,) = worker_specs(cfg, [slot], key, probe_ports=False)
-    spec = replace(spec, host=host, port=port, served_name="base",
-                   lora_modules={name: str(adapter.resolve())})
+    spec = replace(offline_spec(cfg, key, probe_ports=False), host=host, port=port,
+                   served_name="base", lora_modules={name: str(adapter.resolve())},
+                   runtime_lora=False)  # clients may not unload or swap the served adapter
     out_dir.mkdir(parents=True, exist_ok=True)
     request = out_dir / "request.json"
     request.write_text(json.dumps(example_request(cfg, name), indent=2) + "\n")
@@ -88,7 +84,7 @@ def serve(cfg: StageConfig, adapter: Path, name: str, host: str, port: int,
         worker.start()
         worker.wait_healthy(cfg.rollout.startup_timeout_s,
                             lambda: "stopped" if stop["signal"] else None)
-        print(client_lines(f"http://{host}:{port}", request, name,
+        print(client_lines(spec.url, request, name,
                            key_env if key else None), flush=True)
         while stop["signal"] is None and worker.alive():
             time.sleep(0.5)

@@ -73,10 +73,12 @@ class WorkerSpec:
     # adapters served from the start under their own names (stonk serve); training
     # workers start with none and load each version at run time
     lora_modules: dict[str, str] = field(default_factory=dict)
+    runtime_lora: bool = True  # /v1/load_lora_adapter and unload on (training needs them)
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # IPv6
+        return f"http://{host}:{self.port}"
 
     def command(self) -> list[str]:
         cmd = [
@@ -118,7 +120,7 @@ class WorkerSpec:
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
-        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True" if self.runtime_lora else "False"
         env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         if self.devices is not None:
             env["CUDA_VISIBLE_DEVICES"] = self.devices

@@ -47,13 +47,16 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture
 def fake_run(tmp_path):
-    """A run folder as training leaves it (config, LATEST and the adapter's config)."""
+    """A run folder as training leaves it (config, LATEST and the adapter's config, whose
+    base is the folder ``tmp_path/base-model``)."""
     run = tmp_path / "run"
+    (tmp_path / "base-model").mkdir()
+    (tmp_path / "base-model" / "config.json").write_text("{}")
     adapter = run / "checkpoints" / "step_000002" / "adapter"
     adapter.mkdir(parents=True)
     (run / "config.yaml").write_text((REPO / "configs/demo/stage1.yaml").read_text())
     (run / "metrics.jsonl").write_text("")
     (run / "checkpoints" / "LATEST").write_text("step_000002\n")
     (adapter / "adapter_config.json").write_text(json.dumps(
-        {"base_model_name_or_path": "models/elsewhere"}))
+        {"base_model_name_or_path": str(tmp_path / "base-model")}))
     return run

@@ -4,6 +4,7 @@ tests/test_data_cli.py)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -49,15 +50,8 @@ def test_workers_off_loopback_without_the_api_key_is_one_line(cmd, monkeypatch, 
     assert "export STONK_API_KEY=" in err
 
 
-def _run_folder(tmp_path):
-    run = tmp_path / "run"
-    (run / "checkpoints" / "best" / "adapter").mkdir(parents=True)
-    (run / "config.yaml").write_text((REPO / "configs/demo/stage1.yaml").read_text())
-    return run
-
-
-def test_eval_on_data_it_cannot_read_is_one_line(tmp_path, capsys):
-    code = main(["eval", "--run", str(_run_folder(tmp_path)), "--set", "data.source=local",
+def test_eval_on_data_it_cannot_read_is_one_line(fake_run, tmp_path, capsys):
+    code = main(["eval", "--run", str(fake_run), "--set", "data.source=local",
                  "--set", f"data.path={tmp_path / 'missing.csv'}"])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
@@ -65,10 +59,12 @@ def test_eval_on_data_it_cannot_read_is_one_line(tmp_path, capsys):
 
 
 @pytest.mark.integration
-def test_eval_whose_worker_dies_starting_is_one_line(tmp_path, warm_model):
+def test_eval_whose_worker_dies_starting_is_one_line(fake_run, warm_model):
     """A real vLLM worker that exits at once (an argument it does not know)."""
+    (fake_run / "checkpoints/step_000002/adapter/adapter_config.json").write_text(json.dumps(
+        {"base_model_name_or_path": str(warm_model)}))
     out = subprocess.run(
-        [sys.executable, "-m", "launch.cli", "eval", "--run", str(_run_folder(tmp_path)),
+        [sys.executable, "-m", "launch.cli", "eval", "--run", str(fake_run),
          "--set", "rollout.extra_args=[--no-such-vllm-flag]", "--set", "rollout.base_port=8440"],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]

@@ -105,11 +105,35 @@ def test_unreadable_and_missing_files_name_the_file(tmp_path):
         load_prices(tmp_path / "nothing.csv", _cfg(), [])
 
 
-def test_run_and_adapter_resolve_like_eval(fake_run, tmp_path):
+def _set_base(adapter, base: str) -> None:
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base}))
+
+
+def test_run_and_adapter_resolve_like_eval(fake_run, tmp_path, monkeypatch):
     cfg, adapter = run_adapter(fake_run, "latest")
     assert adapter == fake_run / "checkpoints" / "step_000002" / "adapter"
-    assert cfg.model.name_or_path == "models/elsewhere"  # the adapter's own base
+    assert cfg.model.name_or_path == str(tmp_path / "base-model")  # the adapter's own base
     assert run_adapter(None, str(adapter))[1] == adapter  # the run found above the folder
+    monkeypatch.chdir(tmp_path)  # a relative local base is made absolute
+    _set_base(adapter, "base-model")
+    assert run_adapter(fake_run, "latest")[0].model.name_or_path == str(tmp_path / "base-model")
+    _set_base(adapter, "Qwen/Qwen2.5-1.5B-Instruct")  # a hub id stays one
+    assert run_adapter(fake_run, "latest")[0].model.name_or_path == "Qwen/Qwen2.5-1.5B-Instruct"
+    (tmp_path / "empty").mkdir()
+    _set_base(adapter, "empty")
+    with pytest.raises(ConfigError, match="base model empty: not a model folder"):
+        run_adapter(fake_run, "latest")
+    _set_base(adapter, "runs/demo/stage2/base")  # a local path that is not there
+    with pytest.raises(ConfigError, match=r"base model runs/demo/stage2/base: no such folder "
+                                          r".*--set model.name_or_path=PATH"):
+        run_adapter(fake_run, "latest")
+    kept = run_adapter(fake_run, "latest", None, ["model.name_or_path=elsewhere/m"])[0]
+    assert kept.model.name_or_path == "elsewhere/m"  # an explicit --set wins
+    # a Stage II run: its own merged Stage I model, whatever the adapter recorded (a moved
+    # demo's adapter still names runs/demo/stage2/base)
+    (fake_run / "base").mkdir()
+    (fake_run / "stage2.json").write_text("{}")
+    assert run_adapter(fake_run, "latest")[0].model.name_or_path == str(fake_run / "base")
     with pytest.raises(ConfigError, match="--adapter best: needs --run"):
         run_adapter(None, "best")
     with pytest.raises(ConfigError, match="not a run folder"):

@@ -269,8 +269,8 @@ GPU_ACCELERATE = sorted(p.name for p in (REPO / "launch/accelerate").glob("*.yam
 @pytest.mark.parametrize("name", GPU_ACCELERATE)
 def test_a_by_hand_accelerate_launch_of_every_gpu_config_passes_accelerates_checks(
         name, monkeypatch):
-    """README's by-hand command (`accelerate launch --config_file launch/accelerate/X.yaml
-    -m trainer.train ...`, no --mixed_precision) through accelerate's own launch validation
+    """The by-hand command of README and docs/launching.md (`accelerate launch --config_file
+    launch/accelerate/X.yaml -m trainer.train ...`, no --mixed_precision) through accelerate's own launch validation
     and the environment its DeepSpeed launcher hands the ranks, up to the DeepSpeedPlugin
     every rank's Accelerator builds. A config file's mixed_precision beside a
     deepspeed_config_file is refused there (ValueError); a CPU launch skips that check, so

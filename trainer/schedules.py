@@ -7,7 +7,7 @@ resumed run needs no scheduler state: the checkpoint's step says where it is.
 
 Why a schedule at all: GRPO on a small policy keeps moving at a constant rate after it has
 learned the decision (Adam's step size does not shrink with the gradient), and the learned
-lean drifts away again (README, Known limits). A decay holds what was learned.
+lean drifts away again (docs/known-limits.md). A decay holds what was learned.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ Deliberate simplifications (see trainer/grpo.py for departures in the math):
 - Each rank samples its own prompts and groups, so advantages need no cross-rank traffic.
 - Rank 0 publishes the adapter; every rank verifies the workers serve it before sampling.
 
-Reliability (README "Reliability"): ``--resume`` continues from the latest checkpoint
+Reliability (docs/reliability.md): ``--resume`` continues from the latest checkpoint
 (trainer/checkpoint.py) with the workers serving its adapter before anything is sampled;
 per-request seeds make a step's samples independent of which worker serves them, so a
 request lost with a worker is retried elsewhere (rollout/client.py) with the same result.

@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     # reasoning's NLL is 0.048 there, 0.042 at 240, 0.013 at 300, 0.008 at 400 (single
     # random-lean answers: 600 steps for the copy, 0.007). Below ~0.01 the answer survives
     # Stage I's updates. Batch 12 (6 twin pairs): 0.57 s/step instead of 0.82 on 2 cores,
-    # and the demo's Stage I still learns (README, Known limits)
+    # and the demo's Stage I still learns (docs/known-limits.md)
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch-size", type=int, default=12)
     p.add_argument("--lr", type=float, default=2e-3)

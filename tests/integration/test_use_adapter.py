@@ -5,6 +5,7 @@ plain transformers and plain vLLM."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -60,6 +61,24 @@ def test_predict_writes_one_row_per_ticker_and_date(demo, tmp_path):
             assert r["p_up"] == pytest.approx(p, abs=1e-6)
     assert sum(r["format_valid"] for r in rows) >= len(rows) - 1
     assert f"[predict] {len(rows)}/{len(rows)} answered" in proc.stdout
+
+
+def test_predict_with_a_stage2_adapter_runs_on_its_merged_base(demo, tmp_path):
+    """A Stage II run's adapter is served on the run's own merged Stage I model."""
+    stage2 = demo[0] / "stage2"
+    prices = tmp_path / "acme.csv"
+    prices.write_text("date,close\n" + "".join(
+        f"{d},{100 + (i % 3)}\n" for i, d in enumerate(DAYS)))
+    out = tmp_path / "p.csv"
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.cli", "predict", "--run", str(stage2), "--adapter",
+         "latest", "--prices", str(prices), "--out", str(out), "--log-dir",
+         str(tmp_path / "logs")], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"on base {(stage2 / 'base').resolve()}" in proc.stdout
+    (row,) = list(csv.DictReader(open(out, newline="")))
+    assert row["ticker"] == "ACME" and row["date"] == DAYS[-1] and row["target_date"] == ""
+    assert row["prediction"] in ("UP", "DOWN")
 
 
 def _chat(url: str, model: str, messages: list[dict], max_tokens: int) -> str:
@@ -158,8 +177,9 @@ def test_export_gives_the_served_adapters_greedy_answers(demo, served, tmp_path)
     assert plain == want
 
 
-def test_serve_answers_the_openai_client_and_stops_on_ctrl_c(served):
+def test_serve_answers_the_openai_client_and_stops_on_ctrl_c(served, demo):
     url, request, proc, printed = served
+    adapter = (demo[0] / "stage1" / "checkpoints" / "best" / "adapter").resolve()
     assert "model 'stonk'" in printed and f"{url}/v1/chat/completions" in printed
     body = json.loads(request.read_text())
     assert body["messages"][0]["role"] == "system" and "Prediction: UP or DOWN" in \
@@ -173,6 +193,26 @@ def test_serve_answers_the_openai_client_and_stops_on_ctrl_c(served):
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=120) == 0
     assert "[serve] stopped" in proc.stdout.read()
-    assert not processes_mentioning(str(request.parent / "server.log")), "a server survived"
-    assert not [p for p in processes_mentioning("vllm.entrypoints")
-                if f"--port {url.rsplit(':', 1)[1]}" in " ".join(p.cmdline())]
+    assert not processes_mentioning(f"stonk={adapter}"), "the server survived Ctrl-C"
+
+
+def test_serve_stopped_while_loading_exits_cleanly(demo, tmp_path):
+    """Ctrl-C before the server answers: the server's process group goes, exit 0."""
+    adapter = (demo[0] / "stage1" / "checkpoints" / "best" / "adapter").resolve()
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-m", "launch.cli", "serve", "--run", str(demo[0] / "stage1"),
+         "--port", str(free_port(8000 + 441, "127.0.0.1", set())), "--log-dir",
+         str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for_line(proc, "[serve] starting", 120)
+        deadline = time.monotonic() + 60  # the vLLM process is up, not yet healthy
+        while not processes_mentioning(f"stonk={adapter}") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert processes_mentioning(f"stonk={adapter}")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 0
+        assert "[serve] stopped" in proc.stdout.read()
+        assert not processes_mentioning(f"stonk={adapter}"), "the server survived Ctrl-C"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
