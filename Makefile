@@ -48,13 +48,13 @@ gpu-wheels: check-gpu-deps
 # ---- embedded model (deterministic build) and its format warm start
 # Rebuilt when the text they are trained on changes (prompt, answer format, templates).
 MODEL_TEXT := launch/tiny_model.py trainer/tasks/stock/answer.py trainer/tasks/stock/prompt.py \
-	trainer/warm_answers.py trainer/tasks/stock/synthetic.py
+	trainer/tasks/stock/warm_answers.py trainer/tasks/stock/synthetic.py
 tiny-model: $(TINY)/config.json
 $(TINY)/config.json: $(MODEL_TEXT) | $(STAMP)
 	$(BIN)/python -m launch.cli tiny-model --out $(TINY)
 
 warmstart: $(WARM)/config.json
-$(WARM)/config.json: $(TINY)/config.json trainer/warmstart.py trainer/warm_answers.py
+$(WARM)/config.json: $(TINY)/config.json trainer/tasks/stock/warmstart.py trainer/tasks/stock/warm_answers.py
 	OMP_NUM_THREADS=2 $(BIN)/python -m launch.cli warmstart --base $(TINY) --out $(WARM)
 
 # ---- training

@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.rollouts import PromptSampler, anchor_batch, encode_prompt
     from trainer.schedules import lr_factor
     from trainer.tasks.stock.task import StockTask
+    from trainer.tasks.stock.warm_answers import LEAN, reasoning_prefix
     from trainer.types import RolloutBatch
-    from trainer.warm_answers import LEAN, reasoning_prefix
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="configs/demo/stage1.yaml")

@@ -242,7 +242,7 @@ def _passthrough(module: str):
 
 
 PASSTHROUGH = {"tiny-model": _passthrough("launch.tiny_model"),
-               "warmstart": _passthrough("trainer.warmstart"), "demo": _passthrough("launch.demo")}
+               "warmstart": _passthrough("trainer.tasks.stock.warmstart"), "demo": _passthrough("launch.demo")}
 
 
 def _stage2_args(p: argparse.ArgumentParser) -> None:

@@ -106,7 +106,7 @@ def _actual(q: Query) -> str:
 
 def write_rows(rows: list[dict], out: Path) -> None:
     """CSV (FIELDS) or JSONL (FIELDS, the prompt and the raw completion), by the suffix."""
-    from rollout.adapter_store import atomic_write_text
+    from common.files import atomic_write_text
 
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".jsonl":

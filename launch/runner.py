@@ -26,16 +26,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from common.processes import die_with_parent, group_alive
 from launch.cpu_cores import BIND_VAR, allowed_cpus, worker_bindings
 from launch.plan import LearnerSlot, Plan, WorkerSlot
-from rollout.server import (
-    StartAborted,
-    WorkerError,
-    WorkerPool,
-    WorkerSpec,
-    _die_with_parent,
-    _group_alive,
-)
+from rollout.server import StartAborted, WorkerError, WorkerPool, WorkerSpec
 from rollout.supervisor import Supervisor
 from trainer.config import ConfigError, StageConfig, mixed_precision, save_config
 
@@ -208,14 +202,14 @@ def dry_run(cfg: StageConfig, plan: Plan, module: str, run_dir: Path) -> str:
 
 
 def _stop_tree(proc: subprocess.Popen, grace: float = 20.0) -> None:
-    if proc.poll() is None or _group_alive(proc.pid):
+    if proc.poll() is None or group_alive(proc.pid):
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
             try:
                 os.killpg(proc.pid, sig)
             except ProcessLookupError:
                 break
             deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and _group_alive(proc.pid):
+            while time.monotonic() < deadline and group_alive(proc.pid):
                 time.sleep(0.1)
     proc.poll()
 
@@ -224,7 +218,7 @@ def _start_learner(cfg: StageConfig, run_dir: Path, module: str, slot: LearnerSl
                    probe_port: bool, resume: bool = False) -> subprocess.Popen:
     return subprocess.Popen(learner_command(cfg, run_dir, module, slot, probe_port, resume),
                             env=learner_env(cfg, slot), cwd=REPO_ROOT, start_new_session=True,
-                            preexec_fn=_die_with_parent)
+                            preexec_fn=die_with_parent)
 
 
 def supervise(cfg: StageConfig, pool: WorkerPool, key: str | None, run_dir: Path | None,

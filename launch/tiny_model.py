@@ -42,7 +42,7 @@ def _corpus(seed: int) -> list[str]:
     from trainer.tasks.stock import data as market
     from trainer.tasks.stock.answer import SYSTEM_PROMPT
     from trainer.tasks.stock.task import window_to_sample
-    from trainer.warm_answers import templated_answer
+    from trainer.tasks.stock.warm_answers import templated_answer
 
     rng = random.Random(seed)
     series = market.load_bundled() + [market.synthetic_series(600, seed)]

@@ -23,24 +23,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from common.files import atomic_write_text, fsync_dir
+
 _VERSION_DIR = re.compile(r"^v(\d{6})$")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class AdapterStore:
@@ -67,7 +52,7 @@ class AdapterStore:
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
             os.rename(tmp, final)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -8,7 +8,6 @@ the launcher dies, so no worker outlives its launcher.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -21,9 +20,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rollout.adapter_store import atomic_write_text
-
-PR_SET_PDEATHSIG = 1
+from common.files import atomic_write_text
+from common.processes import die_with_parent, group_alive
 
 
 class WorkerError(RuntimeError):
@@ -32,21 +30,6 @@ class WorkerError(RuntimeError):
 
 class StartAborted(Exception):
     """The wait for the workers was given up for a reason outside them."""
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    """SIGTERM when the launcher dies; SIGUSR1 ignored (exec keeps that): Slurm's time-limit
-    warning goes to every process of the job step, and only the learner ranks, which set
-    their own handler, act on it (launch/slurm_job.py). libc's calls, not Python's: this may
-    run in a thread other than the main one (a worker restarted by the supervisor)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        libc.signal.restype = ctypes.c_void_p
-        libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
-        libc.signal(int(signal.SIGUSR1), 1)  # 1: SIG_IGN
-    except OSError:
-        pass
 
 
 @dataclass
@@ -159,7 +142,7 @@ class WorkerProcess:
                 self.proc = subprocess.Popen(
                     self.spec.command(), stdout=log, stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL, env=self.spec.environment(),
-                    start_new_session=True, preexec_fn=_die_with_parent,
+                    start_new_session=True, preexec_fn=die_with_parent,
                 )
             finally:
                 log.close()
@@ -222,31 +205,12 @@ class WorkerProcess:
             except ProcessLookupError:
                 break
             deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and _group_alive(pgid):
+            while time.monotonic() < deadline and group_alive(pgid):
                 self.proc.poll()
                 time.sleep(0.1)
-            if not _group_alive(pgid):
+            if not group_alive(pgid):
                 break
         self.proc.poll()
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # zombies of our own direct child still count as members until reaped
-    try:
-        pid, _ = os.waitpid(pgid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 class WorkerPool:

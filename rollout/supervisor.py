@@ -28,7 +28,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rollout.adapter_store import AdapterStore, atomic_write_text
+from common.files import atomic_write_text
+from rollout.adapter_store import AdapterStore
 from rollout.server import WorkerError, WorkerPool, WorkerProcess
 
 

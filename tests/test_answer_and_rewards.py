@@ -16,7 +16,7 @@ from trainer.tasks.stock.rewards import (
     score_batch,
 )
 from trainer.tasks.stock.task import StockTask
-from trainer.warm_answers import templated_answer
+from trainer.tasks.stock.warm_answers import templated_answer
 
 ALL_WEIGHTS = dict.fromkeys(COMPONENTS, 1.0)
 

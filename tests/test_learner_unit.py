@@ -99,7 +99,7 @@ def test_anchor_is_a_warm_answer_without_its_choices_and_the_warm_model_knows_it
     from trainer.rollouts import anchor_batch, encode_prompt
     from trainer.tasks.base import Choice
     from trainer.tasks.stock.task import StockTask
-    from trainer.warm_answers import LEAN, answer_and_choices, reasoning_prefix
+    from trainer.tasks.stock.warm_answers import LEAN, answer_and_choices, reasoning_prefix
 
     task = StockTask(DataConfig(source="synthetic", synthetic_days=400, window=5,
                                 train_end="2001-06-30", val_end="2001-09-30"), RewardConfig())

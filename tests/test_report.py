@@ -8,8 +8,8 @@ from matplotlib.image import imread
 
 from trainer.config import GateConfig
 from trainer.gate import check_gate
-from trainer.report import read_steps, roc_points, write_report
 from trainer.tasks.stock.evaluation import summarize
+from trainer.tasks.stock.report import read_steps, roc_points, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STEP_PNGS = ("curves.png", "components.png")

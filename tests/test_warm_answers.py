@@ -4,7 +4,7 @@ import random
 import re
 
 from trainer.tasks.stock.answer import parse_answer
-from trainer.warm_answers import LEAN, reasoning_prefix, templated_answer
+from trainer.tasks.stock.warm_answers import LEAN, reasoning_prefix, templated_answer
 
 RISING_THEN_MIXED = [100.0, 101.0, 102.0, 101.0, 103.0, 104.0]  # last three: -, +, +
 
@@ -33,7 +33,7 @@ def test_prediction_and_confidence_do_not_depend_on_the_data():
 def test_warm_start_loss_weights_the_decision_tokens():
     import torch
 
-    from trainer.warmstart import DECISION_WEIGHT, weighted_loss
+    from trainer.tasks.stock.warmstart import DECISION_WEIGHT, weighted_loss
 
     torch.manual_seed(0)
     logits = torch.randn(1, 4, 7)
@@ -57,7 +57,7 @@ def test_reasoning_prefix_is_the_answer_up_to_its_lean():
 
 
 def test_choices_are_the_lean_and_the_confidence_figure_with_their_options():
-    from trainer.warm_answers import answer_and_choices
+    from trainer.tasks.stock.warm_answers import answer_and_choices
 
     seen = set()
     for seed in range(12):
@@ -78,7 +78,7 @@ def test_choices_are_the_lean_and_the_confidence_figure_with_their_options():
 
 
 def test_paired_answers_differ_only_in_the_lean_and_the_prediction_it_announces():
-    from trainer.warmstart import paired_answers
+    from trainer.tasks.stock.warmstart import paired_answers
 
     rng = random.Random(4)
     firsts = []

@@ -49,11 +49,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from rollout.adapter_store import (
-    AdapterStore,
-    _fsync_dir,  # the store's own durability helper
-    atomic_write_text,
-)
+from common.files import atomic_write_text, fsync_dir
+from rollout.adapter_store import AdapterStore
 from trainer.config import StageConfig, save_config
 from trainer.dist import all_ranks_ok
 
@@ -185,7 +182,7 @@ def _fsync_tree(root: Path) -> dict[str, int]:
             with open(path, "rb") as fh:
                 os.fsync(fh.fileno())
             sizes[str(path.relative_to(root))] = path.stat().st_size
-        _fsync_dir(Path(dirpath))
+        fsync_dir(Path(dirpath))
     return sizes
 
 
@@ -289,9 +286,9 @@ def _finalize(cfg: StageConfig, run_dir: Path, step: int, tmp: Path, final: Path
         shutil.rmtree(old, ignore_errors=True)
         os.rename(final, old)
     os.rename(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     atomic_write_text(final.parent / LATEST, final.name + "\n")
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 

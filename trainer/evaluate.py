@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from rollout.adapter_store import atomic_write_text
+from common.files import atomic_write_text
 from rollout.client import RolloutClient
 from trainer.config import StageConfig
 from trainer.rollouts import encode_prompt
@@ -48,15 +48,12 @@ def evaluate_and_report(task, cfg: StageConfig, client: RolloutClient, tokenizer
     """Each split's first ``limit`` samples through the served adapter, saved as
     ``out/eval/<split>.json``, then one report in ``out`` beside the task's baselines.
     Shared by ``stonk eval`` and ``eval.also_on``."""
-    from trainer.report import write_report
-
     evals = {}
     for split in splits:
         evals[split] = run_eval(task, eval_samples(task, cfg, split, limit), client, tokenizer,
                                 cfg)
         save_eval(out / "eval" / f"{split}.json", evals[split])
-    report = write_report(out, evals, baselines=task.describe().get("baselines"), gate=gate,
-                          notes=notes)
+    report = task.write_report(out, evals, gate=gate, notes=notes)
     return evals, report
 
 

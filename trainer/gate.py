@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rollout.adapter_store import atomic_write_text
+from common.files import atomic_write_text
 from trainer.config import GateConfig
 
 GATE_FILE = "gate.json"

@@ -341,7 +341,6 @@ def finish(cfg, task, client, tokenizer, run_dir: Path, tag: str) -> None:
     the test splits of eval.also_on's sources."""
     from trainer.evaluate import evaluate_on_source
     from trainer.gate import check_gate, write_gate
-    from trainer.report import write_report
 
     evals = {}
     for split in dict.fromkeys([cfg.eval.split, "test"]):
@@ -356,8 +355,8 @@ def finish(cfg, task, client, tokenizer, run_dir: Path, tag: str) -> None:
         write_gate(run_dir, gate)
         print(f"{tag} promotion gate: {'PASSED' if gate['passed'] else 'not passed'} "
               f"({run_dir / 'gate.json'})", flush=True)
-    report = write_report(run_dir, evals, baselines=task.describe().get("baselines"),
-                          gate=gate, notes=getattr(task, "report_notes", lambda: [])())
+    report = task.write_report(run_dir, evals, gate=gate,
+                               notes=getattr(task, "report_notes", lambda: [])())
     for split, ev in evals.items():
         m = ev["metrics"]
         print(f"{tag} {split}: accuracy {m.get('accuracy', float('nan')):.3f}, format valid "

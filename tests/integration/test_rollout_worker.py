@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from common.processes import group_alive
 from rollout.adapter_store import AdapterStore
 from rollout.client import RolloutClient
-from rollout.server import WorkerError, WorkerPool, WorkerSpec, _group_alive
+from rollout.server import WorkerError, WorkerPool, WorkerSpec
 from tests.integration.helpers import demo_worker_env, hf_logprobs
 from trainer.config import StageConfig
 from trainer.learner import load_policy
@@ -25,7 +26,7 @@ def worker(warm_model, tmp_path_factory):
     pool = WorkerPool([spec], logs, startup_timeout=600)
     with pool:
         yield pool
-    assert not _group_alive(pool.workers[0].pid), "worker process group outlived stop()"
+    assert not group_alive(pool.workers[0].pid), "worker process group outlived stop()"
 
 
 @pytest.fixture(scope="module")

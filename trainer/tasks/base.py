@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 
@@ -80,6 +81,13 @@ class Task(Protocol):
 
     def summarize(self, records: list[dict]) -> dict[str, Any]:
         """Evaluation metrics (accuracy, ROC-AUC, calibration ...) from records."""
+
+    def write_report(self, out: Path, evals: dict[str, dict], gate: dict | None = None,
+                     notes: list[str] | None = None) -> Path:
+        """Write the evaluation report (``report.md``, ``metrics.json``, plots) of ``evals``
+        (split -> ``{"metrics", "records"}``) and the run's training rows into ``out``;
+        return the report's path. The task knows what its records mean."""
+        ...
 
     def describe(self) -> dict[str, Any]:
         """Counts and facts worth logging once (sizes, label balance)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from trainer.config import DataConfig, RewardConfig
@@ -38,7 +39,7 @@ from trainer.tasks.stock.series import PromptRow, Window, windows_and_flat
 from trainer.tasks.stock.sources import load_source
 from trainer.tasks.stock.splits import SPLITS, SplitStats, assign, balance, ups
 from trainer.tasks.stock.synthetic import bayes_accuracy
-from trainer.warm_answers import answer_and_choices
+from trainer.tasks.stock.warm_answers import answer_and_choices
 
 PROMPT_FIGURES = 10_000  # figures read from a prompt for the data-usage reward
 
@@ -240,6 +241,13 @@ class StockTask:
         if not self.has_oracle:
             return None
         return bayes_accuracy([s.meta["up_prob"] for s in self._splits[name]])
+
+    def write_report(self, out: Path, evals: dict[str, dict], gate: dict | None = None,
+                     notes: list[str] | None = None) -> Path:
+        from trainer.tasks.stock.report import write_report
+
+        return write_report(out, evals, baselines=self.describe().get("baselines"), gate=gate,
+                            notes=notes)
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"source": self.cfg.source, "origin": self.report.origin,

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from rollout.adapter_store import atomic_write_text
+from common.files import atomic_write_text
 
 STEPS_FILE = "metrics.jsonl"
 CURVES = ("reward/mean", "task/accuracy")  # curves.png lines; eval/accuracy adds points
@@ -212,7 +212,7 @@ def _gate_md(gate: dict | None) -> list[str]:
 
 
 def _plots(run_dir: Path, rows: list[dict], evals: dict[str, dict]) -> list[Path]:
-    from trainer import plots  # matplotlib only when a report is written
+    from trainer.tasks.stock import plots  # matplotlib only when a report is written
 
     out = []
     if rows:

@@ -3,7 +3,7 @@
 A randomly initialised model (the embedded one) cannot yet produce ``Reasoning / Prediction /
 Confidence``, so every completion would score zero and GRPO would have no signal. This step
 fine-tunes all weights on prompts from the training split paired with templated answers
-(``trainer/warm_answers.py``) whose prediction and confidence are random: it teaches the
+(``trainer/tasks/stock/warm_answers.py``) whose prediction and confidence are random: it teaches the
 format and data-grounded reasoning, never the label. The result is saved with
 ``save_pretrained`` and used as a base model like any other. A real instruct model (Qwen2.5)
 does not need this step.
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from trainer.config import DataConfig
 from trainer.tasks.stock.data import Window
-from trainer.warm_answers import LEAN, answer_and_choices
+from trainer.tasks.stock.warm_answers import LEAN, answer_and_choices
 
 if TYPE_CHECKING:  # torch only where a model trains: `stonk warmstart --help` stays light
     import torch

@@ -11,7 +11,7 @@ count, and a 2-layer model learns that fastest where the count's own token is th
 (``benchmarks/decision_probe.py``: REINFORCE on the lean alone learned the synthetic
 market's count -> direction rule in ~40 steps of 8 prompts x 8 samples; with the decision
 six tokens later, at ``Prediction:``, it stayed the same for every count for ~60 steps of
-64 prompts). The warm start learns the lean -> prediction copy (``trainer/warmstart.py``
+64 prompts). The warm start learns the lean -> prediction copy (``trainer/tasks/stock/warmstart.py``
 weights those two tokens).
 
 Why no price figures: the embedded model copied their digits wrong (data usage ~0.01 of
