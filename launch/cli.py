@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from launch import cli_adapter
+from trainer.run_folder import RunFolder
 
 STAGE_MODULES = {1: ("stage1", "trainer.train"), 2: ("stage2", "trainer.train")}
 
@@ -39,7 +40,7 @@ def _load(args: argparse.Namespace):
         if args.config:
             raise ConfigError("--resume continues with the run's own config.yaml; change "
                               "fields with --set (e.g. --set train.steps=N), not --config")
-        args.config = str(Path(args.resume) / "config.yaml")
+        args.config = str(RunFolder(args.resume).config)
     args.config = args.config or args.default_config
     cfg = load_config(args.config, args.set)
     if args.nproc is not None:
@@ -110,9 +111,9 @@ def _stage2_prepare(cfg, args: argparse.Namespace, run_dir: Path):
         return prepare(cfg, stage1, run_dir, args.force)
     from launch.slurm_job import wait_for  # other nodes: node 0's merge, on the shared disk
 
-    wait_for((run_dir / "stage2.json").is_file, cfg.launch.node_wait_s,
+    wait_for(RunFolder(run_dir).stage2.is_file, cfg.launch.node_wait_s,
              f"node 0's Stage II merge ({run_dir / 'stage2.json'})", poll_s=5.0)
-    cfg.model.name_or_path = str(run_dir / "base")
+    cfg.model.name_or_path = str(RunFolder(run_dir).base)
     return cfg
 
 
@@ -167,9 +168,9 @@ def _run_config(args: argparse.Namespace, run_dir: Path, cfg):
     from trainer.checkpoint import latest
     from trainer.config import load_config
 
-    if not (run_dir / "config.yaml").is_file() or latest(run_dir) is None:
+    if not RunFolder(run_dir).config.is_file() or latest(run_dir) is None:
         return cfg
-    cfg = load_config(run_dir / "config.yaml", args.set)
+    cfg = load_config(RunFolder(run_dir).config, args.set)
     if args.nproc is not None:
         set_nproc(cfg, args.nproc)
     return cfg
@@ -242,7 +243,8 @@ def _passthrough(module: str):
 
 
 PASSTHROUGH = {"tiny-model": _passthrough("launch.tiny_model"),
-               "warmstart": _passthrough("trainer.tasks.stock.warmstart"), "demo": _passthrough("launch.demo")}
+               "warmstart": _passthrough("trainer.tasks.stock.warmstart"),
+               "demo": _passthrough("launch.demo")}
 
 
 def _stage2_args(p: argparse.ArgumentParser) -> None:

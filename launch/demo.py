@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from trainer.run_folder import RunFolder
+
 REPO = Path(__file__).resolve().parents[1]
 TARGET_OF_BAYES = 0.90
 TARGET_PARSE = 0.95
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     steps2 = ["--set", f"train.steps={a.stage2_steps}"] if a.stage2_steps else []
     _run(["stage1", "--config", "configs/demo/stage1.yaml", *common,
           "--set", "run.name=stage1", *steps1])
-    gate = json.loads((s1 / "gate.json").read_text())
+    gate = json.loads(RunFolder(s1).gate.read_text())
     force = [] if gate.get("passed") else ["--force"]
     if force:
         print("[demo] the Stage I gate did not pass; the demo continues with --force "

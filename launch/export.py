@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 
 from trainer.config import ConfigError, StageConfig
+from trainer.run_folder import RunFolder
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 NEUTRAL_SAMPLING = {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": 0,
@@ -51,9 +52,10 @@ def model_card(cfg: StageConfig, run: Path | None, adapter: Path, base: str) -> 
     """README.md for the exported folders: base, data and splits, stage and gate verdict,
     the run's evaluation with its same-sample baselines, intended use, and what it is not."""
     d = cfg.data
-    gate, stage2 = (_read_json(run / name) if run else None for name in ("gate.json",
-                                                                          "stage2.json"))
-    report = (run / "report.md").read_text() if run and (run / "report.md").is_file() else ""
+    folder = RunFolder(run) if run else None
+    gate = _read_json(folder.gate) if folder else None
+    stage2 = _read_json(folder.stage2) if folder else None
+    report = folder.report.read_text() if folder and folder.report.is_file() else ""
     if gate is not None:
         verdict = "passed" if gate.get("passed") else "failed: " + ", ".join(
             i["label"] for i in gate.get("indicators", []) if not i.get("passed"))

@@ -11,25 +11,23 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from trainer.config import ConfigError, StageConfig, load_config
+from trainer.run_folder import RunFolder
 
 
 def find_run_config(adapter: Path) -> Path | None:
     """The run's config.yaml above an adapter folder (checkpoints/step_N/adapter, adapters/vK)."""
     for parent in adapter.resolve().parents:
-        if (parent / "config.yaml").is_file() and (parent / "metrics.jsonl").exists():
-            return parent / "config.yaml"
+        if RunFolder(parent).config.is_file() and RunFolder(parent).metrics.exists():
+            return RunFolder(parent).config
     return None
 
 
 def resolve_adapter(run_dir: Path, which: str) -> Path:
-    ckpt = run_dir / "checkpoints"
-    if which == "best" and (ckpt / "best" / "adapter").is_dir():
-        return ckpt / "best" / "adapter"
     if which in ("best", "latest"):
-        latest = ckpt / "LATEST"
-        if latest.is_file():
-            return ckpt / latest.read_text().strip() / "adapter"
-        raise ConfigError(f"{run_dir}: no checkpoint yet (checkpoints/LATEST missing)")
+        adapter = RunFolder(run_dir).adapter(which)
+        if adapter is None:
+            raise ConfigError(f"{run_dir}: no checkpoint yet (checkpoints/LATEST missing)")
+        return adapter
     path = Path(which)
     if not (path / "adapter_config.json").is_file():
         raise ConfigError(f"--adapter {which}: not a peft adapter folder (no adapter_config.json)")
@@ -67,7 +65,7 @@ def evaluate_run(run_dir: Path, splits: list[str], which: str, overrides: list[s
     tok = AutoTokenizer.from_pretrained(cfg.model.name_or_path,
                                         trust_remote_code=cfg.model.trust_remote_code)
     limit = cfg.eval.final_samples if samples is None else samples
-    gate = read_gate(run_dir) if (run_dir / "gate.json").is_file() and out == run_dir else None
+    gate = read_gate(run_dir) if RunFolder(run_dir).gate.is_file() and out == run_dir else None
     notes = [f"adapter: {adapter}", f"data source: {cfg.data.source}"]
     with serving(cfg, adapter, out / "logs") as client:
         evals, report = evaluate_and_report(task, cfg, client, tok, out, splits, limit, notes,
@@ -85,14 +83,14 @@ def run_adapter(run: Path | None, which: str, config: Path | None = None,
     or ``--adapter DIR`` alone (its run found above it, or ``config``). The config's model is
     the adapter's own base (a Stage II adapter's is the merged Stage I model)."""
     if run is not None:
-        if not (run / "config.yaml").is_file():
+        if not RunFolder(run).config.is_file():
             raise ConfigError(f"--run {run}: not a run folder (no config.yaml)")
         adapter = resolve_adapter(run, which)
     elif which in ("best", "latest"):
         raise ConfigError(f"--adapter {which}: needs --run RUN (or give an adapter folder)")
     else:
         adapter = resolve_adapter(Path("."), which)
-    config = config or (run / "config.yaml" if run else find_run_config(adapter))
+    config = config or (RunFolder(run).config if run else find_run_config(adapter))
     if config is None:
         raise ConfigError(f"--adapter {adapter}: not inside a run folder; pass --config")
     cfg = load_config(config, overrides or [])
@@ -106,8 +104,8 @@ def adapter_base(run: Path, adapter: Path, cfg: StageConfig) -> str:
     (``RUN/base``), else the adapter's recorded base. A local path is made absolute and must
     exist: run folders record paths relative to where they were started, and a moved demo
     (``runs/demo-<time>``) would otherwise find the new demo's base under the old name."""
-    if (run / "stage2.json").is_file() and (run / "base").is_dir():
-        return str((run / "base").resolve())
+    if RunFolder(run).stage2.is_file() and RunFolder(run).base.is_dir():
+        return str(RunFolder(run).base.resolve())
     try:
         meta = json.loads((adapter / "adapter_config.json").read_text())
     except (OSError, ValueError) as exc:

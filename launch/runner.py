@@ -32,6 +32,7 @@ from launch.plan import LearnerSlot, Plan, WorkerSlot
 from rollout.server import StartAborted, WorkerError, WorkerPool, WorkerSpec
 from rollout.supervisor import Supervisor
 from trainer.config import ConfigError, StageConfig, mixed_precision, save_config
+from trainer.run_folder import RunFolder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DONE = "DONE"
@@ -227,14 +228,14 @@ def supervise(cfg: StageConfig, pool: WorkerPool, key: str | None, run_dir: Path
     run's newest adapter and records events and states there."""
     rc = cfg.rollout
     adapters = (Path(cfg.run.adapter_dir) if cfg.run.adapter_dir else
-                run_dir / "adapters" if run_dir else None)
+                RunFolder(run_dir).adapters if run_dir else None)
     return Supervisor(
         pool, adapter_dir=adapters, api_key=key, interval=rc.health_check_interval_s,
         health_timeout=rc.health_timeout_s, unhealthy_after=rc.unhealthy_after,
         max_restarts=rc.max_worker_restarts, startup_timeout=rc.startup_timeout_s,
         events_path=run_dir / "faults.jsonl" if run_dir else None,
         status_path=run_dir / "workers_status.json" if run_dir else None,
-        manifest_path=run_dir / "workers.json" if run_dir else None, tag=tag).start()
+        manifest_path=RunFolder(run_dir).workers if run_dir else None, tag=tag).start()
 
 
 def _start_pool(pool: WorkerPool, cfg: StageConfig, while_loading=None,
@@ -267,7 +268,7 @@ def _learner_failed(code: int, run_dir: Path, stage: int) -> None:
 
 def _prepare(cfg: StageConfig, run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    save_config(cfg, RunFolder(run_dir).config)
     print(f"[launch] run folder {run_dir}", flush=True)
 
 
@@ -305,7 +306,7 @@ def run_stage(cfg: StageConfig, stage: str, module: str, plan: Plan,
         started: list[subprocess.Popen] = []
 
         def start_learner(when: str) -> None:
-            pool.write_manifest(run_dir / "workers.json")  # the learner reads the URLs here
+            pool.write_manifest(RunFolder(run_dir).workers)  # the learner reads the URLs here
             print(f"[launch] starting {plan.learner.num_processes} learner rank(s) {when}",
                   flush=True)
             started.append(_start_learner(cfg, run_dir, module, plan.learner, probe_port=True,
@@ -334,7 +335,7 @@ def run_stage(cfg: StageConfig, stage: str, module: str, plan: Plan,
                   file=sys.stderr, flush=True)
             _learner_failed(code, run_dir, cfg.stage)
             return code or 1
-        pool.write_manifest(run_dir / "workers.json")
+        pool.write_manifest(RunFolder(run_dir).workers)
         supervisor = supervise(cfg, pool, key, run_dir)
         cleanups.append(supervisor.stop)
         print(f"[launch] workers healthy after {time.perf_counter() - t0:.0f}s", flush=True)

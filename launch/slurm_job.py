@@ -33,6 +33,7 @@ from pathlib import Path
 
 from launch.plan import Plan
 from trainer.config import ConfigError, StageConfig
+from trainer.run_folder import RunFolder
 
 ATTEMPT_FILE = "attempt.json"
 KEEP = ("logs",)  # what a fresh attempt leaves in place (worker nodes write there already)
@@ -193,12 +194,12 @@ def run_slurm_node(cfg: StageConfig, stage: str, module: str, plan: Plan, run_di
         pool.start()
         supervisor = r.supervise(cfg, pool, key, None, tag=tag)
         supervisor.adapter_dir = (Path(cfg.run.adapter_dir) if cfg.run.adapter_dir
-                                  else run_dir / "adapters")  # shared with the learner nodes
+                                  else RunFolder(run_dir).adapters)  # shared with the learner nodes
         cleanups.append(supervisor.stop)
         bound = sorted({w.bind or w.host for w in plan.local_workers})
         print(f"{tag} serving {', '.join(w.url for w in plan.local_workers)} (bound to "
               f"{', '.join(bound)}) until {done} names attempt {attempt}", flush=True)
-        signs = [run_dir / "metrics.jsonl", run_dir / "workers.json"]
+        signs = [RunFolder(run_dir).metrics, RunFolder(run_dir).workers]
         since = time.time()  # an earlier attempt's files may be hours old
         while not (done.is_file() and done.read_text().strip() == str(attempt)):
             if supervisor.all_failed():
@@ -216,7 +217,7 @@ def run_slurm_node(cfg: StageConfig, stage: str, module: str, plan: Plan, run_di
 
     def learner_node(cleanups) -> int:
         urls = [w.url for w in plan.workers]
-        manifest = run_dir / "workers.json"
+        manifest = RunFolder(run_dir).workers
         if plan.learner.machine_rank == 0:
             manifest.write_text(json.dumps({"workers": [{"url": u} for u in urls],
                                             "attempt": attempt}, indent=2))

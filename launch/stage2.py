@@ -16,16 +16,13 @@ import shutil
 from pathlib import Path
 
 from trainer.config import ConfigError, StageConfig, load_config
+from trainer.run_folder import RunFolder
 
 
 def stage1_adapter(stage1_run: Path) -> Path:
-    ckpt = stage1_run / "checkpoints"
-    best = ckpt / "best" / "adapter"
-    if best.is_dir():
-        return best
-    latest = ckpt / "LATEST"
-    if latest.is_file():
-        return ckpt / latest.read_text().strip() / "adapter"
+    adapter = RunFolder(stage1_run).adapter("best")
+    if adapter is not None:
+        return adapter
     raise ConfigError(f"{stage1_run}: no Stage I checkpoint (checkpoints/best or "
                       f"checkpoints/LATEST); is this a Stage I run folder?")
 
@@ -74,20 +71,20 @@ def prepare(cfg: StageConfig, stage1_run: Path, run_dir: Path, force: bool) -> S
     """Gate, merge, and point the Stage II config at the merged model; records stage2.json."""
     if cfg.stage != 2:
         raise ConfigError(f"stage: a Stage II config says stage: 2, this one says {cfg.stage}")
-    if not (stage1_run / "config.yaml").is_file():
+    if not RunFolder(stage1_run).config.is_file():
         raise ConfigError(f"{stage1_run}: not a run folder (no config.yaml)")
     verdict = check_promotion(stage1_run, force)
-    s1 = load_config(stage1_run / "config.yaml")
+    s1 = load_config(RunFolder(stage1_run).config)
     adapter = stage1_adapter(stage1_run)
     run_dir.mkdir(parents=True, exist_ok=True)
-    base = run_dir / "base"
+    base = RunFolder(run_dir).base
     print(f"[stage2] merging {adapter} into {s1.model.name_or_path} ({cfg.model.dtype}) "
           f"-> {base}", flush=True)
     merge_adapter(s1.model.name_or_path, adapter, base, cfg.model.dtype,
                   s1.model.trust_remote_code)
     record = {"stage1_run": str(stage1_run), "stage1_adapter": str(adapter),
               "stage1_base": s1.model.name_or_path, "merged_base": str(base), **verdict}
-    (run_dir / "stage2.json").write_text(json.dumps(record, indent=2))
+    RunFolder(run_dir).stage2.write_text(json.dumps(record, indent=2))
     if verdict["forced"]:
         print(f"[stage2] FORCE=1: starting although the gate failed: {verdict['failed']}",
               flush=True)

@@ -271,3 +271,18 @@ def test_rollback_forgets_what_came_after_the_checkpoint(trained):
     assert not (run_dir / "checkpoints" / "best").exists()
     assert ((store.path(1) / "adapter_model.safetensors").read_bytes()
             == (ckpt / "adapter" / "adapter_model.safetensors").read_bytes())
+
+
+def test_the_run_folder_names_best_latest_and_nothing(tmp_path):
+    from trainer.run_folder import RunFolder
+
+    run = RunFolder(tmp_path)
+    assert run.adapter("best") is None and run.adapter("latest") is None
+    run.checkpoint(4).joinpath("adapter").mkdir(parents=True)
+    run.latest_marker.write_text("step_000004\n")
+    assert run.checkpoint(4).name == "step_000004"
+    step4 = tmp_path / "checkpoints" / "step_000004" / "adapter"
+    assert run.adapter("best") == run.adapter("latest") == step4
+    (run.best / "adapter").mkdir(parents=True)
+    assert run.adapter("best") == tmp_path / "checkpoints/best/adapter"
+    assert run.adapter("latest") == step4

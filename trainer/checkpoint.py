@@ -53,11 +53,10 @@ from common.files import atomic_write_text, fsync_dir
 from rollout.adapter_store import AdapterStore
 from trainer.config import StageConfig, save_config
 from trainer.dist import all_ranks_ok
+from trainer.run_folder import CHECKPOINT_PREFIX, RunFolder
 
-CHECKPOINTS = "checkpoints"
-LATEST = "LATEST"
 STATE = "state.json"
-PREFIX = "step_"
+PREFIX = CHECKPOINT_PREFIX
 
 # Fields that may differ between a checkpoint's config and the resumed run's: operational
 # settings that do not change what is computed. Everything else must match.
@@ -121,7 +120,7 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def step_dirs(run_dir: Path) -> list[tuple[int, Path]]:
-    root = Path(run_dir) / CHECKPOINTS
+    root = RunFolder(run_dir).checkpoints
     if not root.is_dir():
         return []
     found = [(int(p.name[len(PREFIX):]), p) for p in root.iterdir()
@@ -131,11 +130,8 @@ def step_dirs(run_dir: Path) -> list[tuple[int, Path]]:
 
 def latest(run_dir: Path) -> Path | None:
     """The checkpoint LATEST names, if it is complete (it always is, unless edited by hand)."""
-    marker = Path(run_dir) / CHECKPOINTS / LATEST
-    if not marker.is_file():
-        return None
-    path = marker.parent / marker.read_text().strip()
-    return path if (path / STATE).is_file() else None
+    path = RunFolder(run_dir).latest_checkpoint()
+    return path if path is not None and (path / STATE).is_file() else None
 
 
 def read_state(ckpt: Path) -> dict[str, Any]:
@@ -147,7 +143,8 @@ def resume_point(run_dir: Path, cfg: StageConfig, world: int) -> tuple[Path, dic
     complete, same world size, compatible config, steps left to train."""
     ckpt = latest(run_dir)
     if ckpt is None:
-        raise CheckpointError(f"{run_dir / CHECKPOINTS}: no complete checkpoint to resume from "
+        raise CheckpointError(f"{RunFolder(run_dir).checkpoints}: no complete checkpoint to "
+                              f"resume from "
                               f"(LATEST missing); start a fresh run instead")
     state = read_state(ckpt)
     if state["world_size"] != world:
@@ -287,7 +284,7 @@ def _finalize(cfg: StageConfig, run_dir: Path, step: int, tmp: Path, final: Path
         os.rename(final, old)
     os.rename(tmp, final)
     fsync_dir(final.parent)
-    atomic_write_text(final.parent / LATEST, final.name + "\n")
+    atomic_write_text(RunFolder(final.parent.parent).latest_marker, final.name + "\n")
     fsync_dir(final.parent)
     shutil.rmtree(old, ignore_errors=True)
 
@@ -296,8 +293,8 @@ def save(cfg: StageConfig, run_dir: Path, step: int, *, learner, sampler, adapte
          rank: int, world: int) -> Path:
     """Collective (every rank calls it). Returns the checkpoint folder; raises
     CheckpointError (on every rank that is still running) when it could not be written."""
-    root = Path(run_dir) / CHECKPOINTS
-    final, tmp = root / f"{PREFIX}{step:06d}", root / f".tmp-{PREFIX}{step:06d}"
+    final = RunFolder(run_dir).checkpoint(step)
+    root, tmp = final.parent, final.with_name(f".tmp-{final.name}")
     need = _needed_bytes(run_dir, learner)
     problem = _prepare(root, tmp, need) if rank == 0 else None
     if not all_ranks_ok(problem is None, learner.device):
@@ -416,12 +413,12 @@ def _truncate_jsonl(path: Path, step: int) -> None:
 def rollback(run_dir: Path, ckpt: Path, step: int, rank: int, store: AdapterStore) -> None:
     """Undo what the interrupted run did after ``step``; republish the checkpoint's adapter
     as version ``step`` in the store (rank 0). Every rank trims its own rollouts file."""
-    run_dir = Path(run_dir)
-    _truncate_jsonl(run_dir / f"rollouts.rank{rank}.jsonl", step)
+    folder = RunFolder(run_dir)
+    _truncate_jsonl(folder.rollouts(rank), step)
     if rank != 0:
         return
-    _truncate_jsonl(run_dir / "metrics.jsonl", step)
-    root = run_dir / CHECKPOINTS
+    _truncate_jsonl(folder.metrics, step)
+    root = folder.checkpoints
     for p in root.glob(".tmp-*"):
         shutil.rmtree(p, ignore_errors=True)
     for s, p in step_dirs(run_dir):
@@ -429,7 +426,7 @@ def rollback(run_dir: Path, ckpt: Path, step: int, rank: int, store: AdapterStor
             shutil.rmtree(p, ignore_errors=True)
     best = root / "best.json"
     if best.is_file() and json.loads(best.read_text())["step"] > step:
-        shutil.rmtree(root / "best", ignore_errors=True)
+        shutil.rmtree(folder.best, ignore_errors=True)
         best.unlink()
     for p in store.root.glob(".tmp-*"):
         shutil.rmtree(p, ignore_errors=True)

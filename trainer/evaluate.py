@@ -17,6 +17,7 @@ from common.files import atomic_write_text
 from rollout.client import RolloutClient
 from trainer.config import StageConfig
 from trainer.rollouts import encode_prompt
+from trainer.run_folder import RunFolder
 from trainer.tasks.base import Sample
 
 
@@ -90,7 +91,8 @@ def save_eval(path: Path, result: dict[str, Any]) -> None:
 def keep_best(run_dir: Path, adapter_dir: Path, step: int, value: float, metric: str) -> bool:
     """Copy the adapter to checkpoints/best (atomically) if ``value`` beats the best so far.
     A failed copy raises OSError and leaves the previous best/ untouched."""
-    ckpt = run_dir / "checkpoints"
+    folder = RunFolder(run_dir)
+    ckpt, best_dir = folder.checkpoints, folder.best
     info_path = ckpt / "best.json"
     best = json.loads(info_path.read_text())["value"] if info_path.exists() else None
     if best is not None and value <= best:
@@ -108,9 +110,9 @@ def keep_best(run_dir: Path, adapter_dir: Path, step: int, value: float, metric:
         raise
     old = ckpt / ".old-best"
     shutil.rmtree(old, ignore_errors=True)
-    if (ckpt / "best").exists():
-        os.rename(ckpt / "best", old)
-    os.rename(tmp, ckpt / "best")
+    if best_dir.exists():
+        os.rename(best_dir, old)
+    os.rename(tmp, best_dir)
     shutil.rmtree(old, ignore_errors=True)
     atomic_write_text(info_path, json.dumps({"step": step, "metric": metric, "value": value}))
     return True

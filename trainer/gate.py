@@ -35,8 +35,8 @@ from typing import Any
 
 from common.files import atomic_write_text
 from trainer.config import GateConfig
+from trainer.run_folder import RunFolder
 
-GATE_FILE = "gate.json"
 FAILS_AS = {">=": "<", "<=": ">"}  # how a failed comparison reads
 
 
@@ -163,14 +163,14 @@ def failed_indicators(result: dict[str, Any]) -> list[str]:
 
 def write_gate(run_dir: str | Path, result: dict[str, Any]) -> Path:
     """Write ``run_dir/gate.json`` atomically (temp file, then rename)."""
-    path = Path(run_dir) / GATE_FILE
+    path = RunFolder(run_dir).gate
     atomic_write_text(path, json.dumps(result, indent=2, allow_nan=False) + "\n")
     return path
 
 
 def read_gate(run_dir: str | Path) -> dict[str, Any]:
     """Read ``run_dir/gate.json``; :class:`GateError` naming the file if missing or corrupt."""
-    path = Path(run_dir) / GATE_FILE
+    path = RunFolder(run_dir).gate
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:

@@ -58,6 +58,7 @@ from trainer.rollouts import (
     sample_groups,
     write_rollouts,
 )
+from trainer.run_folder import RunFolder
 from trainer.tasks import build_task
 
 STATUS = "workers_status.json"  # written by the launcher's supervisor (rollout/supervisor.py)
@@ -98,7 +99,7 @@ def stop_message(exc: Exception, run_dir: Path) -> str:
         return str(exc)  # checkpoint errors already say what is intact and what to do
     last = checkpoint.latest(run_dir)
     kept = f"the last checkpoint {last} is intact" if last else "no checkpoint was written yet"
-    stage = load_config(run_dir / "config.yaml").stage
+    stage = load_config(RunFolder(run_dir).config).stage
     return (f"{exc}. Training stopped; {kept}. When workers can run again: "
             f"make stage{stage} RESUME={run_dir}")
 
@@ -111,7 +112,7 @@ def train(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGUSR1, lambda signum, frame: warned.set())
 
     # ---- config
-    cfg = load_config(args.config or run_dir / "config.yaml", args.set)
+    cfg = load_config(args.config or RunFolder(run_dir).config, args.set)
     tc, rc = cfg.train, cfg.rollout
     if cfg.launch.learner_threads:
         torch.set_num_threads(cfg.launch.learner_threads)
@@ -126,9 +127,9 @@ def train(args: argparse.Namespace) -> None:
     rank, world = rank_and_world()
     if rank == 0 and args.config:  # started by hand (accelerate launch): record the inputs
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+        save_config(cfg, RunFolder(run_dir).config)
     if rank == 0 and args.workers:
-        (run_dir / "workers.json").write_text(json.dumps(
+        RunFolder(run_dir).workers.write_text(json.dumps(
             {"workers": [{"url": u} for u in args.workers.split(",")]}, indent=2))
     trackers.start(acc, run_dir.name, cfg.to_dict())
     task = build_task(cfg)
@@ -136,15 +137,15 @@ def train(args: argparse.Namespace) -> None:
                             key=task.stratum)
     learner = Learner(cfg, acc)
     urls = (args.workers.split(",") if args.workers else
-            [w["url"] for w in json.loads((run_dir / "workers.json").read_text())["workers"]])
-    store = AdapterStore(cfg.run.adapter_dir or run_dir / "adapters")
+            [w["url"] for w in json.loads(RunFolder(run_dir).workers.read_text())["workers"]])
+    store = AdapterStore(cfg.run.adapter_dir or RunFolder(run_dir).adapters)
     client = RolloutClient(urls, timeout=rc.request_timeout_s,
                            max_concurrency=rc.max_concurrent_requests,
                            api_key=os.environ.get(rc.api_key_env) or None,
                            retries=rc.request_retries, adapter_root=store.root,
                            status_path=run_dir / STATUS, wait_for_workers_s=rc.startup_timeout_s,
                            health_timeout=rc.health_timeout_s)
-    rollouts_path = run_dir / f"rollouts.rank{rank}.jsonl"
+    rollouts_path = RunFolder(run_dir).rollouts(rank)
     tag = f"[stage{cfg.stage}]"
     watch = eval_samples(task, cfg, cfg.eval.split, cfg.eval.num_samples)  # fixed eval subset
     if rank == 0:
@@ -183,7 +184,7 @@ def train(args: argparse.Namespace) -> None:
                   f"as v{start}", flush=True)
     else:
         publish(0)  # v0: the fresh adapter (identical to the base), so workers serve the policy
-    metrics = MetricsWriter(run_dir / "metrics.jsonl") if rank == 0 else None
+    metrics = MetricsWriter(RunFolder(run_dir).metrics) if rank == 0 else None
     progress = Progress(tc.steps, start_step=start)
 
     # ---- loop
@@ -302,7 +303,7 @@ def train(args: argparse.Namespace) -> None:
 
     if rank == 0:
         served = {url: client.served_adapter_path(url) for url in client.live()}
-        (run_dir / "served_adapters.json").write_text(json.dumps(served, indent=2))
+        RunFolder(run_dir).served_adapters.write_text(json.dumps(served, indent=2))
         metrics.close()
         print(f"{tag} done: {tc.steps} steps; final evaluation", flush=True)
         finish(cfg, task, client, learner.tokenizer, run_dir, tag)
@@ -315,7 +316,7 @@ def keep_best_or_stop(cfg, run_dir: Path, adapter: Path, step: int, value: float
         return keep_best(run_dir, adapter, step, value, cfg.eval.best_metric)
     except OSError as exc:
         raise checkpoint.CheckpointError(checkpoint.failure_message(
-            cfg, run_dir, step, run_dir / "checkpoints" / "best", str(exc))) from None
+            cfg, run_dir, step, RunFolder(run_dir).best, str(exc))) from None
 
 
 def base_gap_line(cfg, gap: float) -> str:
@@ -347,10 +348,10 @@ def finish(cfg, task, client, tokenizer, run_dir: Path, tag: str) -> None:
         samples = eval_samples(task, cfg, split, cfg.eval.final_samples)
         if samples:
             evals[split] = run_eval(task, samples, client, tokenizer, cfg)
-            save_eval(run_dir / "eval" / f"{split}.json", evals[split])
+            save_eval(RunFolder(run_dir).eval_file(split), evals[split])
     gate = None
     if cfg.stage == 1:
-        rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        rows = [json.loads(x) for x in RunFolder(run_dir).metrics.read_text().splitlines()]
         gate = check_gate(rows, evals.get(cfg.eval.split, {}).get("metrics", {}), cfg.gate)
         write_gate(run_dir, gate)
         print(f"{tag} promotion gate: {'PASSED' if gate['passed'] else 'not passed'} "
@@ -364,7 +365,8 @@ def finish(cfg, task, client, tokenizer, run_dir: Path, tag: str) -> None:
     print(f"{tag} report: {report}", flush=True)
     for source in cfg.eval.also_on:
         result, report = evaluate_on_source(cfg, source, client, tokenizer,
-                                            run_dir / f"{source}-data", cfg.eval.final_samples)
+                                            RunFolder(run_dir).source_dir(source),
+                                            cfg.eval.final_samples)
         m = result["metrics"]
         print(f"{tag} {source} data, test: accuracy {m.get('accuracy', float('nan')):.3f}, "
               f"ROC-AUC {m.get('roc_auc')}, n={m.get('n')}; report: {report}", flush=True)
