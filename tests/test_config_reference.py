@@ -1,4 +1,4 @@
-"""docs/config-reference.md is generated from trainer/config.py and must be current; every
+"""docs/config-reference.md is generated from trainer/config/sections.py and must be current; every
 field carries a meaning there."""
 
 from __future__ import annotations

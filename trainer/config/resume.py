@@ -1,0 +1,64 @@
+"""Which config fields a resumed run may change (operational settings that do not change
+what is computed), and the hash and list of changes the checkpoint check reads
+(``trainer/checkpoint.py``). Everything not listed must match the checkpoint's config.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+from typing import Any
+
+from trainer.config.sections import StageConfig
+
+# Fields that may differ between a checkpoint's config and the resumed run's: operational
+# settings that do not change what is computed. Everything else must match.
+RESUME_MAY_CHANGE = (
+    "train.steps", "run.*", "eval.*", "gate.*",
+    "rollout.num_workers", "rollout.host", "rollout.base_port", "rollout.gpu_memory_utilization",
+    "rollout.enforce_eager", "rollout.request_timeout_s", "rollout.startup_timeout_s",
+    "rollout.max_concurrent_requests", "rollout.tensor_parallel_size", "rollout.api_key_env",
+    "rollout.chunked_prefill", "rollout.extra_args", "rollout.env.*", "rollout.health_*",
+    "rollout.unhealthy_after", "rollout.max_worker_restarts", "rollout.request_retries",
+    "launch.worker_gpus", "launch.learner_gpus", "launch.colocate", "launch.main_process_port",
+    "launch.slurm_worker_nodes", "launch.accelerate_config", "launch.learner_threads",
+)
+
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def _fixed_fields(cfg_dict: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in _flatten(cfg_dict).items()
+            if not any(fnmatch.fnmatchcase(k, pat) for pat in RESUME_MAY_CHANGE)}
+
+
+def config_hash(cfg: StageConfig) -> str:
+    """sha256 over the fields a resume must not change."""
+    blob = json.dumps(_fixed_fields(cfg.to_dict()), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config.json with every field this version added at its default (the
+    sections' fields only: a mapping inside a section, e.g. reward.weights, is one value)."""
+    defaults = StageConfig().to_dict()
+    return {**defaults, **{k: {**defaults[k], **v} if isinstance(defaults.get(k), dict) else v
+                           for k, v in saved.items()}}
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """'field: old -> new' for every fixed field that differs."""
+    a, b = _fixed_fields(old), _fixed_fields(new)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k)]
