@@ -1,4 +1,8 @@
-"""The task interface between the GRPO machinery and a domain (here: the stock task)."""
+"""The task interface between the GRPO machinery and a domain (here: the stock task).
+
+The words used here and across the code (decision, lean, option, choice, prior, anchor,
+balance, stratum, group, advantage, version, ...) are defined once in docs/glossary.md.
+"""
 
 from __future__ import annotations
 
