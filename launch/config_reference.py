@@ -5,7 +5,7 @@ comment written beside or above it in the source (the one place a field is docum
     python -m launch.config_reference            # rewrite docs/config-reference.md
     python -m launch.config_reference --check    # exit 1 when the committed file is stale
 
-tests/test_config_reference.py runs the check, so a field added without regenerating fails.
+tests/launch/test_config_reference.py runs the check, so a field added without regenerating fails.
 """
 
 from __future__ import annotations

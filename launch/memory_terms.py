@@ -45,7 +45,7 @@ Learner rank:
   (float32 on CPU, bool on CUDA); after the decoder (4H + bH) per token (the final norm's
   input, the kept hidden states). With train.gradient_checkpointing: b x H per layer and
   token (each layer's input) + one layer's set, recomputed in the backward. Checked against
-  autograd's saved tensors in tests/test_memory_plan.py.
+  autograd's saved tensors in tests/launch/test_memory_plan.py.
 - logits: the output head scores K = train.logits_chunk_tokens completion positions at a
   time (0: the whole micro-batch); the peak, in a chunk's backward, is five float32 [K, V]
   tensors (the recomputed logits, exp(logits - logsumexp) and its product with the

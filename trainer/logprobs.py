@@ -9,7 +9,7 @@ decoder's last hidden state ``[n, T, H]``; the output head then runs over at mos
 ``chunk_tokens`` positions at a time, and under autograd each chunk is checkpointed, so only
 the hidden states are kept for the backward and one chunk's logits are recomputed there. The
 results equal the naive computation (``log_softmax`` of the float32 logits) to float32
-rounding; tests/test_logprobs.py holds that, gradients included.
+rounding; tests/trainer/test_logprobs.py holds that, gradients included.
 
 Assumes the head is the whole map from hidden state to logits (true of Qwen2 and the Llama
 family; not of models that soft-cap their final logits), and that it is frozen (LoRA never

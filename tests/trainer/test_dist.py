@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from trainer import dist as tdist
 from trainer.learner import balance_kl
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COLLECTIVES = {"all_reduce", "all_gather", "all_gather_into_tensor", "broadcast", "reduce",
                "reduce_scatter", "reduce_scatter_tensor", "gather", "scatter", "all_to_all"}
 # a device other than the CPU that a CPU machine has: where the learner's tensors would be on

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from datasets import Dataset
 
+from tests.conftest import REPO
 from trainer.config import DataConfig, RewardConfig
 from trainer.tasks.stock.answer import parse_answer
 from trainer.tasks.stock.hf import SEED_DATASET, parse_label
@@ -114,7 +115,7 @@ def test_unreachable_hub_gives_a_clear_message_not_a_stack_trace():
             "except DataError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                         cwd=os.path.dirname(os.path.dirname(__file__)))
+                         cwd=str(REPO))
     assert out.returncode == 0, out.stderr[-2000:]
     message = out.stdout
     assert f"data.hf_name: cannot load '{SEED_DATASET}' (split 'train') from the Hugging " \

@@ -18,7 +18,7 @@ from rollout.client import NoWorkersError, RolloutClient
 from rollout.server import WorkerError, WorkerSpec
 from trainer.config import ConfigError, StageConfig, from_dict, load_config, mixed_precision
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GIB = 2**30
 
 
@@ -132,7 +132,7 @@ def test_worker_memory_failures_name_the_settings(log, wants):
 def test_learner_out_of_memory_names_the_settings(tiny_model, monkeypatch):
     from accelerate import Accelerator
 
-    from tests.test_checkpoint import _batch, _cfg
+    from tests.trainer.test_checkpoint import _batch, _cfg
     from trainer import learner as learner_mod
 
     learner = learner_mod.Learner(_cfg(tiny_model), Accelerator(cpu=True))

@@ -6,7 +6,7 @@ import pytest
 
 from trainer.config import ConfigError, from_dict, load_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
 
 

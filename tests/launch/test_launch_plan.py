@@ -15,7 +15,7 @@ from launch.plan import LearnerSlot, expand_hostlist, local_plan, slurm_plan
 from launch.runner import accelerate_files, api_key, dry_run
 from trainer.config import ConfigError, load_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NODE = REPO / "configs/node/stage1.yaml"
 MULTI = REPO / "configs/multinode/stage1.yaml"
 

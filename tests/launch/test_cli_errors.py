@@ -1,6 +1,6 @@
 """User errors through `stonk` end in one `error:` line and exit code 2, and every `--help`
 answers without importing torch (issue 23's list; the data command's errors:
-tests/test_data_cli.py)."""
+tests/launch/test_data_cli.py)."""
 
 from __future__ import annotations
 

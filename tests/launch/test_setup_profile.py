@@ -19,7 +19,7 @@ import pytest
 from launch import setup_profile as sp
 from launch.setup_profile import SetupError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = REPO / "pyproject.toml"
 
 

@@ -1,7 +1,7 @@
 """What only a GPU can show (marked ``gpu``: skipped without CUDA; `make gpu-check` runs
 them): the learner's collectives under NCCL, a 4-bit CUDA learner's forward and backward,
 and a CUDA vLLM worker that loads an adapter in place and samples what the learner scores.
-Their CPU counterparts: tests/test_dist.py, tests/test_logprobs.py,
+Their CPU counterparts: tests/trainer/test_dist.py, tests/trainer/test_logprobs.py,
 tests/integration/test_rollout_worker.py."""
 
 from __future__ import annotations
