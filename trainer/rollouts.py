@@ -32,9 +32,9 @@ class PromptSampler:
     interleaves the classes: each shuffled on its own, then one of each in turn (classes
     in sorted order), what is left of the larger ones shuffled after. So every run of
     consecutive draws holds the classes as evenly as the shard allows, and the label mean
-    of a step's prompts cannot drift from the set's (with plain shuffling the demo's first
-    ~1000 draws ran 54% UP, and GRPO moved every prompt's answer towards that mean). A key
-    that names fewer than two classes is plain shuffling."""
+    of a step's prompts cannot drift from the set's: GRPO moves every prompt's answer
+    towards a drifting mean (measured: docs/demo-learning-history.md, "Measurements behind
+    the code"). A key that names fewer than two classes is plain shuffling."""
 
     def __init__(self, samples: list[Sample], seed: int, key=None):
         if not samples:

@@ -24,17 +24,13 @@ expected accuracy over a set of windows is the mean of ``max(p, 1 - p)``
 split selects on labels, which moves the realised oracle accuracy by far less than its
 sampling noise (the baselines table prints the realised one beside it).
 
-Why the default is ``majority``: on the demo's 2-layer model, GRPO learns the count ->
-direction rule of ``majority`` in every seed tried, while on ``streak`` it learns the two
-frequent mixed cases and leaves one or both rare streak cases wrong in most seeds (about 84%
-of Bayes; ``benchmarks/decision_probe.py``, BENCHMARKS.md section 6). ``streak`` stays as the
-harder benchmark.
+Why the default is ``majority``: the demo's model learns its count -> direction rule
+reliably, while ``streak``'s rare cases stay wrong in most seeds (BENCHMARKS.md section 6);
+``streak`` stays as the harder benchmark.
 
-Why signs and not sizes: the first version made a volatility regime (read from the size of
-the last move) decide between momentum and reversion. The demo's 2-layer model, warm-started
-for 300 or 600 steps, never learned to read a move's size (the digit after the sign), while
-it counts up and down moves right every time (the sign is its own token); a rule it cannot
-read would only measure the model, not the trainer.
+Why signs and not sizes: the embedded model counts up and down moves right (the sign is its
+own token) but does not read a move's size from its digits; a rule it cannot read would only
+measure the model, not the trainer (docs/demo-learning-history.md).
 
 Departure from the seed: the seed trains on real prices only; a market with a known ceiling
 is ours, to tell "the trainer does not learn" apart from "there is nothing to learn".

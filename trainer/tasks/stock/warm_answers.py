@@ -7,16 +7,13 @@ prediction, its lean and the confidence are drawn at random, independently of th
 of the next day's move: which direction the facts imply is left to reinforcement learning.
 
 Why the lean sits right after the count: GRPO has to learn a decision that depends on the
-count, and a 2-layer model learns that fastest where the count's own token is the input
-(``benchmarks/decision_probe.py``: REINFORCE on the lean alone learned the synthetic
-market's count -> direction rule in ~40 steps of 8 prompts x 8 samples; with the decision
-six tokens later, at ``Prediction:``, it stayed the same for every count for ~60 steps of
-64 prompts). The warm start learns the lean -> prediction copy (``trainer/tasks/stock/warmstart.py``
-weights those two tokens).
+count, and a small model learns that fastest where the count's own token is the input
+(``benchmarks/decision_probe.py``). The warm start learns the lean -> prediction copy
+(``trainer/tasks/stock/warmstart.py`` weights those two tokens).
 
-Why no price figures: the embedded model copied their digits wrong (data usage ~0.01 of
-0.2), and in Stage I rollouts their 17 digit tokens carried ~25 nats of sampling entropy per
-completion against the decision's 0.7, noise on the same adapter weights.
+Why no price figures: the embedded model copied their digits wrong, and their sampling
+entropy drowned the decision's in the policy gradient. The measurements behind both:
+docs/demo-learning-history.md, "Measurements behind the code".
 
 The answers follow the format of ``trainer/tasks/stock/answer.py`` without its optional
 ``Expected change`` line (short answers fit the demo's token budget), so the parser reads

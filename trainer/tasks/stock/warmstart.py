@@ -137,11 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="models/tiny-qwen2-fmt")
     p.add_argument("--source", choices=["bundled", "synthetic", "both"], default="both")
     p.add_argument("--window", type=int, default=5)
-    # twin answers (paired_answers), batch 16: the copy is learned by 150 steps; the
-    # reasoning's NLL is 0.048 there, 0.042 at 240, 0.013 at 300, 0.008 at 400 (single
-    # random-lean answers: 600 steps for the copy, 0.007). Below ~0.01 the answer survives
-    # Stage I's updates. Batch 12 (6 twin pairs): 0.57 s/step instead of 0.82 on 2 cores,
-    # and the demo's Stage I still learns (docs/known-limits.md)
+    # 400 steps of 12 twin answers: the reasoning's NLL ends below ~0.01, where the answer
+    # survives Stage I's updates (the figures per step count and batch size:
+    # docs/demo-learning-history.md, "Measurements behind the code")
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch-size", type=int, default=12)
     p.add_argument("--lr", type=float, default=2e-3)
