@@ -1,7 +1,8 @@
 """The learner: a peft LoRA policy on a (optionally 4-bit) base, trained under DeepSpeed.
 
 Owns model loading, the GRPO update (policy and reference log-probs come from
-trainer/logprobs.py, which never holds the full-vocabulary logits) and adapter saving. The
+trainer/logprobs.py, which never holds the full-vocabulary logits; the objective's named
+terms from trainer/objective.py) and adapter saving. The
 reference policy is the same model with the adapter disabled, so there is no second model
 copy.
 
@@ -24,15 +25,15 @@ from pathlib import Path
 import torch
 
 from trainer.config import StageConfig, check_zero3
-from trainer.dist import all_reduce_, rank_and_world
-from trainer.grpo import POLICY_LOSSES, TOKEN_SELECTIONS, clip_range, grpo_loss
+from trainer.dist import rank_and_world
+from trainer.grpo import TOKEN_SELECTIONS
 from trainer.logprobs import token_logprobs
+from trainer.objective import anchor_term, balance_term, compose, rl_term
 from trainer.safe_state import only_trainable_in_module_state, safe_torch_load
 from trainer.schedules import lr_factor
 from trainer.types import RolloutBatch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-MAX_OPTIONS = 8  # options of a balanced choice (the balance term reduces a fixed width)
 
 
 def load_tokenizer(cfg: StageConfig):
@@ -73,75 +74,6 @@ def load_policy(cfg: StageConfig, device: torch.device):
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
     return get_peft_model(model, lora)
-
-
-def anchor_terms(model, anchor: RolloutBatch, pad_id: int, device: torch.device,
-                 chunk_tokens: int = 0):
-    """The anchor's two terms from one forward (temperature 1, with grad):
-
-    - the mean NLL per token of the reference answers. The tokens of their free choices
-      (``decision_mask``) are not held as written: where a choice is made and ``choice_ids``
-      names its options, the term is -log p(one of the options), so the choice stays free
-      but the slot keeps to them (without it, pushing one option down on-policy moves its
-      mass anywhere, and the format breaks); the choice's other tokens are left out;
-    - at the balanced choices (``choice_prior``), each row's option shares (its options'
-      probabilities renormalised over them) and their priors: ([M, K], [M, K]), M rows
-      that have one (M = 0: empty tensors). ``balance_kl`` turns them into the balance term.
-    """
-    logp, alts = token_logprobs(model, anchor, pad_id, 1.0, device, options=True,
-                                chunk_tokens=chunk_tokens)
-    mask = anchor.completion_mask.to(device)
-    if anchor.decision_mask is not None:
-        held = 1.0 - anchor.decision_mask.to(device)
-        if anchor.choice_ids is not None:
-            held = (held + (anchor.choice_ids[..., 0] >= 0).to(device, mask.dtype)).clamp(max=1)
-        mask = mask * held
-    nll = -(logp * mask).sum() / mask.sum().clamp(min=1)
-    if anchor.choice_prior is None or alts is None:
-        return nll, torch.zeros((0, 1), device=device), torch.zeros((0, 1), device=device)
-    prior = anchor.choice_prior.to(device)
-    at = prior.sum(-1) > 0  # [n, T]
-    shares = torch.softmax(alts[at], dim=-1)  # -inf options (padding) get share 0
-    return nll, shares, prior[at]
-
-
-def anchor_nll(model, anchor: RolloutBatch, pad_id: int, device: torch.device) -> torch.Tensor:
-    """Mean NLL per token of the anchor's reference answers (``anchor_terms``' first)."""
-    return anchor_terms(model, anchor, pad_id, device)[0]
-
-
-def balance_kl(shares: torch.Tensor, prior: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """KL(mean share || mean prior) over every rank's rows at the balanced choice: shares
-    [M, K] (with grad) and prior [M, K] of this rank; returns (the KL term scaled so that
-    DeepSpeed's cross-rank gradient average gives the gradient of the global KL, the mean
-    shares [K], detached).
-
-    Departure from GRPO, and why: the policy gradient moves a decision through features
-    every prompt shares (on the embedded model they are ~95% of the hidden state where the
-    lean is written), so a step's noise moves every prompt's decision together and one
-    option can take over before the decision learns to depend on the prompt; from there a
-    group samples one option only and gets no advantage. Holding the batch's *mean* choice
-    to the prior (the labels' ratio: 50/50 in Stage I) removes that shared drift and leaves
-    how the choice differs between prompts to the reward (the marginal-entropy term of
-    mutual-information objectives)."""
-    if shares.shape[-1] > MAX_OPTIONS:
-        raise ValueError(f"a balanced choice has {shares.shape[-1]} options; at most "
-                         f"{MAX_OPTIONS} are supported")
-    # one fixed width on every rank, so a rank without rows still matches the reduction
-    pad = MAX_OPTIONS - shares.shape[-1]
-    local = torch.nn.functional.pad(shares, (0, pad)).sum(0)  # [MAX_OPTIONS], with grad
-    total = torch.stack([local.detach(), torch.nn.functional.pad(prior, (0, pad)).sum(0)])
-    total = torch.cat([total.flatten(), total.new_tensor([float(shares.shape[0])])])
-    world = rank_and_world()[1]
-    all_reduce_(total)  # on the shares' device (the learner's): NCCL takes CUDA tensors only
-    n, sums, priors = total[-1], total[:MAX_OPTIONS], total[MAX_OPTIONS:2 * MAX_OPTIONS]
-    k = int((priors > 0).sum())
-    if float(n) == 0 or k == 0:
-        return local.sum() * 0.0, local.detach()[:shares.shape[-1]]
-    mean = ((sums - local.detach() + local) / n)[:k]  # gradient through this rank's rows
-    target = (priors / n)[:k]
-    kl = (mean * (mean.clamp(min=1e-12).log() - target.clamp(min=1e-6).log())).sum()
-    return kl * world, mean.detach()
 
 
 class Learner:
@@ -216,8 +148,6 @@ class Learner:
     def _update(self, batch: RolloutBatch, anchor: RolloutBatch | None,
                 record_old: bool = False) -> dict[str, float]:
         tc = self.cfg.train
-        variant = POLICY_LOSSES[tc.policy_loss]
-        low, high = clip_range(tc)
         if record_old:
             batch.old_logp = torch.zeros_like(batch.rollout_logp)
             batch.old_choice_lse = torch.zeros_like(batch.rollout_logp)
@@ -226,7 +156,7 @@ class Learner:
         n_micro = len(batch) // self.micro
         per_anchor = -(-len(anchor) // n_micro) if anchor is not None and len(anchor) else 0
         anchor_nlls: list[float] = []
-        shares: list[torch.Tensor] = []
+        shares: list[float] = []
         for k in range(n_micro):
             mb = batch.slice(k * self.micro, (k + 1) * self.micro)
             mask = mb.completion_mask.to(self.device)
@@ -248,18 +178,22 @@ class Learner:
             fresh = record_old or mb.old_logp is None
             old = logp.detach() if fresh else mb.old_logp.to(self.device)
             old_lse = None if fresh or not lse else mb.old_choice_lse.to(self.device)
-            loss, st = grpo_loss(
-                logp, old, ref, mb.rollout_logp.to(self.device),
-                mb.advantages.to(self.device), mask, clip_eps=low, clip_eps_high=high,
-                kl_coef=tc.kl_coef, is_cap=tc.is_cap, policy_loss=tc.policy_loss,
-                aggregation=variant.aggregation if tc.loss_agg == "auto" else tc.loss_agg,
-                pg_weight=pg_weight, choice_lse=lse[0] if lse else None, old_choice_lse=old_lse,
-            )
-            logged = float(loss.detach())
+            terms = [rl_term(tc, logp, old, ref, mb.rollout_logp.to(self.device),
+                             mb.advantages.to(self.device), mask, pg_weight,
+                             lse[0] if lse else None, old_lse)]
             if anchor is not None or tc.balance_coef > 0:
-                extra_loss, extra_logged = self._anchor_loss(anchor, k, per_anchor,
-                                                             anchor_nlls, shares)
-                loss, logged = loss + extra_loss, logged + extra_logged
+                chunk = (None if anchor is None
+                         else anchor.slice(k * per_anchor, (k + 1) * per_anchor))
+                held, share, prior = anchor_term(tc, self.model, chunk, self.pad_id,
+                                                 self.device)
+                terms.append(held)
+                if tc.balance_coef > 0:  # a collective: every rank, every micro-batch
+                    terms.append(balance_term(tc, share, prior))
+            loss, logged, metrics = compose(terms)
+            if "anchor_nll" in metrics:
+                anchor_nlls.append(metrics.pop("anchor_nll"))
+            if "balance_share" in metrics:
+                shares.append(metrics.pop("balance_share"))
             with torch.no_grad():
                 n = mask.sum().clamp(min=1)
                 lp_gap = float(((logp.detach() - mb.rollout_logp.to(self.device)).abs()
@@ -271,15 +205,13 @@ class Learner:
                 self.model.step()
             else:
                 self.acc.backward(loss / n_micro)
-            for key, val in {"loss": logged, "logp_gap": lp_gap, **extra,
-                             **vars(st)}.items():
+            for key, val in {"loss": logged, "logp_gap": lp_gap, **extra, **metrics}.items():
                 totals[key] = totals.get(key, 0.0) + val / n_micro
         if tc.anchor_coef > 0:  # every rank logs the same keys (NaN: no anchor text here)
             totals["anchor_nll"] = (sum(anchor_nlls) / len(anchor_nlls) if anchor_nlls
                                     else float("nan"))
         if tc.balance_coef > 0:  # the batch's mean share of the first option (e.g. UP)
-            totals["balance_share"] = (float(torch.stack(shares).mean(0)[0]) if shares
-                                       else float("nan"))
+            totals["balance_share"] = sum(shares) / len(shares) if shares else float("nan")
         if not self.is_deepspeed:
             self.acc.clip_grad_norm_(self.model.parameters(), 1.0)
             self.optimizer.step()
@@ -288,33 +220,6 @@ class Learner:
             norm = self.model.get_global_grad_norm()
             totals["grad_norm"] = float(norm) if norm is not None else float("nan")
         return totals
-
-    def _anchor_loss(self, anchor: RolloutBatch | None, k: int, per_anchor: int,
-                     nlls: list[float], shares: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
-        """The anchor's share of micro-batch ``k``: ``anchor_coef`` x the NLL of its slice
-        of the reference answers, plus ``balance_coef`` x the balance KL over every rank's
-        slice (a collective: every rank calls it once per micro-batch, with or without
-        rows). Returns the term to differentiate and its value as logged (the KL without
-        the world-size factor that only serves the gradient average)."""
-        tc = self.cfg.train
-        chunk = None if anchor is None else anchor.slice(k * per_anchor, (k + 1) * per_anchor)
-        loss = torch.zeros((), device=self.device)
-        if chunk is not None and len(chunk):
-            nll, share, prior = anchor_terms(self.model, chunk, self.pad_id, self.device,
-                                             tc.logits_chunk_tokens)
-            if tc.anchor_coef > 0:
-                loss = loss + tc.anchor_coef * nll
-                nlls.append(float(nll.detach()))
-        else:
-            share = prior = torch.zeros((0, 1), device=self.device)
-        logged = float(loss.detach())
-        if tc.balance_coef > 0:
-            kl, mean = balance_kl(share, prior)
-            loss = loss + tc.balance_coef * kl
-            logged += tc.balance_coef * float(kl.detach()) / rank_and_world()[1]
-            if share.numel():
-                shares.append(mean)
-        return loss, logged
 
     def adapter_state(self) -> dict[str, torch.Tensor] | None:
         """Collective under ZeRO-3 (every rank must call it): the full state dict, gathered

@@ -95,7 +95,7 @@ def test_anchor_is_a_warm_answer_without_its_choices_and_the_warm_model_knows_it
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trainer.config import DataConfig, RewardConfig
-    from trainer.learner import anchor_nll
+    from trainer.objective import anchor_nll
     from trainer.rollouts import anchor_batch, encode_prompt
     from trainer.tasks.base import Choice
     from trainer.tasks.stock.task import StockTask

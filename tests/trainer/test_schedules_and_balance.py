@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from trainer.learner import balance_kl
+from trainer.objective import balance_kl
 from trainer.schedules import LR_SCHEDULES, lr_factor
 
 
