@@ -44,12 +44,10 @@ def _fail(exc: Exception) -> int:
 
 def _resolve(args: argparse.Namespace):
     """(config, adapter folder, run folder or None: --run, else the run holding --adapter)."""
-    from launch.offline import find_run_config, run_adapter
+    from launch.offline import run_adapter
 
-    cfg, adapter = run_adapter(Path(args.run) if args.run else None, args.adapter,
-                               Path(args.config) if args.config else None, args.set)
-    found = find_run_config(adapter)
-    return cfg, adapter, Path(args.run) if args.run else (found.parent if found else None)
+    return run_adapter(Path(args.run) if args.run else None, args.adapter,
+                       Path(args.config) if args.config else None, args.set)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -65,7 +63,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from launch.predict import check_out, predict_batch
+    from launch.predict import predict_batch
     from trainer.config import ConfigError
 
     try:
@@ -74,7 +72,6 @@ def _predict(args: argparse.Namespace) -> int:
             raise ConfigError(f"--window {args.window}: the adapter was trained on "
                               f"data.window = {cfg.data.window} days; its answers are only "
                               f"meaningful on windows of that length")
-        check_out(Path(args.out))
         rows = predict_batch(cfg, adapter, Path(args.prices), args.ticker or [], args.dates,
                              Path(args.out), Path(args.log_dir))
     except _user_errors() as exc:

@@ -113,23 +113,18 @@ def model_card(cfg: StageConfig, run: Path | None, adapter: Path, base: str) -> 
     return "\n".join(lines)
 
 
-def merge(base: str, adapter: Path, dest: Path, trust_remote_code: bool) -> None:
-    """The adapter merged into its bf16 base, with tokenizer and neutral sampling."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+def neutral_sampling(model_dir: Path) -> None:
+    """Rewrite ``model_dir``'s generation_config.json: its token ids, neutral sampling."""
+    from transformers import GenerationConfig
 
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16,
-                                                 trust_remote_code=trust_remote_code)
-    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-    gen = merged.generation_config.to_dict()
+    gen = GenerationConfig.from_pretrained(model_dir).to_dict()
     ids = {k: gen[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in gen}
-    merged.generation_config = GenerationConfig(**ids, **NEUTRAL_SAMPLING)
-    merged.save_pretrained(dest, safe_serialization=True)
-    AutoTokenizer.from_pretrained(base, trust_remote_code=trust_remote_code).save_pretrained(dest)
+    GenerationConfig(**ids, **NEUTRAL_SAMPLING).save_pretrained(model_dir)
 
 
 def export(cfg: StageConfig, run: Path | None, adapter: Path, out: Path) -> Path:
+    from launch.stage2 import merge_adapter  # Stage II's merge: safetensors only, atomic
+
     if out.exists():
         raise ConfigError(f"--out {out}: exists; remove it or choose another folder")
     base = cfg.model.name_or_path
@@ -144,7 +139,8 @@ def export(cfg: StageConfig, run: Path | None, adapter: Path, out: Path) -> Path
         (tmp / "adapter" / "README.md").write_text(card.replace(
             "library_name: transformers", "library_name: peft"))
         print(f"[export] merging {adapter} into {base} (bf16)", flush=True)
-        merge(base, adapter, tmp / "merged", cfg.model.trust_remote_code)
+        merge_adapter(base, adapter, tmp / "merged", "bfloat16", cfg.model.trust_remote_code)
+        neutral_sampling(tmp / "merged")
         (tmp / "merged" / "README.md").write_text(card)
         tmp.rename(out)
     except BaseException:

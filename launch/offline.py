@@ -16,9 +16,9 @@ from trainer.run_folder import RunFolder
 
 def find_run_config(adapter: Path) -> Path | None:
     """The run's config.yaml above an adapter folder (checkpoints/step_N/adapter, adapters/vK)."""
-    for parent in adapter.resolve().parents:
-        if RunFolder(parent).config.is_file() and RunFolder(parent).metrics.exists():
-            return RunFolder(parent).config
+    for folder in map(RunFolder, adapter.resolve().parents):
+        if folder.config.is_file() and folder.metrics.exists():
+            return folder.config
     return None
 
 
@@ -59,7 +59,7 @@ def evaluate_run(run_dir: Path, splits: list[str], which: str, overrides: list[s
     from trainer.gate import read_gate
     from trainer.tasks import build_task
 
-    cfg, adapter = run_adapter(run_dir, which, None, overrides)
+    cfg, adapter, _ = run_adapter(run_dir, which, None, overrides)
     out = out or run_dir
     task = build_task(cfg)
     tok = AutoTokenizer.from_pretrained(cfg.model.name_or_path,
@@ -78,10 +78,11 @@ def evaluate_run(run_dir: Path, splits: list[str], which: str, overrides: list[s
 
 
 def run_adapter(run: Path | None, which: str, config: Path | None = None,
-                overrides: list[str] | None = None) -> tuple[StageConfig, Path]:
-    """(the run's config, the adapter folder) for ``--run RUN --adapter best|latest|DIR``,
-    or ``--adapter DIR`` alone (its run found above it, or ``config``). The config's model is
-    the adapter's own base (a Stage II adapter's is the merged Stage I model)."""
+                overrides: list[str] | None = None) -> tuple[StageConfig, Path, Path | None]:
+    """(the run's config, the adapter folder, the run folder or None) for ``--run RUN
+    --adapter best|latest|DIR``, or ``--adapter DIR`` alone (its run found above it, or
+    ``config``). The config's model is the adapter's own base (a Stage II adapter's is the
+    merged Stage I model)."""
     if run is not None:
         if not RunFolder(run).config.is_file():
             raise ConfigError(f"--run {run}: not a run folder (no config.yaml)")
@@ -90,13 +91,15 @@ def run_adapter(run: Path | None, which: str, config: Path | None = None,
         raise ConfigError(f"--adapter {which}: needs --run RUN (or give an adapter folder)")
     else:
         adapter = resolve_adapter(Path("."), which)
-    config = config or (RunFolder(run).config if run else find_run_config(adapter))
+    if run is None and (found := find_run_config(adapter)) is not None:
+        run = found.parent
+    config = config or (RunFolder(run).config if run else None)
     if config is None:
         raise ConfigError(f"--adapter {adapter}: not inside a run folder; pass --config")
     cfg = load_config(config, overrides or [])
     if not any(o.startswith("model.name_or_path=") for o in overrides or []):
         cfg.model.name_or_path = adapter_base(run or config.parent, adapter, cfg)
-    return cfg, adapter
+    return cfg, adapter, run
 
 
 def adapter_base(run: Path, adapter: Path, cfg: StageConfig) -> str:
@@ -104,8 +107,9 @@ def adapter_base(run: Path, adapter: Path, cfg: StageConfig) -> str:
     (``RUN/base``), else the adapter's recorded base. A local path is made absolute and must
     exist: run folders record paths relative to where they were started, and a moved demo
     (``runs/demo-<time>``) would otherwise find the new demo's base under the old name."""
-    if RunFolder(run).stage2.is_file() and RunFolder(run).base.is_dir():
-        return str(RunFolder(run).base.resolve())
+    folder = RunFolder(run)
+    if folder.stage2.is_file() and folder.base.is_dir():
+        return str(folder.base.resolve())
     try:
         meta = json.loads((adapter / "adapter_config.json").read_text())
     except (OSError, ValueError) as exc:

@@ -138,8 +138,8 @@ def predict_batch(cfg: StageConfig, adapter: Path, prices: Path, tickers: list[s
     todo = queries(load_prices(prices, cfg, tickers), cfg.data.window, dates)
     tok = AutoTokenizer.from_pretrained(cfg.model.name_or_path,
                                         trust_remote_code=cfg.model.trust_remote_code)
-    prompts = [encode_prompt(tok, Sample(id="", messages=window_messages(q.window), meta={}))
-               for q in todo]
+    chats = [window_messages(q.window) for q in todo]
+    prompts = [encode_prompt(tok, Sample(id="", messages=m, meta={})) for m in chats]
     print(f"[predict] {len(todo)} window(s) of {cfg.data.window} days from {prices}; "
           f"adapter {adapter} on base {cfg.model.name_or_path}", flush=True)
     texts: list[str] = []
@@ -152,7 +152,7 @@ def predict_batch(cfg: StageConfig, adapter: Path, prices: Path, tickers: list[s
             rate = len(texts) / max(time.monotonic() - start, 1e-9)
             print(f"[predict] {len(texts)}/{len(prompts)} answered, {rate:.1f}/s, ETA "
                   f"{(len(prompts) - len(texts)) / rate:.0f} s", flush=True)
-    rows = [_row(q, window_messages(q.window)[-1]["content"], t, adapter)
-            for q, t in zip(todo, texts, strict=True)]
+    rows = [_row(q, m[-1]["content"], t, adapter)
+            for q, m, t in zip(todo, chats, texts, strict=True)]
     write_rows(rows, out)
     return rows

@@ -233,8 +233,8 @@ def supervise(cfg: StageConfig, pool: WorkerPool, key: str | None, run_dir: Path
         pool, adapter_dir=adapters, api_key=key, interval=rc.health_check_interval_s,
         health_timeout=rc.health_timeout_s, unhealthy_after=rc.unhealthy_after,
         max_restarts=rc.max_worker_restarts, startup_timeout=rc.startup_timeout_s,
-        events_path=run_dir / "faults.jsonl" if run_dir else None,
-        status_path=run_dir / "workers_status.json" if run_dir else None,
+        events_path=RunFolder(run_dir).faults if run_dir else None,
+        status_path=RunFolder(run_dir).worker_status if run_dir else None,
         manifest_path=RunFolder(run_dir).workers if run_dir else None, tag=tag).start()
 
 

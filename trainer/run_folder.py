@@ -46,6 +46,16 @@ class RunFolder:
         return self.root / "served_adapters.json"
 
     @property
+    def worker_status(self) -> Path:
+        """Each worker's state, written by the launcher's supervisor (rollout/supervisor.py)."""
+        return self.root / "workers_status.json"
+
+    @property
+    def faults(self) -> Path:
+        """Worker faults the launcher saw (died, hung, restarted, gave up), a JSON line each."""
+        return self.root / "faults.jsonl"
+
+    @property
     def logs(self) -> Path:
         return self.root / "logs"
 

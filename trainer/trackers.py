@@ -34,7 +34,9 @@ def accelerator_kwargs(names: list[str], run_dir: Path) -> dict[str, Any]:
     doc) in this process's environment first."""
     if not names:
         return {}
-    folder = Path(run_dir) / "trackers"
+    from trainer.run_folder import RunFolder
+
+    folder = RunFolder(run_dir).trackers
     if "wandb" in names and not os.environ.get("WANDB_API_KEY"):
         os.environ.setdefault("WANDB_MODE", "offline")
         os.environ.setdefault("WANDB_DIR", str(folder))

@@ -61,7 +61,6 @@ from trainer.rollouts import (
 from trainer.run_folder import RunFolder
 from trainer.tasks import build_task
 
-STATUS = "workers_status.json"  # written by the launcher's supervisor (rollout/supervisor.py)
 EXIT_STOPPED = 3  # a clean stop: checkpoint write failed, every worker gone, out of memory
 
 
@@ -112,7 +111,8 @@ def train(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGUSR1, lambda signum, frame: warned.set())
 
     # ---- config
-    cfg = load_config(args.config or RunFolder(run_dir).config, args.set)
+    folder = RunFolder(run_dir)
+    cfg = load_config(args.config or folder.config, args.set)
     tc, rc = cfg.train, cfg.rollout
     if cfg.launch.learner_threads:
         torch.set_num_threads(cfg.launch.learner_threads)
@@ -127,9 +127,9 @@ def train(args: argparse.Namespace) -> None:
     rank, world = rank_and_world()
     if rank == 0 and args.config:  # started by hand (accelerate launch): record the inputs
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, RunFolder(run_dir).config)
+        save_config(cfg, folder.config)
     if rank == 0 and args.workers:
-        RunFolder(run_dir).workers.write_text(json.dumps(
+        folder.workers.write_text(json.dumps(
             {"workers": [{"url": u} for u in args.workers.split(",")]}, indent=2))
     trackers.start(acc, run_dir.name, cfg.to_dict())
     task = build_task(cfg)
@@ -137,15 +137,16 @@ def train(args: argparse.Namespace) -> None:
                             key=task.stratum)
     learner = Learner(cfg, acc)
     urls = (args.workers.split(",") if args.workers else
-            [w["url"] for w in json.loads(RunFolder(run_dir).workers.read_text())["workers"]])
-    store = AdapterStore(cfg.run.adapter_dir or RunFolder(run_dir).adapters)
+            [w["url"] for w in json.loads(folder.workers.read_text())["workers"]])
+    store = AdapterStore(cfg.run.adapter_dir or folder.adapters)
     client = RolloutClient(urls, timeout=rc.request_timeout_s,
                            max_concurrency=rc.max_concurrent_requests,
                            api_key=os.environ.get(rc.api_key_env) or None,
                            retries=rc.request_retries, adapter_root=store.root,
-                           status_path=run_dir / STATUS, wait_for_workers_s=rc.startup_timeout_s,
+                           status_path=folder.worker_status,
+                           wait_for_workers_s=rc.startup_timeout_s,
                            health_timeout=rc.health_timeout_s)
-    rollouts_path = RunFolder(run_dir).rollouts(rank)
+    rollouts_path = folder.rollouts(rank)
     tag = f"[stage{cfg.stage}]"
     watch = eval_samples(task, cfg, cfg.eval.split, cfg.eval.num_samples)  # fixed eval subset
     if rank == 0:
@@ -184,7 +185,7 @@ def train(args: argparse.Namespace) -> None:
                   f"as v{start}", flush=True)
     else:
         publish(0)  # v0: the fresh adapter (identical to the base), so workers serve the policy
-    metrics = MetricsWriter(RunFolder(run_dir).metrics) if rank == 0 else None
+    metrics = MetricsWriter(folder.metrics) if rank == 0 else None
     progress = Progress(tc.steps, start_step=start)
 
     # ---- loop
@@ -271,7 +272,7 @@ def train(args: argparse.Namespace) -> None:
         if rank == 0:
             record.update(step=step, adapter_version=step,
                           sampled_with_version=int(batch.adapter_version.max()),
-                          **supervisor_counts(run_dir / STATUS))
+                          **supervisor_counts(folder.worker_status))
             if (cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and not mismatch
                     and not stop_now):
                 with timer("eval"):
@@ -303,7 +304,7 @@ def train(args: argparse.Namespace) -> None:
 
     if rank == 0:
         served = {url: client.served_adapter_path(url) for url in client.live()}
-        RunFolder(run_dir).served_adapters.write_text(json.dumps(served, indent=2))
+        folder.served_adapters.write_text(json.dumps(served, indent=2))
         metrics.close()
         print(f"{tag} done: {tc.steps} steps; final evaluation", flush=True)
         finish(cfg, task, client, learner.tokenizer, run_dir, tag)
@@ -343,15 +344,16 @@ def finish(cfg, task, client, tokenizer, run_dir: Path, tag: str) -> None:
     from trainer.evaluate import evaluate_on_source
     from trainer.gate import check_gate, write_gate
 
+    folder = RunFolder(run_dir)
     evals = {}
     for split in dict.fromkeys([cfg.eval.split, "test"]):
         samples = eval_samples(task, cfg, split, cfg.eval.final_samples)
         if samples:
             evals[split] = run_eval(task, samples, client, tokenizer, cfg)
-            save_eval(RunFolder(run_dir).eval_file(split), evals[split])
+            save_eval(folder.eval_file(split), evals[split])
     gate = None
     if cfg.stage == 1:
-        rows = [json.loads(x) for x in RunFolder(run_dir).metrics.read_text().splitlines()]
+        rows = [json.loads(x) for x in folder.metrics.read_text().splitlines()]
         gate = check_gate(rows, evals.get(cfg.eval.split, {}).get("metrics", {}), cfg.gate)
         write_gate(run_dir, gate)
         print(f"{tag} promotion gate: {'PASSED' if gate['passed'] else 'not passed'} "
@@ -365,7 +367,7 @@ def finish(cfg, task, client, tokenizer, run_dir: Path, tag: str) -> None:
     print(f"{tag} report: {report}", flush=True)
     for source in cfg.eval.also_on:
         result, report = evaluate_on_source(cfg, source, client, tokenizer,
-                                            RunFolder(run_dir).source_dir(source),
+                                            folder.source_dir(source),
                                             cfg.eval.final_samples)
         m = result["metrics"]
         print(f"{tag} {source} data, test: accuracy {m.get('accuracy', float('nan')):.3f}, "

@@ -110,7 +110,7 @@ def _set_base(adapter, base: str) -> None:
 
 
 def test_run_and_adapter_resolve_like_eval(fake_run, tmp_path, monkeypatch):
-    cfg, adapter = run_adapter(fake_run, "latest")
+    cfg, adapter, _ = run_adapter(fake_run, "latest")
     assert adapter == fake_run / "checkpoints" / "step_000002" / "adapter"
     assert cfg.model.name_or_path == str(tmp_path / "base-model")  # the adapter's own base
     assert run_adapter(None, str(adapter))[1] == adapter  # the run found above the folder
