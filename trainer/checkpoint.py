@@ -23,7 +23,7 @@ and only then replaces LATEST; the newest ``run.keep_checkpoints`` are kept. Any
 the target, the reason, the intact previous checkpoint and the command that continues: LATEST
 only ever points at a complete checkpoint.
 
-Resuming (``--resume``, trainer/train.py) loads LATEST on every rank: it refuses a different
+Resuming (``--resume``, trainer/recipe.py) loads LATEST on every rank: it refuses a different
 world size or a config that changed in a field that matters (``trainer/config/resume.py``
 lists the ones that may change, e.g. train.steps), verifies every file's size, restores the learner
 state and checks the restored adapter equals ``adapter/`` bit for bit, puts the prompt

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from common.files import atomic_write_text
-from rollout.client import RolloutClient
+from rollout.source import RolloutSource
 from trainer.config import StageConfig
 from trainer.rollouts import encode_prompt
 from trainer.run_folder import RunFolder
@@ -27,7 +27,7 @@ def eval_samples(task, cfg: StageConfig, split: str, limit: int) -> list[Sample]
     return samples[:limit] if limit else samples
 
 
-def run_eval(task, samples: list[Sample], client: RolloutClient, tokenizer,
+def run_eval(task, samples: list[Sample], client: RolloutSource, tokenizer,
              cfg: StageConfig) -> dict[str, Any]:
     """{"metrics": task metrics, "records": one record per sample} for these samples."""
     if not samples:
@@ -43,7 +43,7 @@ def run_eval(task, samples: list[Sample], client: RolloutClient, tokenizer,
     return {"metrics": task.summarize(records), "records": records}
 
 
-def evaluate_and_report(task, cfg: StageConfig, client: RolloutClient, tokenizer, out: Path,
+def evaluate_and_report(task, cfg: StageConfig, client: RolloutSource, tokenizer, out: Path,
                         splits: list[str], limit: int, notes: list[str],
                         gate: Any = None) -> tuple[dict[str, dict[str, Any]], Path]:
     """Each split's first ``limit`` samples through the served adapter, saved as
@@ -58,7 +58,7 @@ def evaluate_and_report(task, cfg: StageConfig, client: RolloutClient, tokenizer
     return evals, report
 
 
-def evaluate_on_source(cfg: StageConfig, source: str, client: RolloutClient, tokenizer,
+def evaluate_on_source(cfg: StageConfig, source: str, client: RolloutSource, tokenizer,
                        out: Path, limit: int) -> tuple[dict[str, Any], Path]:
     """The served adapter on another data source's test split (``eval.also_on``): its
     result and the report written in ``out`` beside that source's baselines."""
@@ -116,3 +116,39 @@ def keep_best(run_dir: Path, adapter_dir: Path, step: int, value: float, metric:
     shutil.rmtree(old, ignore_errors=True)
     atomic_write_text(info_path, json.dumps({"step": step, "metric": metric, "value": value}))
     return True
+
+
+def final_evaluation(cfg: StageConfig, task, client: RolloutSource, tokenizer, run_dir: Path,
+                     tag: str) -> None:
+    """The end of a run (rank 0): eval.split and test through the last adapter, the
+    promotion gate after Stage I, the report; then the test splits of eval.also_on's
+    sources."""
+    from trainer.gate import check_gate, write_gate
+
+    folder = RunFolder(run_dir)
+    evals = {}
+    for split in dict.fromkeys([cfg.eval.split, "test"]):
+        samples = eval_samples(task, cfg, split, cfg.eval.final_samples)
+        if samples:
+            evals[split] = run_eval(task, samples, client, tokenizer, cfg)
+            save_eval(folder.eval_file(split), evals[split])
+    gate = None
+    if cfg.stage == 1:
+        rows = [json.loads(x) for x in folder.metrics.read_text().splitlines()]
+        gate = check_gate(rows, evals.get(cfg.eval.split, {}).get("metrics", {}), cfg.gate)
+        write_gate(run_dir, gate)
+        print(f"{tag} promotion gate: {'PASSED' if gate['passed'] else 'not passed'} "
+              f"({folder.gate})", flush=True)
+    report = task.write_report(run_dir, evals, gate=gate,
+                               notes=getattr(task, "report_notes", lambda: [])())
+    for split, ev in evals.items():
+        m = ev["metrics"]
+        print(f"{tag} {split}: accuracy {m.get('accuracy', float('nan')):.3f}, format valid "
+              f"{m.get('format_valid', float('nan')):.3f}, n={m.get('n')}", flush=True)
+    print(f"{tag} report: {report}", flush=True)
+    for source in cfg.eval.also_on:
+        result, report = evaluate_on_source(cfg, source, client, tokenizer,
+                                            folder.source_dir(source), cfg.eval.final_samples)
+        m = result["metrics"]
+        print(f"{tag} {source} data, test: accuracy {m.get('accuracy', float('nan')):.3f}, "
+              f"ROC-AUC {m.get('roc_auc')}, n={m.get('n')}; report: {report}", flush=True)

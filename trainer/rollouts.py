@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from rollout.client import RolloutClient
+from rollout.source import RolloutSource
 from trainer.credit import decision_choices, marks, option_ids
 from trainer.grpo import ADVANTAGE_ESTIMATORS, overlong_penalty
 from trainer.tasks.base import Sample, Task
@@ -152,7 +152,7 @@ def total_reward(components: dict[str, float]) -> float:
     return sum(components.values())
 
 
-def sample_groups(task: Task, samples: list[Sample], client: RolloutClient, tokenizer, *,
+def sample_groups(task: Task, samples: list[Sample], client: RolloutSource, tokenizer, *,
                   group_size: int, max_tokens: int, temperature: float, top_p: float,
                   seed: int | None, overlong_buffer: int = 0,
                   overlong_coef: float = 1.0) -> Drawn:

@@ -1,0 +1,143 @@
+"""Two steps of the recipe (trainer/recipe.py) on the embedded model, its rollout side a
+recorded run (rollout/source.RecordedRollouts, tests/trainer/recipe_replay/) instead of vLLM.
+
+The loss and KL each step logs are pinned to the GRPO objective recomputed here from first
+principles: the replay's own rows (tokens, worker log-probs, rewards), group-normalised
+advantages, and plain transformers + peft forward passes of the adapter that step trained
+from (v(step - 1), as the recipe published it) and of the base. Step 1 starts from a zero
+LoRA, so its KL is exactly 0; step 2's policy has moved, so its KL and policy-gradient term
+are not."""
+
+import json
+
+import pytest
+import torch
+
+from rollout.server import WorkerError
+from rollout.source import RecordedRollouts, RolloutSource
+from tests.conftest import REPO
+
+REPLAY = REPO / "tests" / "trainer" / "recipe_replay"
+
+
+def _recipe(run, warm_model, source):
+    from accelerate import Accelerator
+
+    from rollout.adapter_store import AdapterStore
+    from trainer.config import load_config
+    from trainer.learner import Learner
+    from trainer.recipe import GRPORecipe
+    from trainer.tasks import build_task
+
+    cfg = load_config(REPLAY / "config.yaml", [f"model.name_or_path={warm_model}"])
+    learner = Learner(cfg, Accelerator(cpu=True))
+    return cfg, GRPORecipe(cfg, run, accelerator=learner.acc, task=build_task(cfg),
+                           learner=learner, source=source,
+                           store=AdapterStore(run / "adapters"))
+
+
+def _expected(cfg, rows, base_dir, adapter_dir):
+    """(loss, kl) of the objective for this step's rows: the policy gradient over the
+    top-entropy tokens (pg_tokens: high_entropy) with the ratio 1 of a single update, each
+    token weighted by min(exp(logp - worker logp), is_cap), plus kl_coef x k3 KL to the base;
+    mean over each answer's tokens, then over answers."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    tc, g = cfg.train, cfg.rollout.group_size
+    rewards = torch.tensor([r["reward"] for r in rows], dtype=torch.float64).view(-1, g)
+    std = rewards.std(dim=1, keepdim=True)
+    adv = torch.where(std < 1e-6, torch.zeros_like(rewards),
+                      (rewards - rewards.mean(dim=1, keepdim=True)) / (std + 1e-6)).view(-1)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, torch_dtype=torch.float32)
+    policy = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    per_row = []
+    with torch.no_grad():
+        for r in rows:
+            ids = torch.tensor([r["prompt_ids"] + r["token_ids"]])
+            at = slice(len(r["prompt_ids"]) - 1, ids.shape[1] - 1)
+            target = torch.tensor(r["token_ids"])[:, None]
+            logits = policy(input_ids=ids).logits[0, at].double() / cfg.rollout.temperature
+            logp_all = torch.log_softmax(logits, -1)
+            with policy.disable_adapter():
+                ref_logits = policy(input_ids=ids).logits[0, at].double()
+            ref = torch.log_softmax(ref_logits / cfg.rollout.temperature, -1)
+            per_row.append((logp_all.gather(-1, target)[:, 0], ref.gather(-1, target)[:, 0],
+                            -(logp_all.exp() * logp_all).sum(-1),
+                            torch.tensor(r["worker_logprobs"], dtype=torch.float64)))
+    entropies = torch.cat([ent for _, _, ent, _ in per_row])
+    keep = max(1, round(tc.entropy_top_frac * entropies.numel()))
+    threshold = torch.topk(entropies, keep).values[-1]
+    losses, kls = [], []
+    for a, (logp, ref, ent, worker) in zip(adv, per_row, strict=True):
+        weight = torch.clamp(torch.exp(logp - worker), max=tc.is_cap)
+        k3 = torch.exp(ref - logp) - (ref - logp) - 1
+        per_token = -a * weight * (ent >= threshold) + tc.kl_coef * k3
+        losses.append(float(per_token.mean()))
+        kls.append(k3)
+    return sum(losses) / len(losses), float(torch.cat(kls).mean())
+
+
+def test_two_recipe_steps_log_the_grpo_loss_and_kl_of_their_policy(tmp_path, warm_model):
+    run = tmp_path / "run"
+    run.mkdir()
+    source = RecordedRollouts(REPLAY / "rollouts.rank0.jsonl")
+    cfg, recipe = _recipe(run, warm_model, source)
+    recipe.run(recipe.start(resume=False))
+
+    assert source.remaining() == 0  # every recorded group was asked for, none twice
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2]
+    replayed = [json.loads(x) for x in (run / "rollouts.rank0.jsonl").read_text().splitlines()]
+    recorded = [json.loads(x) for x in (REPLAY / "rollouts.rank0.jsonl").read_text()
+                .splitlines()]
+    assert [r["token_ids"] for r in replayed] == [r["token_ids"] for r in recorded]
+    for m in metrics:
+        rows = [r for r in replayed if r["step"] == m["step"]]
+        loss, kl = _expected(cfg, rows, warm_model, recipe.store.path(m["step"] - 1))
+        assert m["loss"] == pytest.approx(loss, abs=2e-6), m["step"]
+        assert m["kl"] == pytest.approx(kl, rel=1e-3, abs=1e-9), m["step"]
+    assert metrics[0]["kl"] == 0.0  # v0 is the base: a zero LoRA
+    assert metrics[1]["kl"] > 1e-4 and abs(metrics[1]["policy_loss"]) > 1e-4
+    # every phase timed, the checkpoint of the last step written
+    assert all(f"time/{p}" in metrics[1] for p in ("generate", "reward", "learner", "sync"))
+    assert (run / "checkpoints" / "LATEST").read_text().strip() == "step_000002"
+
+
+def test_a_replay_that_drifts_from_its_record_says_where(tmp_path, warm_model):
+    """A record that holds other prompts than the replay draws: one error naming the file,
+    not a loss computed on the wrong samples."""
+    rows = [json.loads(x) for x in (REPLAY / "rollouts.rank0.jsonl").read_text().splitlines()]
+    for r in rows:
+        r["prompt_ids"] = r["prompt_ids"][1:]
+    other = tmp_path / "rollouts.rank0.jsonl"
+    other.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = tmp_path / "run"
+    run.mkdir()
+    _, recipe = _recipe(run, warm_model, RecordedRollouts(other))
+    with pytest.raises(WorkerError, match=r"rollouts.rank0.jsonl: no recorded group"):
+        recipe.run(recipe.start(resume=False))
+
+
+def test_recorded_groups_must_match_the_served_adapter_and_group_size(tmp_path):
+    source = RecordedRollouts(REPLAY / "rollouts.rank0.jsonl")
+    first = json.loads((REPLAY / "rollouts.rank0.jsonl").read_text().splitlines()[0])
+    with pytest.raises(WorkerError, match="before any adapter"):
+        source.generate([first["prompt_ids"]], n=4, max_tokens=8)
+    source.sync(0, tmp_path)
+    with pytest.raises(WorkerError, match=r"step 1: 4 completions recorded, .* n=8"):
+        source.generate([first["prompt_ids"]], n=8, max_tokens=8)
+    source.sync(5, tmp_path)
+    with pytest.raises(WorkerError, match=r"recorded under adapter v\[0\], the replay serves v5"):
+        source.generate([first["prompt_ids"]], n=4, max_tokens=8)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"step": 1}) + "\n")
+    with pytest.raises(WorkerError, match=r"bad.jsonl, line 1: not a rollout record"):
+        RecordedRollouts(bad)
+
+
+def test_the_workers_client_and_the_replay_are_rollout_sources():
+    from rollout.client import RolloutClient
+
+    assert isinstance(RolloutClient(["http://127.0.0.1:1"]), RolloutSource)
+    assert isinstance(RecordedRollouts(REPLAY / "rollouts.rank0.jsonl"), RolloutSource)
