@@ -10,9 +10,12 @@ comparison and a verdict; the gate passes when all pass. Thresholds and windows 
 | --- | --- | --- |
 | avg_reward | mean ``reward/mean`` over the last ``reward_window`` steps | >= min_avg_reward |
 | val_accuracy | ``accuracy`` of the final evaluation (``eval.split``) | >= min_val_accuracy |
-| reasoning_quality | ``reasoning_quality`` of that evaluation (0..1) | >= min_reasoning_quality |
+| (the task's) | e.g. the stock task's ``reasoning_quality`` of that evaluation (0..1) | >= min_reasoning_quality |
 | loss_abs_mean | abs(mean ``loss``) over the last ``loss_window`` steps | <= max_abs_loss |
 | loss_std | population std of ``loss`` over the same steps | <= max_loss_std |
+
+The evaluation's indicators are the task's (``Task.gate_indicators``, built with
+:func:`eval_indicator`): what its evaluation measures is the task's to say.
 
 Departures from the seed, and why: "above" is read as ``>=`` (a threshold is configuration,
 so a strict bound is one epsilon away); "the last epochs" becomes the last ``loss_window``
@@ -88,16 +91,17 @@ class Indicator:
     value: Value
 
 
-INDICATORS: dict[str, Indicator] = {
-    "avg_reward": Indicator(
-        "avg reward", ">=", lambda c: c.min_avg_reward,
-        lambda s, e, c: _mean(window(s, "reward/mean", c.reward_window)[0])),
-    "val_accuracy": Indicator(
-        "val accuracy", ">=", lambda c: c.min_val_accuracy,
-        lambda s, e, c: _eval_value(e, "accuracy")),
-    "reasoning_quality": Indicator(
-        "reasoning quality", ">=", lambda c: c.min_reasoning_quality,
-        lambda s, e, c: _eval_value(e, "reasoning_quality")),
+def eval_indicator(label: str, metric: str, threshold: Callable[[GateConfig], float]) -> Indicator:
+    """An indicator of the final evaluation: its ``metric`` >= ``threshold(gate config)``."""
+    return Indicator(label, ">=", threshold, lambda s, e, c: _eval_value(e, metric))
+
+
+# What every task's training shows (the reward and the loss); the task adds what its final
+# evaluation shows (``Task.gate_indicators``; without one: its accuracy).
+AVG_REWARD = Indicator(
+    "avg reward", ">=", lambda c: c.min_avg_reward,
+    lambda s, e, c: _mean(window(s, "reward/mean", c.reward_window)[0]))
+LOSS_INDICATORS: dict[str, Indicator] = {
     "loss_abs_mean": Indicator(
         "abs mean loss", "<=", lambda c: c.max_abs_loss,
         lambda s, e, c: _abs(_mean(window(s, "loss", c.loss_window)[0]))),
@@ -105,6 +109,15 @@ INDICATORS: dict[str, Indicator] = {
         "loss std", "<=", lambda c: c.max_loss_std,
         lambda s, e, c: _std(window(s, "loss", c.loss_window)[0])),
 }
+VAL_ACCURACY = {"val_accuracy": eval_indicator("val accuracy", "accuracy",
+                                               lambda c: c.min_val_accuracy)}
+
+
+def indicators(evaluation: dict[str, Indicator] | None = None) -> dict[str, Indicator]:
+    """The gate's indicators in report order: the reward, the task's evaluation ones, the
+    loss."""
+    return {"avg_reward": AVG_REWARD, **(VAL_ACCURACY if evaluation is None else evaluation),
+            **LOSS_INDICATORS}
 
 
 def _passes(value: float | None, op: str, threshold: float) -> bool:
@@ -129,21 +142,23 @@ def _windows(steps: list[dict], cfg: GateConfig) -> tuple[dict[str, Any], list[s
     return out, notes
 
 
-def check_gate(steps: list[dict], final_eval: dict | None, cfg: GateConfig) -> dict[str, Any]:
+def check_gate(steps: list[dict], final_eval: dict | None, cfg: GateConfig,
+               evaluation: dict[str, Indicator] | None = None) -> dict[str, Any]:
     """Every indicator's value, threshold and verdict, and the overall verdict (plain JSON).
 
     ``steps``: the rows of metrics.jsonl in order; ``final_eval``: the final evaluation's
-    metrics (``StockTask.evaluate``)."""
-    indicators = []
-    for name, ind in INDICATORS.items():
+    metrics (``Task.summarize``); ``evaluation``: the task's indicators of it
+    (``Task.gate_indicators``; None: accuracy only)."""
+    results = []
+    for name, ind in indicators(evaluation).items():
         value, threshold = ind.value(steps, final_eval, cfg), float(ind.threshold(cfg))
-        indicators.append({"name": name, "label": ind.label, "value": value,
-                           "threshold": threshold, "op": ind.op,
-                           "passed": _passes(value, ind.op, threshold)})
+        results.append({"name": name, "label": ind.label, "value": value,
+                        "threshold": threshold, "op": ind.op,
+                        "passed": _passes(value, ind.op, threshold)})
     win, notes = _windows(steps, cfg)
     if final_eval is None:
         notes.append("no final evaluation: its indicators fail")
-    return {"passed": all(i["passed"] for i in indicators), "indicators": indicators,
+    return {"passed": all(i["passed"] for i in results), "indicators": results,
             "window": win, "notes": notes}
 
 

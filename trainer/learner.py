@@ -200,11 +200,7 @@ class Learner:
                                 * mask).sum() / n)
                 extra = {"entropy": float((ent * mask).sum() / n),
                          "pg_token_frac": float((pg_weight > 0).sum() / n)}
-            if self.is_deepspeed:
-                self.model.backward(loss)
-                self.model.step()
-            else:
-                self.acc.backward(loss / n_micro)
+            self._accumulate(loss, n_micro)
             for key, val in {"loss": logged, "logp_gap": lp_gap, **extra, **metrics}.items():
                 totals[key] = totals.get(key, 0.0) + val / n_micro
         if tc.anchor_coef > 0:  # every rank logs the same keys (NaN: no anchor text here)
@@ -212,14 +208,32 @@ class Learner:
                                     else float("nan"))
         if tc.balance_coef > 0:  # the batch's mean share of the first option (e.g. UP)
             totals["balance_share"] = sum(shares) / len(shares) if shares else float("nan")
+        totals.update(self._optimizer_step())
+        return totals
+
+    def _accumulate(self, loss: torch.Tensor, n_micro: int) -> None:
+        """Add the gradient of ``loss / n_micro``: a step's loss is the mean over its
+        micro-batches on either path. DeepSpeed divides by its gradient_accumulation_steps
+        itself (set to n_micro in __init__) and steps the optimizer after the last
+        micro-batch; under plain accelerate the division is here and the step in
+        :meth:`_optimizer_step`. Across ranks both average the gradients."""
+        if self.is_deepspeed:
+            self.model.backward(loss)
+            self.model.step()
+        else:
+            self.acc.backward(loss / n_micro)
+
+    def _optimizer_step(self) -> dict[str, float]:
+        """The step after the last micro-batch, gradients clipped to norm 1 on both paths
+        (ds_config.json's gradient_clipping); DeepSpeed stepped already and reports the
+        norm."""
         if not self.is_deepspeed:
             self.acc.clip_grad_norm_(self.model.parameters(), 1.0)
             self.optimizer.step()
             self.optimizer.zero_grad()
-        else:
-            norm = self.model.get_global_grad_norm()
-            totals["grad_norm"] = float(norm) if norm is not None else float("nan")
-        return totals
+            return {}
+        norm = self.model.get_global_grad_norm()
+        return {"grad_norm": float(norm) if norm is not None else float("nan")}
 
     def adapter_state(self) -> dict[str, torch.Tensor] | None:
         """Collective under ZeRO-3 (every rank must call it): the full state dict, gathered

@@ -6,13 +6,20 @@ import pytest
 
 from trainer.config import GateConfig
 from trainer.gate import (
-    INDICATORS,
     GateError,
-    check_gate,
     failed_indicators,
+    indicators,
     read_gate,
     write_gate,
 )
+from trainer.gate import check_gate as check_any_task
+from trainer.tasks.stock.evaluation import GATE_INDICATORS
+
+INDICATORS = indicators(GATE_INDICATORS)  # the stock task's gate: its crafted rows below
+
+
+def check_gate(steps, final_eval, cfg):
+    return check_any_task(steps, final_eval, cfg, GATE_INDICATORS)
 
 CFG = GateConfig()  # reward >= 0.7 over 20 steps, acc >= 0.8, reasoning >= 0.5, loss 0.1 / 0.05
 GOOD_EVAL = {"accuracy": 0.85, "reasoning_quality": 0.6}
@@ -150,3 +157,10 @@ def test_read_gate_errors_name_the_file(tmp_path, content, why):
     with pytest.raises(GateError, match=why) as err:
         read_gate(tmp_path)
     assert str(tmp_path / "gate.json") in str(err.value)
+
+
+def test_a_task_without_its_own_indicators_is_gated_on_accuracy_reward_and_loss():
+    result = check_any_task(good_rows(), {"accuracy": 0.85}, CFG)
+    assert [i["name"] for i in result["indicators"]] == ["avg_reward", "val_accuracy",
+                                                         "loss_abs_mean", "loss_std"]
+    assert result["passed"] is True

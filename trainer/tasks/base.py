@@ -93,5 +93,10 @@ class Task(Protocol):
         return the report's path. The task knows what its records mean."""
         ...
 
+    def gate_indicators(self) -> dict[str, Any]:
+        """The promotion gate's indicators of the final evaluation (name ->
+        ``trainer.gate.Indicator``, made with ``trainer.gate.eval_indicator``), between the
+        gate's own reward and loss indicators."""
+
     def describe(self) -> dict[str, Any]:
         """Counts and facts worth logging once (sizes, label balance)."""

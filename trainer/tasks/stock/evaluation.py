@@ -46,6 +46,7 @@ import math
 
 import numpy as np
 
+from trainer.gate import VAL_ACCURACY, eval_indicator
 from trainer.tasks.base import Sample
 from trainer.tasks.stock.answer import ParsedAnswer
 from trainer.tasks.stock.baselines import roc_auc
@@ -57,6 +58,12 @@ from trainer.tasks.stock.synthetic import bayes_accuracy
 REASONING_COMPONENTS = ("data_usage", "coherence")
 RELIABILITY_BINS = 10
 DIRECTIONS = ("UP", "DOWN")
+
+
+# The promotion gate's reading of this evaluation (the seed's Stage I gate: validation
+# accuracy, and reasoning that is coherent: the mean reasoning_quality below)
+GATE_INDICATORS = {**VAL_ACCURACY, "reasoning_quality": eval_indicator(
+    "reasoning quality", "reasoning_quality", lambda c: c.min_reasoning_quality)}
 
 
 def reasoning_quality(ans: ParsedAnswer, facts: Facts) -> float:

@@ -28,7 +28,7 @@ from trainer.tasks.stock.answer import (
     parse_answer,
 )
 from trainer.tasks.stock.baselines import Metric, run_baselines
-from trainer.tasks.stock.evaluation import eval_record, summarize
+from trainer.tasks.stock.evaluation import GATE_INDICATORS, eval_record, summarize
 from trainer.tasks.stock.figures import figures
 from trainer.tasks.stock.problems import DataError
 from trainer.tasks.stock.prompt import render_prompt
@@ -248,6 +248,9 @@ class StockTask:
 
         return write_report(out, evals, baselines=self.describe().get("baselines"), gate=gate,
                             notes=notes)
+
+    def gate_indicators(self) -> dict[str, Any]:
+        return dict(GATE_INDICATORS)
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"source": self.cfg.source, "origin": self.report.origin,
