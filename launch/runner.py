@@ -295,59 +295,71 @@ def run_stage(cfg: StageConfig, stage: str, module: str, plan: Plan,
     run_dir = run_dir or run_dir_for(cfg, stage)
     key = api_key(cfg, plan)
     _prepare(cfg, run_dir)
+    return _guarded(StageOnNode(cfg, module, plan, run_dir, resume, key).run)
 
-    def body(cleanups) -> int:
-        pool = WorkerPool(worker_specs(cfg, plan.local_workers, key, probe_ports=True),
-                          run_dir / "logs", cfg.rollout.startup_timeout_s)
+
+class StageOnNode:
+    """A stage on one node: the workers, and the learner ranks while they load (or once
+    they are up, when they share GPUs); every part started registers its stop in
+    ``cleanups`` (run by :func:`_guarded`, newest first)."""
+
+    def __init__(self, cfg: StageConfig, module: str, plan: Plan, run_dir: Path, resume: bool,
+                 key: str | None):
+        self.cfg, self.module, self.plan, self.run_dir = cfg, module, plan, run_dir
+        self.resume, self.key = resume, key
+        self.learner: subprocess.Popen | None = None
+        self.cleanups: list = []
+
+    def run(self, cleanups: list) -> int:
+        cfg, run_dir = self.cfg, self.run_dir
+        self.cleanups = cleanups
+        self.pool = pool = WorkerPool(worker_specs(cfg, self.plan.local_workers, self.key,
+                                                   probe_ports=True),
+                                      run_dir / "logs", cfg.rollout.startup_timeout_s)
         cleanups.append(lambda: (pool.stop(), print("[launch] workers stopped", flush=True)))
         t0 = time.perf_counter()
         print(f"[launch] starting {len(pool.workers)} vLLM worker(s): {', '.join(pool.urls)} "
               f"(logs in {run_dir / 'logs'})", flush=True)
-        started: list[subprocess.Popen] = []
-
-        def start_learner(when: str) -> None:
-            pool.write_manifest(RunFolder(run_dir).workers)  # the learner reads the URLs here
-            print(f"[launch] starting {plan.learner.num_processes} learner rank(s) {when}",
-                  flush=True)
-            started.append(_start_learner(cfg, run_dir, module, plan.learner, probe_port=True,
-                                          resume=resume))
-            cleanups.append(lambda: _stop_tree(started[0]))
-
         # The ranks load their model while the workers load theirs (the learner waits for
         # them before its first publish): on 2 CPU cores a vLLM start is mostly one
         # single-threaded import after another. Not when they share GPUs: vLLM sizes its
-        # KV cache from the memory it finds free.
-        # A learner that exits while they load ends the wait at once (a crash, a bad
-        # config): the user hears of it now, not once the workers are up.
-        early = not cfg.launch.colocate
-
-        def learner_gone() -> str | None:
-            code = started[0].poll() if started else None
-            return None if code is None else f"the learner exited with code {code}"
-
+        # KV cache from the memory it finds free. A learner that exits while they load ends
+        # the wait at once (a crash, a bad config): the user hears of it now, not once the
+        # workers are up.
+        early = None if cfg.launch.colocate else \
+            (lambda: self.start_learner("while the workers load"))
         try:
-            if not _start_pool(pool, cfg, (lambda: start_learner("while the workers load"))
-                               if early else None, learner_gone):
+            if not _start_pool(pool, cfg, early, self.learner_gone):
                 return 1
         except StartAborted:
-            code = started[0].returncode
+            code = self.learner.returncode
             print("[launch] the learner exited while the workers loaded; stopping them",
                   file=sys.stderr, flush=True)
             _learner_failed(code, run_dir, cfg.stage)
             return code or 1
         pool.write_manifest(RunFolder(run_dir).workers)
-        supervisor = supervise(cfg, pool, key, run_dir)
+        supervisor = supervise(cfg, pool, self.key, run_dir)
         cleanups.append(supervisor.stop)
         print(f"[launch] workers healthy after {time.perf_counter() - t0:.0f}s", flush=True)
-        if not started:
-            start_learner("now that they are")
-        learner = started[0]
-        code = learner.wait()
+        if self.learner is None:
+            self.start_learner("now that they are")
+        code = self.learner.wait()
         if code != 0:
             _learner_failed(code, run_dir, cfg.stage)
         return code
 
-    return _guarded(body)
+    def start_learner(self, when: str) -> None:
+        self.pool.write_manifest(RunFolder(self.run_dir).workers)  # the learner reads the URLs
+        print(f"[launch] starting {self.plan.learner.num_processes} learner rank(s) {when}",
+              flush=True)
+        learner = _start_learner(self.cfg, self.run_dir, self.module, self.plan.learner,
+                                 probe_port=True, resume=self.resume)
+        self.learner = learner
+        self.cleanups.append(lambda: _stop_tree(learner))
+
+    def learner_gone(self) -> str | None:
+        code = self.learner.poll() if self.learner is not None else None
+        return None if code is None else f"the learner exited with code {code}"
 
 
 def serve_workers(cfg: StageConfig, plan: Plan, log_dir: Path) -> int:

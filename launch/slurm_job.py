@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from launch.plan import Plan
@@ -168,87 +169,129 @@ def _after_learner(code: int, cfg: StageConfig, run_dir: Path, job_id: str) -> i
     return code
 
 
+@dataclass
+class SlurmNode:
+    """This node's part of one attempt of the job, and what its two roles read."""
+
+    cfg: StageConfig
+    module: str
+    plan: Plan
+    run_dir: Path
+    attempt: int
+    resume: bool
+    job_id: str
+    key: str | None
+    tag: str
+
+    @property
+    def done(self) -> Path:
+        """The learner's end of this attempt, for the worker nodes: it names the attempt."""
+        from launch.runner import DONE
+
+        return self.run_dir / DONE
+
+
 def run_slurm_node(cfg: StageConfig, stage: str, module: str, plan: Plan, run_dir: Path,
                    attempt: int, resume: bool, job_id: str) -> int:
     """This node's part of attempt ``attempt`` of the job (every node runs this under srun):
     worker nodes serve until the learner writes this attempt's ``DONE``; learner nodes start
     their ranks (continuing from the latest checkpoint when ``resume``)."""
     from launch import runner as r
-    from rollout.server import WorkerPool
 
     tag = f"[launch] {plan.this_node}:"
     ignore_time_limit_warning(tag)
     if len(plan.nodes) == 1:
         code = r.run_stage(cfg, stage, module, plan, run_dir, resume=resume)
         return _after_learner(code, cfg, run_dir, job_id)
-    key = r.api_key(cfg, plan)
-    wait_s = cfg.launch.node_wait_s
-    done = run_dir / r.DONE
+    node = SlurmNode(cfg, module, plan, run_dir, attempt, resume, job_id, r.api_key(cfg, plan),
+                     tag)
     if plan.learner is not None and plan.learner.machine_rank == 0:
         r._prepare(cfg, run_dir)
+    role = learner_node if plan.learner is not None else worker_node
+    return r._guarded(lambda cleanups: role(node, cleanups))
 
-    def worker_node(cleanups) -> int:
-        pool = WorkerPool(r.worker_specs(cfg, plan.local_workers, key, probe_ports=False),
-                          run_dir / "logs" / plan.this_node, cfg.rollout.startup_timeout_s)
-        cleanups.append(pool.stop)
-        pool.start()
-        supervisor = r.supervise(cfg, pool, key, None, tag=tag)
-        supervisor.adapter_dir = (Path(cfg.run.adapter_dir) if cfg.run.adapter_dir
-                                  else RunFolder(run_dir).adapters)  # shared with the learner nodes
-        cleanups.append(supervisor.stop)
-        bound = sorted({w.bind or w.host for w in plan.local_workers})
-        print(f"{tag} serving {', '.join(w.url for w in plan.local_workers)} (bound to "
-              f"{', '.join(bound)}) until {done} names attempt {attempt}", flush=True)
-        signs = [RunFolder(run_dir).metrics, RunFolder(run_dir).workers]
-        since = time.time()  # an earlier attempt's files may be hours old
-        while not (done.is_file() and done.read_text().strip() == str(attempt)):
-            if supervisor.all_failed():
-                print(f"{tag} every worker failed and could not be restarted",
-                      file=sys.stderr, flush=True)
-                return 1
-            last = max([since] + [p.stat().st_mtime for p in signs if p.is_file()])
-            if time.time() - last > wait_s:
-                print(f"{tag} no learner activity (metrics.jsonl, workers.json) for "
-                      f"{wait_s:.0f}s (launch.node_wait_s); stopping the workers",
-                      file=sys.stderr, flush=True)
-                return 1
-            time.sleep(5)
-        return 0
 
-    def learner_node(cleanups) -> int:
-        urls = [w.url for w in plan.workers]
-        manifest = RunFolder(run_dir).workers
-        if plan.learner.machine_rank == 0:
-            manifest.write_text(json.dumps({"workers": [{"url": u} for u in urls],
-                                            "attempt": attempt}, indent=2))
-            cleanups.append(lambda: done.write_text(f"{attempt}\n"))
-        wait_for(lambda: read_json(manifest).get("attempt") == attempt, wait_s,
-                 f"the first learner node's {manifest} for attempt {attempt}")
-        # As on one node, the ranks load their model while the worker nodes load theirs (the
-        # learner waits for every worker's /health before its first publish); this node
-        # watches the same, to name the workers that never came up
-        print(f"{tag} starting {plan.learner.num_processes} learner rank(s) while the workers "
-              f"start: {', '.join(urls)}", flush=True)
-        learner = r._start_learner(cfg, run_dir, module, plan.learner, probe_port=False,
-                                   resume=resume)
-        cleanups.append(lambda: r._stop_tree(learner))
-        t0 = time.monotonic()
-        while down := [u for u in urls if not r._healthy(u, key)]:
-            if learner.poll() is not None:
-                break
-            if time.monotonic() - t0 > cfg.rollout.startup_timeout_s:
-                print(f"{tag} error: workers not healthy after "
-                      f"{cfg.rollout.startup_timeout_s:.0f}s (rollout.startup_timeout_s): "
-                      f"{', '.join(down)}; see the worker nodes' logs in {run_dir / 'logs'}",
-                      file=sys.stderr, flush=True)
-                return 1
-            time.sleep(2)
-        else:
-            print(f"{tag} workers healthy after {time.monotonic() - t0:.0f}s", flush=True)
-        code = learner.wait()
-        if code != 0 and not WARNED:
-            r._learner_failed(code, run_dir, cfg.stage)
-        return _after_learner(code, cfg, run_dir, job_id) if plan.learner.machine_rank == 0 \
-            else code
+def worker_node(node: SlurmNode, cleanups: list) -> int:
+    """Serve this node's workers until the learner ends the attempt (or shows no sign of
+    life for launch.node_wait_s, or every worker failed for good)."""
+    from launch import runner as r
+    from rollout.server import WorkerPool
 
-    return r._guarded(learner_node if plan.learner is not None else worker_node)
+    cfg, plan, run_dir, tag = node.cfg, node.plan, node.run_dir, node.tag
+    pool = WorkerPool(r.worker_specs(cfg, plan.local_workers, node.key, probe_ports=False),
+                      run_dir / "logs" / plan.this_node, cfg.rollout.startup_timeout_s)
+    cleanups.append(pool.stop)
+    pool.start()
+    supervisor = r.supervise(cfg, pool, node.key, None, tag=tag)
+    supervisor.adapter_dir = (Path(cfg.run.adapter_dir) if cfg.run.adapter_dir
+                              else RunFolder(run_dir).adapters)  # shared with the learner nodes
+    cleanups.append(supervisor.stop)
+    bound = sorted({w.bind or w.host for w in plan.local_workers})
+    print(f"{tag} serving {', '.join(w.url for w in plan.local_workers)} (bound to "
+          f"{', '.join(bound)}) until {node.done} names attempt {node.attempt}", flush=True)
+    signs = [RunFolder(run_dir).metrics, RunFolder(run_dir).workers]
+    since = time.time()  # an earlier attempt's files may be hours old
+    wait_s = cfg.launch.node_wait_s
+    while not (node.done.is_file() and node.done.read_text().strip() == str(node.attempt)):
+        if supervisor.all_failed():
+            print(f"{tag} every worker failed and could not be restarted",
+                  file=sys.stderr, flush=True)
+            return 1
+        last = max([since] + [p.stat().st_mtime for p in signs if p.is_file()])
+        if time.time() - last > wait_s:
+            print(f"{tag} no learner activity (metrics.jsonl, workers.json) for "
+                  f"{wait_s:.0f}s (launch.node_wait_s); stopping the workers",
+                  file=sys.stderr, flush=True)
+            return 1
+        time.sleep(5)
+    return 0
+
+
+def learner_node(node: SlurmNode, cleanups: list) -> int:
+    """Start this node's learner ranks (the first learner node names the attempt's workers
+    and, at its end, writes DONE); said which workers never came up if they did not."""
+    from launch import runner as r
+
+    cfg, plan, run_dir, tag = node.cfg, node.plan, node.run_dir, node.tag
+    urls = [w.url for w in plan.workers]
+    manifest = RunFolder(run_dir).workers
+    if plan.learner.machine_rank == 0:
+        manifest.write_text(json.dumps({"workers": [{"url": u} for u in urls],
+                                        "attempt": node.attempt}, indent=2))
+        cleanups.append(lambda: node.done.write_text(f"{node.attempt}\n"))
+    wait_for(lambda: read_json(manifest).get("attempt") == node.attempt, cfg.launch.node_wait_s,
+             f"the first learner node's {manifest} for attempt {node.attempt}")
+    # As on one node, the ranks load their model while the worker nodes load theirs (the
+    # learner waits for every worker's /health before its first publish); this node
+    # watches the same, to name the workers that never came up
+    print(f"{tag} starting {plan.learner.num_processes} learner rank(s) while the workers "
+          f"start: {', '.join(urls)}", flush=True)
+    learner = r._start_learner(cfg, run_dir, node.module, plan.learner, probe_port=False,
+                               resume=node.resume)
+    cleanups.append(lambda: r._stop_tree(learner))
+    if not workers_up(node, urls, learner):
+        return 1
+    code = learner.wait()
+    if code != 0 and not WARNED:
+        r._learner_failed(code, run_dir, cfg.stage)
+    return _after_learner(code, cfg, run_dir, node.job_id) if plan.learner.machine_rank == 0 \
+        else code
+
+
+def workers_up(node: SlurmNode, urls: list[str], learner) -> bool:
+    """Wait until every worker answers /health (True), the learner exits first (True: its
+    exit code tells) or rollout.startup_timeout_s passes (False, naming those still down)."""
+    from launch import runner as r
+
+    timeout, t0 = node.cfg.rollout.startup_timeout_s, time.monotonic()
+    while down := [u for u in urls if not r._healthy(u, node.key)]:
+        if learner.poll() is not None:
+            return True
+        if time.monotonic() - t0 > timeout:
+            print(f"{node.tag} error: workers not healthy after {timeout:.0f}s "
+                  f"(rollout.startup_timeout_s): {', '.join(down)}; see the worker nodes' "
+                  f"logs in {node.run_dir / 'logs'}", file=sys.stderr, flush=True)
+            return False
+        time.sleep(2)
+    print(f"{node.tag} workers healthy after {time.monotonic() - t0:.0f}s", flush=True)
+    return True
