@@ -27,7 +27,7 @@ import torch
 from trainer.config import StageConfig, check_zero3
 from trainer.dist import rank_and_world
 from trainer.grpo import TOKEN_SELECTIONS
-from trainer.logprobs import token_logprobs
+from trainer.logprobs import TokenScores, score_tokens, token_logprobs
 from trainer.objective import anchor_term, balance_term, compose, rl_term
 from trainer.safe_state import only_trainable_in_module_state, safe_torch_load
 from trainer.schedules import lr_factor
@@ -106,13 +106,19 @@ class Learner:
     def peft_model(self):
         return self.acc.unwrap_model(self.model)
 
-    def logprobs(self, batch: RolloutBatch, adapter: bool = True, entropy: bool = False,
-                 choice_lse: bool = False):
+    def logprobs(self, batch: RolloutBatch, adapter: bool = True) -> torch.Tensor:
+        """log p(sampled token) [n, T] under the policy (``adapter=False``: the reference,
+        the base with the adapter off)."""
         ctx = nullcontext() if adapter else self.peft_model.disable_adapter()
         with ctx:
             return token_logprobs(self.model, batch, self.pad_id, self.cfg.rollout.temperature,
-                                  self.device, entropy=entropy, choice_lse=choice_lse,
-                                  chunk_tokens=self.cfg.train.logits_chunk_tokens)
+                                  self.device, chunk_tokens=self.cfg.train.logits_chunk_tokens)
+
+    def scores(self, batch: RolloutBatch, choice_lse: bool = False) -> TokenScores:
+        """The policy's log-probs with their sampling entropy (and ``choice_lse``)."""
+        return score_tokens(self.model, batch, self.pad_id, self.cfg.rollout.temperature,
+                            self.device, entropy=True, choice_lse=choice_lse,
+                            chunk_tokens=self.cfg.train.logits_chunk_tokens)
 
     def set_step(self, step: int) -> float:
         """Set the learning rate of optimizer step ``step`` (1-based, ``train.lr_schedule``);
@@ -163,7 +169,8 @@ class Learner:
             # a decision's policy gradient moves probability among its options only
             # (``choice_lse``: log p(any option) where the task named them; grpo_loss)
             among = tc.pg_tokens == "decision" and mb.choice_ids is not None
-            logp, ent, *lse = self.logprobs(mb, entropy=True, choice_lse=among)
+            scored = self.scores(mb, choice_lse=among)
+            logp, ent, lse = scored.logp, scored.entropy, scored.choice_lse
             pg_weight = TOKEN_SELECTIONS[tc.pg_tokens](ent, mask, tc.entropy_top_frac,
                                                        mb.decision_mask)
             ref = None
@@ -173,14 +180,14 @@ class Learner:
             rows = slice(k * self.micro, (k + 1) * self.micro)
             if record_old:
                 batch.old_logp[rows] = logp.detach().cpu()
-                if lse:
-                    batch.old_choice_lse[rows] = lse[0].detach().cpu()
+                if lse is not None:
+                    batch.old_choice_lse[rows] = lse.detach().cpu()
             fresh = record_old or mb.old_logp is None
             old = logp.detach() if fresh else mb.old_logp.to(self.device)
-            old_lse = None if fresh or not lse else mb.old_choice_lse.to(self.device)
+            old_lse = None if fresh or lse is None else mb.old_choice_lse.to(self.device)
             terms = [rl_term(tc, logp, old, ref, mb.rollout_logp.to(self.device),
                              mb.advantages.to(self.device), mask, pg_weight,
-                             lse[0] if lse else None, old_lse)]
+                             lse, old_lse)]
             if anchor is not None or tc.balance_coef > 0:
                 chunk = (None if anchor is None
                          else anchor.slice(k * per_anchor, (k + 1) * per_anchor))

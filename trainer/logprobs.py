@@ -20,6 +20,7 @@ the backward would otherwise find the released ``[0]``-shaped shard.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -114,16 +115,37 @@ def _chunk_scores(head, temperature: float, entropy: bool, h: torch.Tensor,
     return picked, alts, ent
 
 
+@dataclass
+class TokenScores:
+    """One scoring pass over a batch's completions, each ``[n, T]`` (float32):
+
+    - ``logp``: log p(sampled token) at each completion position; in ``options`` mode, at a
+      choice's position log p(any of its options) instead of the written token's;
+    - ``entropy`` (``entropy=True``): the detached sampling entropy at each position;
+    - ``choice_lse`` (``choice_lse=True``): log p(any of the options) where
+      ``batch.choice_ids`` names a choice's options, 0 elsewhere, with grad;
+    - ``options`` (``options=True``, when the batch has choices): ``[n, T, K]``, each
+      option's log-prob at its choice's position, -inf where there is no option."""
+
+    logp: torch.Tensor
+    entropy: torch.Tensor | None = None
+    choice_lse: torch.Tensor | None = None
+    options: torch.Tensor | None = None
+
+
 def token_logprobs(model, batch: RolloutBatch, pad_id: int, temperature: float,
-                   device: torch.device, entropy: bool = False, options: bool = False,
-                   choice_lse: bool = False, chunk_tokens: int = 0):
-    """log p(sampled token) for every completion position: [n, T] (float32). With
-    ``entropy``, also the detached sampling entropy at each position; with ``choice_lse``,
-    also log p(any of the options) where ``batch.choice_ids`` names a choice's options (0
-    elsewhere, with grad): (logp, [entropy], [choice_lse]), each [n, T].
-    With ``options`` (the anchor's mode), at those positions log p(any of them) instead of
-    the written token's, and each option's log-prob there: ([n, T], [n, T, K], -inf where
-    no option). ``chunk_tokens``: positions per pass of the output head (0: all at once)."""
+                   device: torch.device, chunk_tokens: int = 0) -> torch.Tensor:
+    """log p(sampled token) for every completion position: [n, T] (float32)."""
+    return score_tokens(model, batch, pad_id, temperature, device,
+                        chunk_tokens=chunk_tokens).logp
+
+
+def score_tokens(model, batch: RolloutBatch, pad_id: int, temperature: float,
+                 device: torch.device, *, entropy: bool = False, options: bool = False,
+                 choice_lse: bool = False, chunk_tokens: int = 0) -> TokenScores:
+    """:class:`TokenScores` of the batch's completions; the flags add its optional parts
+    (``options``: the anchor's mode). ``chunk_tokens``: positions per pass of the output head
+    (0: all at once)."""
     h = completion_hidden(model, batch, pad_id, device)
     n, t = batch.completion_ids.shape
     flat_h = h.reshape(n * t, h.shape[-1])
@@ -143,17 +165,16 @@ def token_logprobs(model, batch: RolloutBatch, pad_id: int, temperature: float,
     alts = None if choices is None else torch.cat([p[1] for p in parts]).view(n, t, -1)
     if options:
         if alts is None:
-            return picked, None
+            return TokenScores(picked)
         at = batch.choice_ids.to(device)[..., 0] >= 0
-        return torch.where(at, torch.logsumexp(alts, -1), picked), alts
-    extra = []
+        return TokenScores(torch.where(at, torch.logsumexp(alts, -1), picked), options=alts)
+    out = TokenScores(picked)
     if entropy:
-        extra.append(torch.cat([p[2] for p in parts]).view(n, t))
+        out.entropy = torch.cat([p[2] for p in parts]).view(n, t)
     if choice_lse:
-        lse = torch.zeros_like(picked)
+        out.choice_lse = torch.zeros_like(picked)
         if alts is not None:
             at = batch.choice_ids.to(device)[..., 0] >= 0
-            lse = torch.where(at, torch.logsumexp(alts.masked_fill(~at[..., None], 0.0), -1),
-                              lse)
-        extra.append(lse)
-    return (picked, *extra) if extra else picked
+            out.choice_lse = torch.where(
+                at, torch.logsumexp(alts.masked_fill(~at[..., None], 0.0), -1), out.choice_lse)
+    return out

@@ -26,7 +26,7 @@ import torch
 from trainer.config import TrainConfig
 from trainer.dist import all_reduce_, rank_and_world
 from trainer.grpo import POLICY_LOSSES, clip_range, grpo_loss
-from trainer.logprobs import token_logprobs
+from trainer.logprobs import score_tokens
 from trainer.types import RolloutBatch
 
 MAX_OPTIONS = 8  # options of a balanced choice (the balance term reduces a fixed width)
@@ -113,8 +113,9 @@ def anchor_terms(model, anchor: RolloutBatch, pad_id: int, device: torch.device,
       probabilities renormalised over them) and their priors: ([M, K], [M, K]), M rows
       that have one (M = 0: empty tensors). ``balance_kl`` turns them into the balance term.
     """
-    logp, alts = token_logprobs(model, anchor, pad_id, 1.0, device, options=True,
-                                chunk_tokens=chunk_tokens)
+    scored = score_tokens(model, anchor, pad_id, 1.0, device, options=True,
+                          chunk_tokens=chunk_tokens)
+    logp, alts = scored.logp, scored.options
     mask = anchor.completion_mask.to(device)
     if anchor.decision_mask is not None:
         held = 1.0 - anchor.decision_mask.to(device)

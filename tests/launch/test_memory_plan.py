@@ -126,7 +126,7 @@ def test_activations_equal_what_autograd_keeps_on_the_embedded_model(warm_model,
 
     from trainer.config import StageConfig
     from trainer.learner import load_policy
-    from trainer.logprobs import token_logprobs
+    from trainer.logprobs import score_tokens
     from trainer.types import RolloutBatch
 
     cfg = StageConfig()
@@ -147,8 +147,8 @@ def test_activations_equal_what_autograd_keeps_on_the_embedded_model(warm_model,
         return x
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
-        token_logprobs(model, batch, 0, 1.0, torch.device("cpu"), entropy=True,
-                       chunk_tokens=1024)
+        score_tokens(model, batch, 0, 1.0, torch.device("cpu"), entropy=True,
+                     chunk_tokens=1024)
     want = activation_bytes(architecture(str(warm_model)), cfg, n * (p + t), 4, 4, False)
     # the first layer's input needs no gradient, so it keeps less: within 10 %
     assert sum(kept.values()) == pytest.approx(want, rel=0.10)

@@ -10,7 +10,7 @@ import torch
 from tests.conftest import REPO
 from trainer.config import StageConfig
 from trainer.learner import load_policy
-from trainer.logprobs import build_inputs, token_logprobs
+from trainer.logprobs import build_inputs, score_tokens, token_logprobs
 from trainer.types import RolloutBatch
 
 DEMO_CONFIG = REPO / "configs" / "demo" / "stage1.yaml"
@@ -64,8 +64,9 @@ def test_entropy_is_the_sampling_entropy_at_each_completion_position(tiny_model)
     model = load_policy(_cfg(tiny_model), torch.device("cpu")).eval()
     prompt, completion = [1, 40, 41], [60, 61, 62]
     with torch.no_grad():
-        logp, ent = token_logprobs(model, _batch([prompt], [completion]), 0, 0.7,
-                                   torch.device("cpu"), entropy=True)
+        scored = score_tokens(model, _batch([prompt], [completion]), 0, 0.7,
+                              torch.device("cpu"), entropy=True)
+        logp, ent = scored.logp, scored.entropy
         logits = model(input_ids=torch.tensor([prompt + completion])).logits[0].float() / 0.7
         probs = torch.softmax(logits[len(prompt) - 1:-1], -1)
     want = -(probs * probs.log()).sum(-1)
@@ -187,7 +188,8 @@ def test_choice_lse_is_log_p_of_any_option_where_a_choice_is_made(tiny_model):
     batch.choice_ids = torch.full((1, 3, 2), -1, dtype=torch.long)
     batch.choice_ids[0, 1] = torch.tensor([61, 70])  # token 1 chose between 61 and 70
     with torch.no_grad():
-        logp, lse = token_logprobs(model, batch, 0, 1.0, torch.device("cpu"), choice_lse=True)
+        scored = score_tokens(model, batch, 0, 1.0, torch.device("cpu"), choice_lse=True)
+        logp, lse = scored.logp, scored.choice_lse
         full = torch.log_softmax(model(input_ids=torch.tensor([[1, 40, 41, 60, 61, 62]]))
                                  .logits[0, 2:5].float(), -1)
     assert torch.allclose(logp[0], full.gather(-1, torch.tensor([[60], [61], [62]]))[:, 0],

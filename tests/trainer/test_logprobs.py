@@ -10,7 +10,7 @@ import torch
 
 from trainer.config import StageConfig
 from trainer.learner import load_policy
-from trainer.logprobs import build_inputs, token_logprobs
+from trainer.logprobs import build_inputs, score_tokens, token_logprobs
 from trainer.types import RolloutBatch
 
 CPU = torch.device("cpu")
@@ -75,8 +75,9 @@ def _grads(model, loss) -> dict[str, torch.Tensor]:
 def test_chunked_values_and_gradients_equal_the_full_vocabulary_ones(tiny_model, chunk):
     model = _model(tiny_model).train()
     batch = _batch()
-    picked, ent, lse = token_logprobs(model, batch, 0, 0.7, CPU, entropy=True, choice_lse=True,
-                                      chunk_tokens=chunk)
+    scored = score_tokens(model, batch, 0, 0.7, CPU, entropy=True, choice_lse=True,
+                          chunk_tokens=chunk)
+    picked, ent, lse = scored.logp, scored.entropy, scored.choice_lse
     ref_picked, ref_ent, ref_lse, _ = naive(model, batch, 0.7)
     assert torch.allclose(picked, ref_picked, atol=1e-5)
     assert torch.allclose(ent, ref_ent, atol=1e-5)
@@ -93,7 +94,8 @@ def test_options_mode_equals_the_full_vocabulary_one(tiny_model):
     model = _model(tiny_model).eval()
     batch = _batch()
     with torch.no_grad():
-        logp, alts = token_logprobs(model, batch, 0, 1.0, CPU, options=True, chunk_tokens=4)
+        scored = score_tokens(model, batch, 0, 1.0, CPU, options=True, chunk_tokens=4)
+        logp, alts = scored.logp, scored.options
         ref_picked, _, _, ref_alts = naive(model, batch, 1.0)
     at = batch.choice_ids[..., 0] >= 0
     assert torch.equal(torch.isinf(alts), torch.isinf(ref_alts))
