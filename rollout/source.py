@@ -47,10 +47,12 @@ class RolloutSource(Protocol):
 
 class RecordedRollouts:
     """Completions replayed from a ``rollouts.rank{r}.jsonl`` record, one group per call
-    and prompt in the order they were recorded. A prompt the record has no (more) groups for,
-    a group of another size, or a group sampled under another adapter version than the one
-    the replay serves is a :class:`~rollout.server.WorkerError` naming the record and step:
-    the replay has drifted from the recording (other seed, data or config)."""
+    and prompt in the order they were recorded. The recording run needs
+    ``run.log_rollouts_every: 1`` (every step recorded) and ``rollout.dynamic_sampling: false``
+    (it records only the groups it kept). A prompt the record has no (more) groups for, a
+    group of another size, or a group sampled under another adapter version than the one
+    the replay serves is a :class:`~rollout.server.WorkerError` naming the record: the replay
+    has drifted from the recording (other seed, data or config)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -58,6 +60,7 @@ class RecordedRollouts:
         self.version: int | None = None
         self.served: str | None = None
         self._groups: dict[tuple[int, ...], deque] = {}
+        self.replayed = 0
         try:
             lines = self.path.read_text().splitlines()
         except OSError as exc:
@@ -75,7 +78,7 @@ class RecordedRollouts:
             except (ValueError, KeyError, TypeError) as exc:
                 raise WorkerError(f"{self.path}, line {number}: not a rollout record "
                                   f"({type(exc).__name__}: {exc})") from None
-            if key != current:  # a new group starts
+            if key != current:  # a new group starts (or two: see generate)
                 self._groups.setdefault(prompt, deque()).append((row["step"], []))
                 current = key
             self._groups[prompt][-1][1].append(completion)
@@ -93,17 +96,26 @@ class RecordedRollouts:
             queue = self._groups.get(tuple(prompt))
             if not queue:
                 raise WorkerError(f"{self.path}: no recorded group (left) for prompt {i} of "
-                                  f"this call ({len(prompt)} tokens): the replay draws other "
-                                  f"prompts than the recording did")
+                                  f"this call ({len(prompt)} tokens) after {self.replayed} "
+                                  f"group(s) replayed: the replay draws other prompts than the "
+                                  f"recording did")
             step, group = queue[0]
+            if len(group) > n and len(group) % n == 0:
+                # one sample drawn twice in a row within a step (an epoch ended there): its
+                # groups were recorded one after the other under one key
+                queue[0] = (step, group[n:])
+                queue.appendleft((step, group[:n]))
+                step, group = queue[0]
             if len(group) != n:
                 raise WorkerError(f"{self.path}, step {step}: {len(group)} completions "
                                   f"recorded, the replay asks for n={n}")
-            versions = {c.adapter_version for c in group}
-            if versions != {self.version}:
+            versions = sorted({c.adapter_version for c in group})
+            if versions != [self.version]:
                 raise WorkerError(f"{self.path}, step {step}: recorded under adapter "
-                                  f"v{sorted(versions)}, the replay serves v{self.version}")
+                                  f"{', '.join(f'v{v}' for v in versions)}, the replay serves "
+                                  f"v{self.version}")
             out.append(queue.popleft()[1])
+            self.replayed += 1
         return out
 
     def sync(self, version: int, path: str | Path) -> list[str]:

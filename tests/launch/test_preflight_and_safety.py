@@ -140,7 +140,7 @@ def test_learner_out_of_memory_names_the_settings(tiny_model, monkeypatch):
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB")
 
-    monkeypatch.setattr(learner_mod, "token_logprobs", oom)
+    monkeypatch.setattr(learner_mod, "score_tokens", oom)  # the policy pass, the first
     with pytest.raises(learner_mod.OutOfMemory) as info:
         learner.train_step(_batch(0))
     text = str(info.value)

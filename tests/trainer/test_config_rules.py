@@ -72,3 +72,11 @@ def test_a_resume_may_change_exactly_the_fields_declared_resumable(section, cls,
     new[section][f.name] = _changed(old[section][f.name])
     resumable = getattr(cls, "RESUMABLE", False) or f.metadata.get("resumable", False)
     assert (config_changes(old, new) == []) == resumable
+
+
+@pytest.mark.parametrize("setting", ["train.learning_rate", "rollout.temperature",
+                                     "rollout.top_p", "train.is_cap", "train.kl_coef"])
+def test_nan_is_outside_every_bound(setting):
+    section, name = setting.split(".")
+    with pytest.raises(ConfigError, match=rf"{section}\.{name}: must be "):
+        from_dict({section: {name: float("nan")}}, "x.yaml")

@@ -6,7 +6,9 @@ principles: the replay's own rows (tokens, worker log-probs, rewards), group-nor
 advantages, and plain transformers + peft forward passes of the adapter that step trained
 from (v(step - 1), as the recipe published it) and of the base. Step 1 starts from a zero
 LoRA, so its KL is exactly 0; step 2's policy has moved, so its KL and policy-gradient term
-are not."""
+are not; and the step from v0 to v1 is AdamW's first step against the objective's
+gradient. micro_batch_size equals the step's 2 x 4 completions, so the entropy top-fraction
+the learner takes per micro-batch is the whole step's, as recomputed here."""
 
 import json
 
@@ -78,6 +80,50 @@ def _expected(cfg, rows, base_dir, adapter_dir):
     return sum(losses) / len(losses), float(torch.cat(kls).mean())
 
 
+def _assert_first_update_descends(cfg, rows, base_dir, v0, v1):
+    """AdamW's first step moves each parameter by lr x g / (|g| + eps), about -lr x sign(g):
+    v1 - v0 must be that step against the gradient of the objective at v0, recomputed here
+    (the policy-gradient part: the k3 KL has zero gradient where policy = reference). With
+    a zero LoRA B only the B matrices have a gradient."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    tc, g = cfg.train, cfg.rollout.group_size
+    base = AutoModelForCausalLM.from_pretrained(base_dir, torch_dtype=torch.float32)
+    policy = PeftModel.from_pretrained(base, str(v0), is_trainable=True).train()
+    rewards = torch.tensor([r["reward"] for r in rows]).view(-1, g)
+    std = rewards.std(dim=1, keepdim=True)
+    adv = torch.where(std < 1e-6, torch.zeros_like(rewards),
+                      (rewards - rewards.mean(dim=1, keepdim=True)) / (std + 1e-6)).view(-1)
+    picked, entropies = [], []
+    for r in rows:
+        ids = torch.tensor([r["prompt_ids"] + r["token_ids"]])
+        logits = policy(input_ids=ids).logits[0, len(r["prompt_ids"]) - 1:-1].float()
+        logp_all = torch.log_softmax(logits / cfg.rollout.temperature, -1)
+        picked.append(logp_all.gather(-1, torch.tensor(r["token_ids"])[:, None])[:, 0])
+        entropies.append(-(logp_all.exp() * logp_all).sum(-1).detach())
+    flat = torch.cat(entropies)
+    threshold = torch.topk(flat, max(1, round(tc.entropy_top_frac * flat.numel()))).values[-1]
+    loss = sum(-a * (torch.clamp(torch.exp(lp.detach() - torch.tensor(r["worker_logprobs"])),
+                                 max=tc.is_cap) * (ent >= threshold) * lp).mean()
+               for a, lp, ent, r in zip(adv, picked, entropies, rows, strict=True)) / len(rows)
+    loss.backward()
+    before, after = load_file(str(v0 / "adapter_model.safetensors")), \
+        load_file(str(v1 / "adapter_model.safetensors"))
+    checked = 0
+    for name, p in policy.named_parameters():
+        if "lora_B" not in name or p.grad is None:
+            continue
+        key = name.replace(".default", "")
+        step, grad = after[key] - before[key], p.grad
+        clear = grad.abs() > 1e-6  # Adam's eps (1e-8) and float noise are negligible here
+        want = -tc.learning_rate * torch.sign(grad[clear])
+        assert torch.allclose(step[clear], want, rtol=0, atol=tc.learning_rate * 0.05), name
+        checked += int(clear.sum())
+    assert checked > 1000
+
+
 def test_two_recipe_steps_log_the_grpo_loss_and_kl_of_their_policy(tmp_path, warm_model):
     run = tmp_path / "run"
     run.mkdir()
@@ -98,6 +144,9 @@ def test_two_recipe_steps_log_the_grpo_loss_and_kl_of_their_policy(tmp_path, war
         assert m["loss"] == pytest.approx(loss, abs=2e-6), m["step"]
         assert m["kl"] == pytest.approx(kl, rel=1e-3, abs=1e-9), m["step"]
     assert metrics[0]["kl"] == 0.0  # v0 is the base: a zero LoRA
+    assert [r["reward"] for r in replayed] == pytest.approx([r["reward"] for r in recorded])
+    _assert_first_update_descends(cfg, [r for r in replayed if r["step"] == 1], warm_model,
+                                  recipe.store.path(0), recipe.store.path(1))
     assert metrics[1]["kl"] > 1e-4 and abs(metrics[1]["policy_loss"]) > 1e-4
     # every phase timed, the checkpoint of the last step written
     assert all(f"time/{p}" in metrics[1] for p in ("generate", "reward", "learner", "sync"))
@@ -128,7 +177,7 @@ def test_recorded_groups_must_match_the_served_adapter_and_group_size(tmp_path):
     with pytest.raises(WorkerError, match=r"step 1: 4 completions recorded, .* n=8"):
         source.generate([first["prompt_ids"]], n=8, max_tokens=8)
     source.sync(5, tmp_path)
-    with pytest.raises(WorkerError, match=r"recorded under adapter v\[0\], the replay serves v5"):
+    with pytest.raises(WorkerError, match=r"recorded under adapter v0, the replay serves v5"):
         source.generate([first["prompt_ids"]], n=4, max_tokens=8)
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"step": 1}) + "\n")
@@ -141,3 +190,20 @@ def test_the_workers_client_and_the_replay_are_rollout_sources():
 
     assert isinstance(RolloutClient(["http://127.0.0.1:1"]), RolloutSource)
     assert isinstance(RecordedRollouts(REPLAY / "rollouts.rank0.jsonl"), RolloutSource)
+
+
+def test_a_sample_drawn_twice_in_a_row_replays_as_two_groups(tmp_path):
+    """An epoch that ends inside a step can draw one sample twice in a row: its two groups
+    sit one after the other under one (step, sample) key in the record."""
+    lines = (REPLAY / "rollouts.rank0.jsonl").read_text().splitlines()
+    first = [json.loads(x) for x in lines[:4]]
+    again = [{**r, "token_ids": r["token_ids"][:-1], "worker_logprobs": r["worker_logprobs"][:-1]}
+             for r in first]
+    record = tmp_path / "rollouts.rank0.jsonl"
+    record.write_text("".join(json.dumps(r) + "\n" for r in first + again))
+    source = RecordedRollouts(record)
+    source.sync(0, tmp_path)
+    groups = source.generate([first[0]["prompt_ids"]] * 2, n=4, max_tokens=8)
+    assert [[c.token_ids for c in g] for g in groups] == [
+        [r["token_ids"] for r in first], [r["token_ids"] for r in again]]
+    assert source.remaining() == 0

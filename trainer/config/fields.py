@@ -10,6 +10,7 @@ in ``sections.py``, which the reference reads too.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import MISSING, dataclass
 from typing import Any
@@ -30,6 +31,8 @@ class Bounds:
     def holds(self, value: Any) -> bool:
         if value is None:
             return True
+        if isinstance(value, float) and math.isnan(value):
+            return False  # no comparison with NaN is true: it would pass every bound
         return not ((self.ge is not None and value < self.ge)
                     or (self.gt is not None and value <= self.gt)
                     or (self.le is not None and value > self.le)
