@@ -67,13 +67,13 @@ def _predict(args: argparse.Namespace) -> int:
     from trainer.config import ConfigError
 
     try:
-        cfg, adapter, _ = _resolve(args)
+        cfg, adapter, run = _resolve(args)
         if args.window is not None and args.window != cfg.data.window:
             raise ConfigError(f"--window {args.window}: the adapter was trained on "
                               f"data.window = {cfg.data.window} days; its answers are only "
                               f"meaningful on windows of that length")
         rows = predict_batch(cfg, adapter, Path(args.prices), args.ticker or [], args.dates,
-                             Path(args.out), Path(args.log_dir))
+                             Path(args.out), Path(args.log_dir), run)
     except _user_errors() as exc:
         return _fail(exc)
     for r in rows[:10]:

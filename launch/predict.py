@@ -85,14 +85,32 @@ def queries(series: list, window: int, dates: str) -> list[Query]:
     return out
 
 
-def _row(q: Query, prompt: str, completion: str, adapter: Path) -> dict:
+def confidence_prior(cfg: StageConfig, run: Path | None) -> tuple[float, str]:
+    """The prior P(UP) a stated confidence is read against, as evaluation reads it, and
+    where it came from: 50/50, or with ``reward.market_aware_confidence`` (Stage II) the
+    natural up ratio of the run's training split (its ``data.json``)."""
+    from trainer.run_folder import RunFolder
+    from trainer.tasks.stock.rewards.probability import PLAIN_PRIOR
+
+    if not cfg.reward.market_aware_confidence:
+        return PLAIN_PRIOR, "50/50"
+    facts = RunFolder(run).data_facts if run is not None else None
+    try:
+        prior = float(json.loads(facts.read_text())["confidence_prior_up"])
+    except (AttributeError, OSError, ValueError, KeyError, TypeError):
+        return PLAIN_PRIOR, (f"50/50: no {facts or 'run folder'} with the training split's up "
+                             f"ratio (a run trained before it was kept)")
+    return prior, f"the training split's up ratio {prior:.4f} ({facts})"
+
+
+def _row(q: Query, prompt: str, completion: str, adapter: Path, prior: float) -> dict:
     from trainer.tasks.stock.answer import parse_answer
     from trainer.tasks.stock.rewards.probability import p_up
 
     ans, w = parse_answer(completion), q.window
     return {"ticker": w.ticker, "date": w.dates[-1], "target_date": w.next_date,
             "prediction": ans.prediction or "", "confidence": ans.confidence,
-            "p_up": round(p_up(ans), 6), "format_valid": ans.valid,
+            "p_up": round(p_up(ans, prior), 6), "format_valid": ans.valid,
             "reasoning": ans.reasoning, "actual": _actual(q),
             "adapter": str(adapter), "prompt": prompt, "completion": completion}
 
@@ -125,8 +143,9 @@ def check_out(out: Path) -> None:
 
 
 def predict_batch(cfg: StageConfig, adapter: Path, prices: Path, tickers: list[str],
-                  dates: str, out: Path, log_dir: Path) -> list[dict]:
-    """Answer every chosen window with one worker serving ``adapter``; write ``out``."""
+                  dates: str, out: Path, log_dir: Path, run: Path | None = None) -> list[dict]:
+    """Answer every chosen window with one worker serving ``adapter`` (of the run folder
+    ``run``, when there is one); write ``out``."""
     from transformers import AutoTokenizer
 
     from launch.offline import serving
@@ -140,8 +159,10 @@ def predict_batch(cfg: StageConfig, adapter: Path, prices: Path, tickers: list[s
                                         trust_remote_code=cfg.model.trust_remote_code)
     chats = [window_messages(q.window) for q in todo]
     prompts = [encode_prompt(tok, Sample(id="", messages=m, meta={})) for m in chats]
+    prior, said = confidence_prior(cfg, run)
     print(f"[predict] {len(todo)} window(s) of {cfg.data.window} days from {prices}; "
-          f"adapter {adapter} on base {cfg.model.name_or_path}", flush=True)
+          f"adapter {adapter} on base {cfg.model.name_or_path}; P(UP) read against {said}",
+          flush=True)
     texts: list[str] = []
     with serving(cfg, adapter, log_dir) as client:
         start = time.monotonic()
@@ -152,7 +173,7 @@ def predict_batch(cfg: StageConfig, adapter: Path, prices: Path, tickers: list[s
             rate = len(texts) / max(time.monotonic() - start, 1e-9)
             print(f"[predict] {len(texts)}/{len(prompts)} answered, {rate:.1f}/s, ETA "
                   f"{(len(prompts) - len(texts)) / rate:.0f} s", flush=True)
-    rows = [_row(q, m[-1]["content"], t, adapter)
+    rows = [_row(q, m[-1]["content"], t, adapter, prior)
             for q, m, t in zip(todo, chats, texts, strict=True)]
     write_rows(rows, out)
     return rows

@@ -29,6 +29,7 @@ import threading
 import time
 from pathlib import Path
 
+from common.files import atomic_write_text
 from rollout.adapter_store import AdapterStore
 from rollout.source import RolloutSource
 from trainer import checkpoint, trackers
@@ -93,6 +94,13 @@ class GRPORecipe:
         self._ready: tuple[StepRollout, float] | None = None
 
     # ------------------------------------------------------------------ start and loop
+    def record_data(self) -> dict:
+        """Rank 0: the task's facts about the run's data, kept as ``data.json`` (what
+        ``stonk predict`` reads a stated confidence against); returned for the log line."""
+        facts = self.task.describe()
+        atomic_write_text(self.folder.data_facts, json.dumps(facts, indent=2, default=str))
+        return facts
+
     def start(self, resume: bool) -> int:
         """The step to continue after: 0 with a fresh adapter v0 published, or a
         checkpoint's step with the source serving its adapter before anything is sampled."""

@@ -36,6 +36,12 @@ class RunFolder:
     def trackers(self) -> Path:
         return self.root / "trackers"
 
+    @property
+    def data_facts(self) -> Path:
+        """The task's facts about the run's data (split sizes, label ratios, the prior a
+        stated confidence is read against), written when training starts."""
+        return self.root / "data.json"
+
     # ---- workers
     @property
     def workers(self) -> Path:

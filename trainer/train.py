@@ -125,7 +125,7 @@ def train(args: argparse.Namespace) -> None:
     recipe = GRPORecipe(cfg, run_dir, accelerator=acc, task=task, learner=learner,
                         source=client, store=store, stop_requested=warned)
     if rank == 0:
-        d = task.describe()
+        d = recipe.record_data()
         sizes = {k: v for k, v in d.items() if k.endswith(("_size", "_up_ratio", "source"))}
         print(f"{recipe.tag} {world} learner rank(s), {len(urls)} worker(s), data {sizes}",
               flush=True)

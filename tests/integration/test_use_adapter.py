@@ -79,6 +79,15 @@ def test_predict_with_a_stage2_adapter_runs_on_its_merged_base(demo, tmp_path):
     (row,) = list(csv.DictReader(open(out, newline="")))
     assert row["ticker"] == "ACME" and row["date"] == DAYS[-1] and row["target_date"] == ""
     assert row["prediction"] in ("UP", "DOWN")
+    # Stage II reads a stated confidence against its training split's natural up ratio,
+    # which training kept in data.json (odds times the prior's odds), as its evaluation does
+    prior = json.loads((stage2 / "data.json").read_text())["confidence_prior_up"]
+    assert prior != 0.5 and "P(UP) read against the training split's up ratio" in proc.stdout
+    assert row["confidence"], row  # the demo's Stage II model states one
+    c = float(row["confidence"])
+    p = c if row["prediction"] == "UP" else 1 - c
+    odds = p / (1 - p) * prior / (1 - prior)
+    assert float(row["p_up"]) == pytest.approx(odds / (1 + odds), abs=1e-6)
 
 
 def _chat(url: str, model: str, messages: list[dict], max_tokens: int) -> str:

@@ -176,3 +176,28 @@ def test_rows_are_written_as_csv_or_jsonl_by_suffix(tmp_path):
     assert list(got) == list(FIELDS) and got["reasoning"] == 'up, "strongly"\nok'
     write_rows(rows, tmp_path / "p.jsonl")
     assert json.loads((tmp_path / "p.jsonl").read_text()) == rows[0]
+
+
+def test_stage2_reads_a_stated_confidence_against_the_runs_up_ratio(tmp_path):
+    """As evaluation does: with reward.market_aware_confidence (Stage II) an answer's
+    P(UP) is its confidence moved from 50/50 to the training split's natural up ratio, which
+    training keeps in the run's data.json; without that file, 50/50, and the line says so."""
+    from launch.predict import _row, confidence_prior
+
+    cfg = _cfg()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "data.json").write_text(json.dumps({"confidence_prior_up": 0.6}))
+    assert confidence_prior(cfg, run) == (0.5, "50/50")  # Stage I: the answer's own
+    cfg.reward.market_aware_confidence = True
+    prior, said = confidence_prior(cfg, run)
+    assert prior == 0.6 and "0.6000" in said
+    (q,) = queries(load_prices(_good(tmp_path / "acme.csv"), cfg, []), 5, "last")
+    answer = "Prediction: UP\nConfidence: 70%\nReasoning: the close rose on each of the last days."
+    row = _row(q, "P", answer, tmp_path, prior)
+    assert row["prediction"] == "UP" and row["confidence"] == pytest.approx(0.7)
+    # odds 0.7/0.3 times the prior's 0.6/0.4: 3.5, so P = 3.5 / 4.5
+    assert row["p_up"] == pytest.approx(3.5 / 4.5, abs=1e-6)
+    prior, said = confidence_prior(cfg, tmp_path / "older-run")
+    assert prior == 0.5 and said.startswith("50/50: no ") and "data.json" in said
+    assert confidence_prior(cfg, None)[0] == 0.5
