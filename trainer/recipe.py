@@ -33,6 +33,7 @@ from common.files import atomic_write_text
 from rollout.adapter_store import AdapterStore
 from rollout.source import RolloutSource
 from trainer import checkpoint, trackers
+from trainer.config import ConfigError
 from trainer.dist import mean_across_ranks, rank_and_world
 from trainer.evaluate import (
     eval_samples,
@@ -82,7 +83,14 @@ class GRPORecipe:
         self.stop_requested = stop_requested or threading.Event()
         self.rank, self.world = rank_and_world()
         self.tag = f"[stage{cfg.stage}]"
-        self.sampler = PromptSampler(task.split("train")[self.rank::self.world],
+        train = task.split("train")
+        if len(train) < self.world:
+            raise ConfigError(
+                f"data: the training split has {len(train)} window(s), fewer than the "
+                f"{self.world} learner ranks, and each rank draws from its own share; use more "
+                f"data (data.tickers, data.train_end, data.start) or fewer ranks "
+                f"(launch.num_processes)")
+        self.sampler = PromptSampler(train[self.rank::self.world],
                                      seed=self.tc.seed + self.rank, key=task.stratum)
         self.watch = eval_samples(task, cfg, cfg.eval.split, cfg.eval.num_samples)
         self.parity = ParityAlarm(self.rc.max_logp_gap, self.rc.logp_gap_steps)

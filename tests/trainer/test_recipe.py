@@ -207,3 +207,16 @@ def test_a_sample_drawn_twice_in_a_row_replays_as_two_groups(tmp_path):
     assert [[c.token_ids for c in g] for g in groups] == [
         [r["token_ids"] for r in first], [r["token_ids"] for r in again]]
     assert source.remaining() == 0
+
+
+def test_fewer_training_windows_than_ranks_is_a_config_error(tmp_path, warm_model, monkeypatch):
+    """Each rank draws from its own share of the training split: a rank with none is told
+    as one line naming the settings, not a traceback from the sampler. (The world size is
+    patched: a process group of more ranks than windows is what cannot be built here.)"""
+    from trainer import recipe as recipe_mod
+    from trainer.config import ConfigError
+
+    monkeypatch.setattr(recipe_mod, "rank_and_world", lambda: (0, 100_000))
+    with pytest.raises(ConfigError, match=r"^data: the training split has \d+ window\(s\), "
+                                          r"fewer than the 100000 learner ranks"):
+        _recipe(tmp_path, warm_model, RecordedRollouts(REPLAY / "rollouts.rank0.jsonl"))
