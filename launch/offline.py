@@ -37,13 +37,13 @@ def resolve_adapter(run_dir: Path, which: str) -> Path:
 @contextmanager
 def serving(cfg: StageConfig, adapter: Path, log_dir: Path):
     """A RolloutClient whose single worker serves ``adapter`` on ``cfg.model``."""
-    from launch.plan import local_plan
     from launch.runner import api_key
     from rollout.client import RolloutClient
     from rollout.server import WorkerPool
 
-    key = api_key(cfg, local_plan(cfg))
-    pool = WorkerPool([offline_spec(cfg, key, probe_ports=True)], log_dir,
+    plan = offline_plan(cfg)
+    key = api_key(cfg, plan)
+    pool = WorkerPool([offline_spec(cfg, plan, key, probe_ports=True)], log_dir,
                       cfg.rollout.startup_timeout_s)
     with pool:
         client = RolloutClient(pool.urls, timeout=cfg.rollout.request_timeout_s, api_key=key)
@@ -127,19 +127,26 @@ def adapter_base(run: Path, adapter: Path, cfg: StageConfig) -> str:
     return base  # a hub id (org/name)
 
 
-def offline_spec(cfg: StageConfig, key: str | None, probe_ports: bool):
-    """The one worker an offline command runs, with training's settings for the run. A
-    ``CUDA_VISIBLE_DEVICES`` the user set wins over the config's worker GPUs (which name a
-    training node's layout, where GPU 0 may be busy)."""
-    import os
-
+def offline_plan(cfg: StageConfig):
+    """This node's plan for an offline command's one worker (``cfg`` set to one worker, on
+    the first of the config's worker GPUs)."""
     from launch.plan import local_plan
-    from launch.runner import worker_specs
 
     cfg.rollout.num_workers = 1
     if cfg.launch.worker_gpus:
         cfg.launch.worker_gpus = cfg.launch.worker_gpus[:cfg.rollout.tensor_parallel_size]
-    (spec,) = worker_specs(cfg, local_plan(cfg).local_workers[:1], key, probe_ports)
+    return local_plan(cfg)
+
+
+def offline_spec(cfg: StageConfig, plan, key: str | None, probe_ports: bool):
+    """The one worker an offline command runs (``plan``: :func:`offline_plan`'s), with
+    training's settings for the run. A ``CUDA_VISIBLE_DEVICES`` the user set wins over the
+    config's worker GPUs (which name a training node's layout, where GPU 0 may be busy)."""
+    import os
+
+    from launch.runner import worker_specs
+
+    (spec,) = worker_specs(cfg, plan.local_workers[:1], key, probe_ports)
     if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
         spec.devices = None  # inherit
     return spec

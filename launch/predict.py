@@ -94,12 +94,14 @@ def confidence_prior(cfg: StageConfig, run: Path | None) -> tuple[float, str]:
 
     if not cfg.reward.market_aware_confidence:
         return PLAIN_PRIOR, "50/50"
-    facts = RunFolder(run).data_facts if run is not None else None
+    if run is None:
+        return PLAIN_PRIOR, "50/50: no run folder with the training split's up ratio"
+    facts = RunFolder(run).data_facts
     try:
         prior = float(json.loads(facts.read_text())["confidence_prior_up"])
-    except (AttributeError, OSError, ValueError, KeyError, TypeError):
-        return PLAIN_PRIOR, (f"50/50: no {facts or 'run folder'} with the training split's up "
-                             f"ratio (a run trained before it was kept)")
+    except (OSError, ValueError, KeyError, TypeError):
+        return PLAIN_PRIOR, (f"50/50: no {facts} with the training split's up ratio (a run "
+                             f"trained before it was kept)")
     return prior, f"the training split's up ratio {prior:.4f} ({facts})"
 
 

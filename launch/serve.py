@@ -56,7 +56,7 @@ def serve(cfg: StageConfig, adapter: Path, name: str, host: str, port: int,
           out_dir: Path) -> int:
     """Start the server, print how to call it, keep it up until Ctrl-C / SIGTERM (0) or
     until it dies (1, with its log's tail)."""
-    from launch.offline import offline_spec
+    from launch.offline import offline_plan, offline_spec
     from launch.plan import LOOPBACK
     from rollout.server import StartAborted, WorkerError, WorkerProcess
 
@@ -65,8 +65,8 @@ def serve(cfg: StageConfig, adapter: Path, name: str, host: str, port: int,
     if host not in LOOPBACK and key is None:
         raise ConfigError(f"--host {host}: a server other hosts can reach needs an API key: "
                           f"export {key_env}=<secret> (rollout.api_key_env)")
-    spec = replace(offline_spec(cfg, key, probe_ports=False), host=host, port=port,
-                   served_name="base", lora_modules={name: str(adapter.resolve())},
+    spec = replace(offline_spec(cfg, offline_plan(cfg), key, probe_ports=False), host=host,
+                   port=port, served_name="base", lora_modules={name: str(adapter.resolve())},
                    runtime_lora=False)  # clients may not unload or swap the served adapter
     out_dir.mkdir(parents=True, exist_ok=True)
     request = out_dir / "request.json"

@@ -70,7 +70,9 @@ class RecordedRollouts:
         for number, line in enumerate(lines, 1):
             try:
                 row = json.loads(line)
-                key = (row["step"], row["sample"])
+                # a group is the rows of one (step, group index); records written before
+                # the index was kept fall back to the sample id
+                key = (row["step"], row.get("group", row["sample"]))
                 prompt = tuple(row["prompt_ids"])
                 completion = Completion(row["token_ids"], row["worker_logprobs"],
                                         row["text"], row["finish_reason"],
@@ -78,7 +80,7 @@ class RecordedRollouts:
             except (ValueError, KeyError, TypeError) as exc:
                 raise WorkerError(f"{self.path}, line {number}: not a rollout record "
                                   f"({type(exc).__name__}: {exc})") from None
-            if key != current:  # a new group starts (or two: see generate)
+            if key != current:  # a new group starts
                 self._groups.setdefault(prompt, deque()).append((row["step"], []))
                 current = key
             self._groups[prompt][-1][1].append(completion)
@@ -100,12 +102,6 @@ class RecordedRollouts:
                                   f"group(s) replayed: the replay draws other prompts than the "
                                   f"recording did")
             step, group = queue[0]
-            if len(group) > n and len(group) % n == 0:
-                # one sample drawn twice in a row within a step (an epoch ended there): its
-                # groups were recorded one after the other under one key
-                queue[0] = (step, group[n:])
-                queue.appendleft((step, group[:n]))
-                step, group = queue[0]
             if len(group) != n:
                 raise WorkerError(f"{self.path}, step {step}: {len(group)} completions "
                                   f"recorded, the replay asks for n={n}")

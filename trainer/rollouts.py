@@ -279,7 +279,7 @@ def write_rollouts(path: Path, step: int, samples: list[Sample], batch: RolloutB
             for j, c in enumerate(group):
                 row = i * g + j
                 fh.write(json.dumps({
-                    "step": step, "sample": s.id, "label": s.meta.get("label"),
+                    "step": step, "group": i, "sample": s.id, "label": s.meta.get("label"),
                     "prompt_ids": batch.prompt_ids[row], "token_ids": c.token_ids,
                     "worker_logprobs": c.logprobs, "text": c.text,
                     "finish_reason": c.finish_reason, "adapter_version": c.adapter_version,

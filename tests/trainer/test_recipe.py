@@ -38,38 +38,61 @@ def _recipe(run, warm_model, source):
                            store=AdapterStore(run / "adapters"))
 
 
+def _advantages(rows, g: int, dtype=torch.float32) -> torch.Tensor:
+    """GRPO's: (r - group mean) / (unbiased group std + 1e-6), 0 where a group's rewards tie."""
+    rewards = torch.tensor([r["reward"] for r in rows], dtype=dtype).view(-1, g)
+    std = rewards.std(dim=1, keepdim=True)
+    return torch.where(std < 1e-6, torch.zeros_like(rewards),
+                       (rewards - rewards.mean(dim=1, keepdim=True)) / (std + 1e-6)).view(-1)
+
+
+def _policy(base_dir, adapter_dir, **kwargs):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir, torch_dtype=torch.float32)
+    return PeftModel.from_pretrained(base, str(adapter_dir), **kwargs)
+
+
+def _vocab_logps(model, row, temperature: float, dtype) -> torch.Tensor:
+    """[T, vocab]: the sampling distribution's log-probs at each of the row's completion
+    positions (one unpadded forward)."""
+    ids = torch.tensor([row["prompt_ids"] + row["token_ids"]])
+    logits = model(input_ids=ids).logits[0, len(row["prompt_ids"]) - 1:-1].to(dtype)
+    return torch.log_softmax(logits / temperature, -1)
+
+
+def _top_entropy(entropies: list[torch.Tensor], frac: float) -> float:
+    """The entropy at or above which a token is among the batch's top ``frac`` share."""
+    flat = torch.cat(entropies)
+    return torch.topk(flat, max(1, round(frac * flat.numel()))).values[-1]
+
+
+def _picked(logps: torch.Tensor, row) -> torch.Tensor:
+    return logps.gather(-1, torch.tensor(row["token_ids"])[:, None])[:, 0]
+
+
+def _entropy(logps: torch.Tensor) -> torch.Tensor:
+    return -(logps.exp() * logps).sum(-1)
+
+
 def _expected(cfg, rows, base_dir, adapter_dir):
     """(loss, kl) of the objective for this step's rows: the policy gradient over the
     top-entropy tokens (pg_tokens: high_entropy) with the ratio 1 of a single update, each
     token weighted by min(exp(logp - worker logp), is_cap), plus kl_coef x k3 KL to the base;
     mean over each answer's tokens, then over answers."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    tc, g = cfg.train, cfg.rollout.group_size
-    rewards = torch.tensor([r["reward"] for r in rows], dtype=torch.float64).view(-1, g)
-    std = rewards.std(dim=1, keepdim=True)
-    adv = torch.where(std < 1e-6, torch.zeros_like(rewards),
-                      (rewards - rewards.mean(dim=1, keepdim=True)) / (std + 1e-6)).view(-1)
-    base = AutoModelForCausalLM.from_pretrained(base_dir, torch_dtype=torch.float32)
-    policy = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    tc, temp = cfg.train, cfg.rollout.temperature
+    adv = _advantages(rows, cfg.rollout.group_size, torch.float64)
+    policy = _policy(base_dir, adapter_dir).eval()
     per_row = []
     with torch.no_grad():
         for r in rows:
-            ids = torch.tensor([r["prompt_ids"] + r["token_ids"]])
-            at = slice(len(r["prompt_ids"]) - 1, ids.shape[1] - 1)
-            target = torch.tensor(r["token_ids"])[:, None]
-            logits = policy(input_ids=ids).logits[0, at].double() / cfg.rollout.temperature
-            logp_all = torch.log_softmax(logits, -1)
+            logps = _vocab_logps(policy, r, temp, torch.float64)
             with policy.disable_adapter():
-                ref_logits = policy(input_ids=ids).logits[0, at].double()
-            ref = torch.log_softmax(ref_logits / cfg.rollout.temperature, -1)
-            per_row.append((logp_all.gather(-1, target)[:, 0], ref.gather(-1, target)[:, 0],
-                            -(logp_all.exp() * logp_all).sum(-1),
+                ref = _vocab_logps(policy, r, temp, torch.float64)
+            per_row.append((_picked(logps, r), _picked(ref, r), _entropy(logps),
                             torch.tensor(r["worker_logprobs"], dtype=torch.float64)))
-    entropies = torch.cat([ent for _, _, ent, _ in per_row])
-    keep = max(1, round(tc.entropy_top_frac * entropies.numel()))
-    threshold = torch.topk(entropies, keep).values[-1]
+    threshold = _top_entropy([ent for _, _, ent, _ in per_row], tc.entropy_top_frac)
     losses, kls = [], []
     for a, (logp, ref, ent, worker) in zip(adv, per_row, strict=True):
         weight = torch.clamp(torch.exp(logp - worker), max=tc.is_cap)
@@ -85,26 +108,17 @@ def _assert_first_update_descends(cfg, rows, base_dir, v0, v1):
     v1 - v0 must be that step against the gradient of the objective at v0, recomputed here
     (the policy-gradient part: the k3 KL has zero gradient where policy = reference). With
     a zero LoRA B only the B matrices have a gradient."""
-    from peft import PeftModel
     from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM
 
-    tc, g = cfg.train, cfg.rollout.group_size
-    base = AutoModelForCausalLM.from_pretrained(base_dir, torch_dtype=torch.float32)
-    policy = PeftModel.from_pretrained(base, str(v0), is_trainable=True).train()
-    rewards = torch.tensor([r["reward"] for r in rows]).view(-1, g)
-    std = rewards.std(dim=1, keepdim=True)
-    adv = torch.where(std < 1e-6, torch.zeros_like(rewards),
-                      (rewards - rewards.mean(dim=1, keepdim=True)) / (std + 1e-6)).view(-1)
+    tc = cfg.train
+    policy = _policy(base_dir, v0, is_trainable=True).train()
+    adv = _advantages(rows, cfg.rollout.group_size)
     picked, entropies = [], []
     for r in rows:
-        ids = torch.tensor([r["prompt_ids"] + r["token_ids"]])
-        logits = policy(input_ids=ids).logits[0, len(r["prompt_ids"]) - 1:-1].float()
-        logp_all = torch.log_softmax(logits / cfg.rollout.temperature, -1)
-        picked.append(logp_all.gather(-1, torch.tensor(r["token_ids"])[:, None])[:, 0])
-        entropies.append(-(logp_all.exp() * logp_all).sum(-1).detach())
-    flat = torch.cat(entropies)
-    threshold = torch.topk(flat, max(1, round(tc.entropy_top_frac * flat.numel()))).values[-1]
+        logps = _vocab_logps(policy, r, cfg.rollout.temperature, torch.float32)
+        picked.append(_picked(logps, r))
+        entropies.append(_entropy(logps).detach())
+    threshold = _top_entropy(entropies, tc.entropy_top_frac)
     loss = sum(-a * (torch.clamp(torch.exp(lp.detach() - torch.tensor(r["worker_logprobs"])),
                                  max=tc.is_cap) * (ent >= threshold) * lp).mean()
                for a, lp, ent, r in zip(adv, picked, entropies, rows, strict=True)) / len(rows)
@@ -193,12 +207,12 @@ def test_the_workers_client_and_the_replay_are_rollout_sources():
 
 
 def test_a_sample_drawn_twice_in_a_row_replays_as_two_groups(tmp_path):
-    """An epoch that ends inside a step can draw one sample twice in a row: its two groups
-    sit one after the other under one (step, sample) key in the record."""
+    """An epoch that ends inside a step can draw one sample twice in a row: the record
+    tells its two groups apart by their group index."""
     lines = (REPLAY / "rollouts.rank0.jsonl").read_text().splitlines()
     first = [json.loads(x) for x in lines[:4]]
-    again = [{**r, "token_ids": r["token_ids"][:-1], "worker_logprobs": r["worker_logprobs"][:-1]}
-             for r in first]
+    again = [{**r, "group": 1, "token_ids": r["token_ids"][:-1],
+              "worker_logprobs": r["worker_logprobs"][:-1]} for r in first]
     record = tmp_path / "rollouts.rank0.jsonl"
     record.write_text("".join(json.dumps(r) + "\n" for r in first + again))
     source = RecordedRollouts(record)

@@ -43,8 +43,8 @@ def check_zero3(cfg: StageConfig, stage_from: str = "launch.zero_stage") -> None
 def validate(cfg: StageConfig) -> None:
     """Each field's bounds (declared beside it, ``fields.setting``), then the checks across
     fields that types and bounds alone cannot express."""
-    for message in bound_errors(cfg):
-        raise ConfigError(message)
+    if errors := bound_errors(cfg):
+        raise ConfigError(errors[0])
     checks: list[tuple[bool, str]] = [
         (cfg.lora.r in VLLM_LORA_RANKS,
          f"lora.r: {cfg.lora.r} is not a rank vLLM accepts; use one of {VLLM_LORA_RANKS}"),
