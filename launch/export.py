@@ -15,11 +15,11 @@ failed export leaves no half folder; an existing OUT is refused.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
+from common.files import read_json
 from trainer.config import ConfigError, StageConfig
 from trainer.run_folder import RunFolder
 
@@ -41,20 +41,13 @@ def _section(report: str, title: str) -> str:
     return ""
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def model_card(cfg: StageConfig, run: Path | None, adapter: Path, base: str) -> str:
     """README.md for the exported folders: base, data and splits, stage and gate verdict,
     the run's evaluation with its same-sample baselines, intended use, and what it is not."""
     d = cfg.data
     folder = RunFolder(run) if run else None
-    gate = _read_json(folder.gate) if folder else None
-    stage2 = _read_json(folder.stage2) if folder else None
+    gate = (read_json(folder.gate) or None) if folder else None
+    stage2 = (read_json(folder.stage2) or None) if folder else None
     report = folder.report.read_text() if folder and folder.report.is_file() else ""
     if gate is not None:
         verdict = "passed" if gate.get("passed") else "failed: " + ", ".join(

@@ -89,6 +89,7 @@ def confidence_prior(cfg: StageConfig, run: Path | None) -> tuple[float, str]:
     """The prior P(UP) a stated confidence is read against, as evaluation reads it, and
     where it came from: 50/50, or with ``reward.market_aware_confidence`` (Stage II) the
     natural up ratio of the run's training split (its ``data.json``)."""
+    from common.files import read_json
     from trainer.run_folder import RunFolder
     from trainer.tasks.stock.rewards.probability import PLAIN_PRIOR
 
@@ -97,9 +98,8 @@ def confidence_prior(cfg: StageConfig, run: Path | None) -> tuple[float, str]:
     if run is None:
         return PLAIN_PRIOR, "50/50: no run folder with the training split's up ratio"
     facts = RunFolder(run).data_facts
-    try:
-        prior = float(json.loads(facts.read_text())["confidence_prior_up"])
-    except (OSError, ValueError, KeyError, TypeError):
+    prior = read_json(facts).get("confidence_prior_up")
+    if not isinstance(prior, (int, float)):
         return PLAIN_PRIOR, (f"50/50: no {facts} with the training split's up ratio (a run "
                              f"trained before it was kept)")
     return prior, f"the training split's up ratio {prior:.4f} ({facts})"

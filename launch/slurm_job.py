@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.files import read_json
 from launch.plan import Plan
 from trainer.config import ConfigError, StageConfig
 from trainer.run_folder import RunFolder
@@ -60,15 +61,6 @@ def wait_for(done: Callable[[], bool], timeout_s: float, what: str, poll_s: floa
         if time.monotonic() > deadline:
             raise ConfigError(f"waited {timeout_s:.0f}s (launch.node_wait_s) for {what}")
         time.sleep(poll_s)
-
-
-def read_json(path: Path) -> dict:
-    """The file's JSON object, or {} while it is missing or half written."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def set_aside(run_dir: Path, attempt: int) -> Path | None:

@@ -29,7 +29,7 @@ import threading
 import time
 from pathlib import Path
 
-from common.files import atomic_write_text
+from common.files import atomic_write_text, read_json
 from rollout.adapter_store import AdapterStore
 from rollout.source import RolloutSource
 from trainer import checkpoint, trackers
@@ -333,8 +333,5 @@ def base_gap_line(cfg, gap: float) -> str:
 
 def supervisor_counts(status: Path) -> dict[str, float]:
     """Cumulative worker faults the launcher's supervisor saw (died, hung, restarted, ...)."""
-    try:
-        counts = json.loads(status.read_text())["counts"]
-    except (OSError, ValueError, KeyError):
-        return {}
+    counts = read_json(status).get("counts", {})
     return {f"faults/workers_{k}": float(v) for k, v in counts.items()}
