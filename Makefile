@@ -5,12 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stonk-setup
 CONFIG ?=
-TINY := models/tiny-qwen2
-WARM := models/tiny-qwen2-fmt
 PYTEST_ARGS ?=
 
-.PHONY: setup demo stage1 stage2 eval predict serve export tiny-model warmstart test test-fast test-integration lint fix bench clean help
-.PHONY: bench-model bench-trl bench-rollout bench-push bench-learning bench-memory bench-decision bench-overlap bench-learner-memory bench-reward-share bench-variants bench-all plan gpu-check
+.PHONY: setup embedded lock demo stage1 stage2 eval predict serve export tiny-model warmstart test test-fast test-integration lint fix bench clean help
+.PHONY: bench-model bench-trl bench-rollout bench-push bench-learning bench-memory bench-decision bench-overlap bench-learner-memory bench-reward-share bench-robustness bench-variants bench-all plan gpu-check
 
 help:
 	@echo "make demo | test | setup [PROFILE=cpu|gpu] [WHEELS=dir] | check-gpu-deps | gpu-wheels | gpu-check [WHEELS=dir] | plan [CONFIG=...] | stage1 [CONFIG=...] [NPROC=n] [RESUME=run] | stage2 STAGE1=run [FORCE=1] [RESUME=run] | eval RUN=run | predict RUN=.. PRICES=csv|dir | serve RUN=.. | export RUN=.. [HUB=repo] | data | tiny-model | warmstart | test-fast | lint | fix | bench | bench-all | clean"
@@ -28,7 +26,7 @@ WHEELS ?=
 SETUP_PROFILE := $(PY) launch/setup_profile.py --venv $(VENV) --profile "$(PROFILE)"
 setup: $(STAMP)
 	+@$(SETUP_PROFILE) check
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(wildcard locks/cpu.txt)
 	+@$(SETUP_PROFILE) install $(if $(WHEELS),--wheels "$(WHEELS)") \
 		$(if $(findstring n,$(firstword -$(MAKEFLAGS))),--dry-run)
 
@@ -45,25 +43,30 @@ check-gpu-deps: setup
 gpu-wheels: check-gpu-deps
 	@$(SETUP_PROFILE) gpu-wheels --python $(GPU_PY) --dest $(WHEELS_OUT)
 
-# ---- embedded model (deterministic build) and its format warm start
-# Rebuilt when the text they are trained on changes (prompt, answer format, templates).
-MODEL_TEXT := launch/tiny_model.py trainer/tasks/stock/answer.py trainer/tasks/stock/prompt.py \
-	trainer/tasks/stock/warm_answers.py trainer/tasks/stock/synthetic.py
-tiny-model: $(TINY)/config.json
-$(TINY)/config.json: $(MODEL_TEXT) | $(STAMP)
-	$(BIN)/python -m launch.cli tiny-model --out $(TINY)
+# ---- the embedded models: shipped in models/ (bit-identical on every machine: their training
+# follows the CPU's kernels), checked against models/embedded.json before the demo and the tests.
+# tiny-model / warmstart rebuild them here on purpose and record the new hashes (commit both).
+embedded: setup
+	@$(BIN)/python -m launch.embedded check
 
-warmstart: $(WARM)/config.json
-$(WARM)/config.json: $(TINY)/config.json trainer/tasks/stock/warmstart.py trainer/tasks/stock/warm_answers.py
-	OMP_NUM_THREADS=2 $(BIN)/python -m launch.cli warmstart --base $(TINY) --out $(WARM)
+tiny-model: setup
+	$(BIN)/python -m launch.embedded rebuild tiny-qwen2
+
+warmstart: setup
+	OMP_NUM_THREADS=2 $(BIN)/python -m launch.embedded rebuild tiny-qwen2-fmt
+
+# ---- the cpu profile's lock (locks/cpu.txt, pip constraints that `make setup` installs with):
+# rewritten from this .venv on purpose, after changing pyproject.toml's cpu or dev pins
+lock: setup
+	$(PY) launch/setup_profile.py --venv $(VENV) lock
 
 # ---- training
-demo: setup warmstart
+demo: setup embedded
 	$(BIN)/python -m launch.cli demo $(ARGS)
 
 # RESUME=runs/<run>: continue that run from its latest checkpoint, with its own config.yaml
 stage1: setup
-	@case "$(CONFIG)" in configs/demo/*) $(MAKE) --no-print-directory warmstart;; esac
+	@case "$(CONFIG)" in configs/demo/*) $(MAKE) --no-print-directory embedded;; esac
 	$(BIN)/python -m launch.cli stage1 $(if $(RESUME),--resume $(RESUME),--config $(or $(CONFIG),configs/stage1.yaml)) $(if $(NPROC),--nproc $(NPROC)) $(ARGS)
 
 # ---- memory per GPU of a config's workers and learner ranks, against the card (stonk plan)
@@ -105,13 +108,13 @@ export: setup
 	$(BIN)/python -m launch.cli export --run $(RUN) --adapter $(or $(ADAPTER),best) $(if $(OUT),--out $(OUT)) $(if $(HUB),--push-to-hub $(HUB)) $(ARGS)
 
 # ---- tests: unit tests first (fast), then integration (real vLLM workers + DeepSpeed)
-test: setup warmstart
+test: setup embedded
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-test-fast: setup
+test-fast: setup embedded
 	$(BIN)/python -m pytest -q -m "not integration" $(PYTEST_ARGS)
 
-test-integration: setup warmstart
+test-integration: setup embedded
 	$(BIN)/python -m pytest -q -m integration $(PYTEST_ARGS)
 
 lint: setup
@@ -123,53 +126,57 @@ fix: setup
 # ---- benchmarks (BENCHMARKS.md: the question each answers, its full-size command and results)
 # BENCH_MODEL: a larger random-init Qwen2 (8 layers, hidden 512, ~25M parameters), same builder
 BENCH_MODEL := models/qwen2-25m
-bench: setup warmstart
+bench: setup embedded
 	$(BIN)/python benchmarks/step_timings.py
 
 bench-model: $(BENCH_MODEL)/config.json
-$(BENCH_MODEL)/config.json: $(MODEL_TEXT) | $(STAMP)
+$(BENCH_MODEL)/config.json: launch/tiny_model.py | $(STAMP)
 	$(BIN)/python -m launch.cli tiny-model --out $(BENCH_MODEL) --hidden 512 --layers 8 \
 		--heads 8 --kv-heads 2 --intermediate 1536
 
-bench-trl: setup warmstart bench-model
+bench-trl: setup embedded bench-model
 	$(BIN)/python benchmarks/vs_trl.py --rounds 2 --steps 10 --warmup 2
 	$(BIN)/python benchmarks/vs_trl.py --model $(BENCH_MODEL) --rounds 2 --steps 6 --warmup 2
 
-bench-rollout: setup warmstart bench-model
+bench-rollout: setup embedded bench-model
 	$(BIN)/python benchmarks/rollout_tps.py --prompts 8 --n 8 --repeats 5
 	$(BIN)/python benchmarks/rollout_tps.py --model $(BENCH_MODEL) --prompts 8 --n 8 --repeats 3
 
-bench-push: setup warmstart
+bench-push: setup embedded
 	$(BIN)/python benchmarks/push_latency.py --ranks 8,16,64 --repeats 20
 	$(BIN)/python benchmarks/keepalive.py --rounds 5
 
-bench-learning: setup warmstart
+bench-learning: setup embedded
 	$(BIN)/python benchmarks/learning.py --steps 200 --eval-every 10
 
 # the demo's Stage I with the seed's reward and with accuracy only, 3 seeds each (~50 min)
-bench-reward-share: setup warmstart
+bench-reward-share: setup embedded
 	$(BIN)/python benchmarks/reward_share.py --seeds 0,1,2
 
-bench-variants: setup warmstart
+# the demo's Stage I over train.seed 0-9: the spread of its learning (~40 min)
+bench-robustness: setup embedded
+	$(BIN)/python benchmarks/robustness.py --seeds $(or $(SEEDS),0-9)
+
+bench-variants: setup embedded
 	$(BIN)/python benchmarks/grpo_variants.py --seeds 0,1
 
-bench-decision: setup warmstart
+bench-decision: setup embedded
 	$(BIN)/python benchmarks/decision_probe.py --lr 3e-3 --steps 40 --every 10 --anchor 1 \
 		--schedule cosine --balance 2
 
-bench-memory: setup warmstart bench-model
+bench-memory: setup embedded bench-model
 	$(BIN)/python benchmarks/memory.py --steps 10 --workers 1
 	$(BIN)/python benchmarks/memory.py --steps 6 --workers 2 --model $(BENCH_MODEL)
 
-bench-overlap: setup warmstart
+bench-overlap: setup embedded
 	$(BIN)/python benchmarks/overlap.py --rounds 2 --steps 10 --warmup 2
 
 # the plan's learner estimate against the measured CPU peak (BENCHMARKS.md section 8)
 QWEN_VOCAB_MODEL := models/qwen2-v151936
-$(QWEN_VOCAB_MODEL)/config.json: $(MODEL_TEXT) | $(STAMP)
+$(QWEN_VOCAB_MODEL)/config.json: launch/tiny_model.py | $(STAMP)
 	$(BIN)/python -m launch.cli tiny-model --out $(QWEN_VOCAB_MODEL) --model-vocab 151936
 
-bench-learner-memory: setup warmstart bench-model $(QWEN_VOCAB_MODEL)/config.json
+bench-learner-memory: setup embedded bench-model $(QWEN_VOCAB_MODEL)/config.json
 	$(BIN)/python benchmarks/learner_memory.py
 
 bench-all: bench bench-trl bench-rollout bench-push bench-learning bench-memory bench-decision bench-overlap bench-learner-memory

