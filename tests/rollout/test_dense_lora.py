@@ -49,7 +49,8 @@ def test_shrink_and_expand_match_vllms_ops(patched, indices):
         if impl is ops:
             want = (mid, out, sliced)
     for got, ref in zip((mid, out, sliced), want, strict=True):
-        torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
+        # float32 rounding grows with |value| (up to ~35 here); atol covers sums that cancel to ~0
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
     assert sliced[:, :OUT].abs().sum() == 0  # outside the slice untouched
 
 
