@@ -90,8 +90,8 @@ def summary(root: Path, s1: Path, s2: Path, real: Path, gate: dict, minutes: flo
     lines = [
         "# Stonk-Trainer demo summary", "",
         f"Wall time: {minutes:.1f} min for the two stages and their evaluations on this "
-        "machine (the embedded model's build and warm start run before, as their own make "
-        "targets). Every comparison below is on the same windows the model answered.", "",
+        "machine. Every comparison below is on the same windows the model answered. One run "
+        "is one draw: the spread over seeds is in BENCHMARKS.md (`make bench-robustness`).", "",
         "| what | value | target |", "| --- | --- | --- |",
         f"| Stage I test accuracy (synthetic market, {n} windows) | {_pct(acc)} | |",
         f"| the Bayes rule on the same windows (exact posterior) | "
@@ -100,10 +100,15 @@ def summary(root: Path, s1: Path, s2: Path, real: Path, gate: dict, minutes: flo
         f"| the Bayes rule's expected accuracy on those windows (mean of max(p, 1 - p)) | "
         f"{_pct(test.get('bayes_expected_accuracy'))} | |",
         f"| answers that parse | {_pct(parse)} | >= {_pct(TARGET_PARSE)} |",
-        f"| Stage I ROC-AUC | {_num(test.get('roc_auc'))}{_flat(test)} | |",
+        f"| Stage I ROC-AUC of the stated P(UP) (exact posterior's: the ceiling) | "
+        f"{_num(test.get('roc_auc'))}{_flat(test)} ({_num(test.get('bayes_roc_auc'))}) | |",
+        f"| Stage I ECE of the stated P(UP) (exact posterior's) | {_num(test.get('ece'))} "
+        f"({_num(test.get('bayes_ece'))}) | |",
         f"| Stage I against the simple baselines | {versus(test)} | |",
         f"| promotion gate | {'passed' if gate.get('passed') else 'not passed (Stage II forced)'} | |",
-        f"| Stage II test accuracy (natural distribution) | {_pct(s2_test.get('accuracy'))} | |",
+        f"| Stage II test accuracy (natural distribution) | {_pct(s2_test.get('accuracy'))} "
+        f"(Bayes rule {_pct(s2_test.get('bayes_rule_accuracy'))}, ratio "
+        f"{_pct(s2_test.get('of_bayes_rule'))}) | |",
         f"| Stage II model on real prices (test, {n_real} windows) | "
         f"{_pct(real_test.get('accuracy'))}, ROC-AUC {_num(real_test.get('roc_auc'))}"
         f"{_flat(real_test)} | beat the baselines |",

@@ -32,8 +32,10 @@ Definitions:
   direction under the exact posterior) scored on these windows; ``of_bayes_rule``, the
   model's accuracy over it (the same windows, so at most about 1 but for ties);
   ``bayes_expected_accuracy``, its expected accuracy on these windows, mean of
-  max(p, 1 - p), a different figure; and ``bayes_agreement``, the share of answers that
-  pick what the rule picks.
+  max(p, 1 - p), a different figure; ``bayes_agreement``, the share of answers that
+  pick what the rule picks; and ``bayes_roc_auc`` / ``bayes_ece``, the exact posterior's
+  ROC-AUC and ECE on these windows: the ceiling for the stated P(UP)'s (a calibrated
+  posterior's ECE is not 0 on a finite sample, only small).
 
 Departure from the seed: it reported accuracy and average reward; the per-direction
 accuracy, ROC-AUC and calibration are ours, because a balanced accuracy can hide a model
@@ -126,14 +128,20 @@ def _bayes(records: list[dict], same: dict[str, dict],
     """The synthetic market's oracle on these windows, when every record carries it."""
     if BAYES not in same:
         return {}
-    picks = ["UP" if r["bayes_p_up"] > 0.5 else "DOWN" for r in records]
+    posterior = np.array([r["bayes_p_up"] for r in records], float)
+    y = np.array([r["label"] == "UP" for r in records], float)
+    picks = ["UP" if p > 0.5 else "DOWN" for p in posterior]
     realised = same[BAYES]["accuracy"]
+    bins, ece = reliability(posterior, y)
     return {"bayes_rule_accuracy": realised,
             "of_bayes_rule": accuracy / realised if accuracy is not None and realised
             else None,
-            "bayes_expected_accuracy": bayes_accuracy([r["bayes_p_up"] for r in records]),
+            "bayes_expected_accuracy": bayes_accuracy(list(posterior)),
             "bayes_agreement": _mean([r["prediction"] == b
-                                      for r, b in zip(records, picks, strict=True)])}
+                                      for r, b in zip(records, picks, strict=True)]),
+            "bayes_roc_auc": roc_auc(posterior, y),
+            "bayes_ece": ece,
+            "bayes_reliability": bins}
 
 
 def summarize(records: list[dict]) -> dict:

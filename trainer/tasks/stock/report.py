@@ -176,6 +176,11 @@ def _same_md(label: str, m: dict) -> list[str]:
                 f"rule: {_fmt(m.get('of_bayes_rule'))}. Its expected accuracy here (mean of "
                 f"max(p, 1 - p), before the labels are drawn): "
                 f"{_fmt(m.get('bayes_expected_accuracy'))}.", ""]
+    if m.get("bayes_ece") is not None:
+        out += [f"Stated confidence against the exact posterior's on these windows (the "
+                f"ceiling): ROC-AUC {_fmt(m.get('roc_auc'))} (posterior "
+                f"{_fmt(m.get('bayes_roc_auc'))}), ECE {_fmt(m.get('ece'))} (posterior "
+                f"{_fmt(m.get('bayes_ece'))}).", ""]
     return out
 
 
@@ -235,9 +240,12 @@ def _eval_plots(plots, run_dir: Path, evals: dict[str, dict]) -> list[Path]:
         m, pts = e["metrics"], roc_points(e.get("records") or [])
         if pts is not None:
             rocs[f"{label} (AUC {_fmt(m.get('roc_auc'))})"] = pts
-        bins = [b for b in m.get("reliability", []) if b["count"]]
-        rel[f"{label} (ECE {_fmt(m.get('ece'))})"] = ([b["mean_p"] for b in bins],
-                                                     [b["frac_up"] for b in bins])
+        for who, key, ece in (("", "reliability", "ece"),
+                              (" Bayes posterior", "bayes_reliability", "bayes_ece")):
+            bins = [b for b in m.get(key) or [] if b["count"]]
+            if bins:
+                rel[f"{label}{who} (ECE {_fmt(m.get(ece))})"] = (
+                    [b["mean_p"] for b in bins], [b["frac_up"] for b in bins])
     out = [
         plots.against_diagonal(run_dir / "roc.png", "ROC (positive: UP, score: P(UP))",
                                "false positive rate", "true positive rate", rocs, "chance"),

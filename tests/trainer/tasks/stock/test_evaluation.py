@@ -119,6 +119,15 @@ def test_synthetic_samples_report_the_bayes_oracle(task):
     # answering as the rule does scores what the rule scored, on the same windows
     assert m["bayes_rule_accuracy"] == m["accuracy"] and m["of_bayes_rule"] == 1.0
     assert m["same_samples"]["bayes_rule"]["verdict"] == "no clear difference"
+    # the posterior's own ROC-AUC and ECE, the ceiling for the stated confidence: an answer
+    # stating the posterior itself as its confidence scores the posterior's figures
+    exact = task.evaluate(samples, [_answer(b, round(100 * max(s.meta["up_prob"],
+                                                               1 - s.meta["up_prob"])))
+                                    for b, s in zip(bayes, samples, strict=True)])
+    assert exact["roc_auc"] == pytest.approx(exact["bayes_roc_auc"], abs=0.02)
+    assert exact["ece"] == pytest.approx(exact["bayes_ece"], abs=0.02)
+    # and they do not depend on what the model said
+    assert (m["bayes_roc_auc"], m["bayes_ece"]) == (exact["bayes_roc_auc"], exact["bayes_ece"])
 
 
 # ---- P(UP) and the market-aware reading

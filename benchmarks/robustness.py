@@ -1,0 +1,93 @@
+"""Does the demo learn at every seed? The demo's Stage I over many ``train.seed`` values.
+
+Runs ``configs/demo/stage1.yaml`` whole (its steps, its final evaluation on the 256 synthetic
+test windows, its gate) once per seed, on the shipped embedded model, and prints per run:
+test accuracy, what the Bayes rule scored on the same windows, their ratio, agreement with
+the rule, the verdicts against logistic regression and the 5-day trend on the same windows,
+the stated P(UP)'s ROC-AUC and ECE beside the exact posterior's, and the gate; then the
+min / median / max of each figure. The issue's bar: every run >= 95 % of the realised Bayes
+rule with the gate passed, ROC-AUC within 0.03 of the posterior's and ECE <= 0.05; the
+table says per run whether it holds.
+
+    .venv/bin/python benchmarks/robustness.py --seeds 0-9        # ~4 min a seed on 2 cores
+Writes ``benchmarks/results/robustness.json``; each run's folder and log under
+``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import parser, save, table  # noqa: E402
+from benchmarks.reward_share import run_one  # noqa: E402
+
+OF_BAYES = 0.95
+AUC_GAP = 0.03
+ECE_MAX = 0.05
+FIGURES = ("accuracy", "bayes_rule", "of_bayes_rule", "agreement", "roc_auc",
+           "bayes_roc_auc", "ece", "bayes_ece")
+
+
+def seeds_of(text: str) -> list[int]:
+    """``0-9`` or ``0,3,5`` (or both: ``0-2,7``)."""
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    return out
+
+
+def bars(r: dict) -> dict[str, bool | None]:
+    """Which of the issue's bars a run meets (None: the figure is missing)."""
+    def ok(cond, *keys):
+        return None if any(r.get(k) is None for k in keys) else bool(cond())
+
+    return {"decision": ok(lambda: r["of_bayes_rule"] >= OF_BAYES and r["gate"],
+                           "of_bayes_rule", "gate"),
+            "confidence": ok(lambda: r["bayes_roc_auc"] - r["roc_auc"] <= AUC_GAP
+                             and r["ece"] <= ECE_MAX, "roc_auc", "bayes_roc_auc", "ece")}
+
+
+def spread(runs: list[dict]) -> list[list]:
+    rows = []
+    for name, pick in (("min", min), ("median", statistics.median), ("max", max)):
+        row: list = [name]
+        for key in FIGURES:
+            vals = [r[key] for r in runs if r.get(key) is not None]
+            row.append(round(pick(vals), 3) if vals else None)
+        rows.append(row)
+    return rows
+
+
+def main() -> int:
+    p = parser(__doc__, model=False)
+    p.add_argument("--seeds", default="0-9", help="e.g. 0-9 or 0,1,2")
+    a = p.parse_args()
+    runs = [run_one(a.config, "seed", seed, a.set, arm_sets=[], tag="robustness")
+            for seed in seeds_of(a.seeds)]
+    for r in runs:
+        r.update(bars(r))
+    rows = [[r["seed"], r.get("accuracy"), r.get("bayes_rule"), r.get("of_bayes_rule"),
+             r.get("agreement"), r.get("vs_logistic"), r.get("vs_trend5"), r.get("roc_auc"),
+             r.get("bayes_roc_auc"), r.get("ece"), r.get("bayes_ece"), r.get("gate"),
+             r.get("decision"), r.get("confidence"), round(r["minutes"], 1)] for r in runs]
+    print(f"\nThe demo's Stage I over train.seed {a.seeds} ({a.config}; 256 synthetic test "
+          f"windows; every figure on the same windows)")
+    print(table(["train.seed", "accuracy", "Bayes rule", "of Bayes", "agrees", "vs logistic",
+                 "vs trend5", "ROC-AUC", "posterior AUC", "ECE", "posterior ECE", "gate",
+                 f">= {OF_BAYES:.0%} + gate", "confidence bar", "min"], rows))
+    print(table(["", *FIGURES], spread(runs)))
+    met = sum(bool(r.get("decision")) for r in runs)
+    print(f"decision bar met in {met} of {len(runs)} runs; confidence bar in "
+          f"{sum(bool(r.get('confidence')) for r in runs)} of {len(runs)}")
+    save("robustness", {"config": a.config, "sets": a.set, "seeds": seeds_of(a.seeds),
+                        "runs": runs})
+    return 0 if all(r["exit_code"] == 0 for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
