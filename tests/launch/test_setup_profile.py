@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from launch import setup_profile as sp
+from launch.gpu import wheels as gw
 from launch.setup_profile import SetupError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -224,11 +225,11 @@ def test_gpu_requirements_replace_the_sdist_by_its_own_needs(tmp_path):
         member = tarfile.TarInfo("deepspeed-0.19.8/PKG-INFO")
         member.size = len(info)
         tar.addfile(member, io.BytesIO(info))
-    reqs = sp.gpu_requirements(PYPROJECT, sdist)
+    reqs = gw.gpu_requirements(PYPROJECT, sdist)
     names = [sp.req_name(r) for r in reqs]
     assert "deepspeed" not in names and "wandb" not in names
     assert {"hjson", "torch", "vllm", "pytest", "pyyaml", "pip", "setuptools"} <= set(names)
-    args = sp.platform_args("3.12")
+    args = gw.platform_args("3.12")
     assert args[:5] == ["--only-binary=:all:", "--python-version", "3.12", "--implementation",
                         "cp"] and "manylinux_2_28_x86_64" in args
 
