@@ -3,7 +3,8 @@ shared worker start (`stonk workers`, then `accelerate launch` learners by hand,
 tests/integration/test_scale_cpu.py checks): DAPO (clip-higher, token-mean, overlong
 shaping, dynamic sampling), GSPO with two updates per batch, CISPO with dynamic sampling on
 two ranks and rollout.overlap. Each run's logged loss terms and the metrics its variant adds
-must be there and finite."""
+must be there and finite, and each variant's own mechanics are read back from what the run
+left on disk (the adapters it published, the completions it recorded)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,18 @@ import os
 import signal
 import subprocess
 import sys
+from itertools import pairwise
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
+from rollout.adapter_store import AdapterStore
 from tests.integration.helpers import DEMO, EVAL_SETS, REPO, set_flags
 from tests.integration.test_scale_cpu import _wait_healthy
+from trainer.config import load_config
+from trainer.objective import rl_term
+from trainer.run_folder import RunFolder
 
 pytestmark = pytest.mark.integration
 PORT = 8430
@@ -27,9 +35,15 @@ STEPS = 3
 # its near-50/50 start makes 8 equal answers rare)
 TIES = ["reward.weights={accuracy: 1.0}", "rollout.group_size=2", "train.micro_batch_size=8"]
 RUNS = {
-    "dapo": ["train.policy_loss=dapo", "reward.overlong_buffer=32", "rollout.dynamic_sampling=true",
-             "rollout.max_extra_draws=8"],
-    "gspo": ["train.policy_loss=gspo", "train.updates_per_batch=2"],
+    # the warm start's answers are ~43 tokens of max_tokens 96: a 64-token buffer (no penalty
+    # up to 32 tokens) puts them inside it, where a 32-token one left them all penalty-free.
+    # TIES: groups that tie, for dynamic sampling to drop (the overlong penalty breaks a tie
+    # only between answers of different lengths, rare here)
+    "dapo": ["train.policy_loss=dapo", "reward.overlong_buffer=64", "rollout.dynamic_sampling=true",
+             "rollout.max_extra_draws=8", *TIES],
+    # every published adapter kept on disk (the demo keeps 3), so the publishes can be counted
+    "gspo": ["train.policy_loss=gspo", "train.updates_per_batch=2",
+             f"run.keep_adapter_versions={STEPS + 2}"],
     # a total reward that ties: overlong shaping (length) would break the ties
     "cispo": ["train.policy_loss=cispo", "rollout.dynamic_sampling=true", "rollout.overlap=true",
               *TIES],
@@ -85,19 +99,84 @@ def test_every_variant_trains_and_logs_its_terms(variant_runs):
         _finite(rows, "loss", "policy_loss", "clip_frac", "is_weight", "grad_norm")
 
 
+def _recorded(run_dir) -> dict[int, list[list[dict]]]:
+    """{step: [each rank's rollout rows of the step]} from rollouts.rank*.jsonl."""
+    out: dict[int, dict[str, list[dict]]] = {}
+    for path in sorted(run_dir.glob("rollouts.rank*.jsonl")):
+        for row in map(json.loads, path.read_text().splitlines()):
+            out.setdefault(row["step"], {}).setdefault(path.name, []).append(row)
+    return {step: list(ranks.values()) for step, ranks in out.items()}
+
+
 def test_dapo_shapes_overlong_answers(variant_runs):
-    _, rows, _ = variant_runs["dapo"]
+    run_dir, rows, _ = variant_runs["dapo"]
     _finite(rows, "reward/overlong", "rollout/filtered_groups", "rollout/extra_draws",
             "rollout/uninformative_kept")
-    assert all(-1.0 <= r["reward/overlong"] <= 0.0 for r in rows)
+    cfg = load_config(run_dir / "config.yaml")
+    max_tokens, buffer = cfg.rollout.max_tokens, cfg.reward.overlong_buffer
+    coef = cfg.reward.overlong_coef
+    assert 0 < buffer < max_tokens
+
+    def penalty(n: int) -> float:  # DAPO's soft overlong punishment, written out
+        return -coef * min(max(n - (max_tokens - buffer), 0) / buffer, 1.0)
+
+    recorded = _recorded(run_dir)
+    assert sorted(recorded) == list(range(1, STEPS + 1))
+    inside = 0
+    for row in rows:
+        per_rank = []
+        for rank_rows in recorded[row["step"]]:
+            for r in rank_rows:
+                assert r["components"]["overlong"] == pytest.approx(
+                    penalty(len(r["token_ids"])), abs=1e-6), r["token_ids"]
+                inside += len(r["token_ids"]) > max_tokens - buffer
+            # each rank logs the mean over its rows, and the step the mean over ranks
+            per_rank.append(sum(penalty(len(r["token_ids"])) for r in rank_rows)
+                            / len(rank_rows))
+        assert row["reward/overlong"] == pytest.approx(sum(per_rank) / len(per_rank),
+                                                       abs=1e-6), row["step"]
+    assert inside > 0, "no completion fell inside the overlong buffer: nothing was shaped"
+    # some group tied (every answer equally right, equally long) and was dropped
+    assert sum(r["rollout/filtered_groups"] for r in rows) > 0
+
+
+def test_dapo_aggregates_token_mean_under_loss_agg_auto(variant_runs):
+    """``train.loss_agg: auto`` is the variant's own aggregation: token-mean for DAPO (long
+    answers weigh by their length), seq-mean-token-mean for GSPO. The run's demo answers are
+    almost all 43 tokens long, where both give the same value, so the resolution is checked on
+    the runs' own saved configs through the learner's term (trainer/objective.rl_term) on a
+    batch where they differ: a 1-token answer with advantage +1, a 4-token one with -1."""
+    mask = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    zeros, adv = torch.zeros_like(mask), torch.tensor([1.0, -1.0])
+    token_mean = -(1.0 * 1 + -1.0 * 4) / 5  # per-token loss -A, over all 5 tokens
+    seq_mean = -(1.0 + -1.0) / 2  # per answer, then over answers
+    expected = {"dapo": ("token-mean", token_mean), "gspo": ("seq-mean-token-mean", seq_mean)}
+    for name, (aggregation, value) in expected.items():
+        tc = load_config(variant_runs[name][0] / "config.yaml").train
+        assert tc.policy_loss == name and tc.loss_agg == "auto", (tc.policy_loss, tc.loss_agg)
+        term = rl_term(tc, zeros, zeros, None, zeros, adv, mask, mask, None, None)
+        assert term.metrics["policy_loss"] == pytest.approx(value, abs=1e-6), (name, aggregation)
 
 
 def test_gspo_reuses_each_batch_for_two_updates(variant_runs):
-    _, rows, _ = variant_runs["gspo"]
+    run_dir, rows, _ = variant_runs["gspo"]
     # the second update's sequence ratios move off 1: with GSPO's range (3e-4, 4e-4) some
     # sequences fall outside it, where one update alone never does (its ratio is 1)
     assert any(r["clip_frac"] > 0 for r in rows)
-    assert all(r["adapter_version"] == r["step"] for r in rows)  # one publish per batch
+    # one publish per batch, counted on disk: v0 (the fresh adapter), then one per step,
+    # not one per update (none pruned: run.keep_adapter_versions > STEPS + 1)
+    store = AdapterStore(RunFolder(run_dir).adapters)
+    assert store.versions() == list(range(STEPS + 1)) and store.latest() == STEPS
+    published = [json.loads((store.path(v) / "stonk_version.json").read_text())
+                 for v in store.versions()]
+    assert [m["version"] for m in published] == list(range(STEPS + 1))
+    assert all(a["published_at"] < b["published_at"] for a, b in pairwise(published))
+    weights = [load_file(store.path(v) / "adapter_model.safetensors") for v in store.versions()]
+    for old, new in pairwise(weights):  # each publish carries its batch's updates
+        assert any(not torch.equal(old[k], new[k]) for k in old)
+    # and the workers sampled step k under the adapter published after step k - 1
+    for step, ranks in _recorded(run_dir).items():
+        assert {r["adapter_version"] for rank_rows in ranks for r in rank_rows} == {step - 1}
 
 
 def test_cispo_with_dynamic_sampling_on_two_ranks_and_overlap(variant_runs):

@@ -15,6 +15,8 @@ from trainer.learner import load_policy
 
 pytestmark = pytest.mark.integration
 LOGP_TOL_MEAN = 1e-3  # float32 on both sides
+# one token's float32 log-prob from two differently batched forwards of the same weights
+LOGP_TOL_ABS = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -139,10 +141,28 @@ def test_a_request_that_leaves_sampling_fields_out_gets_the_plain_softmax(worker
     assert gap < LOGP_TOL_MEAN, f"worker vs the plain softmax: mean |gap| {gap:.2e}"
 
 
+def _teacher_forced(url: str, model: str, prompt: list[int], tokens: list[int]) -> list[float]:
+    """log p(tokens | prompt) on a worker, each token scored after the given ones (vLLM's
+    prompt_logprobs: one prefill over prompt + tokens, the prefix cache not read)."""
+    import json
+    import urllib.request
+
+    body = {"model": model, "prompt": prompt + tokens, "max_tokens": 1, "temperature": 0.0,
+            "prompt_logprobs": 0, "return_token_ids": True}
+    req = urllib.request.Request(f"{url}/v1/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=300) as resp:
+        (choice,) = json.loads(resp.read())["choices"]
+    scored = choice["prompt_logprobs"][len(prompt):]
+    assert len(scored) == len(tokens)
+    return [at[str(t)]["logprob"] for at, t in zip(scored, tokens, strict=True)]
+
+
 def test_dense_lora_ops_sample_the_same_tokens_with_the_same_logprobs(worker, dense_worker,
                                                                      adapters):
     """Seeded requests to a worker on vLLM's LoRA ops and to one on the dense ops, under the
-    same adapter (non-zero B): the same tokens, log-probs within 1e-6 relative."""
+    same adapter (non-zero B): the same tokens up to a sampling near-tie, and every token's
+    log-prob the same on both within float32 rounding."""
     from rollout.dense_lora import APPLIED
 
     _, store, _ = adapters
@@ -153,15 +173,32 @@ def test_dense_lora_ops_sample_the_same_tokens_with_the_same_logprobs(worker, de
         client = RolloutClient(pool.urls, timeout=300)
         client.publish(1, store.path(1))
         results.append(client.generate(prompts, n=4, max_tokens=24, seed=11))
-    for plain_group, dense_group in zip(*results, strict=True):
+    model = client.version_name(1)
+    worst, diverged = 0.0, []
+    for prompt, plain_group, dense_group in zip(prompts, *results, strict=True):
         for a, b in zip(plain_group, dense_group, strict=True):
-            assert a.token_ids == b.token_ids
-            la, lb = torch.tensor(a.logprobs), torch.tensor(b.logprobs)
-            # one GEMM sums in another order than vLLM's per-token einsum: float32 rounding,
-            # a few ulps of each log-prob (1.4e-6 absolute measured at |logp| ~ 8), so the
-            # bound is relative
-            rel = ((la - lb).abs() / la.abs().clamp(min=1.0)).max().item()
-            assert rel <= 1e-6, f"dense vs vLLM's LoRA ops: max relative logp gap {rel:.2e}"
+            # Not bit-exact: the two processes batch the concurrent requests differently and
+            # one GEMM sums in another order than vLLM's per-token einsum. So each worker's
+            # sampled tokens are scored on the other worker too (teacher-forced): every token's
+            # log-prob agrees within float32 rounding (a few ulps were 1.4e-6 at |logp| ~ 8),
+            # whatever was sampled
+            split = (i for i, (x, y) in enumerate(zip(a.token_ids, b.token_ids, strict=False))
+                     if x != y)
+            k = next(split, min(len(a.token_ids), len(b.token_ids)))
+            pairs = [(a.logprobs, _teacher_forced(dense.urls[0], model, prompt, a.token_ids)),
+                     (b.logprobs, _teacher_forced(worker.urls[0], model, prompt, b.token_ids)),
+                     (a.logprobs[:k], b.logprobs[:k])]  # the common prefix, as sampled
+            for x, y in pairs:
+                worst = max([worst, *(abs(u - v) for u, v in zip(x, y, strict=True))])
+            if a.token_ids != b.token_ids:
+                # same seeds, so the same noise: only a race between two tokens within that
+                # rounding of a tie can go the other way (both scored above at the split)
+                diverged.append((prompt, k))
+    print(f"max |logp gap| {worst:.2e}; split answers {diverged}")
+    assert worst <= LOGP_TOL_ABS, f"dense vs vLLM's LoRA ops: max |logp gap| {worst:.2e}"
+    # a token splits only where the race is within ~1e-6 of a tie (about that chance per
+    # token): 12 answers of 24 tokens may show one such split, not a pattern of them
+    assert len(diverged) <= 1, f"sampled tokens split at (prompt, position): {diverged}"
     assert APPLIED in dense.workers[0].log_path.read_text(errors="replace"), "the dense worker's log does not show the plugin applied"
     plain_logs = worker.workers[0].log_path.read_text(errors="replace")
     assert APPLIED not in plain_logs

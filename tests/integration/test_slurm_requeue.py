@@ -12,7 +12,7 @@ commands again with ``SLURM_RESTART_COUNT`` one higher for each requeue, as Slur
 4. attempt 3 finds the run finished and exits at once.
 The run must end as the session's uninterrupted reference run (same settings, one node:
 the samples depend on seeds per step and rank, not on the layout): the same sampled tokens
-and rewards, metrics within the single-node resume test's tolerances.
+(up to a near-tie) and rewards, metrics within the single-node resume test's tolerances.
 """
 
 from __future__ import annotations
@@ -37,7 +37,14 @@ from tests.integration.helpers import (
     signal_tree,
     wait_until,
 )
-from tests.integration.test_resume import ABS_TOL, FLOAT_KEYS, REL_TOL, _rows, _samples
+from tests.integration.test_resume import (
+    ABS_TOL,
+    FLOAT_KEYS,
+    REL_TOL,
+    STEPS,
+    _rows,
+    check_same_samples,
+)
 
 pytestmark = pytest.mark.integration
 PORT, JOB = 8470, "5151"
@@ -115,15 +122,19 @@ def test_each_attempt_continues_where_the_last_checkpoint_is(job):
     assert not [p for p in processes_mentioning(str(run_dir)) if alive(p.pid)]
 
 
-def test_the_requeued_run_ends_as_the_uninterrupted_one(job):
+def test_the_requeued_run_ends_as_the_uninterrupted_one(job, warm_model):
     reference, run_dir = job[0], job[1]
     got, ref = _rows(run_dir), _rows(reference)
-    assert [r["step"] for r in got] == [1, 2, 3, 4]
+    assert [r["step"] for r in got] == list(STEPS)
+    # the same samples up to a near-tie (the single-node resume test's check); the float
+    # metrics only before a step whose samples split, which changes every later batch
+    splits = check_same_samples(warm_model, reference, run_dir, STEPS)
+    split = splits[0][0] if splits else None
     for a, b in zip(ref, got, strict=True):
+        if split is not None and a["step"] >= split:
+            continue
         for key in FLOAT_KEYS:
             assert abs(a[key] - b[key]) <= ABS_TOL + REL_TOL * abs(a[key]), (a["step"], key)
-    for step in (1, 2, 3, 4):
-        assert _samples(run_dir, step) == _samples(reference, step), f"step {step}"
 
 
 def test_resume_by_hand_keeps_the_one_node_checks(job):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -73,7 +74,10 @@ def test_demo_summary_and_real_data_report(demo):
 
 def test_stage2_refuses_a_failed_gate_without_force(demo, tmp_path):
     root, _ = demo
-    s1 = root / "stage1"
+    # on a copy of the Stage I run: its gate is made to fail, the session's demo keeps its own
+    shared_gate = (root / "stage1" / "gate.json").read_text()
+    s1, out = tmp_path / "stage1", tmp_path / "out"
+    shutil.copytree(root / "stage1", s1, symlinks=True)
     gate = json.loads((s1 / "gate.json").read_text())
     if gate["passed"]:
         gate["passed"] = False
@@ -81,11 +85,12 @@ def test_stage2_refuses_a_failed_gate_without_force(demo, tmp_path):
         (s1 / "gate.json").write_text(json.dumps(gate))
     proc = subprocess.run(
         [sys.executable, "-m", "launch.cli", "stage2", "--config", "configs/demo/stage2.yaml",
-         "--stage1-run", str(s1), "--set", f"run.output_dir={tmp_path}"],
+         "--stage1-run", str(s1), "--set", f"run.output_dir={out}"],
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "promotion gate did not pass" in proc.stderr and "FORCE=1" in proc.stderr
-    assert not list(tmp_path.glob("*/base"))  # nothing merged, nothing started
+    assert not list(out.glob("*/base"))  # nothing merged, nothing started
+    assert (root / "stage1" / "gate.json").read_text() == shared_gate
 
 
 def test_eval_of_a_runs_adapter_reproduces_the_runs_own_evaluation(demo, tmp_path):
@@ -151,11 +156,16 @@ def test_stage2_on_slurm_resumes_a_requeued_job_without_merging_again(demo, tmp_
     assert [r["step"] for r in rows] == [1, 2, 3]
 
 
-def test_the_demo_runs_again_and_a_stage_refuses_a_used_folder(demo):
-    """Last in this file (it moves the fixture's folder). The same demo command again
-    succeeds, in a fresh folder, the first demo kept beside it; `stonk stage1` into a folder
-    that holds a run refuses with one line naming RESUME= and a new run.name."""
-    root, _ = demo
+def test_the_demo_runs_again_and_a_stage_refuses_a_used_folder(demo, tmp_path):
+    """The same demo command again succeeds, in a fresh folder, the first demo kept beside
+    it; `stonk stage1` into a folder that holds a run refuses with one line naming RESUME=
+    and a new run.name. On a copy of the session's demo in this test's own folder: the
+    rerun moves the earlier demo aside, and the shared fixture's run must stay where the
+    other tests read it."""
+    shared, _ = demo
+    shared_rows = (shared / "stage1" / "metrics.jsonl").read_text()
+    root = tmp_path / shared.name
+    shutil.copytree(shared, root, symlinks=True)
     proc = subprocess.run([sys.executable, "-m", "launch.cli", "stage1", "--config",
                            "configs/demo/stage1.yaml", "--set", f"run.output_dir={root}",
                            "--set", "run.name=stage1"], cwd=REPO, capture_output=True,
@@ -169,9 +179,12 @@ def test_the_demo_runs_again_and_a_stage_refuses_a_used_folder(demo):
     again = subprocess.run(demo_command(root.parent, steps=1), cwd=REPO, capture_output=True,
                            text=True, timeout=1500)
     assert again.returncode == 0, (again.stdout + again.stderr)[-5000:]
-    moved = [p for p in root.parent.iterdir() if p.name.startswith("d-")]
+    moved = [p for p in root.parent.iterdir() if p.name.startswith(f"{root.name}-")]
     assert len(moved) == 1 and f"moved to {moved[0]}" in again.stdout
     assert (moved[0] / "stage1" / "metrics.jsonl").read_text() == first_rows
     rows = (root / "stage1" / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 1  # the new run's one step, nothing of the first run's two
     assert (root / "SUMMARY.md").is_file()
+    # the session's demo is untouched: nothing moved beside it, its run as it was
+    assert (shared / "stage1" / "metrics.jsonl").read_text() == shared_rows
+    assert not [p for p in shared.parent.iterdir() if p.name.startswith(f"{shared.name}-")]
