@@ -10,8 +10,8 @@ rule with the gate passed, ROC-AUC within 0.03 of the posterior's and ECE <= 0.0
 table says per run whether it holds.
 
     .venv/bin/python benchmarks/robustness.py --seeds 0-9        # ~4 min a seed on 2 cores
-Writes ``benchmarks/results/robustness.json``; each run's folder and log under
-``benchmarks/results/``.
+Writes ``benchmarks/results/robustness.json`` (``--name``: another name) after every run;
+each run's folder and log under ``benchmarks/results/``.
 """
 
 from __future__ import annotations
@@ -66,11 +66,15 @@ def spread(runs: list[dict]) -> list[list]:
 def main() -> int:
     p = parser(__doc__, model=False)
     p.add_argument("--seeds", default="0-9", help="e.g. 0-9 or 0,1,2")
+    p.add_argument("--name", default="robustness", help="results/<name>.json and run tag")
     a = p.parse_args()
-    runs = [run_one(a.config, "seed", seed, a.set, arm_sets=[], tag="robustness")
-            for seed in seeds_of(a.seeds)]
-    for r in runs:
-        r.update(bars(r))
+    runs = []
+    for seed in seeds_of(a.seeds):
+        runs.append(run_one(a.config, "seed", seed, a.set, arm_sets=[], tag=a.name))
+        runs[-1].update(bars(runs[-1]))
+        # after every run, so a stopped matrix keeps what it measured
+        save(a.name, {"config": a.config, "sets": a.set, "seeds": seeds_of(a.seeds),
+                            "runs": runs})
     rows = [[r["seed"], r.get("accuracy"), r.get("bayes_rule"), r.get("of_bayes_rule"),
              r.get("agreement"), r.get("vs_logistic"), r.get("vs_trend5"), r.get("roc_auc"),
              r.get("bayes_roc_auc"), r.get("ece"), r.get("bayes_ece"), r.get("gate"),
@@ -84,8 +88,6 @@ def main() -> int:
     met = sum(bool(r.get("decision")) for r in runs)
     print(f"decision bar met in {met} of {len(runs)} runs; confidence bar in "
           f"{sum(bool(r.get('confidence')) for r in runs)} of {len(runs)}")
-    save("robustness", {"config": a.config, "sets": a.set, "seeds": seeds_of(a.seeds),
-                        "runs": runs})
     return 0 if all(r["exit_code"] == 0 for r in runs) else 1
 
 
