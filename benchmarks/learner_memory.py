@@ -54,7 +54,7 @@ ROWS = [
 ]
 TOLERANCE = 0.30
 WARM_MODEL = "models/tiny-qwen2-fmt"
-BUILD = ("make warmstart; make bench-model; .venv/bin/python -m launch.cli tiny-model --out "
+BUILD = ("make embedded; make bench-model; .venv/bin/python -m launch.cli tiny-model --out "
          "models/qwen2-v151936 --model-vocab 151936")
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 
