@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 .PHONY: bench-model bench-trl bench-rollout bench-push bench-learning bench-memory bench-decision bench-overlap bench-learner-memory bench-reward-share bench-robustness bench-variants bench-all plan gpu-check
 
 help:
-	@echo "make demo | test | setup [PROFILE=cpu|gpu] [WHEELS=dir] | check-gpu-deps | gpu-wheels | gpu-check [WHEELS=dir] | plan [CONFIG=...] | stage1 [CONFIG=...] [NPROC=n] [RESUME=run] | stage2 STAGE1=run [FORCE=1] [RESUME=run] | eval RUN=run | predict RUN=.. PRICES=csv|dir | serve RUN=.. | export RUN=.. [HUB=repo] | data | tiny-model | warmstart | test-fast | lint | fix | bench | bench-all | clean"
+	@echo "make demo | test | setup [PROFILE=cpu|gpu] [WHEELS=dir] [VLLM=x] | embedded | lock | gpu-carry | bench-robustness | check-gpu-deps | gpu-wheels | gpu-check [WHEELS=dir] | plan [CONFIG=...] | stage1 [CONFIG=...] [NPROC=n] [RESUME=run] | stage2 STAGE1=run [FORCE=1] [RESUME=run] | eval RUN=run | predict RUN=.. PRICES=csv|dir | serve RUN=.. | export RUN=.. [HUB=repo] | data | tiny-model | warmstart | test-fast | lint | fix | bench | bench-all | clean"
 
 # ---- install (idempotent: a stamp that depends on pyproject.toml; seconds when done)
 # launch/setup_profile.py (system python, standard library) picks the profile: PROFILE=cpu|gpu,
@@ -50,12 +50,16 @@ check-gpu-deps: setup
 gpu-wheels: $(if $(MIN)$(TORCH),setup,check-gpu-deps)
 	@$(GPU_WHEELS) gpu-wheels --dest $(WHEELS_OUT) $(if $(MIN),--min "$(MIN)") $(if $(TORCH),--torch "$(TORCH)")
 
-# gpu-carry: split $(WHEELS_OUT) into pieces of at most 64 MiB with a manifest, for a machine
-# that takes files that size (benchmarks/gpu_carry.py; its `run` joins, installs, gpu-checks)
+# gpu-carry: split $(WHEELS_OUT) into batches of at most 40 MiB with a manifest, for a machine
+# that takes at most 64 MiB a call (benchmarks/gpu_carry.py; its `run` joins, installs, gpu-checks)
 # (40 MiB batches: the repository's tree travels with each call too)
 CARRY_OUT ?= .whl/carry
 gpu-carry:
 	@$(PY) benchmarks/gpu_carry.py split $(WHEELS_OUT) $(CARRY_OUT) --piece-mib 40 --batch-mib 40
+
+# the text the embedded tokenizer is trained on (launch/embedded.py TOKEN_TEXT, the same list):
+# the benchmark models below are rebuilt when it changes
+MODEL_TEXT := $(shell $(PY) -c "import runpy; print(' '.join(runpy.run_path('launch/embedded.py')['TOKEN_TEXT']))" 2>/dev/null)
 
 # ---- the embedded models: shipped in models/ (bit-identical on every machine: their training
 # follows the CPU's kernels), checked against models/embedded.json before the demo and the tests.
@@ -70,9 +74,11 @@ warmstart: setup
 	OMP_NUM_THREADS=2 $(BIN)/python -m launch.embedded rebuild tiny-qwen2-fmt
 
 # ---- the cpu profile's lock (locks/cpu.txt, pip constraints that `make setup` installs with):
-# rewritten from this .venv on purpose, after changing pyproject.toml's cpu or dev pins
-lock: setup
-	$(PY) launch/setup_profile.py --venv $(VENV) lock
+# on purpose, after changing pyproject.toml's cpu or dev pins: installs those pins into .venv
+# without the old lock, then freezes .venv into it (a package whose range still admits the
+# installed version keeps it: rm -rf .venv first to take the newest in every range)
+lock:
+	+$(PY) launch/setup_profile.py --venv $(VENV) lock $(if $(findstring n,$(firstword -$(MAKEFLAGS))),--dry-run)
 
 # ---- training
 demo: setup embedded
@@ -144,7 +150,7 @@ bench: setup embedded
 	$(BIN)/python benchmarks/step_timings.py
 
 bench-model: $(BENCH_MODEL)/config.json
-$(BENCH_MODEL)/config.json: launch/tiny_model.py | $(STAMP)
+$(BENCH_MODEL)/config.json: $(MODEL_TEXT) | $(STAMP)
 	$(BIN)/python -m launch.cli tiny-model --out $(BENCH_MODEL) --hidden 512 --layers 8 \
 		--heads 8 --kv-heads 2 --intermediate 1536
 
@@ -187,7 +193,7 @@ bench-overlap: setup embedded
 
 # the plan's learner estimate against the measured CPU peak (BENCHMARKS.md section 8)
 QWEN_VOCAB_MODEL := models/qwen2-v151936
-$(QWEN_VOCAB_MODEL)/config.json: launch/tiny_model.py | $(STAMP)
+$(QWEN_VOCAB_MODEL)/config.json: $(MODEL_TEXT) | $(STAMP)
 	$(BIN)/python -m launch.cli tiny-model --out $(QWEN_VOCAB_MODEL) --model-vocab 151936
 
 bench-learner-memory: setup embedded bench-model $(QWEN_VOCAB_MODEL)/config.json

