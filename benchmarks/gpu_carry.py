@@ -25,21 +25,15 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from launch.embedded import sha256  # noqa: E402  (standard library only, as this script)
+
 MiB = 2**20
 KEEP = ("torch", "numpy", "numba")  # the image's: an install that changes one is refused
-CHUNK = 4 * MiB
 
 
 class CarryError(Exception):
     """A one-line reason to stop (exit code 2)."""
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
 
 
 def split(src: Path, out: Path, piece_mib: float = 48, batch_mib: float = 48) -> dict:
