@@ -18,6 +18,7 @@ without torch: the architecture and the longest prompt in tokens.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -39,6 +40,7 @@ KNOWN_MODELS = {
                                  "num_attention_heads": 28, "num_key_value_heads": 4,
                                  "tie_word_embeddings": False},
 }
+HUB_ID = re.compile(r"(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*")  # owner/name, or name
 SPECIAL = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
 # Qwen2.5's chat template with a system message and no tools (the embedded model's too)
 CHATML = "".join(f"<|im_start|>{{{r}}}\n{{{r}_text}}<|im_end|>\n" for r in ("s", "u")
@@ -107,7 +109,10 @@ def _cached_file(name: str, filename: str) -> Path | None:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
         return None
-    cached = try_to_load_from_cache(name, filename)
+    try:
+        cached = try_to_load_from_cache(name, filename)
+    except ValueError:  # HFValidationError: a path or a malformed name, not a hub id
+        return None
     return Path(cached) if isinstance(cached, str) else None
 
 
@@ -123,6 +128,12 @@ def architecture(name: str) -> Architecture:
                               f"the memory plan knows ({type(exc).__name__}: {exc})") from None
     if name in KNOWN_MODELS:
         return _from_config(KNOWN_MODELS[name], f"built-in table ({name} is not here)")
+    if Path(name).is_dir():
+        raise ConfigError(f"model.name_or_path: model folder {name} has no config.json "
+                          "(not a save_pretrained checkpoint)")
+    if not HUB_ID.fullmatch(name):
+        raise ConfigError(f"model.name_or_path: {name} is neither a local model folder (no "
+                          "such folder) nor a hub id in the Hugging Face cache")
     raise ConfigError(f"model.name_or_path: {name} is neither a model folder, in the Hugging "
                       f"Face cache, nor one of the models the memory plan knows "
                       f"({', '.join(KNOWN_MODELS)}); point it at a folder with config.json")

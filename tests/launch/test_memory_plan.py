@@ -69,6 +69,16 @@ def test_qwen_architecture_from_the_table_matches_the_hub_figures():
 def test_unknown_model_is_one_line_naming_the_field():
     with pytest.raises(ConfigError, match=r"^model\.name_or_path: nobody/no-such-model is "):
         architecture("nobody/no-such-model")
+    # a path is no hub id: one line, not huggingface_hub's HFValidationError from its cache
+    for path in ("/nonexistent", "./nope", "a/b/c"):
+        with pytest.raises(ConfigError, match=rf"^model\.name_or_path: {path} is neither a "
+                                              r"local model folder \(no such folder\) nor a hub id"):
+            architecture(path)
+
+
+def test_a_folder_without_config_json_says_so(tmp_path):
+    with pytest.raises(ConfigError, match=r"model folder .* has no config\.json"):
+        architecture(str(tmp_path))
 
 
 def _stage1(**sets):
