@@ -41,6 +41,16 @@ def _section(report: str, title: str) -> str:
     return ""
 
 
+def card_base(base: str) -> tuple[str, str]:
+    """(the card's ``base_model``, how its text names the base): a hub id as it is; a local
+    folder by its name, said to be local (its absolute path means nothing to a reader and
+    would leak this machine's layout)."""
+    if Path(base).is_dir():
+        name = Path(base).resolve().name
+        return name, f"`{name}` (a local model folder, not a hub model)"
+    return base, f"`{base}`"
+
+
 def model_card(cfg: StageConfig, run: Path | None, adapter: Path, base: str) -> str:
     """README.md for the exported folders: base, data and splits, stage and gate verdict,
     the run's evaluation with its same-sample baselines, intended use, and what it is not."""
@@ -58,11 +68,12 @@ def model_card(cfg: StageConfig, run: Path | None, adapter: Path, base: str) -> 
                    f"{', Stage II forced' if stage2.get('forced') else ''}")
     else:
         verdict = "no gate result in the run folder"
-    trained_on = f"`{base}`"
     if stage2 is not None:  # the adapter sits on the merged Stage I model, not the hub base
-        trained_on = (f"the merged Stage I model (from `{stage2.get('stage1_base')}`); the "
-                      f"adapter alone loads only on that model: use `merged/`")
         base = stage2.get("stage1_base") or base
+    base, named = card_base(base)
+    trained_on = named if stage2 is None else (
+        f"the merged Stage I model (from {named}); the adapter alone loads only on that "
+        "model: use `merged/`")
     data = (f"`{d.source}`" + (f" ({d.path})" if d.source == "local" else "")
             + (f" ({d.hf_name})" if d.source == "hf" else "")
             + (f", tickers {', '.join(d.tickers)}" if d.tickers else ""))
