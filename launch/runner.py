@@ -158,7 +158,9 @@ def learner_command(cfg: StageConfig, run_dir: Path, module: str, slot: LearnerS
     port = free_port(slot.main_process_port) if probe_port else slot.main_process_port
     acc, ds = accelerate_files(cfg, slot)
     cmd = [
-        sys.executable, "-m", "accelerate.commands.launch",
+        # accelerate launch, but a clean stop exits with its own code and no torchrun
+        # traceback above the ranks' one-line reason (launch/accelerate_launch.py)
+        sys.executable, "-m", "launch.accelerate_launch",
         "--config_file", str(REPO_ROOT / acc),
         "--deepspeed_config_file", str(REPO_ROOT / ds),
         "--mixed_precision", mixed_precision(cfg),

@@ -44,7 +44,9 @@ from trainer.recipe import GRPORecipe, TimeLimitStop
 from trainer.run_folder import RunFolder
 from trainer.tasks import build_task
 
-EXIT_STOPPED = 3  # a clean stop: checkpoint write failed, every worker gone, out of memory
+# a clean stop: time limit, parity alarm, checkpoint write failed, every worker gone, out of
+# memory (launch/accelerate_launch.py passes it on without torchrun's traceback)
+EXIT_STOPPED = 3
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,9 +28,9 @@ import pytest
 
 from tests.integration.helpers import (
     DEMO,
-    EVAL_SETS,
     REFERENCE_SETS,
     REPO,
+    TEST_SETS,
     alive,
     processes_mentioning,
     set_flags,
@@ -45,6 +45,7 @@ from tests.integration.test_resume import (
     _rows,
     check_same_samples,
 )
+from trainer.train import EXIT_STOPPED
 
 pytestmark = pytest.mark.integration
 PORT, JOB = 8470, "5151"
@@ -53,7 +54,7 @@ PORT, JOB = 8470, "5151"
 def _attempt(tmp_path, n: int) -> tuple[list[subprocess.Popen], list]:
     sets = ["launch.slurm_worker_nodes=1", f"rollout.base_port={PORT}",
             "launch.main_process_port=29670", f"run.output_dir={tmp_path}",
-            *REFERENCE_SETS, *EVAL_SETS]
+            *REFERENCE_SETS, *TEST_SETS]
     cmd = [sys.executable, "-m", "launch.cli", "slurm", "--config", DEMO, *set_flags(*sets)]
     env = dict(os.environ, PYTHONUNBUFFERED="1", SLURM_JOB_NODELIST="localhost,127.0.0.1",
                SLURM_NNODES="2", SLURM_JOB_ID=JOB, STONK_API_KEY="test-secret",
@@ -115,6 +116,8 @@ def test_each_attempt_continues_where_the_last_checkpoint_is(job):
     assert "SIGUSR1 (Slurm's time-limit warning): stopped after step 3" in out1[1]
     assert "requeue or resubmit job 5151: it continues from step 3" in out1[1]
     assert codes[0] == 0, out1[0][-3000:]  # the worker node ends with the attempt
+    # the time-limit stop is a clean stop: its own exit code, no torchrun traceback
+    assert codes[1] == EXIT_STOPPED and "Traceback" not in out1[1], out1[1][-3000:]
     assert "resumed from" in out2[1] and "step_000003" in out2[1]
     assert all("already reached step 4" in o for o in out3) and secs3 < 60
     assert json.loads((run_dir / "attempt.json").read_text()) == {"attempt": 3,
