@@ -18,8 +18,9 @@ DEMO = "configs/demo/stage1.yaml"
 
 
 # Tests judge mechanics, not the demo's accuracy: the end-of-run evaluation on 16 samples
-# (the demo's 256 val + 256 test answers took 70 s of a 150 s run, 4 min with two workers)
-EVAL_SETS = ("eval.final_samples=16", "eval.num_samples=8")
+# (the demo's 256 val + 256 test answers took 70 s of a 150 s run, 4 min with two workers),
+# and 4 prompts a rank per step (the demo's 8 double a step's sampling and learner time)
+TEST_SETS = ("eval.final_samples=16", "eval.num_samples=8", "train.prompts_per_rank=4")
 # One uninterrupted run serves as the Stage I end-to-end run and as the reference that an
 # interrupted, resumed run must reproduce (tests/integration/conftest.py)
 REFERENCE_SETS = ("train.steps=4", "run.checkpoint_every=2", "train.learning_rate=5.0e-3",
@@ -43,17 +44,16 @@ def demo_worker_env() -> dict[str, str]:
 
 
 def cli_command(run_root: Path, name: str, *sets: str, config: str = DEMO) -> list[str]:
-    """``stonk stage1`` on ``config`` into ``run_root/name``: EVAL_SETS, then ``sets``."""
+    """``stonk stage1`` on ``config`` into ``run_root/name``: TEST_SETS, then ``sets``."""
     return [sys.executable, "-m", "launch.cli", "stage1", "--config", config,
-            *set_flags(f"run.output_dir={run_root}", f"run.name={name}", *EVAL_SETS, *sets)]
+            *set_flags(f"run.output_dir={run_root}", f"run.name={name}", *TEST_SETS, *sets)]
 
 
 def demo_command(root: Path, steps: int = 2) -> list[str]:
     """``stonk demo`` into ``root/d``: both stages, ``steps`` each, a short evaluation."""
     return [sys.executable, "-m", "launch.cli", "demo", "--name", "d", "--output-dir",
-            str(root), "--stage1-steps", str(steps), "--stage2-steps", str(steps), "--set",
-            "eval.final_samples=16", "--set", "eval.every_steps=1", "--set",
-            "eval.num_samples=8"]
+            str(root), "--stage1-steps", str(steps), "--stage2-steps", str(steps),
+            *set_flags(*TEST_SETS, "eval.every_steps=1")]
 
 
 def _terminal_signals() -> None:

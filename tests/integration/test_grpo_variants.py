@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from rollout.adapter_store import AdapterStore
-from tests.integration.helpers import DEMO, EVAL_SETS, REPO, set_flags
+from tests.integration.helpers import DEMO, REPO, TEST_SETS, set_flags
 from tests.integration.test_scale_cpu import _wait_healthy
 from trainer.config import load_config
 from trainer.objective import rl_term
@@ -73,7 +73,7 @@ def variant_runs(tmp_path_factory, warm_model):
                    "-m", "trainer.train", "--config", DEMO,
                    *set_flags(f"train.steps={STEPS}", f"rollout.base_port={PORT}",
                               f"launch.num_processes={RANKS[name]}", "eval.every_steps=0",
-                              *EVAL_SETS, *sets),
+                              *TEST_SETS, *sets),
                    "--run-dir", str(run_dir), "--workers", url]
             proc = subprocess.run(cmd, cwd=REPO, env=dict(env, DS_ACCELERATOR="cpu"),
                                   capture_output=True, text=True, timeout=900)

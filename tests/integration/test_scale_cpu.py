@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 from safetensors.torch import load_file
 
-from tests.integration.helpers import DEMO, EVAL_SETS, REPO, set_flags
+from tests.integration.helpers import DEMO, REPO, TEST_SETS, set_flags
 
 pytestmark = pytest.mark.integration
 PORT = 8420
@@ -51,7 +51,7 @@ def test_two_stonk_workers_and_zero3_ranks_by_hand_serve_the_same_gathered_adapt
         _wait_healthy(urls, workers, log)
         sets = ["train.steps=2", "launch.zero_stage=3", "train.learning_rate=5.0e-3",
                 # not with ZeRO-3 yet (refused): the anchor's and the balance's own forward
-                "train.anchor_coef=0", "train.balance_coef=0", *EVAL_SETS]
+                "train.anchor_coef=0", "train.balance_coef=0", *TEST_SETS]
         cmd = [sys.executable, "-m", "accelerate.commands.launch",
                "--config_file", "launch/accelerate/cpu_deepspeed.yaml",
                "--deepspeed_config_file", "launch/accelerate/ds_zero3.json",

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from tests.integration.helpers import DEMO, EVAL_SETS, REPO, alive, processes_mentioning, set_flags
+from tests.integration.helpers import DEMO, REPO, TEST_SETS, alive, processes_mentioning, set_flags
 
 pytestmark = pytest.mark.integration
 PORT = 8460
@@ -22,7 +22,7 @@ PORT = 8460
 def test_worker_node_and_learner_node_run_one_job(tmp_path, warm_model):
     sets = ["launch.slurm_worker_nodes=1", f"rollout.base_port={PORT}",
             "launch.main_process_port=29660", f"run.output_dir={tmp_path}", "train.steps=1",
-            *EVAL_SETS]
+            *TEST_SETS]
     cmd = [sys.executable, "-m", "launch.cli", "slurm", "--config", DEMO,
            *set_flags(*sets)]
     env = dict(os.environ, PYTHONUNBUFFERED="1", SLURM_JOB_NODELIST="localhost,127.0.0.1",
@@ -58,7 +58,7 @@ def test_a_node_whose_peers_never_come_stops_naming_what_it_waited_for(tmp_path,
     waits for node 0's start decision; a worker node whose learner never shows a sign of
     life (no workers.json, no metrics) stops its workers."""
     sets = ["launch.slurm_worker_nodes=1", f"rollout.base_port={PORT + 5}",
-            f"run.output_dir={tmp_path}", "launch.node_wait_s=4", *EVAL_SETS]
+            f"run.output_dir={tmp_path}", "launch.node_wait_s=4", *TEST_SETS]
     cmd = [sys.executable, "-m", "launch.cli", "slurm", "--config", DEMO, *set_flags(*sets)]
     env = dict(os.environ, PYTHONUNBUFFERED="1", SLURM_JOB_NODELIST="localhost,127.0.0.1",
                SLURM_NNODES="2", SLURM_JOB_ID="4343", STONK_API_KEY="test-secret")
