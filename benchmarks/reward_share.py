@@ -39,6 +39,24 @@ def arm_order(seed: int) -> list[str]:
     return names if seed % 2 == 0 else names[::-1]
 
 
+def test_figures(run_dir: Path) -> dict:
+    """A finished run's test evaluation, same-sample figures and gate (empty without one)."""
+    test = run_dir / "eval" / "test.json"
+    if not test.is_file():
+        return {}
+    m = json.loads(test.read_text())["metrics"]
+    same = m.get("same_samples", {})
+    gate = json.loads((run_dir / "gate.json").read_text())
+    return dict(n=m["n"], accuracy=m["accuracy"], bayes_rule=m.get("bayes_rule_accuracy"),
+                of_bayes_rule=m.get("of_bayes_rule"), parse=m["format_valid"],
+                agreement=m.get("bayes_agreement"), gate=gate["passed"],
+                roc_auc=m.get("roc_auc"), bayes_roc_auc=m.get("bayes_roc_auc"),
+                ece=m.get("ece"), bayes_ece=m.get("bayes_ece"),
+                p_up_values=m.get("p_up_values"),
+                **{f"vs_{b}": same.get(b, {}).get("verdict") for b in ("logistic", "trend5")},
+                **{f"{b}_acc": same.get(b, {}).get("accuracy") for b in ("logistic", "trend5")})
+
+
 def run_one(config: str, arm: str, seed: int, sets: list[str],
             arm_sets: list[str] | None = None, tag: str = "reward-share") -> dict:
     """One whole Stage I of ``arm`` (``arm_sets``, else ``ARMS[arm]``): exit code, minutes,
@@ -55,21 +73,8 @@ def run_one(config: str, arm: str, seed: int, sets: list[str],
         code = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
     out = {"arm": arm, "seed": seed, "run": str(run_dir), "exit_code": code,
            "minutes": (time.perf_counter() - t0) / 60, "command": " ".join(cmd)}
-    test = run_dir / "eval" / "test.json"
-    if code == 0 and test.is_file():
-        m = json.loads(test.read_text())["metrics"]
-        same = m.get("same_samples", {})
-        gate = json.loads((run_dir / "gate.json").read_text())
-        out.update(n=m["n"], accuracy=m["accuracy"], bayes_rule=m.get("bayes_rule_accuracy"),
-                   of_bayes_rule=m.get("of_bayes_rule"), parse=m["format_valid"],
-                   agreement=m.get("bayes_agreement"), gate=gate["passed"],
-                   roc_auc=m.get("roc_auc"), bayes_roc_auc=m.get("bayes_roc_auc"),
-                   ece=m.get("ece"), bayes_ece=m.get("bayes_ece"),
-                   p_up_values=m.get("p_up_values"),
-                   **{f"vs_{b}": same.get(b, {}).get("verdict") for b in ("logistic",
-                                                                          "trend5")},
-                   **{f"{b}_acc": same.get(b, {}).get("accuracy") for b in ("logistic",
-                                                                            "trend5")})
+    if code == 0:
+        out.update(test_figures(run_dir))
     print(f"[{tag}] {arm}, seed {seed}: exit {code}, "
           f"accuracy {out.get('accuracy')}, of Bayes rule {out.get('of_bayes_rule')}",
           flush=True)

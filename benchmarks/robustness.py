@@ -10,20 +10,26 @@ rule with the gate passed, ROC-AUC within 0.03 of the posterior's and ECE <= 0.0
 table says per run whether it holds.
 
     .venv/bin/python benchmarks/robustness.py --seeds 0-9        # ~4 min a seed on 2 cores
-Writes ``benchmarks/results/robustness.json`` (``--name``: another name) after every run;
+    .venv/bin/python benchmarks/robustness.py --seeds 0-2 --stage2 configs/demo/stage2.yaml
+
+``--stage2 CONFIG`` also runs Stage II from each seed's Stage I (``--force``: measured whether
+or not the gate passed; same ``train.seed``; ``--stage2-set`` overrides its config) and prints
+the same figures for it, on the natural distribution's test windows. Writes ``benchmarks/results/robustness.json`` (``--name``: another name) after every run;
 each run's folder and log under ``benchmarks/results/``.
 """
 
 from __future__ import annotations
 
 import statistics
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import parser, save, table  # noqa: E402
-from benchmarks.reward_share import run_one  # noqa: E402
+from benchmarks.common import REPO, RESULTS, parser, save, table  # noqa: E402
+from benchmarks.reward_share import run_one, test_figures  # noqa: E402
 
 OF_BAYES = 0.95
 AUC_GAP = 0.03
@@ -52,6 +58,26 @@ def bars(r: dict) -> dict[str, bool | None]:
                              and r["ece"] <= ECE_MAX, "roc_auc", "bayes_roc_auc", "ece")}
 
 
+def run_stage2(config: str, stage1: dict, sets: list[str], tag: str) -> dict:
+    """Stage II from ``stage1``'s run folder, forced past its gate, at its seed."""
+    seed = stage1["seed"]
+    name = f"{tag}-stage2-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    cmd = [sys.executable, "-m", "launch.cli", "stage2", "--config", config, "--stage1-run",
+           stage1["run"], "--force"]
+    for s in [*sets, f"train.seed={seed}", f"run.output_dir={RESULTS}", f"run.name={name}"]:
+        cmd += ["--set", s]
+    print(f"[{tag}] stage 2, seed {seed}: {' '.join(cmd)}", flush=True)
+    t0 = time.perf_counter()
+    with open(RESULTS / f"{name}.log", "w") as log:
+        code = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
+    out = {"arm": "stage2", "seed": seed, "run": str(RESULTS / name), "exit_code": code,
+           "minutes": (time.perf_counter() - t0) / 60, "command": " ".join(cmd)}
+    out.update(test_figures(RESULTS / name) if code == 0 else {})
+    print(f"[{tag}] stage 2, seed {seed}: exit {code}, accuracy {out.get('accuracy')}, "
+          f"of Bayes rule {out.get('of_bayes_rule')}", flush=True)
+    return out
+
+
 def spread(runs: list[dict]) -> list[list]:
     rows = []
     for name, pick in (("min", min), ("median", statistics.median), ("max", max)):
@@ -63,24 +89,12 @@ def spread(runs: list[dict]) -> list[list]:
     return rows
 
 
-def main() -> int:
-    p = parser(__doc__, model=False)
-    p.add_argument("--seeds", default="0-9", help="e.g. 0-9 or 0,1,2")
-    p.add_argument("--name", default="robustness", help="results/<name>.json and run tag")
-    a = p.parse_args()
-    runs = []
-    for seed in seeds_of(a.seeds):
-        runs.append(run_one(a.config, "seed", seed, a.set, arm_sets=[], tag=a.name))
-        runs[-1].update(bars(runs[-1]))
-        # after every run, so a stopped matrix keeps what it measured
-        save(a.name, {"config": a.config, "sets": a.set, "seeds": seeds_of(a.seeds),
-                            "runs": runs})
+def report(title: str, runs: list[dict]) -> None:
     rows = [[r["seed"], r.get("accuracy"), r.get("bayes_rule"), r.get("of_bayes_rule"),
              r.get("agreement"), r.get("vs_logistic"), r.get("vs_trend5"), r.get("roc_auc"),
              r.get("bayes_roc_auc"), r.get("ece"), r.get("bayes_ece"), r.get("gate"),
              r.get("decision"), r.get("confidence"), round(r["minutes"], 1)] for r in runs]
-    print(f"\nThe demo's Stage I over train.seed {a.seeds} ({a.config}; 256 synthetic test "
-          f"windows; every figure on the same windows)")
+    print(f"\n{title}")
     print(table(["train.seed", "accuracy", "Bayes rule", "of Bayes", "agrees", "vs logistic",
                  "vs trend5", "ROC-AUC", "posterior AUC", "ECE", "posterior ECE", "gate",
                  f">= {OF_BAYES:.0%} + gate", "confidence bar", "min"], rows))
@@ -88,7 +102,33 @@ def main() -> int:
     met = sum(bool(r.get("decision")) for r in runs)
     print(f"decision bar met in {met} of {len(runs)} runs; confidence bar in "
           f"{sum(bool(r.get('confidence')) for r in runs)} of {len(runs)}")
-    return 0 if all(r["exit_code"] == 0 for r in runs) else 1
+
+
+def main() -> int:
+    p = parser(__doc__, model=False)
+    p.add_argument("--seeds", default="0-9", help="e.g. 0-9 or 0,1,2")
+    p.add_argument("--name", default="robustness", help="results/<name>.json and run tag")
+    p.add_argument("--stage2", metavar="CONFIG", help="also Stage II from each Stage I")
+    p.add_argument("--stage2-set", action="append", default=[], metavar="KEY=VALUE")
+    a = p.parse_args()
+    runs: list[dict] = []
+    runs2: list[dict] = []
+    for seed in seeds_of(a.seeds):
+        runs.append(run_one(a.config, "seed", seed, a.set, arm_sets=[], tag=a.name))
+        runs[-1].update(bars(runs[-1]))
+        if a.stage2 and runs[-1]["exit_code"] == 0:
+            runs2.append(run_stage2(a.stage2, runs[-1], a.stage2_set, a.name))
+            runs2[-1].update(bars(runs2[-1]))
+        # after every run, so a stopped matrix keeps what it measured
+        save(a.name, {"config": a.config, "sets": a.set, "seeds": seeds_of(a.seeds),
+                      "runs": runs, "stage2": {"config": a.stage2, "sets": a.stage2_set,
+                                               "runs": runs2}})
+    report(f"The demo's Stage I over train.seed {a.seeds} ({a.config}; 256 synthetic test "
+           "windows; every figure on the same windows)", runs)
+    if a.stage2:
+        report(f"Stage II from each ({a.stage2}; the natural distribution's test windows)",
+               runs2)
+    return 0 if all(r["exit_code"] == 0 for r in runs + runs2) else 1
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 process roles, stop-token cut, the TRL reward wrapper's regrouping, and the per-step wall
 interval of a run."""
 
+import json
 import sys
 
 from benchmarks.common import (
@@ -209,3 +210,18 @@ def test_robustness_reads_seed_ranges_and_judges_each_run_by_the_issues_bars():
     assert bars({"gate": True}) == {"decision": None, "confidence": None}
     runs = [{"accuracy": a} for a in (0.7, 0.9, 0.8)]
     assert [row[:2] for row in spread(runs)] == [["min", 0.7], ["median", 0.8], ["max", 0.9]]
+
+
+def test_run_figures_come_from_the_runs_test_evaluation_and_gate(tmp_path):
+    from benchmarks.reward_share import test_figures
+
+    assert test_figures(tmp_path) == {}  # no evaluation: nothing to report
+    (tmp_path / "eval").mkdir()
+    metrics = {"n": 128, "accuracy": 0.78, "bayes_rule_accuracy": 0.8, "of_bayes_rule": 0.975,
+               "format_valid": 1.0, "bayes_agreement": 0.93, "roc_auc": 0.8, "ece": 0.03,
+               "same_samples": {"logistic": {"verdict": "better", "accuracy": 0.7}}}
+    (tmp_path / "eval" / "test.json").write_text(json.dumps({"metrics": metrics}))
+    (tmp_path / "gate.json").write_text(json.dumps({"passed": False}))
+    got = test_figures(tmp_path)
+    assert (got["n"], got["of_bayes_rule"], got["gate"], got["vs_logistic"],
+            got["logistic_acc"], got["vs_trend5"]) == (128, 0.975, False, "better", 0.7, None)
