@@ -134,3 +134,24 @@ def test_decision_choices_name_the_options_at_the_decision_token(tok):
     none = tok("Reasoning: flat.\nConfidence: 50%", add_special_tokens=False)["input_ids"]
     assert decision_choices(tok, none, decision_spans, decision_options) == (
         [0.0] * len(none), {})
+
+
+def test_the_confidence_figure_is_a_decision_among_the_warm_starts_figures(tok):
+    """reward.confidence_is_decision: the figure's digits are marked too, and its first digit
+    chooses among the warm start's figures (50..90 %), so the policy gradient moves the
+    stated probability among them; off, only the direction is marked."""
+    from functools import partial
+
+    from trainer.credit import decision_choices
+    from trainer.tasks.stock.answer import CONFIDENCE_OPTIONS, decision_options
+
+    spans = partial(decision_spans, confidence=True)
+    assert [ANSWER[a:b] for a, b in spans(ANSWER)] == ["bullish", "70"]
+    assert [ANSWER[a:b] for a, b in decision_spans(ANSWER)] == ["bullish"]
+    ids = tok(ANSWER, add_special_tokens=False)["input_ids"]
+    mask, choices = decision_choices(tok, ids, spans, decision_options)
+    (lean_at, _), (figure_at, alts) = sorted(choices.items())
+    assert tok.decode([ids[figure_at]]).strip() == "7" and figure_at > lean_at
+    assert [tok.decode([t]).strip() for t in alts] == [f[0] for f in CONFIDENCE_OPTIONS]
+    marked = "".join(tok.decode([t]) for t, m in zip(ids, mask, strict=True) if m)
+    assert marked.replace(" ", "") == "bullish70"  # both digits of the figure, no '%'

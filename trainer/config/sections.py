@@ -218,6 +218,11 @@ class RewardConfig:
     # (prior shift, trainer/tasks/stock/rewards/probability.py); feeds the confidence and
     # calibration rewards, ROC-AUC and calibration in evaluation.
     market_aware_confidence: bool = False
+    # the stated confidence figure is a decision too (the stock task's decision_spans): with
+    # train.pg_tokens decision its digits carry the policy gradient (among the warm start's
+    # figures, 50..90%), so a proper scoring rule on it (the calibration component) can
+    # teach it; off: only the direction is learned and the figure stays the warm start's
+    confidence_is_decision: bool = False
     # DAPO's overlong shaping, a task-independent component "overlong": 0 up to
     # rollout.max_tokens - overlong_buffer tokens, then down to -overlong_coef at max_tokens
     overlong_buffer: int = setting(0, ge=0, hint="0: off")  # 0: off

@@ -120,25 +120,34 @@ def _expected_change(text: str, out: ParsedAnswer) -> None:
         out.expected_change = value
 
 
-def decision_spans(text: str) -> list[tuple[int, int]]:
+def decision_spans(text: str, confidence: bool = False) -> list[tuple[int, int]]:
     """The character span [start, end) of the first word that states the direction: a
     "bullish" / "bearish" lean right after the stated up count ("up 2 bullish") or the
     ``Prediction`` value, whichever comes first (later ones restate it). ``train.pg_tokens:
     decision`` puts the policy gradient on its tokens; empty when the answer states no
     direction. A lean written anywhere else (before the count, in place of it) is not the
     decision: rewarding it there taught the demo model to skip the count ("down 0,
-    bullish."), and the anchor alone did not hold the format against it."""
+    bullish."), and the anchor alone did not hold the format against it. With
+    ``confidence`` (``reward.confidence_is_decision``) the stated confidence figure's digits
+    are a decision too, so a reward on the stated probability reaches them."""
     text = text[:MAX_PARSE_CHARS]
     spans = [m.span(1) for m in (_PRED.search(text), _LEAN.search(text)) if m is not None]
-    return sorted(spans)[:1]
+    spans = sorted(spans)[:1]
+    conf = _CONF.search(text) if confidence else None
+    return spans + ([conf.span(1)] if conf is not None else [])
 
 
 _OPTIONS = (("UP", "DOWN"), ("BULLISH", "BEARISH"))
+# the confidence figures the warm start writes (warm_answers.CONFIDENCES): distinct first digits
+CONFIDENCE_OPTIONS = ("50", "60", "70", "80", "90")
 
 
 def decision_options(word: str) -> tuple[str, ...]:
     """The two directions a decision word chose between, in the word's own spelling ("UP"
-    -> UP, DOWN; "bullish" -> bullish, bearish); empty for any other word."""
+    -> UP, DOWN; "bullish" -> bullish, bearish); for a confidence figure, the figures the
+    warm start states (its first digit is the choice); empty for any other word."""
+    if word.isdigit():
+        return CONFIDENCE_OPTIONS
     for pair in _OPTIONS:
         if word.upper() in pair:
             spell = (str.upper if word.isupper() else str.lower if word.islower()

@@ -81,6 +81,7 @@ class StockTask:
     def __init__(self, data: DataConfig, reward: RewardConfig):
         self.cfg = data
         self.weights = dict(reward.weights)
+        self.confidence_is_decision = reward.confidence_is_decision
         loaded = load_source(data)
         self.report = loaded.report
         self.has_oracle = loaded.oracle is not None
@@ -154,7 +155,7 @@ class StockTask:
         return [[next(flat) for _ in group] for group in completions]
 
     def decision_spans(self, completion: str) -> list[tuple[int, int]]:
-        return decision_spans(completion)
+        return decision_spans(completion, confidence=self.confidence_is_decision)
 
     def decision_options(self, word: str) -> tuple[str, ...]:
         return decision_options(word)
