@@ -52,8 +52,8 @@ def bars(r: dict) -> dict[str, bool | None]:
     def ok(cond, *keys):
         return None if any(r.get(k) is None for k in keys) else bool(cond())
 
-    return {"decision": ok(lambda: r["of_bayes_rule"] >= OF_BAYES and r["gate"],
-                           "of_bayes_rule", "gate"),
+    return {"decision": ok(lambda: r["of_bayes_rule"] >= OF_BAYES and r.get("gate") is not False,
+                           "of_bayes_rule"),  # gate None: a Stage II run, which has none
             "confidence": ok(lambda: r["bayes_roc_auc"] - r["roc_auc"] <= AUC_GAP
                              and r["ece"] <= ECE_MAX, "roc_auc", "bayes_roc_auc", "ece")}
 

@@ -208,6 +208,7 @@ def test_robustness_reads_seed_ranges_and_judges_each_run_by_the_issues_bars():
     assert bars({**good, "roc_auc": 0.86})["confidence"] is False  # 0.04 below the posterior
     assert bars({**good, "ece": 0.06})["confidence"] is False
     assert bars({"gate": True}) == {"decision": None, "confidence": None}
+    assert bars({**good, "gate": None})["decision"] is True  # Stage II: no gate of its own
     runs = [{"accuracy": a} for a in (0.7, 0.9, 0.8)]
     assert [row[:2] for row in spread(runs)] == [["min", 0.7], ["median", 0.8], ["max", 0.9]]
 
@@ -217,6 +218,9 @@ def test_run_figures_come_from_the_runs_test_evaluation_and_gate(tmp_path):
 
     assert test_figures(tmp_path) == {}  # no evaluation: nothing to report
     (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "test.json").write_text(json.dumps({"metrics": {
+        "n": 8, "accuracy": 0.5, "format_valid": 1.0}}))
+    assert test_figures(tmp_path)["gate"] is None  # a Stage II run: no gate.json
     metrics = {"n": 128, "accuracy": 0.78, "bayes_rule_accuracy": 0.8, "of_bayes_rule": 0.975,
                "format_valid": 1.0, "bayes_agreement": 0.93, "roc_auc": 0.8, "ece": 0.03,
                "same_samples": {"logistic": {"verdict": "better", "accuracy": 0.7}}}
