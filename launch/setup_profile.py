@@ -43,8 +43,9 @@ VLLM_RANGE = {
 KEY_PACKAGES = ("vllm", "torch", "transformers", "flashinfer-python", "deepspeed",
                 "bitsandbytes", "peft", "accelerate", "datasets")
 STAMP = ".stonk-setup"
-# The installer: the same packages as pip at the same versions (the lock's), in about a minute
-# where pip takes ~7 on 2 cores (docs/launching.md). Pinned: every machine uses the same one.
+# The installer: the same packages as pip at the same versions (the lock's), resolved and
+# unpacked in parallel: 73-79 s against pip's 169-177 s on 2 busy cores, ~25 s on quiet ones
+# (docs/launching.md). Pinned: every machine uses the same one.
 UV = "uv==0.13.9"
 INSTALLERS = ("uv", "pip")
 # pip settings uv needs passed (it reads no pip.conf): pip's name -> uv's option
@@ -212,7 +213,8 @@ def install_steps(profile: str, venv: Path, pyproject: Path, wheels: Path | None
     """The commands that install ``profile`` into ``venv`` (creating it if missing); the cpu
     profile under its lock (``locks/cpu.txt`` beside ``pyproject``) where there is one, unless
     ``locked`` is false (``make lock``: the new pins resolved, then frozen); the gpu profile
-    with vLLM release ``vllm`` (None: the gpu extra's). ``installer`` uv: pip installs the
+    with vLLM release ``vllm`` (None: the gpu extra's). ``installer`` pip (here the default:
+    the plain sequence) or uv (``make setup``'s default, :func:`install`): pip installs the
     bootstrap and uv, uv the rest with pip's index ``settings`` (:func:`pip_settings`);
     offline installs (``wheels``) use pip."""
     if installer not in INSTALLERS:
