@@ -13,6 +13,7 @@ The by-hand path (``accelerate launch -m trainer.train``) is unchanged.
 from __future__ import annotations
 
 import logging
+import signal
 import subprocess
 import sys
 
@@ -20,10 +21,14 @@ EXIT_STOPPED = 3  # trainer/train.py's clean stop (a test checks the two agree)
 
 
 def clean_stop(exc: BaseException) -> bool:
-    """True when ``exc`` is the launch failing only because ranks stopped cleanly."""
+    """True when ``exc`` is the launch failing only because ranks stopped cleanly: some rank
+    exited with :data:`EXIT_STOPPED` and every other failed one did too or was ended by
+    torchrun itself (SIGTERM: once one rank exits, the agent terminates the others, and a
+    rank still on its way out is then recorded as killed)."""
     failures = getattr(exc, "failures", None)  # torchrun's ChildFailedError
     if failures:
-        return {f.exitcode for f in failures.values()} == {EXIT_STOPPED}
+        codes = {f.exitcode for f in failures.values()}
+        return EXIT_STOPPED in codes and codes <= {EXIT_STOPPED, -signal.SIGTERM}
     return isinstance(exc, subprocess.CalledProcessError) and exc.returncode == EXIT_STOPPED
 
 

@@ -29,6 +29,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -47,6 +48,7 @@ from trainer.tasks import build_task
 # a clean stop: time limit, parity alarm, checkpoint write failed, every worker gone, out of
 # memory (launch/accelerate_launch.py passes it on without torchrun's traceback)
 EXIT_STOPPED = 3
+RANK0_FIRST_S = 2.0  # how long the other ranks wait in a clean stop, so rank 0 says why first
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -71,6 +73,8 @@ def main(argv: list[str] | None = None) -> None:
         if str(exc) != "see rank 0":  # the other ranks leave the explaining to rank 0
             print(f"[stop] rank {rank_and_world()[0]}: {stop_message(exc, Path(args.run_dir))}",
                   file=sys.stderr, flush=True)
+        else:  # and let it go first: torchrun ends every rank at the first exit
+            time.sleep(RANK0_FIRST_S)
         sys.exit(EXIT_STOPPED)
 
 

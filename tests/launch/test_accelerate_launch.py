@@ -7,6 +7,7 @@ code and no traceback) is in tests/integration/test_parity_alarm.py and test_slu
 from __future__ import annotations
 
 import logging
+import signal
 import subprocess
 
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
@@ -29,6 +30,11 @@ def test_only_ranks_that_all_stopped_cleanly_count_as_a_clean_stop():
     assert al.clean_stop(_failed(stopped)) and al.clean_stop(_failed(stopped, stopped))
     assert not al.clean_stop(_failed(stopped, 1))  # one rank crashed: a crash
     assert not al.clean_stop(_failed(-9))  # killed
+    # torchrun ended a rank still on its way out (the suite saw rank 1 exit 3 first and
+    # rank 0, which had already said why, recorded as SIGTERM): still the clean stop
+    assert al.clean_stop(_failed(-signal.SIGTERM, stopped))
+    assert not al.clean_stop(_failed(-signal.SIGTERM))  # ended by a signal alone
+    assert not al.clean_stop(_failed(-signal.SIGTERM, 1))
     assert al.clean_stop(subprocess.CalledProcessError(stopped, ["python"]))  # one process
     assert not al.clean_stop(subprocess.CalledProcessError(1, ["python"]))
     assert not al.clean_stop(RuntimeError("no failures"))
