@@ -58,25 +58,30 @@ def test_figures(run_dir: Path) -> dict:
                 **{f"{b}_acc": same.get(b, {}).get("accuracy") for b in ("logistic", "trend5")})
 
 
+def run_logged(cmd: list[str], name: str) -> dict:
+    """Run ``cmd`` (a stonk command writing run folder ``RESULTS/name``) with its output in
+    ``RESULTS/name.log``: its folder, exit code, minutes, command, and on success the run's
+    :func:`test_figures`."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with open(RESULTS / f"{name}.log", "w") as log:
+        code = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
+    out = {"run": str(RESULTS / name), "exit_code": code,
+           "minutes": (time.perf_counter() - t0) / 60, "command": " ".join(cmd)}
+    return {**out, **(test_figures(RESULTS / name) if code == 0 else {})}
+
+
 def run_one(config: str, arm: str, seed: int, sets: list[str],
             arm_sets: list[str] | None = None, tag: str = "reward-share") -> dict:
     """One whole Stage I of ``arm`` (``arm_sets``, else ``ARMS[arm]``): exit code, minutes,
     command, and the test evaluation's same-sample figures and the gate."""
     name = f"{tag}-{arm}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = RESULTS / name
     arm_sets = ARMS[arm] if arm_sets is None else arm_sets
     cmd = stage1_command(config, [*sets, *arm_sets, f"train.seed={seed}",
                                   f"run.output_dir={RESULTS}", f"run.name={name}"])
     print(f"[{tag}] {arm}, seed {seed}: {' '.join(cmd)}", flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    with open(RESULTS / f"{name}.log", "w") as log:
-        code = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
-    out = {"arm": arm, "seed": seed, "run": str(run_dir), "exit_code": code,
-           "minutes": (time.perf_counter() - t0) / 60, "command": " ".join(cmd)}
-    if code == 0:
-        out.update(test_figures(run_dir))
-    print(f"[{tag}] {arm}, seed {seed}: exit {code}, "
+    out = {"arm": arm, "seed": seed, **run_logged(cmd, name)}
+    print(f"[{tag}] {arm}, seed {seed}: exit {out['exit_code']}, "
           f"accuracy {out.get('accuracy')}, of Bayes rule {out.get('of_bayes_rule')}",
           flush=True)
     return out

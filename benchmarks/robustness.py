@@ -14,22 +14,22 @@ table says per run whether it holds.
 
 ``--stage2 CONFIG`` also runs Stage II from each seed's Stage I (``--force``: measured whether
 or not the gate passed; same ``train.seed``; ``--stage2-set`` overrides its config) and prints
-the same figures for it, on the natural distribution's test windows. Writes ``benchmarks/results/robustness.json`` (``--name``: another name) after every run;
-each run's folder and log under ``benchmarks/results/``.
+the same figures for it, on the natural distribution's test windows. Writes
+``benchmarks/results/robustness.json`` (``--name``: another name) after every run; each
+run's folder and log under ``benchmarks/results/``.
 """
 
 from __future__ import annotations
 
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import REPO, RESULTS, parser, save, table  # noqa: E402
-from benchmarks.reward_share import run_one, test_figures  # noqa: E402
+from benchmarks.common import RESULTS, parser, save, table  # noqa: E402
+from benchmarks.reward_share import run_logged, run_one  # noqa: E402
 
 OF_BAYES = 0.95
 AUC_GAP = 0.03
@@ -67,13 +67,8 @@ def run_stage2(config: str, stage1: dict, sets: list[str], tag: str) -> dict:
     for s in [*sets, f"train.seed={seed}", f"run.output_dir={RESULTS}", f"run.name={name}"]:
         cmd += ["--set", s]
     print(f"[{tag}] stage 2, seed {seed}: {' '.join(cmd)}", flush=True)
-    t0 = time.perf_counter()
-    with open(RESULTS / f"{name}.log", "w") as log:
-        code = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
-    out = {"arm": "stage2", "seed": seed, "run": str(RESULTS / name), "exit_code": code,
-           "minutes": (time.perf_counter() - t0) / 60, "command": " ".join(cmd)}
-    out.update(test_figures(RESULTS / name) if code == 0 else {})
-    print(f"[{tag}] stage 2, seed {seed}: exit {code}, accuracy {out.get('accuracy')}, "
+    out = {"arm": "stage2", "seed": seed, **run_logged(cmd, name)}
+    print(f"[{tag}] stage 2, seed {seed}: exit {out['exit_code']}, accuracy {out.get('accuracy')}, "
           f"of Bayes rule {out.get('of_bayes_rule')}", flush=True)
     return out
 

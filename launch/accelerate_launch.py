@@ -5,8 +5,9 @@ A rank that stops cleanly (time limit, parity alarm, a failed checkpoint write, 
 gone, out of memory: trainer/train.py) has already said why in one line and exits with
 :data:`EXIT_STOPPED`. torchrun treats any non-zero exit as a crash: it raises
 ``ChildFailedError``, whose traceback and failure table land above that line, and accelerate
-exits 1. Here, when every failed rank exited with :data:`EXIT_STOPPED`, the process exits
-with that code and prints nothing more; any other failure is reported as accelerate does.
+exits 1. Here, when ranks exited with :data:`EXIT_STOPPED` and every other failed rank was
+only ended by torchrun on the way out (:func:`clean_stop`), the process exits with that code
+and prints nothing more; any other failure is reported as accelerate does.
 The by-hand path (``accelerate launch -m trainer.train``) is unchanged.
 """
 
