@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -202,14 +203,21 @@ def _workers(args: argparse.Namespace) -> int:
 
 def _data(args: argparse.Namespace) -> int:
     from trainer.config import ConfigError, load_config
-    from trainer.tasks.stock.problems import DataError
+    from trainer.tasks.hub import DataError
 
     try:
         cfg = load_config(args.config, args.set)
-        from trainer.tasks.stock.summary import render
-        from trainer.tasks.stock.task import StockTask
+        if cfg.task == "stock":
+            from trainer.tasks.stock.summary import render
+            from trainer.tasks.stock.task import StockTask
 
-        print(render(StockTask(cfg.data, cfg.reward)))
+            print(render(StockTask(cfg.data, cfg.reward)))
+        else:
+            from trainer.tasks import build_task
+
+            task = build_task(cfg)
+            print(json.dumps(task.describe(), indent=2, default=str))
+            print("first training prompt:", json.dumps(task.split("train")[0].messages))
     except (ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

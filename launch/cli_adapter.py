@@ -31,7 +31,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from launch.preflight import PreflightError
     from rollout.server import WorkerError
     from trainer.config import ConfigError
-    from trainer.tasks.stock.problems import DataError
+    from trainer.tasks.hub import DataError
 
     return ConfigError, PreflightError, DataError, WorkerError, OSError, HFValidationError
 
@@ -68,6 +68,9 @@ def _predict(args: argparse.Namespace) -> int:
 
     try:
         cfg, adapter, run = _resolve(args)
+        if cfg.task != "stock":
+            raise ConfigError(f"stonk predict reads market prices for the stock task; this "
+                              f"adapter was trained on task {cfg.task!r} (use `stonk serve`)")
         if args.window is not None and args.window != cfg.data.window:
             raise ConfigError(f"--window {args.window}: the adapter was trained on "
                               f"data.window = {cfg.data.window} days; its answers are only "

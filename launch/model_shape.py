@@ -43,8 +43,10 @@ KNOWN_MODELS = {
 HUB_ID = re.compile(r"(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*")  # owner/name, or name
 SPECIAL = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
 # Qwen2.5's chat template with a system message and no tools (the embedded model's too)
-CHATML = "".join(f"<|im_start|>{{{r}}}\n{{{r}_text}}<|im_end|>\n" for r in ("s", "u")
-                 ) + "<|im_start|>assistant\n"
+def chatml(messages: tuple[tuple[str, str], ...]) -> str:
+    """Qwen's ChatML rendering of (role, content) messages, ready for the assistant."""
+    return "".join(f"<|im_start|>{r}\n{t}<|im_end|>\n" for r, t in messages) + \
+        "<|im_start|>assistant\n"
 
 
 @dataclass(frozen=True)
@@ -145,17 +147,18 @@ class PromptLength:
     how: str  # measured or estimated, and from what
 
 
-_CHATS: dict[str, list[tuple[str, str]]] = {}  # per data config: building a task takes ~1 s
+Chat = tuple[tuple[str, str], ...]  # (role, content) messages of one prompt
+_CHATS: dict[str, list[Chat]] = {}  # per task and data config: building a task takes ~1 s
 
 
-def _chat_texts(cfg: StageConfig) -> list[tuple[str, str]]:
-    """(system, user) of every prompt of the config's data, all splits."""
-    from trainer.tasks.stock.task import StockTask
+def _chat_texts(cfg: StageConfig) -> list[Chat]:
+    """The messages of every prompt of the config's task and data, all splits."""
+    from trainer.tasks import build_task
 
-    key = repr(cfg.data)
+    key = f"{cfg.task}:{cfg.data!r}"
     if key not in _CHATS:
-        task = StockTask(cfg.data, cfg.reward)
-        _CHATS[key] = [(s.messages[0]["content"], s.messages[1]["content"])
+        task = build_task(cfg)
+        _CHATS[key] = [tuple((m["role"], m["content"]) for m in s.messages)
                        for split in ("train", "val", "test") for s in task.split(split)]
     return _CHATS[key]
 
@@ -179,9 +182,8 @@ def _tokenizer(name: str):
     env.filters["tojson"] = json.dumps
     chat = env.from_string(text)
 
-    def render(system: str, user: str) -> str:
-        return chat.render(messages=[{"role": "system", "content": system},
-                                     {"role": "user", "content": user}],
+    def render(messages: Chat) -> str:
+        return chat.render(messages=[{"role": r, "content": t} for r, t in messages],
                            add_generation_prompt=True)
 
     return (lambda s: len(tokenizer.encode(s, add_special_tokens=False).ids)), render
@@ -206,15 +208,14 @@ def prompt_length(cfg: StageConfig) -> PromptLength:
                             f"bound: model.max_model_len - rollout.max_tokens (the data could "
                             f"not be loaded: {type(exc).__name__})")
     # the longest texts in characters hold the longest in tokens (digits are one token each)
-    longest = sorted(set(chats), key=lambda c: -len(c[0] + c[1]))[:64]
+    longest = sorted(set(chats), key=lambda c: -sum(len(t) for _, t in c))[:64]
     tok = _tokenizer(cfg.model.name_or_path)
     if tok is not None:
         encode, render = tok
-        n = max(encode(render(s, u)) for s, u in longest)
+        n = max(encode(render(c)) for c in longest)
         return PromptLength(n, f"measured: the {len(longest)} longest of {len(chats)} "
                                f"prompts through the model's tokenizer")
-    n = max(byte_bound(CHATML.format(s="system", s_text=s, u="user", u_text=u))
-            for s, u in longest)
+    n = max(byte_bound(chatml(c)) for c in longest)
     return PromptLength(n, f"estimate: one token per byte of the longest of {len(chats)} "
                            f"rendered prompts, an upper bound (the model's tokenizer is not "
                            f"here)")

@@ -66,7 +66,8 @@ def evaluate_run(run_dir: Path, splits: list[str], which: str, overrides: list[s
                                         trust_remote_code=cfg.model.trust_remote_code)
     limit = cfg.eval.final_samples if samples is None else samples
     gate = read_gate(run_dir) if RunFolder(run_dir).gate.is_file() and out == run_dir else None
-    notes = [f"adapter: {adapter}", f"data source: {cfg.data.source}"]
+    notes = [f"adapter: {adapter}", f"task: {cfg.task}"] + (
+        [f"data source: {cfg.data.source}"] if cfg.task == "stock" else [])
     with serving(cfg, adapter, out / "logs") as client:
         evals, report = evaluate_and_report(task, cfg, client, tok, out, splits, limit, notes,
                                             gate=gate)

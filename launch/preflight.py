@@ -182,26 +182,11 @@ def memory_problems(cfg: StageConfig, gpu_memory_gb: float | None = None) -> lis
 
 
 def data_problem(cfg: StageConfig) -> str | None:
-    d = cfg.data
-    if d.source == "local" and not Path(d.path).exists():
-        return f"data.path: {d.path} does not exist (data.source: local)"
-    if d.source != "hf" or Path(d.hf_name).exists():
-        return None
-    if d.hf_name.startswith((".", "/")):
-        return f"data.hf_name: {d.hf_name} does not exist"
-    cache = Path(os.environ.get("HF_DATASETS_CACHE", Path.home() / ".cache/huggingface/datasets"))
-    if list(cache.glob(d.hf_name.replace("/", "___") + "*")):
-        return None
-    try:
-        from huggingface_hub import HfApi
+    """What the task's data check says before anything starts (``TaskEntry.preflight``)."""
+    from trainer.tasks.registry import task_entry
 
-        HfApi().dataset_info(d.hf_name, timeout=10)
-        return None
-    except Exception as exc:  # noqa: BLE001 - any failure means we cannot fetch it
-        return (f"data.hf_name: dataset {d.hf_name!r} is not cached here and the hub cannot be "
-                f"reached ({type(exc).__name__}); download it on a connected machine "
-                f"(`datasets.load_dataset(...).save_to_disk(DIR)`) and set data.hf_name: DIR, "
-                f"or use data.source: bundled / synthetic")
+    check = task_entry(cfg.task).preflight
+    return check(cfg) if check is not None else None
 
 
 def worker_failure_hint(text: str, cfg: StageConfig) -> str | None:

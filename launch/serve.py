@@ -24,17 +24,24 @@ EXAMPLE_CLOSES = [100.0, 101.5, 100.9, 102.3, 103.0, 102.1, 102.8, 103.9, 103.2,
 
 
 def example_request(cfg: StageConfig, name: str) -> dict:
-    """A chat completion request with the task's system prompt and a window of the run's
-    length (made-up prices), answered greedily."""
-    from trainer.tasks.stock.series import Window
-    from trainer.tasks.stock.synthetic import business_days
-    from trainer.tasks.stock.task import window_messages
+    """A chat completion request answered greedily: for the stock task its system prompt and
+    a window of the run's length (made-up prices); for another task its first test prompt."""
+    if cfg.task == "stock":
+        from trainer.tasks.stock.series import Window
+        from trainer.tasks.stock.synthetic import business_days
+        from trainer.tasks.stock.task import window_messages
 
-    n = cfg.data.window
-    closes = [EXAMPLE_CLOSES[i % len(EXAMPLE_CLOSES)] for i in range(n + 1)]
-    days = business_days(date(2024, 3, 28), n + 1, backward=True)
-    window = Window("ACME", "Acme Corp", days[1:], closes, "", closes[-1], base_date=days[0])
-    return {"model": name, "messages": window_messages(window), "temperature": 0.0,
+        n = cfg.data.window
+        closes = [EXAMPLE_CLOSES[i % len(EXAMPLE_CLOSES)] for i in range(n + 1)]
+        days = business_days(date(2024, 3, 28), n + 1, backward=True)
+        window = Window("ACME", "Acme Corp", days[1:], closes, "", closes[-1], base_date=days[0])
+        messages = window_messages(window)
+    else:
+        from trainer.tasks import build_task
+
+        task = build_task(cfg)
+        messages = (task.split("test") or task.split("train"))[0].messages
+    return {"model": name, "messages": messages, "temperature": 0.0,
             "max_tokens": cfg.rollout.max_tokens}
 
 

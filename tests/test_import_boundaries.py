@@ -2,7 +2,7 @@
 functions, relative ones resolved to absolute names): `common` imports none of ours;
 `rollout/` knows nothing of the trainer, the launcher or stocks; the generic trainer
 (`trainer/` outside `trainer/tasks/`) imports no task's code (tasks reach it through
-`trainer/tasks/__init__.py`'s registry) and nothing from `launch/`."""
+`trainer/tasks/registry.py`) and nothing from `launch/`; no task imports another's code."""
 
 from __future__ import annotations
 
@@ -49,7 +49,10 @@ def _files(folder: str, skip: str | None = None):
 RULES = [
     ("common", None, ("trainer", "rollout", "launch")),
     ("rollout", None, ("trainer", "launch")),
-    ("trainer", "tasks", ("launch", "trainer.tasks.stock")),
+    ("trainer", "tasks", ("launch", "trainer.tasks.stock", "trainer.tasks.prompts")),
+    # a task reaches others only through the registry: neither imports the other
+    ("trainer/tasks/stock", None, ("launch", "trainer.tasks.prompts")),
+    ("trainer/tasks/prompts", None, ("launch", "trainer.tasks.stock")),
 ]
 
 

@@ -77,6 +77,10 @@ def evaluate_on_source(cfg: StageConfig, source: str, client: RolloutSource, tok
     return evals["test"], report
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def scalar_metrics(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
     """The numeric top-level entries, prefixed, for metrics.jsonl."""
     return {f"{prefix}{k}": float(v) for k, v in metrics.items()
@@ -144,8 +148,9 @@ def final_evaluation(cfg: StageConfig, task, client: RolloutSource, tokenizer, r
                                notes=getattr(task, "report_notes", lambda: [])())
     for split, ev in evals.items():
         m = ev["metrics"]
-        print(f"{tag} {split}: accuracy {m.get('accuracy', float('nan')):.3f}, format valid "
-              f"{m.get('format_valid', float('nan')):.3f}, n={m.get('n')}", flush=True)
+        shown = ", ".join(f"{k.replace('_', ' ')} {m[k]:.3f}" for k in
+                          ("accuracy", "format_valid", "reward") if _number(m.get(k)))
+        print(f"{tag} {split}: {shown}, n={m.get('n')}", flush=True)
     print(f"{tag} report: {report}", flush=True)
     for source in cfg.eval.also_on:
         result, report = evaluate_on_source(cfg, source, client, tokenizer,

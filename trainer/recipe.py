@@ -86,10 +86,9 @@ class GRPORecipe:
         train = task.split("train")
         if len(train) < self.world:
             raise ConfigError(
-                f"data: the training split has {len(train)} window(s), fewer than the "
+                f"data: the training split has {len(train)} prompt(s), fewer than the "
                 f"{self.world} learner ranks, and each rank draws from its own share; use more "
-                f"data (data.tickers, data.train_end, data.start) or fewer ranks "
-                f"(launch.num_processes)")
+                f"data or fewer ranks (launch.num_processes)")
         self.sampler = PromptSampler(train[self.rank::self.world],
                                      seed=self.tc.seed + self.rank, key=task.stratum)
         self.watch = eval_samples(task, cfg, cfg.eval.split, cfg.eval.num_samples)

@@ -14,7 +14,7 @@ import pytest
 
 from launch.memory import plan_memory
 from launch.memory_terms import GIB, activation_bytes, learner_memory, worker_memory
-from launch.model_shape import PromptLength, architecture, byte_bound
+from launch.model_shape import PromptLength, architecture, byte_bound, chatml
 from tests.conftest import REPO
 from trainer.config import ConfigError, from_dict, load_config
 
@@ -178,10 +178,17 @@ def test_prompt_length_is_the_models_tokens_with_the_chat_template(warm_model):
         sample = Sample("x", [{"role": "system", "content": system},
                               {"role": "user", "content": user}])
         ids = encode_prompt(tok, sample)
-        assert encode(render(system, user)) == len(ids)
-        assert byte_bound(render(system, user)) >= len(ids)  # the estimate is a bound
+        chat = (("system", system), ("user", user))
+        assert encode(render(chat)) == len(ids)
+        assert byte_bound(render(chat)) >= len(ids)  # the estimate is a bound
+        assert byte_bound(chatml(chat)) >= len(ids)  # so is the one without the tokenizer
     demo = load_config(REPO / "configs/demo/stage1.yaml")
     assert plan_memory(demo).prompt.how.startswith("measured")
+    # any task's prompts: the prompts task's are measured the same way, system prompt or not
+    prompts = load_config(REPO / "configs/demo/prompts.yaml")
+    measured = plan_memory(prompts).prompt
+    assert measured.how.startswith("measured")
+    assert 20 < measured.tokens < plan_memory(demo).prompt.tokens
 
 
 def test_preflight_refuses_naming_the_setting_with_the_numbers(monkeypatch):

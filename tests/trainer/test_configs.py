@@ -52,7 +52,7 @@ def test_production_config_is_qwen_4bit_on_gpu():
      r"train\.anchor_coef: the supervised anchor is not supported with launch\.zero_stage 3"),
     ({"train": {"pg_tokens": "lean"}}, r"train\.pg_tokens: 'lean' is not allowed"),
     ({"eval": {"also_on": ["bundled"]}}, r"eval\.also_on: 'bundled' is the run's own data source"),
-    ({"eval": {"also_on": ["yahoo"]}}, r"eval\.also_on\[0\]: 'yahoo' is not allowed"),
+    ({"eval": {"also_on": ["yahoo"]}}, r"eval\.also_on\[0\]: 'yahoo' is not a data source"),
 ])
 def test_bad_fields_are_named(data, message):
     with pytest.raises(ConfigError, match=message):

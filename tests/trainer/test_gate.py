@@ -4,7 +4,6 @@ import json
 
 import pytest
 
-from trainer.config import GateConfig
 from trainer.gate import (
     GateError,
     failed_indicators,
@@ -13,6 +12,7 @@ from trainer.gate import (
     write_gate,
 )
 from trainer.gate import check_gate as check_any_task
+from trainer.tasks.stock.config import StockGateConfig
 from trainer.tasks.stock.evaluation import GATE_INDICATORS
 
 INDICATORS = indicators(GATE_INDICATORS)  # the stock task's gate: its crafted rows below
@@ -21,7 +21,7 @@ INDICATORS = indicators(GATE_INDICATORS)  # the stock task's gate: its crafted r
 def check_gate(steps, final_eval, cfg):
     return check_any_task(steps, final_eval, cfg, GATE_INDICATORS)
 
-CFG = GateConfig()  # reward >= 0.7 over 20 steps, acc >= 0.8, reasoning >= 0.5, loss 0.1 / 0.05
+CFG = StockGateConfig()  # reward >= 0.7 over 20 steps, acc >= 0.8, reasoning >= 0.5, loss 0.1 / 0.05
 GOOD_EVAL = {"accuracy": 0.85, "reasoning_quality": 0.6}
 
 
@@ -92,7 +92,7 @@ def test_each_indicator_fails_alone(name):
 def test_thresholds_are_inclusive_and_configurable():
     steps = rows([0.7] * 20, [0.0] * 20)
     assert check_gate(steps, {"accuracy": 0.8, "reasoning_quality": 0.5}, CFG)["passed"]
-    strict = GateConfig(min_avg_reward=0.75, min_val_accuracy=0.9)
+    strict = StockGateConfig(min_avg_reward=0.75, min_val_accuracy=0.9)
     result = check_gate(steps, GOOD_EVAL, strict)
     assert [i["name"] for i in result["indicators"] if not i["passed"]] == [
         "avg_reward", "val_accuracy"]

@@ -95,15 +95,15 @@ def test_anchor_is_a_warm_answer_without_its_choices_and_the_warm_model_knows_it
                                                                                tiny_model):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainer.config import DataConfig, RewardConfig
     from trainer.objective import anchor_nll
     from trainer.rollouts import anchor_batch, encode_prompt
     from trainer.tasks.base import Choice
+    from trainer.tasks.stock.config import DataConfig, StockRewardConfig
     from trainer.tasks.stock.task import StockTask
     from trainer.tasks.stock.warm_answers import LEAN, answer_and_choices, reasoning_prefix
 
     task = StockTask(DataConfig(source="synthetic", synthetic_days=400, window=5,
-                                train_end="2001-06-30", val_end="2001-09-30"), RewardConfig())
+                                train_end="2001-06-30", val_end="2001-09-30"), StockRewardConfig())
     samples = task.split("train")[:8]
     closes = samples[0].meta["closes"]
     text, (lean_choice, figure_choice) = answer_and_choices(closes, random.Random(3))

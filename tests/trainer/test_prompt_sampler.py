@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import random
 
-from trainer.config import DataConfig, RewardConfig
 from trainer.rollouts import PromptSampler
 from trainer.tasks.base import Sample
+from trainer.tasks.stock.config import DataConfig, StockRewardConfig
 
 
 def _samples(labels: str) -> list[Sample]:
@@ -49,14 +49,14 @@ def test_stage1_steps_are_50_50_and_stage2_draws_the_natural_mix():
 
     data = DataConfig(source="synthetic", synthetic_days=400, window=5,
                       train_end="2001-06-30", val_end="2001-09-30")
-    task = StockTask(data, RewardConfig())
+    task = StockTask(data, StockRewardConfig())
     train = task.split("train")
     assert {task.stratum(s) for s in train} == {"UP", "DOWN"}
     sampler = PromptSampler(train, seed=1, key=task.stratum)
     for _ in range(len(train) // 4):  # one epoch of 4-prompt steps
         assert sorted(s.meta["label"] for s in sampler.next(4)) == ["DOWN", "DOWN", "UP", "UP"]
     for off in ({"balance": False}, {"balanced_batches": False}):
-        other = StockTask(DataConfig(**{**vars(data), **off}), RewardConfig())
+        other = StockTask(DataConfig(**{**vars(data), **off}), StockRewardConfig())
         assert {other.stratum(s) for s in other.split("train")} == {None}
 
 

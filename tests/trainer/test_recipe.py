@@ -237,6 +237,6 @@ def test_fewer_training_windows_than_ranks_is_a_config_error(tmp_path, warm_mode
     from trainer.config import ConfigError
 
     monkeypatch.setattr(recipe_mod, "rank_and_world", lambda: (0, 100_000))
-    with pytest.raises(ConfigError, match=r"^data: the training split has \d+ window\(s\), "
+    with pytest.raises(ConfigError, match=r"^data: the training split has \d+ prompt\(s\), "
                                           r"fewer than the 100000 learner ranks"):
         _recipe(tmp_path, warm_model, RecordedRollouts(REPLAY / "rollouts.rank0.jsonl"))

@@ -8,9 +8,10 @@ import typing
 
 import pytest
 
-from trainer.config import DataConfig, EvalConfig, RunConfig, TrainConfig
+from trainer.config import RunConfig, TrainConfig
 from trainer.grpo import ADVANTAGE_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES, TOKEN_SELECTIONS
 from trainer.schedules import LR_SCHEDULES
+from trainer.tasks.stock.config import DataConfig
 from trainer.tasks.stock.sources import SOURCES
 from trainer.tasks.stock.synthetic import RULES
 from trainer.trackers import TRACKER_PACKAGES
@@ -31,7 +32,6 @@ def _names(section: type, name: str) -> set:
     (TrainConfig, "lr_schedule", LR_SCHEDULES, set()),
     (DataConfig, "source", SOURCES, set()),
     (DataConfig, "synthetic_rule", RULES, set()),
-    (EvalConfig, "also_on", SOURCES, set()),
     (RunConfig, "report_to", TRACKER_PACKAGES, set()),
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_a_literal_of_names_is_its_registry(section, name, registry, extra):

@@ -9,11 +9,8 @@ path: ``--set train.steps=3``.
 
 from trainer.config.loading import from_dict, load_config, save_config
 from trainer.config.sections import (
-    DATA_COLUMN_FIELDS,
-    REWARD_COMPONENT_NAMES,
     VLLM_LORA_RANKS,
     ConfigError,
-    DataConfig,
     EvalConfig,
     GateConfig,
     LaunchConfig,
@@ -28,8 +25,7 @@ from trainer.config.sections import (
 from trainer.config.validation import check_zero3, mixed_precision, validate
 
 __all__ = [
-    "DATA_COLUMN_FIELDS", "REWARD_COMPONENT_NAMES", "VLLM_LORA_RANKS", "ConfigError",
-    "DataConfig", "EvalConfig", "GateConfig", "LaunchConfig", "LoraConfig", "ModelConfig",
-    "RewardConfig", "RolloutConfig", "RunConfig", "StageConfig", "TrainConfig", "check_zero3",
+    "VLLM_LORA_RANKS", "ConfigError", "EvalConfig", "GateConfig", "LaunchConfig", "LoraConfig",
+    "ModelConfig", "RewardConfig", "RolloutConfig", "RunConfig", "StageConfig", "TrainConfig", "check_zero3",
     "from_dict", "load_config", "mixed_precision", "save_config", "validate",
 ]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import typing
 from dataclasses import MISSING, dataclass
 from typing import Any
 
@@ -72,16 +71,17 @@ def bounds_of(f: dataclasses.Field) -> Bounds | None:
     return f.metadata.get("bounds")
 
 
-def _sections(config_cls) -> list[tuple[str, type]]:
-    hints = typing.get_type_hints(config_cls)
-    return [(f.name, hints[f.name]) for f in dataclasses.fields(config_cls)
-            if dataclasses.is_dataclass(hints[f.name])]
+def _sections(config) -> list[tuple[str, type]]:
+    """(name, class) of each section of a config: its values' classes (a task's own
+    sections included)."""
+    return [(f.name, type(getattr(config, f.name))) for f in dataclasses.fields(config)
+            if dataclasses.is_dataclass(getattr(config, f.name))]
 
 
 def bound_errors(cfg) -> list[str]:
     """'section.field: must be ...' for every field of ``cfg`` outside its bounds."""
     out = []
-    for name, _ in _sections(type(cfg)):
+    for name, _ in _sections(cfg):
         section = getattr(cfg, name)
         for f in dataclasses.fields(section):
             b = bounds_of(f)
@@ -91,12 +91,13 @@ def bound_errors(cfg) -> list[str]:
     return out
 
 
-def resume_may_change(config_cls) -> tuple[str, ...]:
-    """fnmatch patterns of the fields a resumed run may change: every field of a section
-    whose class says ``RESUMABLE = True`` (``section.*``), and each ``resumable`` field
-    (``section.field``, and ``section.field.*`` for the keys of a mapping)."""
+def resume_may_change(config) -> tuple[str, ...]:
+    """fnmatch patterns of the fields a resumed run of ``config`` (a StageConfig: its task's
+    sections decide) may change: every field of a section whose class says ``RESUMABLE =
+    True`` (``section.*``), and each ``resumable`` field (``section.field``, and
+    ``section.field.*`` for the keys of a mapping)."""
     out: list[str] = []
-    for name, cls in _sections(config_cls):
+    for name, cls in _sections(config):
         if getattr(cls, "RESUMABLE", False):
             out.append(f"{name}.*")
             continue

@@ -92,8 +92,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported type {tp}")  # pragma: no cover - programming error
 
 
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
+def _build(cls: type, data: dict[str, Any], where: str,
+           classes: dict[str, type] | None = None) -> Any:
+    """``cls`` from ``data``, every key checked; ``classes``: the dataclass a field is built
+    as instead of its annotation (the task's sections of a StageConfig)."""
+    hints = {**typing.get_type_hints(cls), **(classes or {})}
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
     if unknown:
@@ -118,9 +121,21 @@ def _set_dotted(tree: dict[str, Any], dotted: str, raw: str) -> None:
     node[keys[-1]] = yaml.safe_load(raw)
 
 
+def task_classes(data: dict[str, Any]) -> dict[str, type]:
+    """The classes of the sections the config's task owns (``task``, default stock):
+    section name -> dataclass (trainer/tasks/registry.py)."""
+    from trainer.tasks.registry import DEFAULT_TASK, SECTIONS, section_class
+
+    task = data.get("task", DEFAULT_TASK)
+    if not isinstance(task, str):
+        raise ConfigError(f"task: expected a task name, got {task!r}")
+    return {name: section_class(task, name) for name in SECTIONS}
+
+
 def from_dict(data: dict[str, Any], source: str = "<dict>") -> StageConfig:
     try:
-        cfg = _build(StageConfig, data or {}, "")
+        data = data or {}
+        cfg = _build(StageConfig, data, "", task_classes(data))
         validate(cfg)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None

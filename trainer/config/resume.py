@@ -6,6 +6,7 @@ field's policy is declared with it in ``sections.py``).
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import json
 from typing import Any
@@ -15,8 +16,14 @@ from trainer.config.sections import StageConfig
 
 # Fields that may differ between a checkpoint's config and the resumed run's (operational
 # settings that do not change what is computed), from the sections: ``RESUMABLE`` sections
-# and ``setting(..., resumable=True)`` fields. Everything else must match.
-RESUME_MAY_CHANGE = resume_may_change(StageConfig)
+# and ``setting(..., resumable=True)`` fields. Everything else must match. Per task, since a
+# task's own sections declare theirs.
+RESUME_MAY_CHANGE = resume_may_change(StageConfig())
+
+
+@functools.cache
+def may_change(task: str) -> tuple[str, ...]:
+    return resume_may_change(StageConfig(task=task))
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -31,8 +38,9 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _fixed_fields(cfg_dict: dict[str, Any]) -> dict[str, Any]:
+    patterns = may_change(cfg_dict.get("task", StageConfig.task))
     return {k: v for k, v in _flatten(cfg_dict).items()
-            if not any(fnmatch.fnmatchcase(k, pat) for pat in RESUME_MAY_CHANGE)}
+            if not any(fnmatch.fnmatchcase(k, pat) for pat in patterns)}
 
 
 def config_hash(cfg: StageConfig) -> str:
@@ -44,7 +52,7 @@ def config_hash(cfg: StageConfig) -> str:
 def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint's config.json with every field this version added at its default (the
     sections' fields only: a mapping inside a section, e.g. reward.weights, is one value)."""
-    defaults = StageConfig().to_dict()
+    defaults = StageConfig(task=saved.get("task", StageConfig.task)).to_dict()
     return {**defaults, **{k: {**defaults[k], **v} if isinstance(defaults.get(k), dict) else v
                            for k, v in saved.items()}}
 

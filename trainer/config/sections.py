@@ -45,33 +45,6 @@ class LoraConfig:
 
 
 @dataclass
-class DataConfig:
-    """Where market data comes from and how it is cut (see ``trainer/tasks/stock/data.py``)."""
-
-    # bundled | synthetic | local | hf (data/README.md)
-    source: Literal["bundled", "synthetic", "local", "hf"] = "bundled"
-    path: str = ""  # local: a CSV/Parquet file (long table) or a folder with one file per ticker
-    hf_name: str = ""  # hf: hub id, a folder written by save_to_disk, or a .parquet/.jsonl/.csv
-    hf_split: str = "train"  # hf: the split to read
-    columns: dict[str, str] = field(default_factory=dict)  # our field -> source column
-    tickers: list[str] = field(default_factory=list)  # empty: every ticker of the source
-    window: int = setting(5, ge=2, hint="days")  # trading days shown in each prompt
-    balance: bool = True  # Stage I: exactly 50/50 UP/DOWN in every split
-    # with balance: each rank's training draws alternate UP and DOWN, so every step's
-    # prompts are 50/50 too (trainer/rollouts.PromptSampler)
-    balanced_batches: bool = True
-    start: str = ""  # first date any window may touch (empty: the data's first)
-    train_end: str = "2012-12-31"  # last date a training window may touch
-    val_end: str = "2015-12-31"  # last date a validation window may touch; test comes after
-    test_end: str = ""  # last date a test window may touch (empty: the data's last)
-    synthetic_days: int = 4000  # synthetic: days generated per ticker
-    # the synthetic market's rule (trainer/tasks/stock/synthetic.py): "majority" (momentum of
-    # the last three signs) or "streak" (mixed follow their majority, streaks of three revert)
-    synthetic_rule: Literal["majority", "streak"] = "majority"
-    seed: int = 0  # synthetic: the market's random seed
-
-
-@dataclass
 class RolloutConfig:
     num_workers: int = setting(1, ge=1, resumable=True)  # vLLM worker processes
     # completions sampled per prompt (G)
@@ -209,20 +182,11 @@ class TrainConfig:
 
 @dataclass
 class RewardConfig:
-    # component -> weight (trainer/tasks/stock/rewards)
-    weights: dict[str, float] = field(
-        default_factory=lambda: {"accuracy": 1.0, "data_usage": 1.0, "coherence": 1.0,
-                                 "confidence": 1.0, "diversity": 1.0}
-    )  # Stage I; components and Stage II weights: trainer/tasks/stock/rewards/__init__.py
-    # Stage II: read a stated confidence against the natural up ratio instead of 50/50
-    # (prior shift, trainer/tasks/stock/rewards/probability.py); feeds the confidence and
-    # calibration rewards, ROC-AUC and calibration in evaluation.
-    market_aware_confidence: bool = False
-    # the stated confidence figure is a decision too (the stock task's decision_spans): with
-    # train.pg_tokens decision its digits carry the policy gradient (among the warm start's
-    # figures, 50..90%), so a proper scoring rule on it (the calibration component) can
-    # teach it; off: only the direction is learned and the figure stays the warm start's
-    confidence_is_decision: bool = False
+    """What every task's reward shares; a task adds its own fields (``registry.TaskEntry``)."""
+
+    # reward component -> its weight (the task's components: its section below); a
+    # component's sign is its own, a weight only scales it
+    weights: dict[str, float] = field(default_factory=dict)
     # DAPO's overlong shaping, a task-independent component "overlong": 0 up to
     # rollout.max_tokens - overlong_buffer tokens, then down to -overlong_coef at max_tokens
     overlong_buffer: int = setting(0, ge=0, hint="0: off")  # 0: off
@@ -264,21 +228,21 @@ class EvalConfig:
     max_tokens: int = setting(0, ge=0)  # 0: rollout.max_tokens
     best_metric: str = "accuracy"  # higher is better; that checkpoint is kept as best/
     # other data sources whose test split the final adapter is also evaluated on at the end,
-    # through the same workers (report in <run>/<source>-data/); e.g. [bundled] after a run
-    # on the synthetic market
-    also_on: list[Literal["bundled", "synthetic", "local", "hf"]] = field(default_factory=list)
+    # through the same workers (report in <run>/<source>-data/), where the task has sources
+    # (the stock task: e.g. [bundled] after a run on the synthetic market)
+    also_on: list[str] = field(default_factory=list)
 
 
 @dataclass
 class GateConfig:
-    """The "Super Saiyan" promotion gate from Stage I to Stage II (thresholds per the seed)."""
+    """The "Super Saiyan" promotion gate from Stage I to Stage II (thresholds per the seed); a
+    task adds the thresholds of its own indicators."""
 
     RESUMABLE: ClassVar[bool] = True  # read once, after the last step
 
     reward_window: int = setting(20, ge=1)  # the last K training steps
     min_avg_reward: float = 0.7  # mean batch reward over the window
     min_val_accuracy: float = 0.8  # accuracy of the final evaluation on eval.split
-    min_reasoning_quality: float = 0.5  # reasoning quality score of that evaluation, 0..1
     loss_window: int = setting(20, ge=1)  # the last K steps the loss bounds below read
     max_abs_loss: float = 0.1  # "low": |mean loss| over the window
     max_loss_std: float = 0.05  # "stable": std of the loss over the window
@@ -323,24 +287,27 @@ class LaunchConfig:
 @dataclass
 class StageConfig:
     stage: Literal[1, 2] = 1  # 1: balanced data, the gate; 2: from a Stage I run, natural data
+    # what is learned (trainer/tasks/registry.py): stock, prompts, or the module path of your
+    # own; it owns the data section and adds fields of its own to reward and gate
+    task: str = "stock"
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: Any = None  # the task's (None: its defaults)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
+    reward: RewardConfig = None  # type: ignore[assignment]  # the task's (None: its defaults)
     run: RunConfig = field(default_factory=RunConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    gate: GateConfig = field(default_factory=GateConfig)
+    gate: GateConfig = None  # type: ignore[assignment]  # the task's (None: its defaults)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+
+    def __post_init__(self) -> None:
+        # light; imported here because a task's config module imports this one
+        from trainer.tasks.registry import SECTIONS, section_class
+
+        for name in SECTIONS:
+            if getattr(self, name) is None:
+                setattr(self, name, section_class(self.task, name)())
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-# Names the stock task registers (kept here, light, so configs validate without importing it;
-# tests check both tuples against the task's registries).
-REWARD_COMPONENT_NAMES = ("accuracy", "accuracy_skew", "data_usage", "coherence", "confidence",
-                          "calibration", "magnitude", "diversity")
-DATA_COLUMN_FIELDS = ("ticker", "date", "close", "adj_close", "name", "info", "news", "prompt",
-                      "label", "change_pct")

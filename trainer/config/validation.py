@@ -5,17 +5,8 @@ run yet); and what the config implies for accelerate's mixed precision.
 
 from __future__ import annotations
 
-from datetime import date
-
 from trainer.config.fields import bound_errors
-from trainer.config.sections import (
-    DATA_COLUMN_FIELDS,
-    REWARD_COMPONENT_NAMES,
-    VLLM_LORA_RANKS,
-    ConfigError,
-    DataConfig,
-    StageConfig,
-)
+from trainer.config.sections import VLLM_LORA_RANKS, ConfigError, StageConfig
 
 
 def check_zero3(cfg: StageConfig, stage_from: str = "launch.zero_stage") -> None:
@@ -61,9 +52,6 @@ def validate(cfg: StageConfig) -> None:
          "rollout.seed_requests: false"),
         (cfg.rollout.max_tokens < cfg.model.max_model_len,
          "rollout.max_tokens: must be smaller than model.max_model_len"),
-        (cfg.data.source not in cfg.eval.also_on,
-         f"eval.also_on: {cfg.data.source!r} is the run's own data source (data.source); "
-         "list other sources only"),
     ]
     for ok, message in checks:
         if not ok:
@@ -71,17 +59,29 @@ def validate(cfg: StageConfig) -> None:
     if cfg.launch.zero_stage == 3:
         check_zero3(cfg)
     _validate_devices(cfg)
-    unknown = sorted(set(cfg.reward.weights) - set(REWARD_COMPONENT_NAMES))
-    if unknown:
-        raise ConfigError(
-            f"reward.weights.{unknown[0]}: unknown reward component; "
-            f"use any of {', '.join(REWARD_COMPONENT_NAMES)}"
-        )
     negative = sorted(k for k, w in cfg.reward.weights.items() if w < 0)
     if negative:
         raise ConfigError(f"reward.weights.{negative[0]}: must be >= 0 (a component's sign "
                           f"is its own; a weight only scales it)")
-    _validate_data(cfg.data)
+    from trainer.tasks.registry import task_entry  # light: the task's config module
+
+    entry = task_entry(cfg.task)
+    if entry.reward_components is not None:
+        unknown = sorted(set(cfg.reward.weights) - set(entry.reward_components))
+        if unknown:
+            raise ConfigError(f"reward.weights.{unknown[0]}: unknown reward component of task "
+                              f"{cfg.task!r}; use any of {', '.join(entry.reward_components)}")
+    if not entry.decisions:
+        tc = cfg.train
+        for bad, name, said in ((tc.pg_tokens == "decision", "pg_tokens", "'decision'"),
+                                (tc.anchor_coef > 0, "anchor_coef", "> 0"),
+                                (tc.balance_coef > 0, "balance_coef", "> 0")):
+            if bad:
+                raise ConfigError(f"train.{name}: {said} needs a task that marks decisions; "
+                                  f"task {cfg.task!r} does not (use pg_tokens all or "
+                                  f"high_entropy, anchor_coef 0, balance_coef 0)")
+    if entry.validate is not None:
+        entry.validate(cfg)
 
 
 def _validate_devices(cfg: StageConfig) -> None:
@@ -106,35 +106,6 @@ def _validate_devices(cfg: StageConfig) -> None:
         raise ConfigError(
             f"launch.learner_gpus: {len(la.learner_gpus)} GPU(s) listed but "
             f"launch.num_processes is {la.num_processes} (one GPU per learner rank)")
-
-
-def _validate_data(d: DataConfig) -> None:
-    unknown = sorted(set(d.columns) - set(DATA_COLUMN_FIELDS))
-    if unknown:
-        raise ConfigError(f"data.columns.{unknown[0]}: unknown field; "
-                          f"map any of {', '.join(DATA_COLUMN_FIELDS)}")
-    for name in ("start", "train_end", "val_end", "test_end"):
-        value = getattr(d, name)
-        if value or name in ("train_end", "val_end"):
-            try:
-                date.fromisoformat(value)
-            except ValueError:
-                raise ConfigError(f"data.{name}: {value!r} is not a date; use YYYY-MM-DD") from None
-    order = [(n, getattr(d, n)) for n in ("start", "train_end", "val_end", "test_end")
-             if getattr(d, n)]
-    for (a, va), (b, vb) in zip(order, order[1:], strict=False):
-        if not va < vb:
-            raise ConfigError(f"data.{b}: {vb} must come after data.{a} ({va})")
-    if d.source == "local" and not d.path:
-        raise ConfigError("data.path: source 'local' needs a CSV/Parquet file or a folder")
-    if d.source == "hf" and not d.hf_name:
-        raise ConfigError("data.hf_name: source 'hf' needs a dataset name or a local copy")
-    if d.source == "synthetic" and d.window < 3:
-        raise ConfigError("data.window: the synthetic market's rule reads the last three "
-                          "days; show at least 3")
-    if d.source == "synthetic" and d.synthetic_days < d.window + 2:
-        raise ConfigError(f"data.synthetic_days: must be at least data.window + 2 "
-                          f"= {d.window + 2}")
 
 
 def mixed_precision(cfg: StageConfig) -> str:

@@ -1,15 +1,12 @@
 """Tasks: what to prompt and how to score, behind :class:`trainer.tasks.base.Task`.
 
-The GRPO machinery only sees the interface; market details live in ``stock/``.
+The GRPO machinery only sees the interface; a config's ``task:`` picks one by name from the
+registry (``registry.py``): the market task lives in ``stock/``, the bring-your-own-dataset
+task in ``prompts/``.
 """
 
 from __future__ import annotations
 
-from trainer.config import StageConfig
-from trainer.tasks.base import Task
+from trainer.tasks.registry import build_task
 
-
-def build_task(cfg: StageConfig) -> Task:
-    from trainer.tasks.stock.task import StockTask
-
-    return StockTask(cfg.data, cfg.reward)
+__all__ = ["build_task"]

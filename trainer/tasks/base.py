@@ -36,7 +36,8 @@ class Choice:
 
 
 class Task(Protocol):
-    """What the learner needs from a domain."""
+    """What the learner needs from a domain. A task is chosen by name (``task:``) from
+    ``registry.py``, which also holds the config sections it owns."""
 
     def split(self, name: str) -> list[Sample]:
         """Samples of split ``name`` ("train", "val" or "test"), in a fixed order."""
@@ -49,26 +50,6 @@ class Task(Protocol):
                     completions: list[list[str]]) -> list[list[dict[str, float]]]:
         """Reward components for every completion ``completions[i][j]`` of ``samples[i]``,
         nested the same way; batch-level components see the whole batch. Training uses it."""
-
-    def decision_spans(self, completion: str) -> list[tuple[int, int]]:
-        """Character spans [start, end) of ``completion`` that state its decision (for
-        ``train.pg_tokens: decision``); empty when it states none."""
-
-    def decision_options(self, word: str) -> tuple[str, ...]:
-        """The options a decision written as ``word`` (a span ``decision_spans`` named)
-        chose among, spelled as it would be written there, ``word`` among them; empty when
-        it is no choice among known options. ``pg_tokens: decision`` moves its policy
-        gradient among them only."""
-
-    def anchor_text(self, sample: Sample,
-                    rng: random.Random) -> tuple[str, list[Choice]] | None:
-        """A label-free reference answer to ``sample`` for the supervised anchor
-        (``train.anchor_coef``) and its free choices (drawn with ``rng``: e.g. the direction
-        it states, its confidence). The anchor's NLL never holds which option a choice
-        took: at a choice with options it holds that *one of them* stands there (their
-        summed probability), and the rest of the answer as written. So it keeps the facts,
-        the format and what follows from a choice, never the choice itself. None when the
-        task has none."""
 
     def stratum(self, sample: Sample) -> str | None:
         """The class a training draw alternates over (``PromptSampler``'s key): every step
@@ -100,3 +81,30 @@ class Task(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """Counts and facts worth logging once (sizes, label balance)."""
+
+
+class DecisionTask(Task, Protocol):
+    """A task whose answers state a decision among known options (the stock task: the lean),
+    registered with ``decisions=True`` (``registry.TaskEntry``): what ``train.pg_tokens:
+    decision``, the supervised anchor and the balance term read. Other tasks leave these out
+    and train with plain GRPO (config validation refuses those settings for them)."""
+
+    def decision_spans(self, completion: str) -> list[tuple[int, int]]:
+        """Character spans [start, end) of ``completion`` that state its decision (for
+        ``train.pg_tokens: decision``); empty when it states none."""
+
+    def decision_options(self, word: str) -> tuple[str, ...]:
+        """The options a decision written as ``word`` (a span ``decision_spans`` named)
+        chose among, spelled as it would be written there, ``word`` among them; empty when
+        it is no choice among known options. ``pg_tokens: decision`` moves its policy
+        gradient among them only."""
+
+    def anchor_text(self, sample: Sample,
+                    rng: random.Random) -> tuple[str, list[Choice]] | None:
+        """A label-free reference answer to ``sample`` for the supervised anchor
+        (``train.anchor_coef``) and its free choices (drawn with ``rng``: e.g. the direction
+        it states, its confidence). The anchor's NLL never holds which option a choice
+        took: at a choice with options it holds that *one of them* stands there (their
+        summed probability), and the rest of the answer as written. So it keeps the facts,
+        the format and what follows from a choice, never the choice itself. None when the
+        task has none."""

@@ -25,11 +25,10 @@ checked from here (no hub access), so the mapping is configuration, not code.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
+from trainer.tasks.hub import open_dataset
 from trainer.tasks.stock.problems import DataError, DataReport
 from trainer.tasks.stock.series import PromptRow, Series
 from trainer.tasks.stock.tables import frame_to_series, parse_dates
@@ -44,61 +43,16 @@ SEED_COLUMNS = {
     "prompt": "user_prompt",
 }
 PROMPT_FIELDS = ("prompt", "label", "change_pct")
-LOCAL_BUILDERS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "json", ".json": "json",
-                  ".csv": "csv"}
 LABELS = {"up": "UP", "buy": "UP", "1": "UP", "true": "UP", "rise": "UP",
           "down": "DOWN", "sell": "DOWN", "0": "DOWN", "-1": "DOWN", "false": "DOWN",
           "fall": "DOWN"}
-HUB_HELP = (
-    "The Hugging Face hub is unreachable from here, or the dataset needs a login. Fix: run "
-    "`huggingface-cli login` (or set HF_TOKEN) if it is gated or private, and check the "
-    "network; or download it where the hub is reachable and point data.hf_name at the copy "
-    "(a folder written by Dataset.save_to_disk, or a .parquet/.jsonl/.csv file); or use "
-    "data.source: local with CSV/Parquet prices."
-)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
-
-
-def open_dataset(name: str, split: str):
-    """The rows of ``split`` of a hub dataset or a local copy, or a DataError saying why not."""
-    import datasets
-
-    local = Path(name)
-    try:
-        if local.is_dir():
-            ds = datasets.load_from_disk(str(local))
-        elif local.is_file():
-            builder = LOCAL_BUILDERS.get(local.suffix.lower())
-            if builder is None:
-                raise DataError(f"{name}: unknown dataset file type; use "
-                                f"{', '.join(LOCAL_BUILDERS)} or a save_to_disk folder")
-            ds = datasets.load_dataset(builder, data_files=str(local), split="train")
-        else:
-            ds = datasets.load_dataset(name, split=split)
-    except DataError:
-        raise
-    except Exception as exc:  # the boundary to the hub and to foreign files: say what failed
-        where = f"{name}: cannot read this local dataset" if local.exists() else (
-            f"data.hf_name: cannot load {name!r} (split {split!r}) from the Hugging Face hub")
-        raise DataError(f"{where}: {_first_line(exc)}. "
-                        f"{'' if local.exists() else HUB_HELP}".rstrip()) from None
-    if isinstance(ds, datasets.DatasetDict):
-        if split not in ds:
-            raise DataError(f"{name}: no split {split!r} (data.hf_split); splits: "
-                            f"{', '.join(ds)}")
-        ds = ds[split]
-    return ds
-
-
 def load_hf(name: str, split: str, columns: dict[str, str], report: DataReport, *,
             min_len: int, tickers: list[str]) -> tuple[list[Series], list[PromptRow]]:
     """Price series or prompt rows from a dataset, as ``data.columns`` says (see above)."""
     mapping = {**SEED_COLUMNS, **columns}
-    frame = open_dataset(name, split).flatten().to_pandas()
+    frame = open_dataset(name, split, setting="data.hf_name", split_setting="data.hf_split",
+                         also="or use data.source: local with CSV/Parquet prices"
+                         ).flatten().to_pandas()
     if frame.empty:
         raise DataError(f"{name}: split {split!r} has no rows")
     if mapping.get("close"):

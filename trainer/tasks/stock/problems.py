@@ -32,12 +32,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from trainer.tasks.hub import DataError  # every task's one data error
+
 MAX_EXAMPLES = 3  # per reason, kept for the report
-
-
-class DataError(ValueError):
-    """Unusable market data or data configuration; the message names file, row and field."""
-
 
 @dataclass
 class DataReport:

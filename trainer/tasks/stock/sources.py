@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from trainer.config import DataConfig
 from trainer.tasks.stock import synthetic
+from trainer.tasks.stock.config import DataConfig
 from trainer.tasks.stock.hf import load_hf
 from trainer.tasks.stock.problems import DataError, DataReport
 from trainer.tasks.stock.series import PromptRow, Series

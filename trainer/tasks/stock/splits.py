@@ -19,7 +19,7 @@ import random
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from trainer.config import DataConfig
+from trainer.tasks.stock.config import DataConfig
 from trainer.tasks.stock.problems import DataReport
 
 SPLITS = ("train", "val", "test")

@@ -19,7 +19,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from trainer.config import DataConfig, RewardConfig
 from trainer.tasks.base import Sample
 from trainer.tasks.stock.answer import (
     SYSTEM_PROMPT,
@@ -28,6 +27,7 @@ from trainer.tasks.stock.answer import (
     parse_answer,
 )
 from trainer.tasks.stock.baselines import Metric, run_baselines
+from trainer.tasks.stock.config import DataConfig, StockRewardConfig
 from trainer.tasks.stock.evaluation import GATE_INDICATORS, eval_record, summarize
 from trainer.tasks.stock.figures import figures
 from trainer.tasks.stock.problems import DataError
@@ -78,7 +78,7 @@ def prompt_row_to_sample(r: PromptRow) -> Sample:
 
 
 class StockTask:
-    def __init__(self, data: DataConfig, reward: RewardConfig):
+    def __init__(self, data: DataConfig, reward: StockRewardConfig):
         self.cfg = data
         self.weights = dict(reward.weights)
         self.confidence_is_decision = reward.confidence_is_decision
@@ -271,3 +271,8 @@ class StockTask:
                    for s, m in by_split.items() for k, v in (("acc", m.accuracy), ("auc", m.auc))}
             for name, by_split in self.baselines.items()}
         return out
+
+
+def from_config(cfg) -> StockTask:
+    """The task a StageConfig with ``task: stock`` names (``registry.build_task``)."""
+    return StockTask(cfg.data, cfg.reward)

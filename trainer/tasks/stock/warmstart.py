@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from trainer.config import DataConfig
+from trainer.tasks.stock.config import DataConfig
 from trainer.tasks.stock.data import Window
 from trainer.tasks.stock.warm_answers import LEAN, answer_and_choices
 

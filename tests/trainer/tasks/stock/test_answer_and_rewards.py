@@ -3,9 +3,9 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainer.config import REWARD_COMPONENT_NAMES, DataConfig, RewardConfig
 from trainer.tasks.base import Sample
 from trainer.tasks.stock.answer import SYSTEM_PROMPT, parse_answer
+from trainer.tasks.stock.config import REWARD_COMPONENTS, DataConfig, StockRewardConfig
 from trainer.tasks.stock.rewards import (
     COMPONENTS,
     STAGE1_WEIGHTS,
@@ -124,7 +124,7 @@ def test_weights_pick_and_scale_components():
 
 
 def test_component_names_match_the_config_list():
-    assert set(COMPONENTS) == set(REWARD_COMPONENT_NAMES)
+    assert set(COMPONENTS) == set(REWARD_COMPONENTS)
 
 
 def test_warm_answers_parse_and_earn_reasoning_reward():
@@ -142,7 +142,7 @@ def test_warm_answers_parse_and_earn_reasoning_reward():
 
 def test_stock_task_balanced_splits_and_scoring():
     task = StockTask(DataConfig(source="bundled", tickers=["GOOG"], window=5,
-                                train_end="2010-12-31", val_end="2011-12-31"), RewardConfig())
+                                train_end="2010-12-31", val_end="2011-12-31"), StockRewardConfig())
     d = task.describe()
     assert d["train_up_ratio"] == d["val_up_ratio"] == d["test_up_ratio"] == 0.5
     train, val, test = task.split("train"), task.split("val"), task.split("test")
@@ -154,4 +154,4 @@ def test_stock_task_balanced_splits_and_scoring():
     assert "Will the next trading day's close be UP or DOWN?" in sample.messages[1]["content"]
     right = f"Reasoning: x\nPrediction: {sample.meta['label']}\nConfidence: 50%"
     assert task.score(sample, right)["accuracy"] == 0.6
-    assert set(task.score(sample, right)) == set(RewardConfig().weights)
+    assert set(task.score(sample, right)) == set(StockRewardConfig().weights)

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from trainer.config import DataConfig, RewardConfig
 from trainer.tasks.base import Sample
 from trainer.tasks.stock.baselines import fit_logistic, roc_auc, run_baselines
+from trainer.tasks.stock.config import DataConfig, StockRewardConfig
 from trainer.tasks.stock.task import StockTask
 
 
@@ -72,7 +72,7 @@ def test_prompt_rows_get_the_majority_baseline_only():
 
 def test_task_baselines_are_fitted_on_train_only():
     task = StockTask(DataConfig(source="bundled", tickers=["GOOG"], balance=False,
-                                train_end="2009-12-31", val_end="2011-12-31"), RewardConfig())
+                                train_end="2009-12-31", val_end="2011-12-31"), StockRewardConfig())
     majority = task.baselines["majority"]
     test_labels = [s.meta["label"] for s in task.split("test")]
     train_up = task.stats["train"].up_ratio >= 0.5

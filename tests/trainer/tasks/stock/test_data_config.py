@@ -2,7 +2,8 @@
 
 import pytest
 
-from trainer.config import DATA_COLUMN_FIELDS, ConfigError, from_dict
+from trainer.config import ConfigError, from_dict
+from trainer.tasks.stock.config import DATA_COLUMN_FIELDS
 from trainer.tasks.stock.hf import PROMPT_FIELDS
 from trainer.tasks.stock.sources import SOURCES
 from trainer.tasks.stock.tables import TABLE_FIELDS

@@ -10,8 +10,8 @@ import pytest
 from datasets import Dataset
 
 from tests.conftest import REPO
-from trainer.config import DataConfig, RewardConfig
 from trainer.tasks.stock.answer import parse_answer
+from trainer.tasks.stock.config import DataConfig, StockRewardConfig
 from trainer.tasks.stock.hf import SEED_DATASET, parse_label
 from trainer.tasks.stock.problems import DataError
 from trainer.tasks.stock.sources import load_source
@@ -51,7 +51,7 @@ def test_seed_shaped_dataset_saved_to_disk_gives_price_series(tmp_path):
 
 def test_prompts_from_hf_series_show_info_and_only_shown_days_news(tmp_path):
     Dataset.from_list(seed_shaped_rows()).save_to_disk(tmp_path / "ds")
-    task = StockTask(hf(tmp_path / "ds", tickers=["AAPL"], balance=False), RewardConfig())
+    task = StockTask(hf(tmp_path / "ds", tickers=["AAPL"], balance=False), StockRewardConfig())
     by_id = {s.id: s for name in ("train", "val", "test") for s in task.split(name)}
     text = by_id[f"AAPL:{DAYS[12]}"].messages[1]["content"]
     assert "About: AAPL makes things. Founded 1976." in text
@@ -71,7 +71,7 @@ def test_prompt_rows_from_a_parquet_file_with_a_configured_label(tmp_path):
     first = data.prompts[0]
     assert (first.ticker, first.date, first.label, first.next_date) == (
         "MSFT", DAYS[0], "UP", DAYS[1])
-    task = StockTask(hf(tmp_path / "p.parquet", columns=cols, balance=False), RewardConfig())
+    task = StockTask(hf(tmp_path / "p.parquet", columns=cols, balance=False), StockRewardConfig())
     sample = task.split("train")[0]
     assert sample.messages[1]["content"] == first.text
     assert sample.meta["prompt_numbers"] == [300.25] and sample.meta["dates"] == [DAYS[0]]
@@ -109,7 +109,7 @@ def test_label_values(value, label):
 
 
 def test_unreachable_hub_gives_a_clear_message_not_a_stack_trace():
-    code = ("from trainer.config import DataConfig; from trainer.tasks.stock.sources import "
+    code = ("from trainer.tasks.stock.config import DataConfig; from trainer.tasks.stock.sources import "
             "load_source; from trainer.tasks.stock.problems import DataError\n"
             f"try:\n    load_source(DataConfig(source='hf', hf_name={SEED_DATASET!r}))\n"
             "except DataError as e:\n    print(e)\n")

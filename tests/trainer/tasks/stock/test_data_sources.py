@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from trainer.config import DataConfig, RewardConfig
+from trainer.tasks.stock.config import DataConfig, StockRewardConfig
 from trainer.tasks.stock.problems import DataError
 from trainer.tasks.stock.sources import BUNDLED_NAMES, load_bundled, load_source
 from trainer.tasks.stock.task import StockTask
@@ -198,7 +198,7 @@ def test_nothing_usable_fails_before_training(tmp_path):
     write_csv(tmp_path / "short.csv", ticker_rows(n=4))
     with pytest.raises(DataError, match=r"no usable series or prompts \(window 5; "
                                         r"skipped: too_short 1\)"):
-        StockTask(local(tmp_path), RewardConfig())
+        StockTask(local(tmp_path), StockRewardConfig())
 
 
 def test_no_training_windows_fails_before_training(tmp_path):
@@ -206,7 +206,7 @@ def test_no_training_windows_fails_before_training(tmp_path):
     cfg = local(tmp_path, start="2020-01-01")
     cfg.train_end, cfg.val_end = "2020-01-03", "2020-03-31"
     with pytest.raises(DataError, match="no training windows"):
-        StockTask(cfg, RewardConfig())
+        StockTask(cfg, StockRewardConfig())
 
 
 def test_bundled_data_is_clean_and_named():

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from trainer.config import DataConfig, RewardConfig
+from trainer.tasks.stock.config import DataConfig, StockRewardConfig
 from trainer.tasks.stock.problems import DataReport
 from trainer.tasks.stock.series import windows
 from trainer.tasks.stock.sources import load_bundled
@@ -19,12 +19,12 @@ ISO = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 @pytest.fixture(scope="module")
 def task():
-    return StockTask(DataConfig(**CFG), RewardConfig())
+    return StockTask(DataConfig(**CFG), StockRewardConfig())
 
 
 @pytest.fixture(scope="module")
 def natural():
-    return StockTask(DataConfig(**CFG, balance=False), RewardConfig())
+    return StockTask(DataConfig(**CFG, balance=False), StockRewardConfig())
 
 
 def test_place_by_every_date_a_window_touches():
@@ -96,9 +96,9 @@ def test_stage2_keeps_the_natural_distribution(task, natural):
 
 
 def test_balance_is_seeded(task):
-    again = StockTask(DataConfig(**CFG), RewardConfig())
+    again = StockTask(DataConfig(**CFG), StockRewardConfig())
     assert [s.id for s in again.split("train")] == [s.id for s in task.split("train")]
-    other = StockTask(DataConfig(**CFG, seed=1), RewardConfig())
+    other = StockTask(DataConfig(**CFG, seed=1), StockRewardConfig())
     assert [s.id for s in other.split("train")] != [s.id for s in task.split("train")]
 
 

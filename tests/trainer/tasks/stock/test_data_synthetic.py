@@ -3,8 +3,8 @@ accuracy."""
 
 import pytest
 
-from trainer.config import DataConfig, RewardConfig
 from trainer.tasks.stock import synthetic
+from trainer.tasks.stock.config import DataConfig, StockRewardConfig
 from trainer.tasks.stock.series import windows
 from trainer.tasks.stock.task import StockTask
 
@@ -85,7 +85,7 @@ def test_bayes_accuracy_is_the_mean_of_the_likelier_side_and_matches_reality(big
 @pytest.mark.parametrize("rule", sorted(synthetic.RULES))
 def test_task_reports_bayes_accuracy_per_split_and_the_oracle_baseline(rule):
     task = StockTask(DataConfig(source="synthetic", synthetic_days=4000, train_end="2010-12-31",
-                                val_end="2013-12-31", synthetic_rule=rule), RewardConfig())
+                                val_end="2013-12-31", synthetic_rule=rule), StockRewardConfig())
     assert task.report.origin.startswith(f"{rule} rule")
     d = task.describe()
     for name in ("train", "val", "test"):

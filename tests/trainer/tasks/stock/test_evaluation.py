@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from trainer.config import DataConfig, RewardConfig
 from trainer.tasks.base import Sample
 from trainer.tasks.stock.answer import parse_answer
+from trainer.tasks.stock.config import DataConfig, StockRewardConfig
 from trainer.tasks.stock.evaluation import reliability, summarize
 from trainer.tasks.stock.rewards import Facts, score
 from trainer.tasks.stock.rewards.probability import p_predicted, p_up, prior_shift
@@ -39,7 +39,7 @@ CASES = [("UP", _answer("UP", 80), 0.8), ("UP", _answer("UP", 60), 0.6),
 def task():
     from trainer.tasks.stock.task import StockTask
 
-    return StockTask(DataConfig(**SYNTH), RewardConfig())
+    return StockTask(DataConfig(**SYNTH), StockRewardConfig())
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +166,7 @@ def test_confidence_rewards_read_the_shifted_probability():
 def test_market_aware_task_feeds_reward_roc_and_calibration():
     from trainer.tasks.stock.task import StockTask
 
-    on = StockTask(DataConfig(**SYNTH, balance=False), RewardConfig(
+    on = StockTask(DataConfig(**SYNTH, balance=False), StockRewardConfig(
         weights={"accuracy_skew": 1.0, "calibration": 1.0}, market_aware_confidence=True))
     pi = on.stats["train"].natural_up_ratio
     assert on.prior_up == pi != 0.5 and on.describe()["confidence_prior_up"] == round(pi, 4)
@@ -181,6 +181,6 @@ def test_market_aware_task_feeds_reward_roc_and_calibration():
     (hit,) = [b for b in m["reliability"] if b["count"]]
     assert hit["mean_p"] == pytest.approx(want) and hit["count"] == 40
     assert m["ece"] == pytest.approx(abs(want - m["actual_up_ratio"]))
-    off = StockTask(DataConfig(**SYNTH, balance=False), RewardConfig())
+    off = StockTask(DataConfig(**SYNTH, balance=False), StockRewardConfig())
     assert off.prior_up == 0.5
     assert off.eval_records(samples[:1], [_answer("UP", 70)])[0]["p_up"] == pytest.approx(0.7)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from trainer.config import GateConfig
 from trainer.gate import check_gate
+from trainer.tasks.stock.config import StockGateConfig
 from trainer.tasks.stock.evaluation import GATE_INDICATORS, summarize
 from trainer.tasks.stock.report import read_steps, roc_points, write_report
 
@@ -57,7 +57,7 @@ def assert_png(path):
 
 def test_full_report(tmp_path):
     rows = write_steps(tmp_path, tail='{"step": 13, "rew')  # a crash cut the last line
-    gate = check_gate(rows, VAL["metrics"], GateConfig(), GATE_INDICATORS)
+    gate = check_gate(rows, VAL["metrics"], StockGateConfig(), GATE_INDICATORS)
     evals = {"val": VAL, "stage2/test": TEST}
     path = write_report(tmp_path, evals, BASELINES, gate, notes=["seed 0 | 2 ranks", "b"])
     assert path == tmp_path / "report.md"

@@ -2,8 +2,8 @@
 
 import pytest
 
-from trainer.config import DataConfig, RewardConfig
 from trainer.tasks.stock.answer import parse_answer
+from trainer.tasks.stock.config import DataConfig, StockRewardConfig
 from trainer.tasks.stock.rewards import (
     Facts,
     accuracy,
@@ -152,7 +152,7 @@ def test_diversity_measures_against_the_base_rate():
 
 def test_task_score_batch_nests_like_its_input_and_sees_the_whole_batch():
     task = StockTask(DataConfig(source="synthetic", synthetic_days=300),
-                     RewardConfig(weights={"accuracy": 1.0, "diversity": 1.0}))
+                     StockRewardConfig(weights={"accuracy": 1.0, "diversity": 1.0}))
     samples = task.split("train")[:3]
     groups = [["Prediction: UP"] * 2, ["Prediction: UP"] * 3, ["Prediction: UP"]]
     scored = task.score_batch(samples, groups)

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from trainer.config import DataConfig, RewardConfig
 from trainer.tasks.base import Sample
+from trainer.tasks.stock.config import DataConfig, StockRewardConfig
 from trainer.tasks.stock.same_samples import (
     BAYES,
     Fitted,
@@ -29,7 +29,7 @@ def _answer(pred: str) -> str:
 def task():
     from trainer.tasks.stock.task import StockTask
 
-    return StockTask(DataConfig(**SYNTH), RewardConfig())
+    return StockTask(DataConfig(**SYNTH), StockRewardConfig())
 
 
 def _oracle_sample(i: int, up_prob: float, label: str) -> Sample:
