@@ -22,14 +22,14 @@ Prompts are drawn as Stage I draws them: from the balanced training split, every
 (``PromptSampler`` with the task's stratum).
 
 ``--balance w`` adds ``w`` x the learner's balance term (``train.balance_coef``: the KL of
-the step's mean lean at the anchor's answers to 50/50, ``objective.balance_kl``), which holds
+the step's mean lean at the anchor's answers to 50/50, ``tasks/decisions.balance_kl``), which holds
 the lean of every prompt from drifting together; ``--schedule`` the learning-rate shape
 (``train.lr_schedule``, to 0 at ``--steps``).
 
 ``--anchor w`` adds ``w`` x the learner's supervised anchor (``train.anchor_coef``: the NLL
 of a warm-start answer to each of the step's prompts, at its free choices, the lean and the
-confidence figure, only that one of the options stands there; ``rollouts.anchor_batch``,
-``objective.anchor_nll``) to the loss:
+confidence figure, only that one of the options stands there; ``tasks/decisions.anchor_batch``,
+``tasks/decisions.anchor_nll``) to the loss:
 it holds the rest of the answer, like PPO-ptx's pretraining term. ``--seed`` changes the
 LoRA init and the draws: whether and when the lean "clicks" varies with it.
 
@@ -109,9 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trainer.config import load_config
-    from trainer.objective import anchor_nll, anchor_terms, balance_kl
-    from trainer.rollouts import PromptSampler, anchor_batch, encode_prompt
+    from trainer.rollouts import PromptSampler, encode_prompt
     from trainer.schedules import lr_factor
+    from trainer.tasks.decisions import anchor_batch, anchor_nll, anchor_terms, balance_kl
     from trainer.tasks.stock.task import StockTask
     from trainer.tasks.stock.warm_answers import LEAN, reasoning_prefix
     from trainer.types import RolloutBatch
@@ -235,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             learner.set_step(step)
             leans = torch.where(act == 0, bull, bear)
             learner.train_step(_lean_batch(tok, ws, prompt_ids, leans, lg.log_softmax(-1),
-                                           reward, adv, reasoning_prefix, (bull, bear)), ref)
+                                           reward, adv, reasoning_prefix, (bull, bear)),
+                               {"anchor": ref})
         else:
             loss = -(adv * logp.gather(1, act)).mean()
             if ref is not None:

@@ -16,6 +16,9 @@ Where we depart from the paper (DeepSeekMath GRPO) and why:
   (``train.updates_per_batch``).
 - The policy-gradient term is a registered variant (``POLICY_LOSSES``, ``train.policy_loss``):
   grpo, dapo, gspo, cispo; each function's docstring names its paper and our departures.
+- Token selections (``TOKEN_SELECTIONS``, ``train.pg_tokens``): all, high_entropy here; a
+  task's contribution may register more (the stock task's ``decision``,
+  ``trainer/tasks/decisions.py``).
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ import torch
 
 AdvantageFn = Callable[[torch.Tensor, int], torch.Tensor]
 AggregateFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-# (entropy [N, T], mask [N, T], top_frac, decision marks [N, T] or None) -> weight [N, T]
+# (entropy [N, T], mask [N, T], top_frac, the tokens the task marked [N, T] or None) ->
+# weight [N, T]
 SelectFn = Callable[[torch.Tensor, torch.Tensor, float, torch.Tensor | None], torch.Tensor]
 
 # (logp [N, T] with grad, old_logp [N, T] detached, advantages [N, 1], mask [N, T], clip low,
@@ -160,25 +164,6 @@ def high_entropy_tokens(entropy: torch.Tensor, mask: torch.Tensor, top_frac: flo
     return ((entropy >= threshold) & valid).to(torch.float32)
 
 
-@register_selection("decision")
-def decision_tokens(entropy: torch.Tensor, mask: torch.Tensor, top_frac: float,
-                    marked: torch.Tensor | None) -> torch.Tensor:
-    """The tokens the task marked as stating the decision (``Task.decision_spans``, e.g. the
-    lean word): the reward judges the decision, so only the tokens that choose it get its
-    credit, and the rest of the answer is not pushed around by a noisy advantage. Each
-    row's marked tokens share its whole length's weight (``L / n_marked`` each), so after the
-    aggregation divides by the length a decision weighs what a whole answer does under
-    ``all``, however long the answer around it: the policy gradient's scale, and so what a
-    given ``anchor_coef`` means against it, does not shrink with the answer. A completion
-    that states no decision gets no policy gradient."""
-    if marked is None:
-        raise ValueError("pg_tokens 'decision' needs the batch's decision marks "
-                         "(collect(..., mark_decisions=True))")
-    picked = (marked.to(mask.device) > 0).to(torch.float32) * (mask > 0)
-    share = mask.sum(dim=1, keepdim=True) / picked.sum(dim=1, keepdim=True).clamp(min=1)
-    return picked * share
-
-
 def clip_range(tc) -> tuple[float, float]:
     """(low, high) of the ratio's clip for a train config ``tc``: train.clip_eps_low /
     clip_eps_high where set, else the policy-loss variant's own, else train.clip_eps."""
@@ -274,27 +259,40 @@ class LossStats:
     is_truncated_frac: float
 
 
-def grpo_loss(
-    logp: torch.Tensor,
-    old_logp: torch.Tensor,
-    ref_logp: torch.Tensor | None,
-    rollout_logp: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    clip_eps: float,
-    kl_coef: float,
-    is_cap: float,
-    aggregation: str = "seq-mean-token-mean",
-    pg_weight: torch.Tensor | None = None,
-    choice_lse: torch.Tensor | None = None,
-    policy_loss: str = "grpo",
-    clip_eps_high: float | None = None,
-    old_choice_lse: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, LossStats]:
-    """Policy gradient (``POLICY_LOSSES[policy_loss]``, clipped to ``[1 - clip_eps, 1 +
-    clip_eps_high]``, ``clip_eps_high`` None: ``clip_eps``) + k3 KL, with truncated
-    importance sampling against the workers.
+@dataclass(frozen=True)
+class LossSettings:
+    """The loss's hyperparameters: the variant (``POLICY_LOSSES``), its clip range ``[1 -
+    clip_low, 1 + clip_high]``, the KL weight, the importance weight's cap and the
+    aggregation (``LOSS_AGGREGATIONS``)."""
+
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    kl_coef: float = 0.0
+    is_cap: float = 2.0
+    policy_loss: str = "grpo"
+    aggregation: str = "seq-mean-token-mean"
+
+    @classmethod
+    def of(cls, tc) -> LossSettings:
+        """A train config's: its clip range (:func:`clip_range`) and aggregation (``auto``:
+        the variant's own)."""
+        low, high = clip_range(tc)
+        aggregation = (POLICY_LOSSES[tc.policy_loss].aggregation if tc.loss_agg == "auto"
+                       else tc.loss_agg)
+        return cls(low, high, tc.kl_coef, tc.is_cap, tc.policy_loss, aggregation)
+
+
+# (logp, old_logp) -> the log-probs the policy-gradient ratio reads, now and at the batch's start
+PgView = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
+              rollout_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+              settings: LossSettings, *, pg_weight: torch.Tensor | None = None,
+              pg_view: PgView | None = None) -> tuple[torch.Tensor, LossStats]:
+    """Policy gradient (``POLICY_LOSSES[settings.policy_loss]``, its ratio clipped to
+    ``[1 - clip_low, 1 + clip_high]``) + ``kl_coef`` x the k3 KL, with truncated importance
+    sampling against the workers.
 
     logp [N, T]: learner log-probs of the sampled tokens (requires grad)
     old_logp [N, T]: learner log-probs before this update (detached)
@@ -303,43 +301,35 @@ def grpo_loss(
     advantages [N]; mask [N, T] (1.0 on completion tokens, 0.0 on padding)
     pg_weight [N, T] or None: per-token weight of the policy-gradient term only (the KL term
     keeps every token), e.g. from ``TOKEN_SELECTIONS``; the aggregation divides by ``mask``.
-    choice_lse [N, T] or None: where a token chose among options, log p(any of them) (with
-    grad; 0 elsewhere): the policy-gradient ratio there is that of p(token | one of the
-    options), so the credit moves probability among the options and never to other tokens
-    (a wrong choice pushed down sends its mass to the right one, not into the format). The
-    importance weight and the KL keep the full distribution.
-    old_choice_lse [N, T] or None: choice_lse when ``old_logp`` was taken (several updates
-    per batch); None: choice_lse's own value, detached (one update: the same thing).
+    pg_view or None: ``(logp, old_logp) -> (the log-probs the policy-gradient ratio reads
+    now, at the batch's start)``, where a task's contribution renormalises them (the stock
+    task: over a decision's options); the importance weight and the KL keep ``logp``.
     Returns the scalar loss and detached stats.
     """
     mask = mask.to(logp.dtype)
     adv = advantages.to(logp.dtype).unsqueeze(1)  # [N, 1]
-    pg_logp, pg_old = logp, old_logp
-    if choice_lse is not None:
-        lse = choice_lse.to(logp.dtype)
-        old_lse = lse.detach() if old_choice_lse is None else old_choice_lse.to(logp.dtype)
-        pg_logp, pg_old = logp - lse, old_logp - old_lse
-    high = clip_eps if clip_eps_high is None else clip_eps_high
-    pg, outside = POLICY_LOSSES[policy_loss].fn(pg_logp, pg_old, adv, mask, clip_eps, high)
-
+    pg_logp, pg_old = (logp, old_logp) if pg_view is None else pg_view(logp, old_logp)
+    pg, outside = POLICY_LOSSES[settings.policy_loss].fn(pg_logp, pg_old, adv, mask,
+                                                         settings.clip_low, settings.clip_high)
     raw_is = torch.exp(old_logp - rollout_logp).detach()
-    is_weight = torch.clamp(raw_is, max=is_cap)
+    is_weight = torch.clamp(raw_is, max=settings.is_cap)
     if pg_weight is not None:
         pg = pg * pg_weight.to(logp.dtype).detach()
     per_token = is_weight * pg
     kl = torch.zeros_like(logp)
-    if ref_logp is not None and kl_coef > 0:
+    if ref_logp is not None and settings.kl_coef > 0:
         kl = k3_kl(logp, ref_logp)
-        per_token = per_token + kl_coef * kl
+        per_token = per_token + settings.kl_coef * kl
 
-    loss = LOSS_AGGREGATIONS[aggregation](per_token, mask)
+    aggregate = LOSS_AGGREGATIONS[settings.aggregation]
+    loss = aggregate(per_token, mask)
     with torch.no_grad():
         n = mask.sum().clamp(min=1)
         stats = LossStats(
-            policy_loss=float(LOSS_AGGREGATIONS[aggregation](pg, mask)),
+            policy_loss=float(aggregate(pg, mask)),
             kl=float((kl * mask).sum() / n),
             clip_frac=float((outside.to(mask.dtype) * mask).sum() / n),
             is_weight=float((is_weight * mask).sum() / n),
-            is_truncated_frac=float(((raw_is > is_cap).to(mask.dtype) * mask).sum() / n),
+            is_truncated_frac=float(((raw_is > settings.is_cap).to(mask.dtype) * mask).sum() / n),
         )
     return loss, stats

@@ -26,11 +26,11 @@ import torch
 
 from trainer.config import StageConfig, check_zero3
 from trainer.dist import rank_and_world
-from trainer.grpo import TOKEN_SELECTIONS
 from trainer.logprobs import TokenScores, score_tokens, token_logprobs
-from trainer.objective import anchor_term, balance_term, compose, rl_term
+from trainer.objective import Scored, active_terms, compose, needed_scores
 from trainer.safe_state import only_trainable_in_module_state, safe_torch_load
 from trainer.schedules import lr_factor
+from trainer.tasks.registry import load_contributions
 from trainer.types import RolloutBatch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -83,6 +83,8 @@ class Learner:
         self.device = accelerator.device
         self.tokenizer = load_tokenizer(cfg)
         self.pad_id = self.tokenizer.pad_token_id
+        load_contributions(cfg.task)  # the task's terms of the objective (e.g. the anchor)
+        self.batch_start: dict[str, torch.Tensor] | None = None
         torch.manual_seed(cfg.train.seed)  # identical LoRA init on every rank
         model = load_policy(cfg, self.device)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -114,10 +116,12 @@ class Learner:
             return token_logprobs(self.model, batch, self.pad_id, self.cfg.rollout.temperature,
                                   self.device, chunk_tokens=self.cfg.train.logits_chunk_tokens)
 
-    def scores(self, batch: RolloutBatch, choice_lse: bool = False) -> TokenScores:
-        """The policy's log-probs with their sampling entropy (and ``choice_lse``)."""
+    def scores(self, batch: RolloutBatch, extra: set[str] = frozenset()) -> TokenScores:
+        """The policy's log-probs with their sampling entropy, and the ``extra`` scores the
+        objective's enabled terms read where the batch has them (``choice_lse``)."""
         return score_tokens(self.model, batch, self.pad_id, self.cfg.rollout.temperature,
-                            self.device, entropy=True, choice_lse=choice_lse,
+                            self.device, entropy=True,
+                            choice_lse="choice_lse" in extra and batch.choice_ids is not None,
                             chunk_tokens=self.cfg.train.logits_chunk_tokens)
 
     def set_step(self, step: int) -> float:
@@ -131,92 +135,72 @@ class Learner:
         return lr
 
     def train_step(self, batch: RolloutBatch,
-                   anchor: RolloutBatch | None = None) -> dict[str, float]:
-        """One optimizer step on this rank's batch, accumulated over micro-batches.
-        ``anchor``: reference answers whose NLL, times ``train.anchor_coef``, joins the loss
-        (spread over the micro-batches)."""
+                   side: dict[str, RolloutBatch | None] | None = None) -> dict[str, float]:
+        """One optimizer step on this rank's batch, accumulated over micro-batches. ``side``:
+        each objective term's side batch (the anchor's reference answers), spread over the
+        micro-batches."""
         try:
-            return self._train_step(batch, anchor)
+            return self._train_step(batch, side or {})
         except torch.OutOfMemoryError as exc:
             raise OutOfMemory(out_of_memory_message(self.cfg, batch, exc)) from None
 
-    def _train_step(self, batch: RolloutBatch, anchor: RolloutBatch | None) -> dict[str, float]:
+    def _train_step(self, batch: RolloutBatch,
+                    side: dict[str, RolloutBatch | None]) -> dict[str, float]:
         """``train.updates_per_batch`` optimizer steps on ``batch``: the first records its
-        detached log-probs (the parameters' at the batch's start: the optimizer steps only
-        after every micro-batch), every later one takes its ratio against them. Returns the
-        updates' mean metrics."""
+        detached log-probs and extra scores (the parameters' at the batch's start: the
+        optimizer steps only after every micro-batch; kept as :attr:`batch_start`), every
+        later one takes its ratio against them. Returns the updates' mean metrics."""
         n = self.cfg.train.updates_per_batch
-        batch.old_logp = batch.old_choice_lse = None
-        runs = [self._update(batch, anchor, record_old=n > 1)]
-        runs += [self._update(batch, anchor) for _ in range(n - 1)]
+        self.batch_start = {} if n > 1 else None
+        runs = [self._update(batch, side, self.batch_start)]
+        runs += [self._update(batch, side, self.batch_start, recorded=True)
+                 for _ in range(n - 1)]
         return {k: sum(r[k] for r in runs) / n for k in runs[0]}
 
-    def _update(self, batch: RolloutBatch, anchor: RolloutBatch | None,
-                record_old: bool = False) -> dict[str, float]:
+    def _update(self, batch: RolloutBatch, side: dict[str, RolloutBatch | None],
+                start: dict[str, torch.Tensor] | None, recorded: bool = False
+                ) -> dict[str, float]:
+        """One optimizer step: per micro-batch, score, compose the enabled terms, accumulate.
+        ``start``: the batch's start scores, filled here unless ``recorded`` (None: each
+        micro-batch's own, detached)."""
         tc = self.cfg.train
-        if record_old:
-            batch.old_logp = torch.zeros_like(batch.rollout_logp)
-            batch.old_choice_lse = torch.zeros_like(batch.rollout_logp)
+        terms, extra = active_terms(tc), needed_scores(tc)
         self.model.train()
-        totals: dict[str, float] = {}
         n_micro = len(batch) // self.micro
-        per_anchor = -(-len(anchor) // n_micro) if anchor is not None and len(anchor) else 0
-        anchor_nlls: list[float] = []
-        shares: list[float] = []
+        totals = MicroMeans(n_micro, {k for t in terms for k, on in t.sparse.items() if on(tc)})
         for k in range(n_micro):
-            mb = batch.slice(k * self.micro, (k + 1) * self.micro)
-            mask = mb.completion_mask.to(self.device)
-            # a decision's policy gradient moves probability among its options only
-            # (``choice_lse``: log p(any option) where the task named them; grpo_loss)
-            among = tc.pg_tokens == "decision" and mb.choice_ids is not None
-            scored = self.scores(mb, choice_lse=among)
-            logp, ent, lse = scored.logp, scored.entropy, scored.choice_lse
-            pg_weight = TOKEN_SELECTIONS[tc.pg_tokens](ent, mask, tc.entropy_top_frac,
-                                                       mb.decision_mask)
-            ref = None
-            if tc.kl_coef > 0:
-                with torch.no_grad():
-                    ref = self.logprobs(mb, adapter=False)
             rows = slice(k * self.micro, (k + 1) * self.micro)
-            if record_old:
-                batch.old_logp[rows] = logp.detach().cpu()
-                if lse is not None:
-                    batch.old_choice_lse[rows] = lse.detach().cpu()
-            fresh = record_old or mb.old_logp is None
-            old = logp.detach() if fresh else mb.old_logp.to(self.device)
-            old_lse = None if fresh or lse is None else mb.old_choice_lse.to(self.device)
-            terms = [rl_term(tc, logp, old, ref, mb.rollout_logp.to(self.device),
-                             mb.advantages.to(self.device), mask, pg_weight,
-                             lse, old_lse)]
-            if anchor is not None or tc.balance_coef > 0:
-                chunk = (None if anchor is None
-                         else anchor.slice(k * per_anchor, (k + 1) * per_anchor))
-                held, share, prior = anchor_term(tc, self.model, chunk, self.pad_id,
-                                                 self.device)
-                terms.append(held)
-                if tc.balance_coef > 0:  # a collective: every rank, every micro-batch
-                    terms.append(balance_term(tc, share, prior))
-            loss, logged, metrics = compose(terms)
-            if "anchor_nll" in metrics:
-                anchor_nlls.append(metrics.pop("anchor_nll"))
-            if "balance_share" in metrics:
-                shares.append(metrics.pop("balance_share"))
-            with torch.no_grad():
-                n = mask.sum().clamp(min=1)
-                lp_gap = float(((logp.detach() - mb.rollout_logp.to(self.device)).abs()
-                                * mask).sum() / n)
-                extra = {"entropy": float((ent * mask).sum() / n),
-                         "pg_token_frac": float((pg_weight > 0).sum() / n)}
+            s = self._scored(batch.slice(rows.start, rows.stop), side, k, n_micro, extra)
+            if start is not None and not recorded:  # the batch's start: these parameters'
+                for key, value in {"logp": s.logp, **s.extra}.items():
+                    start.setdefault(key, torch.zeros_like(batch.rollout_logp))[rows] = \
+                        value.detach().cpu()
+            if recorded:
+                s.old = {key: value[rows].to(self.device) for key, value in start.items()}
+            loss, logged, metrics = compose([t for spec in terms
+                                             for t in _as_list(spec.fn(s))])
             self._accumulate(loss, n_micro)
-            for key, val in {"loss": logged, "logp_gap": lp_gap, **extra, **metrics}.items():
-                totals[key] = totals.get(key, 0.0) + val / n_micro
-        if tc.anchor_coef > 0:  # every rank logs the same keys (NaN: no anchor text here)
-            totals["anchor_nll"] = (sum(anchor_nlls) / len(anchor_nlls) if anchor_nlls
-                                    else float("nan"))
-        if tc.balance_coef > 0:  # the batch's mean share of the first option (e.g. UP)
-            totals["balance_share"] = sum(shares) / len(shares) if shares else float("nan")
-        totals.update(self._optimizer_step())
-        return totals
+            totals.add({"loss": logged, **metrics})
+        return {**totals.means(), **self._optimizer_step()}
+
+    def _scored(self, mb: RolloutBatch, side: dict[str, RolloutBatch | None], k: int,
+                n_micro: int, extra: set[str]) -> Scored:
+        """Micro-batch ``k`` of ``n_micro`` as the terms see it: one scoring pass of the
+        policy, the reference's log-probs (``kl_coef`` > 0), each side batch's share."""
+        scored = self.scores(mb, extra)
+        ref = None
+        if self.cfg.train.kl_coef > 0:
+            with torch.no_grad():
+                ref = self.logprobs(mb, adapter=False)
+        extras = {"choice_lse": scored.choice_lse} if scored.choice_lse is not None else {}
+        shares = {}
+        for name, b in side.items():
+            per = -(-len(b) // n_micro) if b is not None and len(b) else 0
+            shares[name] = None if b is None else b.slice(k * per, (k + 1) * per)
+        return Scored(self.cfg.train, mb, mb.completion_mask.to(self.device), scored.logp,
+                      scored.entropy, {"logp": scored.logp.detach(),
+                                       **{n: v.detach() for n, v in extras.items()}},
+                      ref, extras, shares, self.model, self.pad_id, self.device)
 
     def _accumulate(self, loss: torch.Tensor, n_micro: int) -> None:
         """Add the gradient of ``loss / n_micro``: a step's loss is the mean over its
@@ -301,6 +285,31 @@ class Learner:
 
 
 STATE_TAG = "state"
+
+
+def _as_list(terms) -> list:
+    return terms if isinstance(terms, list) else [terms]
+
+
+class MicroMeans:
+    """A step's metrics over its micro-batches: each the mean over all of them, except the
+    ``sparse`` ones: the mean over those that reported it, NaN when none did."""
+
+    def __init__(self, n_micro: int, sparse: set[str]):
+        self.n, self.sparse = n_micro, sparse
+        self.sums: dict[str, float] = {}
+        self.seen: dict[str, list[float]] = {k: [] for k in sparse}
+
+    def add(self, metrics: dict[str, float]) -> None:
+        for key, val in metrics.items():
+            if key in self.seen:
+                self.seen[key].append(val)
+            else:
+                self.sums[key] = self.sums.get(key, 0.0) + val / self.n
+
+    def means(self) -> dict[str, float]:
+        return {**self.sums, **{k: sum(v) / len(v) if v else float("nan")
+                                for k, v in self.seen.items()}}
 
 
 class OutOfMemory(RuntimeError):

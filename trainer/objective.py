@@ -1,35 +1,34 @@
-"""The learner's objective, as named terms composed in one place.
+"""The learner's objective: named terms over a micro-batch, composed in one place.
 
-Each term is a function of the tensors it reads (shapes in its docstring) and returns a
-:class:`Term`: the scalar to differentiate, its value as the run logs it, and its metrics.
-:func:`compose` adds them; the learner (``trainer/learner.py``) calls the terms per
-micro-batch and differentiates the sum. Shapes: N completions of at most T tokens; the
-anchor's M rows at a balanced choice with K options.
+Every term has one signature: it receives the micro-batch as :class:`Scored` (its rows, the
+policy's log-probs and entropy, the old and reference log-probs, the extra scores and side
+batch it asked for) and returns one :class:`Term` or several. A term is registered by name
+(:func:`register_term`) with when the config turns it on, the extra scores it needs from the
+policy's scoring pass and the side batch the recipe builds for it; the learner scores each
+micro-batch once with what the enabled terms need, calls them in registration order and
+adds them (:func:`compose`). Shapes: N completions of at most T tokens.
 
-- ``rl``: the policy gradient of ``train.policy_loss`` with truncated importance weights
-  against the workers, plus ``kl_coef`` x the k3 KL to the reference on every token, in one
-  aggregation (``trainer/grpo.grpo_loss``: the math and each variant's paper).
-- ``anchor``: ``anchor_coef`` x the mean NLL per token of label-free reference answers, their
-  free choices held only as "one of the options" (``anchor_terms``).
-- ``balance``: ``balance_coef`` x KL(the batch's mean choice over every rank || the prior), a
-  collective (``balance_kl``).
-
-Words (decision, choice, option, prior, anchor, balance): docs/glossary.md.
+- ``rl`` (always): the policy gradient of ``train.policy_loss`` with truncated importance
+  weights against the workers, plus ``kl_coef`` x the k3 KL to the reference on every token,
+  in one aggregation (``trainer/grpo.grpo_loss``: the math and each variant's paper), on the
+  tokens ``train.pg_tokens`` selects.
+- A task's contributions register more and may view the policy gradient's log-probs
+  differently (:func:`register_pg_view`): the stock task's decision machinery (the
+  among-options view, the ``decision`` token selection, the anchor and balance terms) is
+  ``trainer/tasks/decisions.py``, imported where the task's entry names it
+  (``TaskEntry.contributions``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from trainer.config import TrainConfig
-from trainer.dist import all_reduce_, rank_and_world
-from trainer.grpo import POLICY_LOSSES, clip_range, grpo_loss
-from trainer.logprobs import score_tokens
+from trainer.grpo import TOKEN_SELECTIONS, LossSettings, PgView, grpo_loss
 from trainer.types import RolloutBatch
-
-MAX_OPTIONS = 8  # options of a balanced choice (the balance term reduces a fixed width)
 
 
 @dataclass
@@ -37,6 +36,77 @@ class Term:
     loss: torch.Tensor  # scalar, differentiated
     logged: float  # its value in the run's "loss" metric
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Scored:
+    """One micro-batch as every term sees it (tensors on the learner's device)."""
+
+    tc: TrainConfig
+    batch: RolloutBatch  # the micro-batch's rows
+    mask: torch.Tensor  # [N, T] 1.0 on completion tokens
+    logp: torch.Tensor  # [N, T] the policy's log-probs of the sampled tokens, with grad
+    entropy: torch.Tensor  # [N, T] the sampling entropy, detached
+    # [N, T] detached, at the batch's start: "logp" and each extra score (one update per
+    # batch: their current values)
+    old: dict[str, torch.Tensor]
+    ref_logp: torch.Tensor | None  # [N, T] the reference's (kl_coef > 0)
+    extra: dict[str, torch.Tensor]  # extra scores the enabled terms asked for, with grad
+    side: dict[str, RolloutBatch | None]  # each term's side batch, this micro-batch's slice
+    model: object
+    pad_id: int
+    device: torch.device
+
+
+TermFn = Callable[[Scored], "Term | list[Term]"]
+
+
+@dataclass(frozen=True)
+class TermSpec:
+    name: str
+    fn: TermFn
+    enabled: Callable[[TrainConfig], bool]
+    scores: tuple[str, ...] = ()  # extra scores of the policy pass it reads (Scored.extra)
+    # metric -> when the config logs it: averaged over the micro-batches that report it (NaN
+    # when none did), so every rank logs the same keys
+    sparse: dict[str, Callable[[TrainConfig], bool]] = field(default_factory=dict)
+    # builds its side batch for a step: (task, samples, prompt_ids, tokenizer, pad_id, rng)
+    # -> RolloutBatch or None; the learner hands each micro-batch its share of the rows
+    side: Callable | None = None
+
+
+@dataclass(frozen=True)
+class PgViewSpec:
+    name: str
+    # (Scored) -> the view grpo_loss applies, or None where this micro-batch has none
+    fn: Callable[[Scored], PgView | None]
+    enabled: Callable[[TrainConfig], bool]
+    scores: tuple[str, ...] = ()
+
+
+TERMS: dict[str, TermSpec] = {}
+PG_VIEWS: dict[str, PgViewSpec] = {}
+
+
+def register_term(spec: TermSpec) -> TermSpec:
+    TERMS[spec.name] = spec
+    return spec
+
+
+def register_pg_view(spec: PgViewSpec) -> PgViewSpec:
+    PG_VIEWS[spec.name] = spec
+    return spec
+
+
+def active_terms(tc: TrainConfig) -> list[TermSpec]:
+    """The terms this config turns on, in registration order (``rl`` first)."""
+    return [t for t in TERMS.values() if t.enabled(tc)]
+
+
+def needed_scores(tc: TrainConfig) -> set[str]:
+    """The extra scores the enabled terms and policy-gradient views read."""
+    views = [v for v in PG_VIEWS.values() if v.enabled(tc)]
+    return {s for spec in [*active_terms(tc), *views] for s in spec.scores}
 
 
 def compose(terms: list[Term]) -> tuple[torch.Tensor, float, dict[str, float]]:
@@ -54,117 +124,25 @@ def compose(terms: list[Term]) -> tuple[torch.Tensor, float, dict[str, float]]:
     return loss, logged, metrics
 
 
-def rl_term(tc: TrainConfig, logp: torch.Tensor, old_logp: torch.Tensor,
-            ref_logp: torch.Tensor | None, rollout_logp: torch.Tensor,
-            advantages: torch.Tensor, mask: torch.Tensor, pg_weight: torch.Tensor,
-            choice_lse: torch.Tensor | None, old_choice_lse: torch.Tensor | None) -> Term:
-    """Policy gradient + KL. logp, old_logp, ref_logp, rollout_logp, mask, pg_weight,
-    choice_lse [N, T]; advantages [N]. Metrics: policy_loss, kl, clip_frac, is_weight,
-    is_truncated_frac."""
-    low, high = clip_range(tc)
-    aggregation = POLICY_LOSSES[tc.policy_loss].aggregation if tc.loss_agg == "auto" \
-        else tc.loss_agg
-    loss, stats = grpo_loss(
-        logp, old_logp, ref_logp, rollout_logp, advantages, mask, clip_eps=low,
-        clip_eps_high=high, kl_coef=tc.kl_coef, is_cap=tc.is_cap, policy_loss=tc.policy_loss,
-        aggregation=aggregation, pg_weight=pg_weight, choice_lse=choice_lse,
-        old_choice_lse=old_choice_lse)
-    return Term(loss, float(loss.detach()), dict(vars(stats)))
+def rl_term(s: Scored) -> Term:
+    """Policy gradient + KL on the selected tokens. Metrics: policy_loss, kl, clip_frac,
+    is_weight, is_truncated_frac; logp_gap (mean |learner - worker| log-prob), entropy,
+    pg_token_frac."""
+    tc, mask = s.tc, s.mask
+    marked = s.batch.decision_mask
+    pg_weight = TOKEN_SELECTIONS[tc.pg_tokens](s.entropy, mask, tc.entropy_top_frac, marked)
+    view = next((v for spec in PG_VIEWS.values() if spec.enabled(tc)
+                 if (v := spec.fn(s)) is not None), None)
+    rollout = s.batch.rollout_logp.to(s.device)
+    loss, stats = grpo_loss(s.logp, s.old["logp"], s.ref_logp, rollout,
+                            s.batch.advantages.to(s.device), mask, LossSettings.of(tc),
+                            pg_weight=pg_weight, pg_view=view)
+    with torch.no_grad():
+        n = mask.sum().clamp(min=1)
+        extra = {"logp_gap": float(((s.logp.detach() - rollout).abs() * mask).sum() / n),
+                 "entropy": float((s.entropy * mask).sum() / n),
+                 "pg_token_frac": float((pg_weight > 0).sum() / n)}
+    return Term(loss, float(loss.detach()), {**vars(stats), **extra})
 
 
-def anchor_term(tc: TrainConfig, model, chunk: RolloutBatch | None, pad_id: int,
-                device: torch.device) -> tuple[Term, torch.Tensor, torch.Tensor]:
-    """``anchor_coef`` x the NLL of this micro-batch's slice of reference answers, and the
-    slice's option shares and priors at balanced choices ([M, K] each; M = 0 without rows)
-    for :func:`balance_term`. Metric ``anchor_nll`` when the slice has rows."""
-    loss = torch.zeros((), device=device)
-    metrics: dict[str, float] = {}
-    if chunk is not None and len(chunk):
-        nll, share, prior = anchor_terms(model, chunk, pad_id, device, tc.logits_chunk_tokens)
-        if tc.anchor_coef > 0:
-            loss = loss + tc.anchor_coef * nll
-            metrics["anchor_nll"] = float(nll.detach())
-    else:
-        share = prior = torch.zeros((0, 1), device=device)
-    return Term(loss, float(loss.detach()), metrics), share, prior
-
-
-def balance_term(tc: TrainConfig, share: torch.Tensor, prior: torch.Tensor) -> Term:
-    """``balance_coef`` x :func:`balance_kl` of every rank's shares and priors ([M, K] on
-    this rank). Logged without the world-size factor that only serves DeepSpeed's gradient
-    average. Metric ``balance_share``: the batch's mean share of the first option, when
-    this rank has rows. A collective: every rank calls it once per micro-batch."""
-    kl, mean = balance_kl(share, prior)
-    metrics = {"balance_share": float(mean[0])} if share.numel() else {}
-    return Term(tc.balance_coef * kl, tc.balance_coef * float(kl.detach()) / rank_and_world()[1],
-                metrics)
-
-
-def anchor_terms(model, anchor: RolloutBatch, pad_id: int, device: torch.device,
-                 chunk_tokens: int = 0):
-    """The anchor's two terms from one forward (temperature 1, with grad):
-
-    - the mean NLL per token of the reference answers. The tokens of their free choices
-      (``decision_mask``) are not held as written: where a choice is made and ``choice_ids``
-      names its options, the term is -log p(one of the options), so the choice stays free
-      but the slot keeps to them (without it, pushing one option down on-policy moves its
-      mass anywhere, and the format breaks); the choice's other tokens are left out;
-    - at the balanced choices (``choice_prior``), each row's option shares (its options'
-      probabilities renormalised over them) and their priors: ([M, K], [M, K]), M rows
-      that have one (M = 0: empty tensors). ``balance_kl`` turns them into the balance term.
-    """
-    scored = score_tokens(model, anchor, pad_id, 1.0, device, options=True,
-                          chunk_tokens=chunk_tokens)
-    logp, alts = scored.logp, scored.options
-    mask = anchor.completion_mask.to(device)
-    if anchor.decision_mask is not None:
-        held = 1.0 - anchor.decision_mask.to(device)
-        if anchor.choice_ids is not None:
-            held = (held + (anchor.choice_ids[..., 0] >= 0).to(device, mask.dtype)).clamp(max=1)
-        mask = mask * held
-    nll = -(logp * mask).sum() / mask.sum().clamp(min=1)
-    if anchor.choice_prior is None or alts is None:
-        return nll, torch.zeros((0, 1), device=device), torch.zeros((0, 1), device=device)
-    prior = anchor.choice_prior.to(device)
-    at = prior.sum(-1) > 0  # [n, T]
-    shares = torch.softmax(alts[at], dim=-1)  # -inf options (padding) get share 0
-    return nll, shares, prior[at]
-
-
-def anchor_nll(model, anchor: RolloutBatch, pad_id: int, device: torch.device) -> torch.Tensor:
-    """Mean NLL per token of the anchor's reference answers (``anchor_terms``' first)."""
-    return anchor_terms(model, anchor, pad_id, device)[0]
-
-
-def balance_kl(shares: torch.Tensor, prior: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """KL(mean share || mean prior) over every rank's rows at the balanced choice: shares
-    [M, K] (with grad) and prior [M, K] of this rank; returns (the KL term scaled so that
-    DeepSpeed's cross-rank gradient average gives the gradient of the global KL, the mean
-    shares [K], detached).
-
-    Departure from GRPO, and why: the policy gradient moves a decision through features
-    every prompt shares (on the embedded model they are ~95% of the hidden state where the
-    lean is written), so a step's noise moves every prompt's decision together and one
-    option can take over before the decision learns to depend on the prompt; from there a
-    group samples one option only and gets no advantage. Holding the batch's *mean* choice
-    to the prior (the labels' ratio: 50/50 in Stage I) removes that shared drift and leaves
-    how the choice differs between prompts to the reward (the marginal-entropy term of
-    mutual-information objectives)."""
-    if shares.shape[-1] > MAX_OPTIONS:
-        raise ValueError(f"a balanced choice has {shares.shape[-1]} options; at most "
-                         f"{MAX_OPTIONS} are supported")
-    # one fixed width on every rank, so a rank without rows still matches the reduction
-    pad = MAX_OPTIONS - shares.shape[-1]
-    local = torch.nn.functional.pad(shares, (0, pad)).sum(0)  # [MAX_OPTIONS], with grad
-    total = torch.stack([local.detach(), torch.nn.functional.pad(prior, (0, pad)).sum(0)])
-    total = torch.cat([total.flatten(), total.new_tensor([float(shares.shape[0])])])
-    world = rank_and_world()[1]
-    all_reduce_(total)  # on the shares' device (the learner's): NCCL takes CUDA tensors only
-    n, sums, priors = total[-1], total[:MAX_OPTIONS], total[MAX_OPTIONS:2 * MAX_OPTIONS]
-    k = int((priors > 0).sum())
-    if float(n) == 0 or k == 0:
-        return local.sum() * 0.0, local.detach()[:shares.shape[-1]]
-    mean = ((sums - local.detach() + local) / n)[:k]  # gradient through this rank's rows
-    target = (priors / n)[:k]
-    kl = (mean * (mean.clamp(min=1e-12).log() - target.clamp(min=1e-6).log())).sum()
-    return kl * world, mean.detach()
+register_term(TermSpec("rl", rl_term, enabled=lambda tc: True))

@@ -43,12 +43,12 @@ from trainer.evaluate import (
     scalar_metrics,
 )
 from trainer.metrics import MetricsWriter, PhaseTimer, Progress, gpu_memory
+from trainer.objective import active_terms
 from trainer.parity import ParityAlarm, ParityError
 from trainer.rollouts import (
     Background,
     PromptSampler,
     StepRollout,
-    anchor_batch,
     build_batch,
     informative_groups,
     sample_groups,
@@ -230,16 +230,19 @@ class GRPORecipe:
         return local
 
     def learn(self, step: int, got: StepRollout) -> dict[str, float]:
-        """One optimizer step on the batch (and the anchor's reference answers)."""
+        """One optimizer step on the batch (and the side batches the objective's enabled
+        terms build, e.g. the anchor's reference answers)."""
         tc, batch = self.tc, got.batch
-        anchor = None
-        if tc.anchor_coef > 0 or tc.balance_coef > 0:
-            # its random choices depend only on (seed, rank, step): resumable
-            anchor = anchor_batch(self.task, got.samples, batch.prompt_ids[::batch.group_size],
-                                  self.learner.tokenizer, self.learner.pad_id,
-                                  random.Random(f"anchor:{tc.seed}:{self.rank}:{step}"))
+        side = {}
+        for term in active_terms(tc):
+            if term.side is not None:
+                # its random choices depend only on (seed, rank, step): resumable
+                side[term.name] = term.side(
+                    self.task, got.samples, batch.prompt_ids[::batch.group_size],
+                    self.learner.tokenizer, self.learner.pad_id,
+                    random.Random(f"{term.name}:{tc.seed}:{self.rank}:{step}"))
         out = {"lr": self.learner.set_step(step)}
-        out.update(self.learner.train_step(batch, anchor))
+        out.update(self.learner.train_step(batch, side))
         return out
 
     def publish(self, version: int) -> None:

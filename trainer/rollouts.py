@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from rollout.source import RolloutSource
-from trainer.credit import decision_choices, marks, option_ids
+from trainer.credit import decision_choices
 from trainer.grpo import ADVANTAGE_ESTIMATORS, overlong_penalty
 from trainer.tasks.base import Sample, Task
 from trainer.types import RolloutBatch
@@ -221,54 +221,6 @@ def build_batch(task: Task, tokenizer, drawn: Drawn, *, group_size: int, advanta
                                    task.decision_options) for group in groups for c in group]
         marks, choices = [m for m, _ in marked], [c for _, c in marked]
     return RolloutBatch.from_groups(prompt_ids, groups, rewards, adv, pad_id, marks, choices)
-
-
-def anchor_batch(task: Task, samples: list[Sample], prompt_ids: list[list[int]],
-                 tokenizer, pad_id: int, rng: random.Random) -> RolloutBatch | None:
-    """The supervised anchor for these prompts (``prompt_ids``: their token ids, as
-    ``collect`` encoded them): each sample's ``Task.anchor_text`` after its prompt, the
-    tokens of its free choices marked (``decision_mask``, from the tokenizer's own
-    character offsets) and, where a choice has options, their token ids at the token where
-    it is made (``choice_ids``): the NLL holds "one of the options" there and leaves the
-    rest of a choice out. Each answer ends with the tokenizer's end-of-sequence token, as
-    the warm start's and the workers' do: the anchor holds where an answer stops. A choice
-    with a ``prior`` (the decision) also carries each option's target share at that token
-    (``choice_prior``) for the balance term (``train.balance_coef``). None when the task
-    gives none."""
-    prompts, targets, choice_marks, choice_sets, priors = [], [], [], [], []
-    for s, p in zip(samples, prompt_ids, strict=True):
-        if (ref := task.anchor_text(s, rng)) is None:
-            continue
-        text, choices = ref
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids, offsets = enc["input_ids"], enc["offset_mapping"]
-        if not ids:
-            continue
-        prompts.append(p)
-        eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
-        targets.append(list(ids) + eos)
-        offsets = list(offsets) + [(len(text), len(text))] * len(eos)
-        choice_marks.append(marks(offsets, [(c.start, c.end) for c in choices]))
-        where = {c: option_ids(tokenizer, text, ids, offsets, c.start, c.options)
-                 for c in choices if c.options}
-        choice_sets.append(dict(where.values()))
-        priors.append({at: _prior(c, got) for c, (at, got) in where.items() if c.prior})
-    if not targets:
-        return None
-    return RolloutBatch.teacher_forced(prompts, targets, pad_id, choice_marks, choice_sets,
-                                       priors)
-
-
-def _prior(choice, token_ids: list[int]) -> list[float]:
-    """A balanced choice's prior, one share per option token (``option_ids`` order)."""
-    if len(choice.prior) != len(choice.options) or len(token_ids) != len(choice.options):
-        raise ValueError(f"balanced choice {choice.options}: needs one prior share per option "
-                         f"({choice.prior}) and a first token of its own for each option")
-    total = sum(choice.prior)
-    if total <= 0 or min(choice.prior) < 0:
-        raise ValueError(f"balanced choice {choice.options}: prior {choice.prior} must be "
-                         f"shares >= 0 with a positive sum")
-    return [x / total for x in choice.prior]
 
 
 def write_rollouts(path: Path, step: int, samples: list[Sample], batch: RolloutBatch,

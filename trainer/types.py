@@ -28,10 +28,6 @@ class RolloutBatch:
     # [N, T, K] float (teacher-forced anchors only): at a balanced choice's token, each
     # option's target share across the batch, aligned with choice_ids; 0 everywhere else
     choice_prior: torch.Tensor | None = None
-    # [N, T] float: the learner's log-probs at the batch's start (train.updates_per_batch > 1,
-    # set by the first update); None: each update's own detached log-probs
-    old_logp: torch.Tensor | None = None
-    old_choice_lse: torch.Tensor | None = None  # [N, T]: choice_lse's value then, likewise
 
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
@@ -50,9 +46,6 @@ class RolloutBatch:
                            else self.decision_mask[start:stop]),
             choice_ids=None if self.choice_ids is None else self.choice_ids[start:stop],
             choice_prior=None if self.choice_prior is None else self.choice_prior[start:stop],
-            old_logp=None if self.old_logp is None else self.old_logp[start:stop],
-            old_choice_lse=(None if self.old_choice_lse is None
-                            else self.old_choice_lse[start:stop]),
         )
 
     @staticmethod

@@ -24,7 +24,7 @@ from rollout.adapter_store import AdapterStore
 from tests.integration.helpers import DEMO, REPO, TEST_SETS, set_flags
 from tests.integration.test_scale_cpu import _wait_healthy
 from trainer.config import load_config
-from trainer.objective import rl_term
+from trainer.grpo import LossSettings, grpo_loss
 from trainer.run_folder import RunFolder
 
 pytestmark = pytest.mark.integration
@@ -144,8 +144,9 @@ def test_dapo_aggregates_token_mean_under_loss_agg_auto(variant_runs):
     """``train.loss_agg: auto`` is the variant's own aggregation: token-mean for DAPO (long
     answers weigh by their length), seq-mean-token-mean for GSPO. The run's demo answers are
     almost all 43 tokens long, where both give the same value, so the resolution is checked on
-    the runs' own saved configs through the learner's term (trainer/objective.rl_term) on a
-    batch where they differ: a 1-token answer with advantage +1, a 4-token one with -1."""
+    the runs' own saved configs through the loss settings the learner's term reads
+    (trainer/grpo.LossSettings.of) on a batch where they differ: a 1-token answer with
+    advantage +1, a 4-token one with -1."""
     mask = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
     zeros, adv = torch.zeros_like(mask), torch.tensor([1.0, -1.0])
     token_mean = -(1.0 * 1 + -1.0 * 4) / 5  # per-token loss -A, over all 5 tokens
@@ -154,8 +155,10 @@ def test_dapo_aggregates_token_mean_under_loss_agg_auto(variant_runs):
     for name, (aggregation, value) in expected.items():
         tc = load_config(variant_runs[name][0] / "config.yaml").train
         assert tc.policy_loss == name and tc.loss_agg == "auto", (tc.policy_loss, tc.loss_agg)
-        term = rl_term(tc, zeros, zeros, None, zeros, adv, mask, mask, None, None)
-        assert term.metrics["policy_loss"] == pytest.approx(value, abs=1e-6), (name, aggregation)
+        settings = LossSettings.of(tc)
+        assert settings.aggregation == aggregation
+        _, stats = grpo_loss(zeros, zeros, None, zeros, adv, mask, settings)
+        assert stats.policy_loss == pytest.approx(value, abs=1e-6), (name, aggregation)
 
 
 def test_gspo_reuses_each_batch_for_two_updates(variant_runs):

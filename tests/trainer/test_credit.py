@@ -9,6 +9,7 @@ from transformers import AutoTokenizer
 
 from trainer.credit import decision_mask, token_offsets
 from trainer.grpo import TOKEN_SELECTIONS
+from trainer.tasks import decisions  # noqa: F401 - registers the "decision" selection
 from trainer.tasks.stock.answer import decision_spans
 from trainer.types import RolloutBatch
 

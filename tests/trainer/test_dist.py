@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from trainer import dist as tdist
-from trainer.objective import balance_kl
+from trainer.tasks.decisions import balance_kl
 
 REPO = Path(__file__).resolve().parents[2]
 COLLECTIVES = {"all_reduce", "all_gather", "all_gather_into_tensor", "broadcast", "reduce",

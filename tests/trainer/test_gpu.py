@@ -15,7 +15,7 @@ from rollout.adapter_store import AdapterStore
 from trainer.config import StageConfig
 from trainer.learner import load_policy
 from trainer.logprobs import build_inputs, token_logprobs
-from trainer.objective import balance_kl
+from trainer.tasks.decisions import balance_kl
 from trainer.types import RolloutBatch
 
 pytestmark = pytest.mark.gpu

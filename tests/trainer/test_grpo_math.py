@@ -9,6 +9,7 @@ from trainer.grpo import (
     ADVANTAGE_ESTIMATORS,
     LOSS_AGGREGATIONS,
     TOKEN_SELECTIONS,
+    LossSettings,
     grpo_advantages,
     grpo_loss,
     k3_kl,
@@ -53,9 +54,7 @@ def test_k3_kl_hand_values():
 
 
 def _loss(logp, old, adv, mask, **kw):
-    defaults = dict(clip_eps=0.2, kl_coef=0.0, is_cap=2.0)
-    defaults.update(kw)
-    return grpo_loss(logp, old, None, old.clone(), adv, mask, **defaults)
+    return grpo_loss(logp, old, None, old.clone(), adv, mask, LossSettings(**kw))
 
 
 def test_clipping_positive_advantage_caps_ratio():
@@ -92,7 +91,7 @@ def test_kl_term_is_added_with_coefficient():
     logp = torch.tensor([[-2.0]])
     ref = torch.tensor([[-1.5]])
     loss, stats = grpo_loss(logp, logp, ref, logp, torch.tensor([0.0]), torch.ones(1, 1),
-                            clip_eps=0.2, kl_coef=0.1, is_cap=2.0)
+                            LossSettings(kl_coef=0.1, is_cap=2.0))
     assert loss.item() == pytest.approx(0.1 * 0.1487212707, abs=1e-7)
     assert stats.kl == pytest.approx(0.1487212707, abs=1e-7)
 
@@ -102,7 +101,7 @@ def test_truncated_importance_weight():
     logp = torch.tensor([[-1.0]], requires_grad=True)
     rollout = torch.tensor([[-3.0]])
     loss, stats = grpo_loss(logp, logp.detach(), None, rollout, torch.tensor([1.0]),
-                            torch.ones(1, 1), clip_eps=0.2, kl_coef=0.0, is_cap=2.0)
+                            torch.ones(1, 1), LossSettings())
     assert stats.is_weight == pytest.approx(2.0)
     assert stats.is_truncated_frac == 1.0
     assert loss.item() == pytest.approx(-2.0)
@@ -131,7 +130,7 @@ def test_pg_weight_gates_the_policy_gradient_but_not_the_kl():
     mask = torch.ones(1, 3)
     weight = torch.tensor([[0.0, 1.0, 0.0]])
     loss, _ = grpo_loss(logp, logp.detach(), ref, logp.detach(), torch.tensor([3.0]), mask,
-                        clip_eps=0.2, kl_coef=0.1, is_cap=2.0, pg_weight=weight)
+                        LossSettings(kl_coef=0.1, is_cap=2.0), pg_weight=weight)
     loss.backward()
     # pg: -A/len on the selected token only; kl: d/dlogp k3 = -(exp(ref - logp) - 1) on all
     kl_grad = [-(math.exp(r - lp) - 1.0) * 0.1 / 3 for r, lp in ((-1.5, -1), (-1.5, -2),
@@ -140,8 +139,9 @@ def test_pg_weight_gates_the_policy_gradient_but_not_the_kl():
     assert logp.grad[0].tolist() == pytest.approx(want, abs=1e-6)
 
 
-def test_choice_lse_moves_probability_among_the_options_only():
-    """At a decision token with options, the policy gradient is that of
+def test_a_view_among_options_moves_probability_among_them_only():
+    """With the view of a decision's options (``trainer/tasks/decisions.among_options``:
+    logp - log p(any option)), the policy gradient at a decision token is that of
     log p(token | one of the options): the options' total mass gets no gradient, and the
     ratio, importance weight and KL are as without it."""
     logits = torch.tensor([[2.0, 1.0, 0.5, -1.0]], requires_grad=True)  # one position, V=4
@@ -150,8 +150,8 @@ def test_choice_lse_moves_probability_among_the_options_only():
     logp = logp_all[:, token][:, None]  # [N=1, T=1]
     lse = torch.logsumexp(logp_all[:, options], -1)[:, None]
     adv, mask = torch.tensor([1.0]), torch.ones(1, 1)
-    loss, st = grpo_loss(logp, logp.detach(), None, logp.detach(), adv, mask, clip_eps=0.2,
-                         kl_coef=0.0, is_cap=2.0, choice_lse=lse)
+    loss, st = grpo_loss(logp, logp.detach(), None, logp.detach(), adv, mask, LossSettings(),
+                         pg_view=lambda lp, old: (lp - lse, old - lse.detach()))
     loss.backward()
     g = logits.grad[0]
     p = torch.softmax(logits.detach()[0, options], -1)  # p(token | options)
@@ -163,6 +163,5 @@ def test_choice_lse_moves_probability_among_the_options_only():
     # without it the same step pushes mass into the other tokens too
     logits.grad = None
     logp = torch.log_softmax(logits, -1)[:, token][:, None]
-    grpo_loss(logp, logp.detach(), None, logp.detach(), adv, mask, clip_eps=0.2, kl_coef=0.0,
-              is_cap=2.0)[0].backward()
+    grpo_loss(logp, logp.detach(), None, logp.detach(), adv, mask, LossSettings())[0].backward()
     assert float(logits.grad[0, 2:].abs().sum()) > 0.1

@@ -3,12 +3,13 @@ batch) against values computed by hand, and the registry tied to the config's na
 
 import math
 import typing
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from trainer.config import StageConfig, TrainConfig
-from trainer.grpo import POLICY_LOSSES, clip_range, grpo_loss, overlong_penalty
+from trainer.grpo import POLICY_LOSSES, LossSettings, clip_range, grpo_loss, overlong_penalty
 from trainer.rollouts import informative_groups
 
 
@@ -17,10 +18,11 @@ def _loss(variant, log_ratio, adv, low=None, high=None, agg="seq-mean-token-mean
     ratios (logp - old_logp), every token valid, workers equal to the learner (IS = 1)."""
     old = torch.full_like(log_ratio, -2.0)
     logp = (old + log_ratio).requires_grad_(True)
+    low = 0.2 if low is None else low
+    settings = LossSettings(low, low if high is None else high, policy_loss=variant,
+                            aggregation=agg)
     loss, stats = grpo_loss(logp, old, None, old.clone(), torch.tensor(adv),
-                            torch.ones_like(logp), clip_eps=0.2 if low is None else low,
-                            kl_coef=0.0, is_cap=2.0, aggregation=agg, policy_loss=variant,
-                            clip_eps_high=high)
+                            torch.ones_like(logp), settings)
     loss.backward()
     return float(loss.detach()), logp.grad, stats
 
@@ -175,7 +177,7 @@ def test_several_updates_per_batch_take_their_ratio_against_the_batchs_start(tin
     with torch.no_grad():
         start = twice.logprobs(batch).float()
     stats = twice.train_step(batch)
-    assert torch.allclose(batch.old_logp, start, atol=1e-6)
+    assert torch.allclose(twice.batch_start["logp"], start, atol=1e-6)
     assert 0.25 < stats["clip_frac"] <= 0.5  # the mean of 0 (update 1) and > 0.5 (update 2)
     once = _learner(tiny_model)
     single = [once.train_step(_rollout_batch()) for _ in range(2)]
@@ -190,12 +192,16 @@ def test_the_among_options_ratio_takes_both_sides_at_their_own_time():
     p(token | options) at the batch's start: logp -1, lse -0.5 now; -1.2, -0.6 then ->
     exp(0.1) = 1.10517, inside the 0.2 clip. Taking the start's lse as today's would give
     exp(0.2) = 1.2214, clipped at 1.2."""
+    from trainer.tasks.decisions import among_options
+
     def loss(old_lse):
         logp = torch.tensor([[-1.0]], requires_grad=True)
+        lse = torch.tensor([[-0.5]])
+        scored = SimpleNamespace(extra={"choice_lse": lse},
+                                 old={"choice_lse": lse if old_lse is None else old_lse})
         out, _ = grpo_loss(logp, torch.tensor([[-1.2]]), None, torch.tensor([[-1.2]]),
-                           torch.tensor([1.0]), torch.ones(1, 1), clip_eps=0.2, kl_coef=0.0,
-                           is_cap=2.0, choice_lse=torch.tensor([[-0.5]]),
-                           old_choice_lse=old_lse)
+                           torch.tensor([1.0]), torch.ones(1, 1), LossSettings(),
+                           pg_view=among_options(scored))
         return float(out.detach())
 
     assert loss(torch.tensor([[-0.6]])) == pytest.approx(-math.exp(0.1), rel=1e-6)

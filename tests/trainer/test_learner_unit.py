@@ -95,9 +95,9 @@ def test_anchor_is_a_warm_answer_without_its_choices_and_the_warm_model_knows_it
                                                                                tiny_model):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainer.objective import anchor_nll
-    from trainer.rollouts import anchor_batch, encode_prompt
+    from trainer.rollouts import encode_prompt
     from trainer.tasks.base import Choice
+    from trainer.tasks.decisions import anchor_batch, anchor_nll
     from trainer.tasks.stock.config import DataConfig, StockRewardConfig
     from trainer.tasks.stock.task import StockTask
     from trainer.tasks.stock.warm_answers import LEAN, answer_and_choices, reasoning_prefix

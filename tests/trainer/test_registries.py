@@ -11,6 +11,7 @@ import pytest
 from trainer.config import RunConfig, TrainConfig
 from trainer.grpo import ADVANTAGE_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES, TOKEN_SELECTIONS
 from trainer.schedules import LR_SCHEDULES
+from trainer.tasks import decisions  # noqa: F401 - the stock task's "decision" selection
 from trainer.tasks.stock.config import DataConfig
 from trainer.tasks.stock.sources import SOURCES
 from trainer.tasks.stock.synthetic import RULES

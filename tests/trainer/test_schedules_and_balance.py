@@ -9,8 +9,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from trainer.objective import balance_kl
 from trainer.schedules import LR_SCHEDULES, lr_factor
+from trainer.tasks.decisions import balance_kl
 
 
 def test_constant_is_one_everywhere():

@@ -173,9 +173,10 @@ class TrainConfig:
     # it holds the facts, the format and where to stop, never the decision; 0 = off
     anchor_coef: float = setting(0.0, ge=0.0)
     # balance term: this weight x KL(the batch's mean choice at the anchor's decision || the
-    # task's prior for it, the labels' ratio), over every rank's prompts (trainer/objective.py
-    # balance_kl); holds the shared drift of every prompt's decision, never one prompt's
-    # choice; 0 = off. Uses the anchor's reference answers (built when either is > 0).
+    # task's prior for it, the labels' ratio), over every rank's prompts
+    # (trainer/tasks/decisions.py balance_kl); holds the shared drift of every prompt's
+    # decision, never one prompt's choice; 0 = off. Uses the anchor's reference answers
+    # (built when either is > 0).
     balance_coef: float = setting(0.0, ge=0.0)
     seed: int = 0  # LoRA init, prompt order, sampling seeds
 

@@ -47,6 +47,9 @@ class TaskEntry:
     # the task marks decisions and writes reference answers (Task.decision_spans,
     # decision_options, anchor_text): train.pg_tokens decision, the anchor and balance terms
     decisions: bool = False
+    # modules the learner imports for this task: they register objective terms, policy-
+    # gradient views and token selections (trainer/objective.py); e.g. the decision machinery
+    contributions: tuple[str, ...] = ()
     # (StageConfig) -> a one-line problem with the task's data before a run starts, or None
     preflight: Callable[[Any], str | None] | None = None
     doc: str = ""  # one line for the config reference
@@ -98,6 +101,12 @@ def section_class(task: str, section: str) -> type:
     from trainer.config.sections import GateConfig, RewardConfig
 
     return {"reward": RewardConfig, "gate": GateConfig}[section]
+
+
+def load_contributions(task: str) -> None:
+    """Import what ``task`` contributes to the objective (``TaskEntry.contributions``)."""
+    for module in task_entry(task).contributions:
+        importlib.import_module(module)
 
 
 def build_task(cfg) -> Any:
