@@ -22,8 +22,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from common.processes import die_with_parent, group_alive
@@ -204,7 +202,7 @@ def dry_run(cfg: StageConfig, plan: Plan, module: str, run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def _stop_tree(proc: subprocess.Popen, grace: float = 20.0) -> None:
+def stop_tree(proc: subprocess.Popen, grace: float = 20.0) -> None:
     if proc.poll() is None or group_alive(proc.pid):
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
             try:
@@ -217,7 +215,7 @@ def _stop_tree(proc: subprocess.Popen, grace: float = 20.0) -> None:
     proc.poll()
 
 
-def _start_learner(cfg: StageConfig, run_dir: Path, module: str, slot: LearnerSlot,
+def start_learner(cfg: StageConfig, run_dir: Path, module: str, slot: LearnerSlot,
                    probe_port: bool, resume: bool = False) -> subprocess.Popen:
     return subprocess.Popen(learner_command(cfg, run_dir, module, slot, probe_port, resume),
                             env=learner_env(cfg, slot), cwd=REPO_ROOT, start_new_session=True,
@@ -258,7 +256,7 @@ def _start_pool(pool: WorkerPool, cfg: StageConfig, while_loading=None,
         return False
 
 
-def _learner_failed(code: int, run_dir: Path, stage: int) -> None:
+def learner_failed(code: int, run_dir: Path, stage: int) -> None:
     from trainer.checkpoint import latest, read_state
 
     last = latest(run_dir)
@@ -268,13 +266,13 @@ def _learner_failed(code: int, run_dir: Path, stage: int) -> None:
     print(f"[launch] learner exited with code {code}; {where}", file=sys.stderr, flush=True)
 
 
-def _prepare(cfg: StageConfig, run_dir: Path) -> None:
+def prepare_run(cfg: StageConfig, run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, RunFolder(run_dir).config)
     print(f"[launch] run folder {run_dir}", flush=True)
 
 
-def _guarded(body) -> int:
+def guarded(body) -> int:
     """Run ``body(cleanups)`` with SIGTERM turned into an exception; run cleanups always."""
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     cleanups: list = []
@@ -296,14 +294,14 @@ def run_stage(cfg: StageConfig, stage: str, module: str, plan: Plan,
     the learner continues from the run folder's latest checkpoint."""
     run_dir = run_dir or run_dir_for(cfg, stage)
     key = api_key(cfg, plan)
-    _prepare(cfg, run_dir)
-    return _guarded(StageOnNode(cfg, module, plan, run_dir, resume, key).run)
+    prepare_run(cfg, run_dir)
+    return guarded(StageOnNode(cfg, module, plan, run_dir, resume, key).run)
 
 
 class StageOnNode:
     """A stage on one node: the workers, and the learner ranks while they load (or once
     they are up, when they share GPUs); every part started registers its stop in
-    ``cleanups`` (run by :func:`_guarded`, newest first)."""
+    ``cleanups`` (run by :func:`guarded`, newest first)."""
 
     def __init__(self, cfg: StageConfig, module: str, plan: Plan, run_dir: Path, resume: bool,
                  key: str | None):
@@ -337,7 +335,7 @@ class StageOnNode:
             code = self.learner.returncode
             print("[launch] the learner exited while the workers loaded; stopping them",
                   file=sys.stderr, flush=True)
-            _learner_failed(code, run_dir, cfg.stage)
+            learner_failed(code, run_dir, cfg.stage)
             return code or 1
         pool.write_manifest(RunFolder(run_dir).workers)
         supervisor = supervise(cfg, pool, self.key, run_dir)
@@ -347,17 +345,17 @@ class StageOnNode:
             self.start_learner("now that they are")
         code = self.learner.wait()
         if code != 0:
-            _learner_failed(code, run_dir, cfg.stage)
+            learner_failed(code, run_dir, cfg.stage)
         return code
 
     def start_learner(self, when: str) -> None:
         self.pool.write_manifest(RunFolder(self.run_dir).workers)  # the learner reads the URLs
         print(f"[launch] starting {self.plan.learner.num_processes} learner rank(s) {when}",
               flush=True)
-        learner = _start_learner(self.cfg, self.run_dir, self.module, self.plan.learner,
+        learner = start_learner(self.cfg, self.run_dir, self.module, self.plan.learner,
                                  probe_port=True, resume=self.resume)
         self.learner = learner
-        self.cleanups.append(lambda: _stop_tree(learner))
+        self.cleanups.append(lambda: stop_tree(learner))
 
     def learner_gone(self) -> str | None:
         code = self.learner.poll() if self.learner is not None else None
@@ -384,15 +382,4 @@ def serve_workers(cfg: StageConfig, plan: Plan, log_dir: Path) -> int:
               flush=True)
         return 1
 
-    return _guarded(body)
-
-
-def _healthy(url: str, key: str | None) -> bool:
-    req = urllib.request.Request(f"{url}/health")
-    if key:
-        req.add_header("Authorization", f"Bearer {key}")
-    try:
-        with urllib.request.urlopen(req, timeout=5) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
+    return guarded(body)

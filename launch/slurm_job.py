@@ -34,6 +34,8 @@ from pathlib import Path
 
 from common.files import read_json
 from launch.plan import Plan
+from rollout.manifest import attempt_of, write_workers
+from rollout.server import health_ok
 from trainer.config import ConfigError, StageConfig
 from trainer.run_folder import RunFolder
 
@@ -198,9 +200,9 @@ def run_slurm_node(cfg: StageConfig, stage: str, module: str, plan: Plan, run_di
     node = SlurmNode(cfg, module, plan, run_dir, attempt, resume, job_id, r.api_key(cfg, plan),
                      tag)
     if plan.learner is not None and plan.learner.machine_rank == 0:
-        r._prepare(cfg, run_dir)
+        r.prepare_run(cfg, run_dir)
     role = learner_node if plan.learner is not None else worker_node
-    return r._guarded(lambda cleanups: role(node, cleanups))
+    return r.guarded(lambda cleanups: role(node, cleanups))
 
 
 def worker_node(node: SlurmNode, cleanups: list) -> int:
@@ -248,24 +250,23 @@ def learner_node(node: SlurmNode, cleanups: list) -> int:
     urls = [w.url for w in plan.workers]
     manifest = RunFolder(run_dir).workers
     if plan.learner.machine_rank == 0:
-        manifest.write_text(json.dumps({"workers": [{"url": u} for u in urls],
-                                        "attempt": node.attempt}, indent=2))
+        write_workers(manifest, [{"url": u} for u in urls], attempt=node.attempt)
         cleanups.append(lambda: node.done.write_text(f"{node.attempt}\n"))
-    wait_for(lambda: read_json(manifest).get("attempt") == node.attempt, cfg.launch.node_wait_s,
+    wait_for(lambda: attempt_of(manifest) == node.attempt, cfg.launch.node_wait_s,
              f"the first learner node's {manifest} for attempt {node.attempt}")
     # As on one node, the ranks load their model while the worker nodes load theirs (the
     # learner waits for every worker's /health before its first publish); this node
     # watches the same, to name the workers that never came up
     print(f"{tag} starting {plan.learner.num_processes} learner rank(s) while the workers "
           f"start: {', '.join(urls)}", flush=True)
-    learner = r._start_learner(cfg, run_dir, node.module, plan.learner, probe_port=False,
+    learner = r.start_learner(cfg, run_dir, node.module, plan.learner, probe_port=False,
                                resume=node.resume)
-    cleanups.append(lambda: r._stop_tree(learner))
+    cleanups.append(lambda: r.stop_tree(learner))
     if not workers_up(node, urls, learner):
         return 1
     code = learner.wait()
     if code != 0 and not WARNED:
-        r._learner_failed(code, run_dir, cfg.stage)
+        r.learner_failed(code, run_dir, cfg.stage)
     return _after_learner(code, cfg, run_dir, node.job_id) if plan.learner.machine_rank == 0 \
         else code
 
@@ -273,10 +274,9 @@ def learner_node(node: SlurmNode, cleanups: list) -> int:
 def workers_up(node: SlurmNode, urls: list[str], learner) -> bool:
     """Wait until every worker answers /health (True), the learner exits first (True: its
     exit code tells) or rollout.startup_timeout_s passes (False, naming those still down)."""
-    from launch import runner as r
 
     timeout, t0 = node.cfg.rollout.startup_timeout_s, time.monotonic()
-    while down := [u for u in urls if not r._healthy(u, node.key)]:
+    while down := [u for u in urls if not health_ok(u, node.key)]:
         if learner.poll() is not None:
             return True
         if time.monotonic() - t0 > timeout:

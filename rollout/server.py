@@ -9,7 +9,6 @@ the launcher dies, so no worker outlives its launcher.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -21,9 +20,23 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.files import atomic_write_text
 from common.processes import die_with_parent, group_alive
+from rollout.manifest import write_workers
 from rollout.vllm_compat import installed_version, server_module
+
+
+def health_ok(url: str, key: str | None = None, timeout: float = 5.0) -> bool:
+    """Whether the worker at ``url`` answers ``/health`` with 200 (``key``: the API key a
+    multi-node worker wants), within ``timeout`` seconds: the one health check every caller
+    uses (the pool, the Slurm learner node, the offline commands)."""
+    req = urllib.request.Request(f"{url}/health")
+    if key:
+        req.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
 
 
 class WorkerError(RuntimeError):
@@ -158,11 +171,7 @@ class WorkerProcess:
         return None if self.proc is None else self.proc.poll()
 
     def healthy(self, timeout: float = 5.0) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=timeout) as r:
-                return r.status == 200
-        except (urllib.error.URLError, OSError, ValueError):
-            return False
+        return health_ok(self.url, timeout=timeout)
 
     def log_tail(self, lines: int = 25) -> str:
         try:
@@ -247,7 +256,7 @@ class WorkerPool:
         return [{"url": w.url, "pid": w.pid, "log": str(w.log_path)} for w in self.workers]
 
     def write_manifest(self, path: Path) -> None:
-        atomic_write_text(path, json.dumps({"workers": self.describe()}, indent=2))
+        write_workers(path, self.describe())
 
     def __enter__(self) -> WorkerPool:
         try:

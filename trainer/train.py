@@ -24,7 +24,6 @@ with the previous checkpoint intact. SIGUSR1 (Slurm's warning before the time li
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -36,6 +35,7 @@ import torch
 
 from rollout.adapter_store import AdapterStore
 from rollout.client import NoWorkersError, RolloutClient
+from rollout.manifest import worker_urls, write_workers
 from trainer import checkpoint, trackers
 from trainer.config import ConfigError, load_config, mixed_precision, save_config
 from trainer.dist import rank_and_world
@@ -113,13 +113,11 @@ def train(args: argparse.Namespace) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, folder.config)
     if rank == 0 and args.workers:
-        folder.workers.write_text(json.dumps(
-            {"workers": [{"url": u} for u in args.workers.split(",")]}, indent=2))
+        write_workers(folder.workers, [{"url": u} for u in args.workers.split(",")])
     trackers.start(acc, run_dir.name, cfg.to_dict())
     task = build_task(cfg)
     learner = Learner(cfg, acc)
-    urls = (args.workers.split(",") if args.workers else
-            [w["url"] for w in json.loads(folder.workers.read_text())["workers"]])
+    urls = args.workers.split(",") if args.workers else worker_urls(folder.workers)
     store = AdapterStore(cfg.run.adapter_dir or folder.adapters)
     client = RolloutClient(urls, timeout=rc.request_timeout_s,
                            max_concurrency=rc.max_concurrent_requests,

@@ -11,11 +11,11 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 from safetensors.torch import load_file
 
+from rollout.server import health_ok
 from tests.integration.helpers import DEMO, REPO, TEST_SETS, set_flags
 
 pytestmark = pytest.mark.integration
@@ -25,12 +25,7 @@ PORT = 8420
 def _wait_healthy(urls, workers, log):
     deadline = time.monotonic() + 600
     for url in urls:
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/health", timeout=5).status == 200:
-                    break
-            except OSError:
-                pass
+        while not health_ok(url):
             assert workers.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "workers never became healthy"
             time.sleep(2)
