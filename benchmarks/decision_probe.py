@@ -83,6 +83,7 @@ def _lean_batch(tok, ws, prompt_ids, leans, logp, reward, adv, reasoning_prefix,
     lean token (the only marked decision, a choice between the two leans, with the
     sampler's log-prob of it)."""
     from rollout.client import Completion
+    from trainer.credit import decision_extras
     from trainer.types import RolloutBatch
 
     groups, marks, choices = [], [], []
@@ -98,7 +99,8 @@ def _lean_batch(tok, ws, prompt_ids, leans, logp, reward, adv, reasoning_prefix,
             choices.append({len(reasoning): options})  # the lean chose among both
         groups.append(group)
     return RolloutBatch.from_groups(prompt_ids, groups, reward.flatten().tolist(),
-                                    adv.flatten(), tok.pad_token_id, marks, choices)
+                                    adv.flatten(), tok.pad_token_id,
+                                    decision_extras(marks, choices, empty_choices=False))
 
 
 def main(argv: list[str] | None = None) -> int:

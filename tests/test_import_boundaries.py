@@ -49,7 +49,10 @@ def _files(folder: str, skip: str | None = None):
 RULES = [
     ("common", None, ("trainer", "rollout", "launch")),
     ("rollout", None, ("trainer", "launch")),
-    ("trainer", "tasks", ("launch", "trainer.tasks.stock", "trainer.tasks.prompts")),
+    # the GRPO core reaches task code (a task, the decision machinery a task contributes)
+    # only through trainer/tasks/registry.py
+    ("trainer", "tasks", ("launch", "trainer.tasks.stock", "trainer.tasks.prompts",
+                          "trainer.tasks.decisions")),
     # a task reaches others only through the registry: neither imports the other
     ("trainer/tasks/stock", None, ("launch", "trainer.tasks.prompts")),
     ("trainer/tasks/prompts", None, ("launch", "trainer.tasks.stock")),

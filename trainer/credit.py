@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import torch
+
+from trainer.types import right_pad_floats
+
 Spans = list[tuple[int, int]]
 
 
@@ -97,3 +101,34 @@ def option_ids(tokenizer, text: str, ids: Sequence[int], offsets: Spans, start: 
                              f"tokenizer splits or joins it differently")
         out.append(int(enc["input_ids"][at]))
     return at, list(dict.fromkeys(out))
+
+
+def choice_ids_tensor(choices: list[dict[int, list[int]]], shape: torch.Size) -> torch.Tensor:
+    """Per row {token index: option ids} -> [N, T, K] long, -1 padded and -1 elsewhere."""
+    k = max([1] + [len(v) for row in choices for v in row.values()])
+    out = torch.full((*shape, k), -1, dtype=torch.long)
+    for i, row in enumerate(choices):
+        for j, v in row.items():
+            out[i, j, :len(v)] = torch.tensor(v, dtype=torch.long)
+    return out
+
+
+def decision_extras(decision_masks: list[list[float]], choices: list[dict[int, list[int]]],
+                    priors: list[dict[int, list[float]]] | None = None, *,
+                    empty_choices: bool = True) -> dict[str, torch.Tensor]:
+    """A batch's decision extras (``RolloutBatch.extras``) from per-row lists as long as
+    each row's tokens: ``decision_mask``; ``choice_ids`` (where the rows name choices; with
+    ``empty_choices`` also when none does); ``choice_prior`` for the balanced choices that
+    ``priors`` gives shares for."""
+    marked = right_pad_floats(decision_masks)
+    out = {"decision_mask": marked}
+    if not choices or not (empty_choices or any(choices)):
+        return out
+    out["choice_ids"] = options = choice_ids_tensor(choices, marked.shape)
+    if priors is not None and any(priors):
+        shares = torch.zeros(options.shape)
+        for i, row in enumerate(priors):
+            for j, v in row.items():
+                shares[i, j, :len(v)] = torch.tensor(v, dtype=torch.float32)
+        out["choice_prior"] = shares
+    return out

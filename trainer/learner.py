@@ -121,7 +121,7 @@ class Learner:
         objective's enabled terms read where the batch has them (``choice_lse``)."""
         return score_tokens(self.model, batch, self.pad_id, self.cfg.rollout.temperature,
                             self.device, entropy=True,
-                            choice_lse="choice_lse" in extra and batch.choice_ids is not None,
+                            choice_lse="choice_lse" in extra and "choice_ids" in batch.extras,
                             chunk_tokens=self.cfg.train.logits_chunk_tokens)
 
     def set_step(self, step: int) -> float:

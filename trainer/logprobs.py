@@ -123,7 +123,7 @@ class TokenScores:
       choice's position log p(any of its options) instead of the written token's;
     - ``entropy`` (``entropy=True``): the detached sampling entropy at each position;
     - ``choice_lse`` (``choice_lse=True``): log p(any of the options) where
-      ``batch.choice_ids`` names a choice's options, 0 elsewhere, with grad;
+      ``batch.extras["choice_ids"]`` names a choice's options, 0 elsewhere, with grad;
     - ``options`` (``options=True``, when the batch has choices): ``[n, T, K]``, each
       option's log-prob at its choice's position, -inf where there is no option."""
 
@@ -150,8 +150,9 @@ def score_tokens(model, batch: RolloutBatch, pad_id: int, temperature: float,
     n, t = batch.completion_ids.shape
     flat_h = h.reshape(n * t, h.shape[-1])
     ids = batch.completion_ids.to(device).reshape(-1)
-    want_choices = (options or choice_lse) and batch.choice_ids is not None
-    choices = batch.choice_ids.to(device).reshape(n * t, -1) if want_choices else None
+    choice_ids = batch.extras.get("choice_ids")
+    want_choices = (options or choice_lse) and choice_ids is not None
+    choices = choice_ids.to(device).reshape(n * t, -1) if want_choices else None
     score = partial(_chunk_scores, output_head(model), temperature, entropy)
     size = chunk_tokens if chunk_tokens > 0 else max(n * t, 1)
     recompute = torch.is_grad_enabled() and flat_h.requires_grad and size < n * t
@@ -166,7 +167,7 @@ def score_tokens(model, batch: RolloutBatch, pad_id: int, temperature: float,
     if options:
         if alts is None:
             return TokenScores(picked)
-        at = batch.choice_ids.to(device)[..., 0] >= 0
+        at = choice_ids.to(device)[..., 0] >= 0
         return TokenScores(torch.where(at, torch.logsumexp(alts, -1), picked), options=alts)
     out = TokenScores(picked)
     if entropy:
@@ -174,7 +175,7 @@ def score_tokens(model, batch: RolloutBatch, pad_id: int, temperature: float,
     if choice_lse:
         out.choice_lse = torch.zeros_like(picked)
         if alts is not None:
-            at = batch.choice_ids.to(device)[..., 0] >= 0
+            at = choice_ids.to(device)[..., 0] >= 0
             out.choice_lse = torch.where(
                 at, torch.logsumexp(alts.masked_fill(~at[..., None], 0.0), -1), out.choice_lse)
     return out

@@ -129,7 +129,7 @@ def rl_term(s: Scored) -> Term:
     is_weight, is_truncated_frac; logp_gap (mean |learner - worker| log-prob), entropy,
     pg_token_frac."""
     tc, mask = s.tc, s.mask
-    marked = s.batch.decision_mask
+    marked = s.batch.extras.get("decision_mask")  # the tokens the task marked, if any
     pg_weight = TOKEN_SELECTIONS[tc.pg_tokens](s.entropy, mask, tc.entropy_top_frac, marked)
     view = next((v for spec in PG_VIEWS.values() if spec.enabled(tc)
                  if (v := spec.fn(s)) is not None), None)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from rollout.source import RolloutSource
-from trainer.credit import decision_choices
+from trainer.credit import decision_choices, decision_extras
 from trainer.grpo import ADVANTAGE_ESTIMATORS, overlong_penalty
 from trainer.tasks.base import Sample, Task
 from trainer.types import RolloutBatch
@@ -211,16 +211,17 @@ def build_batch(task: Task, tokenizer, drawn: Drawn, *, group_size: int, advanta
                 pad_id: int, mark_decisions: bool = False) -> RolloutBatch:
     """The batch of scored groups, advantages per group. ``mark_decisions``: also mark the
     tokens of each completion that state its decision (``Task.decision_spans``) and the
-    options it chose among (``Task.decision_options``, as ``choice_ids``)."""
+    options it chose among (``Task.decision_options``): the batch's decision extras."""
     prompt_ids, groups, components = drawn
     rewards = [total_reward(c) for c in components]
     adv = ADVANTAGE_ESTIMATORS[advantage](torch.tensor(rewards), group_size)
-    marks = choices = None
+    extras = {}
     if mark_decisions:
         marked = [decision_choices(tokenizer, c.token_ids, task.decision_spans,
                                    task.decision_options) for group in groups for c in group]
-        marks, choices = [m for m, _ in marked], [c for _, c in marked]
-    return RolloutBatch.from_groups(prompt_ids, groups, rewards, adv, pad_id, marks, choices)
+        extras = decision_extras([m for m, _ in marked], [c for _, c in marked],
+                                 empty_choices=False)
+    return RolloutBatch.from_groups(prompt_ids, groups, rewards, adv, pad_id, extras)
 
 
 def write_rollouts(path: Path, step: int, samples: list[Sample], batch: RolloutBatch,

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from trainer.credit import decision_mask, token_offsets
+from trainer.credit import decision_extras, decision_mask, token_offsets
 from trainer.grpo import TOKEN_SELECTIONS
 from trainer.tasks import decisions  # noqa: F401 - registers the "decision" selection
 from trainer.tasks.stock.answer import decision_spans
@@ -68,11 +68,16 @@ def test_batch_carries_marks_through_padding_and_slicing():
 
     groups = [[C(3), C(1)]]
     marks = [[0.0, 1.0, 0.0], [1.0]]
-    batch = RolloutBatch.from_groups([[1, 2]], groups, [1.0, 0.0], torch.zeros(2), 0, marks)
-    assert batch.decision_mask.tolist() == [[0, 1, 0], [1, 0, 0]]
-    assert batch.slice(1, 2).decision_mask.tolist() == [[1, 0, 0]]
+    extras = decision_extras(marks, [{1: [5, 9]}, {}], empty_choices=False)
+    batch = RolloutBatch.from_groups([[1, 2]], groups, [1.0, 0.0], torch.zeros(2), 0, extras)
+    assert batch.extras["decision_mask"].tolist() == [[0, 1, 0], [1, 0, 0]]
+    assert batch.slice(1, 2).extras["decision_mask"].tolist() == [[1, 0, 0]]
+    # the options at row 0's token 1, -1 everywhere else, sliced along
+    assert batch.extras["choice_ids"][0].tolist() == [[-1, -1], [5, 9], [-1, -1]]
+    assert (batch.slice(1, 2).extras["choice_ids"] == -1).all()
+    assert "choice_ids" not in decision_extras(marks, [{}, {}], empty_choices=False)
     plain = RolloutBatch.from_groups([[1, 2]], groups, [1.0, 0.0], torch.zeros(2), 0)
-    assert plain.decision_mask is None and plain.slice(0, 1).decision_mask is None
+    assert plain.extras == {} and plain.slice(0, 1).extras == {}
 
 
 def test_decision_selection_keeps_marked_valid_tokens_and_needs_marks():

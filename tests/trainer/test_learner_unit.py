@@ -120,7 +120,7 @@ def test_anchor_is_a_warm_answer_without_its_choices_and_the_warm_model_knows_it
     # every answer stops where the warm start's do: the end-of-sequence token, held
     last = batch.completion_mask.sum(1).long() - 1
     assert all(int(batch.completion_ids[i, j]) == tok.eos_token_id for i, j in enumerate(last))
-    assert all(float(batch.decision_mask[i, j]) == 0.0 for i, j in enumerate(last))
+    assert all(float(batch.extras["decision_mask"][i, j]) == 0.0 for i, j in enumerate(last))
     assert all(t.startswith(reasoning_prefix(s.meta["closes"]))
                for t, s in zip(texts, samples, strict=True))
     leans = {re.search(r"up \d (\w+)\.", t).group(1) for t in texts}
@@ -130,8 +130,8 @@ def test_anchor_is_a_warm_answer_without_its_choices_and_the_warm_model_knows_it
     # options: both leans, the first digit of every confidence figure
     lean_ids = {tok(f" {w}", add_special_tokens=False)["input_ids"][0] for w in LEAN.values()}
     digit_ids = {tok(d, add_special_tokens=False)["input_ids"][0] for d in "56789"}
-    for row, marks, sets, text in zip(batch.completion_ids, batch.decision_mask,
-                                      batch.choice_ids, texts, strict=True):
+    for row, marks, sets, text in zip(batch.completion_ids, batch.extras["decision_mask"],
+                                      batch.extras["choice_ids"], texts, strict=True):
         left_out = [tok.decode([int(t)]).strip() for t in row[marks > 0]]
         lean, figure = left_out[0], "".join(left_out[1:])
         assert lean in LEAN.values() and f" {lean}." in text, (left_out, text)
@@ -144,9 +144,9 @@ def test_anchor_is_a_warm_answer_without_its_choices_and_the_warm_model_knows_it
         assert int(row[at[0]]) in lean_ids and int(row[at[1]]) in digit_ids
     # the lean carries its prior (bullish = UP first, 50/50 on the balanced split), the
     # confidence figure none, and nothing else does
-    assert batch.choice_prior is not None
+    assert "choice_prior" in batch.extras
     bull = tok(" bullish", add_special_tokens=False)["input_ids"][0]
-    for sets, prior in zip(batch.choice_ids, batch.choice_prior, strict=True):
+    for sets, prior in zip(batch.extras["choice_ids"], batch.extras["choice_prior"], strict=True):
         held = (prior.sum(-1) > 0).nonzero().flatten().tolist()
         assert len(held) == 1 and int(sets[held[0], 0]) == bull
         assert prior[held[0], :2].tolist() == [0.5, 0.5] and float(prior.sum()) == 1.0
@@ -161,8 +161,8 @@ def test_anchor_is_a_warm_answer_without_its_choices_and_the_warm_model_knows_it
     # (the figure's "0") are left out
     real = batch.completion_mask[0] > 0
     row = batch.completion_ids[0][real]
-    sets = batch.choice_ids[0][real]
-    keep = batch.decision_mask[0][real] == 0
+    sets = batch.extras["choice_ids"][0][real]
+    keep = batch.extras["decision_mask"][0][real] == 0
     ids = torch.tensor([batch.prompt_ids[0] + row.tolist()])
     logp = model(input_ids=ids).logits[0, :-1].log_softmax(-1)[len(batch.prompt_ids[0]) - 1:]
     picked = logp.gather(-1, row[:, None]).squeeze(-1)
@@ -185,8 +185,8 @@ def test_anchor_is_a_warm_answer_without_its_choices_and_the_warm_model_knows_it
 def test_choice_lse_is_log_p_of_any_option_where_a_choice_is_made(tiny_model):
     model = load_policy(_cfg(tiny_model), torch.device("cpu")).eval()
     batch = _batch([[1, 40, 41]], [[60, 61, 62]])
-    batch.choice_ids = torch.full((1, 3, 2), -1, dtype=torch.long)
-    batch.choice_ids[0, 1] = torch.tensor([61, 70])  # token 1 chose between 61 and 70
+    batch.extras["choice_ids"] = torch.full((1, 3, 2), -1, dtype=torch.long)
+    batch.extras["choice_ids"][0, 1] = torch.tensor([61, 70])  # token 1 chose between 61 and 70
     with torch.no_grad():
         scored = score_tokens(model, batch, 0, 1.0, torch.device("cpu"), choice_lse=True)
         logp, lse = scored.logp, scored.choice_lse

@@ -27,9 +27,9 @@ def _batch() -> RolloutBatch:
     zeros = torch.zeros(len(COMPLETIONS))
     batch = RolloutBatch(PROMPTS, ids, mask, torch.zeros_like(mask), zeros, zeros, zeros.long(),
                          group_size=1)
-    batch.choice_ids = torch.full((len(COMPLETIONS), t, 2), -1, dtype=torch.long)
-    batch.choice_ids[0, 1] = torch.tensor([61, 90])  # a choice between two options
-    batch.choice_ids[1, 3] = torch.tensor([73, 20])
+    batch.extras["choice_ids"] = torch.full((len(COMPLETIONS), t, 2), -1, dtype=torch.long)
+    batch.extras["choice_ids"][0, 1] = torch.tensor([61, 90])  # a choice between two options
+    batch.extras["choice_ids"][1, 3] = torch.tensor([73, 20])
     return batch
 
 
@@ -43,7 +43,7 @@ def naive(model, batch: RolloutBatch, temperature: float):
     logp = torch.log_softmax(out.logits[:, :t].float() / temperature, -1)
     picked = logp.gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)
     ent = -(logp.exp() * logp).sum(-1)
-    choices = batch.choice_ids
+    choices = batch.extras["choice_ids"]
     alts = logp.gather(-1, choices.clamp(min=0)).masked_fill(choices < 0, float("-inf"))
     at = choices[..., 0] >= 0
     lse = torch.where(at, torch.logsumexp(alts.masked_fill(~at[..., None], 0.0), -1),
@@ -97,7 +97,7 @@ def test_options_mode_equals_the_full_vocabulary_one(tiny_model):
         scored = score_tokens(model, batch, 0, 1.0, CPU, options=True, chunk_tokens=4)
         logp, alts = scored.logp, scored.options
         ref_picked, _, _, ref_alts = naive(model, batch, 1.0)
-    at = batch.choice_ids[..., 0] >= 0
+    at = batch.extras["choice_ids"][..., 0] >= 0
     assert torch.equal(torch.isinf(alts), torch.isinf(ref_alts))
     assert torch.allclose(alts[~torch.isinf(alts)], ref_alts[~torch.isinf(ref_alts)], atol=1e-5)
     assert torch.allclose(logp[~at], ref_picked[~at], atol=1e-5)

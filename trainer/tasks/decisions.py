@@ -22,7 +22,7 @@ import random
 
 import torch
 
-from trainer.credit import marks, option_ids
+from trainer.credit import decision_extras, marks, option_ids
 from trainer.dist import all_reduce_, rank_and_world
 from trainer.grpo import register_selection
 from trainer.logprobs import score_tokens
@@ -119,15 +119,16 @@ def anchor_terms(model, anchor: RolloutBatch, pad_id: int, device: torch.device,
                           chunk_tokens=chunk_tokens)
     logp, alts = scored.logp, scored.options
     mask = anchor.completion_mask.to(device)
-    if anchor.decision_mask is not None:
-        held = 1.0 - anchor.decision_mask.to(device)
-        if anchor.choice_ids is not None:
-            held = (held + (anchor.choice_ids[..., 0] >= 0).to(device, mask.dtype)).clamp(max=1)
+    marked, choice_ids = anchor.extras.get("decision_mask"), anchor.extras.get("choice_ids")
+    if marked is not None:
+        held = 1.0 - marked.to(device)
+        if choice_ids is not None:
+            held = (held + (choice_ids[..., 0] >= 0).to(device, mask.dtype)).clamp(max=1)
         mask = mask * held
     nll = -(logp * mask).sum() / mask.sum().clamp(min=1)
-    if anchor.choice_prior is None or alts is None:
+    if "choice_prior" not in anchor.extras or alts is None:
         return nll, torch.zeros((0, 1), device=device), torch.zeros((0, 1), device=device)
-    prior = anchor.choice_prior.to(device)
+    prior = anchor.extras["choice_prior"].to(device)
     at = prior.sum(-1) > 0  # [n, T]
     shares = torch.softmax(alts[at], dim=-1)  # -inf options (padding) get share 0
     return nll, shares, prior[at]
@@ -204,8 +205,8 @@ def anchor_batch(task: DecisionTask, samples: list[Sample], prompt_ids: list[lis
         priors.append({at: _prior(c, got) for c, (at, got) in where.items() if c.prior})
     if not targets:
         return None
-    return RolloutBatch.teacher_forced(prompts, targets, pad_id, choice_marks, choice_sets,
-                                       priors)
+    return RolloutBatch.teacher_forced(prompts, targets, pad_id,
+                                       decision_extras(choice_marks, choice_sets, priors))
 
 
 def _prior(choice, token_ids: list[int]) -> list[float]:
