@@ -75,6 +75,10 @@ def prepare(cfg: StageConfig, stage1_run: Path, run_dir: Path, force: bool) -> S
         raise ConfigError(f"{stage1_run}: not a run folder (no config.yaml)")
     verdict = check_promotion(stage1_run, force)
     s1 = load_config(RunFolder(stage1_run).config)
+    if s1.task != cfg.task:
+        raise ConfigError(f"task: the Stage I run {stage1_run} trained task {s1.task!r}; this "
+                          f"Stage II config names task {cfg.task!r} (a Stage II continues the "
+                          f"same task)")
     adapter = stage1_adapter(stage1_run)
     run_dir.mkdir(parents=True, exist_ok=True)
     base = RunFolder(run_dir).base

@@ -5,12 +5,15 @@ bfloat16 merge, max difference < 0.05 x the logits' standard deviation (bf16 kee
 significant digits of the merged weights).
 """
 
+import json
+
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from launch.stage2 import merge_adapter
+from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module")
@@ -46,3 +49,21 @@ def test_merged_model_matches_base_plus_adapter(tiny_model, adapter, tmp_path, d
     assert (merged - reference).abs().max().item() < bound
     # and the adapter mattered: without it the logits are far off
     assert (plain - reference).abs().max().item() > 10 * bound
+
+
+def test_stage2_continues_the_stage1_runs_task(tmp_path):
+    """A Stage II config of another task than the Stage I run's is one error line, before
+    anything is merged."""
+    from launch.stage2 import prepare
+    from trainer.config import ConfigError, load_config, save_config
+    from trainer.run_folder import RunFolder
+
+    s1 = tmp_path / "s1"
+    s1.mkdir()
+    save_config(load_config(REPO / "configs/demo/prompts.yaml"), RunFolder(s1).config)
+    RunFolder(s1).gate.write_text(json.dumps({"passed": True, "indicators": []}))
+    stage2 = load_config(REPO / "configs/demo/stage2.yaml")
+    with pytest.raises(ConfigError, match=r"trained task 'prompts'; this Stage II config "
+                                          r"names task 'stock'"):
+        prepare(stage2, s1, tmp_path / "s2", force=False)
+    assert not (tmp_path / "s2").exists()
