@@ -50,11 +50,18 @@ def _resolve(args: argparse.Namespace):
                        Path(args.config) if args.config else None, args.set)
 
 
+def eval_splits(args: argparse.Namespace) -> list[str]:
+    """The splits ``stonk eval`` evaluates: each ``--split`` given, else test (argparse's
+    "append" cannot hold a default list: it would append to it)."""
+    return args.split or ["test"]
+
+
 def _eval(args: argparse.Namespace) -> int:
     from launch.offline import evaluate_run
 
     try:
-        report = evaluate_run(Path(args.run), args.split, args.adapter, args.set, args.samples,
+        report = evaluate_run(Path(args.run), eval_splits(args), args.adapter, args.set,
+                              args.samples,
                               Path(args.out) if args.out else None)
     except _user_errors() as exc:
         return _fail(exc)

@@ -55,7 +55,7 @@ def evaluate_run(run_dir: Path, splits: list[str], which: str, overrides: list[s
                  samples: int | None, out: Path | None) -> Path:
     from transformers import AutoTokenizer
 
-    from trainer.evaluate import evaluate_and_report
+    from trainer.evaluate import evaluate_and_report, headline
     from trainer.gate import read_gate
     from trainer.tasks import build_task
 
@@ -72,9 +72,7 @@ def evaluate_run(run_dir: Path, splits: list[str], which: str, overrides: list[s
         evals, report = evaluate_and_report(task, cfg, client, tok, out, splits, limit, notes,
                                             gate=gate)
     for split, result in evals.items():
-        m = result["metrics"]
-        print(f"[eval] {split}: accuracy {m.get('accuracy')}, roc_auc {m.get('roc_auc')}, "
-              f"format valid {m.get('format_valid')}, n={m.get('n')}", flush=True)
+        print(f"[eval] {split}: {headline(result['metrics'])}", flush=True)
     return report
 
 

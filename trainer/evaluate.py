@@ -81,6 +81,14 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def headline(m: dict[str, Any]) -> str:
+    """One line of an evaluation's metrics, those the task reports: accuracy, ROC-AUC,
+    format valid, reward, n."""
+    shown = [f"{k.replace('_', ' ')} {m[k]:.3f}" for k in
+             ("accuracy", "roc_auc", "format_valid", "reward") if _number(m.get(k))]
+    return ", ".join([*shown, f"n={m.get('n')}"])
+
+
 def scalar_metrics(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
     """The numeric top-level entries, prefixed, for metrics.jsonl."""
     return {f"{prefix}{k}": float(v) for k, v in metrics.items()
@@ -148,9 +156,7 @@ def final_evaluation(cfg: StageConfig, task, client: RolloutSource, tokenizer, r
                                notes=getattr(task, "report_notes", lambda: [])())
     for split, ev in evals.items():
         m = ev["metrics"]
-        shown = ", ".join(f"{k.replace('_', ' ')} {m[k]:.3f}" for k in
-                          ("accuracy", "format_valid", "reward") if _number(m.get(k)))
-        print(f"{tag} {split}: {shown}, n={m.get('n')}", flush=True)
+        print(f"{tag} {split}: {headline(m)}", flush=True)
     print(f"{tag} report: {report}", flush=True)
     for source in cfg.eval.also_on:
         result, report = evaluate_on_source(cfg, source, client, tokenizer,

@@ -93,3 +93,17 @@ def test_export_refuses_an_existing_folder_and_a_run_without_checkpoints(fake_ru
     err = capsys.readouterr().err
     assert code == 2 and err == f"error: {fake_run}: no checkpoint yet (checkpoints/LATEST " \
                                 "missing)\n"
+
+
+def test_eval_without_split_evaluates_test():
+    """`stonk eval --run RUN` alone evaluated no split list at all (a TypeError from deep in
+    the evaluation, after the worker had started); its help says test is the default."""
+    import argparse
+
+    from launch.cli_adapter import add_parsers, eval_splits
+
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers())
+    assert eval_splits(parser.parse_args(["eval", "--run", "r"])) == ["test"]
+    assert eval_splits(parser.parse_args(["eval", "--run", "r", "--split", "val", "--split",
+                                          "test"])) == ["val", "test"]
