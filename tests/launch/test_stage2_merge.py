@@ -67,3 +67,34 @@ def test_stage2_continues_the_stage1_runs_task(tmp_path):
                                           r"names task 'stock'"):
         prepare(stage2, s1, tmp_path / "s2", force=False)
     assert not (tmp_path / "s2").exists()
+
+
+def test_stage2_of_the_prompts_task_merges_its_stage1_adapter(tmp_path, tiny_model, adapter):
+    """Stage II is any task's: a prompts run's adapter is merged into its base and the Stage
+    II config (configs/demo/prompts_stage2.yaml) trains on the merged model, the record
+    written; the merged model's logits are the base's plus the adapter's (as above)."""
+    import shutil
+
+    from launch.stage2 import prepare
+    from trainer.config import load_config, save_config
+    from trainer.run_folder import RunFolder
+
+    s1 = tmp_path / "s1"
+    ckpt = s1 / "checkpoints" / "step_000003"
+    shutil.copytree(adapter, ckpt / "adapter")
+    (s1 / "checkpoints" / "LATEST").write_text("step_000003\n")
+    save_config(load_config(REPO / "configs/demo/prompts.yaml",
+                            [f"model.name_or_path={tiny_model}"]), RunFolder(s1).config)
+    RunFolder(s1).gate.write_text(json.dumps({"passed": True, "indicators": []}))
+    cfg = load_config(REPO / "configs/demo/prompts_stage2.yaml")
+    assert (cfg.task, cfg.stage, cfg.lora.r) == ("prompts", 2, 8)
+    out = prepare(cfg, s1, tmp_path / "s2", force=False)
+    assert out.model.name_or_path == str(RunFolder(tmp_path / "s2").base)
+    record = json.loads(RunFolder(tmp_path / "s2").stage2.read_text())
+    assert record["passed"] and not record["forced"]
+    assert record["stage1_adapter"] == str(ckpt / "adapter")
+    merged = AutoModelForCausalLM.from_pretrained(out.model.name_or_path, dtype=torch.float32)
+    want = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32), str(adapter))
+    ids = torch.tensor([[1, 5, 9, 13]])
+    assert torch.allclose(_logits(merged, ids), _logits(want, ids), atol=1e-4)
