@@ -7,12 +7,23 @@ task ``prompts`` (``trainer/tasks/registry.py``). Light on purpose: every config
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from trainer.config.fields import setting
 from trainer.config.sections import ConfigError, RewardConfig
 from trainer.tasks.registry import TaskEntry, register_task
 
 EXAMPLE = "data/examples/arithmetic.jsonl"  # the shipped example (trainer/tasks/prompts/arithmetic.py)
+REPO = Path(__file__).resolve().parents[3]
+
+
+def local_path(name: str) -> str:
+    """A relative path as the prompts task reads it (a dataset, a reward function's file):
+    from the current folder, else from the repository (the shipped example); anything that
+    is neither (a hub id, a missing file) unchanged."""
+    if Path(name).exists() or Path(name).is_absolute():
+        return name
+    return str(REPO / name) if (REPO / name).exists() else name
 
 
 @dataclass
@@ -79,9 +90,7 @@ def validate(cfg) -> None:
 def data_problem(cfg) -> str | None:
     """The launcher's check before anything starts: the dataset can be read."""
     from trainer.tasks.hub import missing_dataset
-    from trainer.tasks.prompts.task import resolve_dataset
-
-    return missing_dataset(resolve_dataset(cfg.data.dataset), "data.dataset")
+    return missing_dataset(local_path(cfg.data.dataset), "data.dataset")
 
 
 register_task(TaskEntry(

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config.sections import ConfigError
+from trainer.tasks.prompts.config import local_path
 
-REPO = Path(__file__).resolve().parents[3]
 RewardFn = Callable[..., Sequence[float | None]]
 _LOADED: dict[str, RewardFn] = {}
 
@@ -36,9 +36,7 @@ class RewardFunctionError(RuntimeError):
 
 
 def _from_file(path: str, where: str):
-    file = Path(path)
-    if not file.is_absolute() and not file.is_file():
-        file = REPO / path
+    file = Path(local_path(path))
     if not file.is_file():
         raise ConfigError(f"{where}: no file {path} (read from the current folder, else the "
                           f"repository)")

@@ -18,18 +18,10 @@ from typing import Any
 from common.files import atomic_write_text
 from trainer.tasks.base import Sample
 from trainer.tasks.hub import DataError, open_dataset
-from trainer.tasks.prompts.config import PromptsDataConfig, PromptsRewardConfig
-from trainer.tasks.prompts.rewards import REPO, call_functions, load_functions
+from trainer.tasks.prompts.config import PromptsDataConfig, PromptsRewardConfig, local_path
+from trainer.tasks.prompts.rewards import call_functions, load_functions
 
 SPLITS = ("train", "val", "test")
-
-
-def resolve_dataset(name: str) -> str:
-    """A relative local path from the current folder, else the repository (the shipped
-    example); anything else (a hub id) unchanged."""
-    if Path(name).exists() or Path(name).is_absolute():
-        return name
-    return str(REPO / name) if (REPO / name).exists() else name
 
 
 def _messages(prompt: Any, system: str, where: str) -> list[dict[str, str]]:
@@ -48,7 +40,7 @@ class PromptsTask:
         self.cfg = data
         self.reward = reward
         self.functions = load_functions(reward.functions)
-        name = resolve_dataset(data.dataset)
+        name = local_path(data.dataset)
         rows = self._rows(name, data.split)
         rng = random.Random(data.seed)
         rng.shuffle(rows)
