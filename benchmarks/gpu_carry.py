@@ -26,7 +26,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from launch.embedded import sha256  # noqa: E402  (standard library only, as this script)
+from launch.embedded.manifest import sha256  # noqa: E402  (standard library only, as this script)
 
 MiB = 2**20
 KEEP = ("torch", "numpy", "numba")  # the image's: an install that changes one is refused
@@ -163,7 +163,7 @@ def install(dest: Path, venv: Path) -> None:
           flush=True)
     if check.returncode:  # a set that does not import is no gpu profile: say so, stamp nothing
         raise CarryError("the carried set does not import (above); add the missing wheels")
-    sys.path.insert(0, str(REPO / "launch"))
+    sys.path.insert(0, str(REPO / "launch" / "install"))
     from setup_profile import write_stamp  # the venv is the gpu profile: make setup is a no-op
 
     write_stamp(venv, "gpu", done=True)

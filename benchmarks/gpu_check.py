@@ -40,13 +40,13 @@ from benchmarks.common import table as md_table  # noqa: E402
 
 CONFIG = "configs/stage1.yaml"
 MODEL = "Qwen/Qwen2.5-1.5B-Instruct"
-# the plan's table of its config.json (launch/model_shape.py) and the fields it leaves out
+# the plan's table of its config.json (launch/planning/model_shape.py) and the fields it leaves out
 QWEN_EXTRA = {"max_position_embeddings": 32768, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6}
 
 
 def qwen_architecture(name: str = MODEL) -> dict:
     """Qwen2Config fields of a hub model the plan knows, without its files."""
-    from launch.model_shape import KNOWN_MODELS
+    from launch.planning.model_shape import KNOWN_MODELS
 
     arch = {k: v for k, v in KNOWN_MODELS[name].items() if k != "torch_dtype"}
     return {**arch, **QWEN_EXTRA}
@@ -60,7 +60,7 @@ def build_random_model(out: Path, arch: dict, dtype: str = "bfloat16",
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
-    from launch.tiny_model import QWEN_SAMPLING_DEFAULTS, build_tokenizer
+    from launch.embedded.tiny_model import QWEN_SAMPLING_DEFAULTS, build_tokenizer
 
     tok = build_tokenizer(1024, 0)
     ids = {name: tok.convert_tokens_to_ids(name) for name in ("<|endoftext|>", "<|im_end|>")}
@@ -156,7 +156,7 @@ class GpuSampler:
 
 def plan_figures(config: str, sets: list[str]) -> dict[str, float]:
     """`stonk plan`'s per-process figures (GiB) for the run's config."""
-    from launch.memory import plan_memory
+    from launch.planning.memory import plan_memory
     from trainer.config import load_config
 
     plan = plan_memory(load_config(config, sets))

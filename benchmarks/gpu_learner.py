@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from accelerate import Accelerator
 
-    from launch.memory import plan_memory
+    from launch.planning.memory import plan_memory
     from trainer.config import load_config, mixed_precision
     from trainer.dist import mean_across_ranks, rank_and_world
     from trainer.learner import Learner

@@ -1,4 +1,4 @@
-"""Learner memory: the plan's estimate (launch/memory.py) against the learner's measured peak.
+"""Learner memory: the plan's estimate (launch/planning/memory.py) against the learner's measured peak.
 
 Each row runs the real ``trainer.learner.Learner`` (peft LoRA, the GRPO step with the
 reference forward and the entropy, float32, Accelerate's CPU path: plain AdamW, no
@@ -73,8 +73,8 @@ def row_config(model: str, micro: int, completion: int, checkpointing: bool, chu
 
 def estimate(row: tuple) -> dict:
     """The plan's learner terms for the row (GiB), without the runtime term."""
-    from launch.memory import learner_memory
-    from launch.model_shape import architecture
+    from launch.planning.memory import learner_memory
+    from launch.planning.model_shape import architecture
 
     model, micro, prompt, completion, checkpointing, chunk = row
     cfg = row_config(model, micro, completion, checkpointing, chunk)

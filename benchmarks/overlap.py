@@ -45,7 +45,7 @@ from benchmarks.common import (  # noqa: E402
 
 def halves() -> tuple[list[int], list[int]]:
     """This process's CPUs in two: (workers, learner)."""
-    from launch.cpu_cores import allowed_cpus
+    from launch.run.cpu_cores import allowed_cpus
 
     cpus = allowed_cpus()
     if len(cpus) < 2:
@@ -59,7 +59,7 @@ def split_worker(cfg, cpus: list[int], root: Path):
     its OpenMP threads bound there by ``VLLM_CPU_OMP_THREADS_BIND``, every other thread of it
     by the affinity it inherits from this process while it starts. Yields its URL."""
     from benchmarks.serving import serving
-    from launch.cpu_cores import BIND_VAR, split_cores
+    from launch.run.cpu_cores import BIND_VAR, split_cores
 
     env = dict(cfg.rollout.env, **{BIND_VAR: split_cores(1, cpus)[0]})
     cfg = replace(cfg, rollout=replace(cfg.rollout, num_workers=1, env=env))
@@ -76,7 +76,7 @@ def split_worker(cfg, cpus: list[int], root: Path):
 def split_run(config: str, steps: int, sets: list[str], cpus: list[int], url: str,
               name: str) -> dict:
     """One learner rank, by hand, on ``cpus`` against the running worker at ``url``."""
-    from launch.cpu_cores import split_cores
+    from launch.run.cpu_cores import split_cores
 
     run_dir = RESULTS / name
     cmd = ["taskset", "-c", split_cores(1, cpus)[0], sys.executable, "-m", "accelerate.commands.launch",

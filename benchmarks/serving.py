@@ -1,5 +1,5 @@
 """Our vLLM workers outside a training run, for the rollout and push benchmarks: the specs the
-launcher would start for a config (``launch.runner.worker_specs``), an adapter store with a
+launcher would start for a config (``launch.run.runner.worker_specs``), an adapter store with a
 fresh LoRA adapter v0 from the learner's own model builder, and a client serving it."""
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ def serving(cfg, root: Path, model=None, bind: bool | None = None):
     ``bind``: each worker's threads on its own cores (``VLLM_CPU_OMP_THREADS_BIND``) or not,
     overriding ``rollout.cpu_bind`` for these workers (None: as the config says, which is
     what the launcher does)."""
-    from launch.plan import local_plan
-    from launch.runner import worker_specs
+    from launch.run.plan import local_plan
+    from launch.run.runner import worker_specs
     from rollout.adapter_store import AdapterStore
     from rollout.client import RolloutClient
     from rollout.server import WorkerPool

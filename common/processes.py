@@ -14,7 +14,7 @@ PR_SET_PDEATHSIG = 1
 def die_with_parent() -> None:  # runs in the child between fork and exec
     """SIGTERM when the launcher dies; SIGUSR1 ignored (exec keeps that): Slurm's time-limit
     warning goes to every process of the job step, and only the learner ranks, which set
-    their own handler, act on it (launch/slurm_job.py). libc's calls, not Python's: this may
+    their own handler, act on it (launch/slurm/job.py). libc's calls, not Python's: this may
     run in a thread other than the main one (a worker restarted by the supervisor)."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)

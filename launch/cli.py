@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from launch import cli_adapter
+from launch.offline import commands as cli_adapter
 from trainer.run_folder import RunFolder
 
 STAGE_MODULES = {1: ("stage1", "trainer.train"), 2: ("stage2", "trainer.train")}
@@ -52,7 +52,7 @@ def _load(args: argparse.Namespace):
 
 
 def _stage(args: argparse.Namespace) -> int:
-    from launch.preflight import PreflightError, check
+    from launch.planning.preflight import PreflightError, check
     from trainer.config import ConfigError
 
     try:
@@ -60,8 +60,8 @@ def _stage(args: argparse.Namespace) -> int:
         if cfg.stage != args.stage:
             raise ConfigError(f"{args.config}: stage: this command runs stage {args.stage}, "
                               f"the file says stage {cfg.stage}")
-        from launch.plan import local_plan
-        from launch.runner import api_key, dry_run, fresh_run_problem, run_dir_for
+        from launch.run.plan import local_plan
+        from launch.run.runner import api_key, dry_run, fresh_run_problem, run_dir_for
 
         plan = local_plan(cfg)
         name, module = STAGE_MODULES[cfg.stage]
@@ -80,7 +80,7 @@ def _stage(args: argparse.Namespace) -> int:
     except (ConfigError, PreflightError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from launch.runner import run_stage
+    from launch.run.runner import run_stage
 
     return run_stage(cfg, name, module, plan, run_dir, resume=bool(args.resume))
 
@@ -101,7 +101,7 @@ def _check_resume(cfg, run_dir: Path) -> None:
 
 def _stage2_prepare(cfg, args: argparse.Namespace, run_dir: Path):
     """Gate check and merge of the Stage I model (once: node 0 under Slurm)."""
-    from launch.stage2 import prepare
+    from launch.run.stage2 import prepare
     from trainer.config import ConfigError
 
     if not args.stage1_run:
@@ -110,7 +110,7 @@ def _stage2_prepare(cfg, args: argparse.Namespace, run_dir: Path):
     stage1 = Path(args.stage1_run)
     if os.environ.get("SLURM_NODEID", "0") == "0":
         return prepare(cfg, stage1, run_dir, args.force)
-    from launch.slurm_job import wait_for  # other nodes: node 0's merge, on the shared disk
+    from launch.slurm.job import wait_for  # other nodes: node 0's merge, on the shared disk
 
     wait_for(RunFolder(run_dir).stage2.is_file, cfg.launch.node_wait_s,
              f"node 0's Stage II merge ({run_dir / 'stage2.json'})", poll_s=5.0)
@@ -119,19 +119,19 @@ def _stage2_prepare(cfg, args: argparse.Namespace, run_dir: Path):
 
 
 def _slurm(args: argparse.Namespace) -> int:
-    """This node's part of one attempt of a Slurm job (launch/slurm_job.py): node 0 decides
+    """This node's part of one attempt of a Slurm job (launch/slurm/job.py): node 0 decides
     whether the attempt starts fresh, resumes the run folder's latest checkpoint or has
     nothing left to do; the other nodes follow that decision."""
-    from launch.preflight import PreflightError, check
+    from launch.planning.preflight import PreflightError, check
     from trainer.config import ConfigError
 
     try:
         if args.resume:  # the run's own config.yaml, whatever the batch file passes
             args.config = None
         cfg = _load(args)
-        from launch import slurm_job
-        from launch.plan import slurm_plan
-        from launch.runner import api_key, dry_run, run_dir_for
+        from launch.slurm import job as slurm_job
+        from launch.run.plan import slurm_plan
+        from launch.run.runner import api_key, dry_run, run_dir_for
 
         env = dict(os.environ)
         name, module = STAGE_MODULES[cfg.stage]
@@ -178,13 +178,13 @@ def _run_config(args: argparse.Namespace, run_dir: Path, cfg):
 
 
 def _workers(args: argparse.Namespace) -> int:
-    from launch.preflight import PreflightError, check
+    from launch.planning.preflight import PreflightError, check
     from trainer.config import ConfigError
 
     try:
         cfg = _load(args)
-        from launch.plan import local_plan
-        from launch.runner import api_key, dry_run
+        from launch.run.plan import local_plan
+        from launch.run.runner import api_key, dry_run
 
         plan = local_plan(cfg)
         plan.learner = None
@@ -196,7 +196,7 @@ def _workers(args: argparse.Namespace) -> int:
     except (ConfigError, PreflightError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from launch.runner import serve_workers
+    from launch.run.runner import serve_workers
 
     return serve_workers(cfg, plan, Path(args.log_dir))
 
@@ -231,7 +231,7 @@ def _plan(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.set)
         if args.nproc is not None:
             set_nproc(cfg, args.nproc)
-        from launch.memory import plan_memory
+        from launch.planning.memory import plan_memory
 
         plan = plan_memory(cfg, args.gpu_memory)
     except ConfigError as exc:
@@ -250,9 +250,9 @@ def _passthrough(module: str):
     return run
 
 
-PASSTHROUGH = {"tiny-model": _passthrough("launch.tiny_model"),
+PASSTHROUGH = {"tiny-model": _passthrough("launch.embedded.tiny_model"),
                "warmstart": _passthrough("trainer.tasks.stock.warmstart"),
-               "demo": _passthrough("launch.demo")}
+               "demo": _passthrough("launch.run.demo")}
 
 
 def _stage2_args(p: argparse.ArgumentParser) -> None:

@@ -86,3 +86,44 @@ def test_a_relative_import_across_a_boundary_is_caught(tmp_path):
     probe.write_text("from .. import config\nfrom ..tasks import stock\n")
     forbidden = next(r[2] for r in RULES if r[0] == "trainer")
     assert _violations(probe, forbidden, package="trainer.loop") == ["trainer.tasks.stock"]
+
+
+OURS = ("common", "rollout", "trainer", "launch")
+
+
+def _private_uses(path) -> list[str]:
+    """Another module's private names a file reaches: ``from ours.m import _x`` and
+    ``m._x`` where ``m`` is one of our modules imported under that name."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    bound, bad = {}, []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] in OURS and a.asname:
+                    bound[a.asname] = a.name
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module \
+                and node.module.split(".")[0] in OURS:
+            for a in node.names:
+                if a.name.startswith("_") and not a.name.startswith("__"):
+                    bad.append(f"{node.module}.{a.name}")
+                bound[a.asname or a.name] = f"{node.module}.{a.name}"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                and node.value.id in bound and node.attr.startswith("_") \
+                and not node.attr.startswith("__"):
+            bad.append(f"{bound[node.value.id]}.{node.attr}")
+    return bad
+
+
+@pytest.mark.parametrize("folder", OURS)
+def test_no_module_reaches_another_modules_private_names(folder):
+    bad = [f"{p.relative_to(REPO)} uses {name}" for p in _files(folder)
+           for name in _private_uses(p)]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_private_rule_sees_both_forms(tmp_path):
+    probe = tmp_path / "m.py"
+    probe.write_text("from launch.run import runner as r\nfrom trainer.grpo import _x\n"
+                     "def f():\n    return r._start(), r.start()\n")
+    assert sorted(_private_uses(probe)) == ["launch.run.runner._start", "trainer.grpo._x"]

@@ -111,7 +111,7 @@ class GRPORecipe:
     def start(self, resume: bool) -> int:
         """The step to continue after: 0 with a fresh adapter v0 published, or a
         checkpoint's step with the source serving its adapter before anything is sampled."""
-        # started while the workers load (launch.runner). Each rank polls for itself: a
+        # started while the workers load (launch.run.runner). Each rank polls for itself: a
         # barrier would wait under the process group's timeout, which can be shorter than
         # rollout.startup_timeout_s
         self.source.wait_ready(self.rc.startup_timeout_s)

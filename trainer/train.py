@@ -1,11 +1,11 @@
 """The learner ranks' entry point: build the recipe's parts from the config and run it.
 
 Started through ``accelerate launch``, one process per learner rank: by the launcher
-(``launch/runner.py``), which first starts the vLLM workers and writes ``workers.json`` and
+(``launch/run/runner.py``), which first starts the vLLM workers and writes ``workers.json`` and
 the resolved ``config.yaml`` into the run folder, or by hand with ``--config`` and
 ``--workers`` next to workers served by ``stonk workers``. The recipe itself, phase by
 phase, is ``trainer/recipe.py``; both stages run it (Stage II on the merged Stage I model,
-prepared by ``launch/stage2.py``): the stage only changes what the config says.
+prepared by ``launch/run/stage2.py``): the stage only changes what the config says.
 
 Deliberate simplifications (see trainer/grpo.py for departures in the math):
 - One optimizer step per rollout batch unless ``train.updates_per_batch`` > 1.
@@ -18,7 +18,7 @@ per-request seeds make a step's samples independent of which worker serves them,
 request lost with a worker is retried elsewhere (rollout/client.py) with the same result.
 A failed checkpoint write or the loss of every worker stops the run cleanly (exit code 3)
 with the previous checkpoint intact. SIGUSR1 (Slurm's warning before the time limit,
-``launch/slurm_job.py``) stops it cleanly too, after the current step and its checkpoint.
+``launch/slurm/job.py``) stops it cleanly too, after the current step and its checkpoint.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from trainer.run_folder import RunFolder
 from trainer.tasks import build_task
 
 # a clean stop: time limit, parity alarm, checkpoint write failed, every worker gone, out of
-# memory (launch/accelerate_launch.py passes it on without torchrun's traceback)
+# memory (launch/run/learner_launch.py passes it on without torchrun's traceback)
 EXIT_STOPPED = 3
 RANK0_FIRST_S = 2.0  # how long the other ranks wait in a clean stop, so rank 0 says why first
 
@@ -91,7 +91,7 @@ def stop_message(exc: Exception, run_dir: Path) -> str:
 def train(args: argparse.Namespace) -> None:
     """Build the recipe's parts from the config and run it."""
     run_dir = Path(args.run_dir)
-    # Slurm's time-limit warning (launch/slurm_job.py): finish the step, checkpoint, stop.
+    # Slurm's time-limit warning (launch/slurm/job.py): finish the step, checkpoint, stop.
     # First thing: the launcher starts the ranks with SIGUSR1 ignored until they get here
     warned = threading.Event()
     signal.signal(signal.SIGUSR1, lambda signum, frame: warned.set())

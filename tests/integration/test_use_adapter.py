@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from launch.runner import free_port
+from launch.run.runner import free_port
 from tests.integration.helpers import REPO, demo_worker_env, processes_mentioning
 from trainer.config import load_config
 from trainer.tasks.stock.answer import parse_answer

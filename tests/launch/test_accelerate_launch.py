@@ -1,4 +1,4 @@
-"""launch/accelerate_launch.py: only a launch that failed because every failed rank stopped
+"""launch/run/learner_launch.py: only a launch that failed because every failed rank stopped
 cleanly (trainer/train.py's EXIT_STOPPED) ends quietly with that code; any other failure is
 accelerate's own. The end to end check (a parity stop, a Slurm time-limit stop: their exit
 code and no traceback) is in tests/integration/test_parity_alarm.py and test_slurm_requeue.py.
@@ -12,7 +12,7 @@ import subprocess
 
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
-from launch import accelerate_launch as al
+from launch.run import learner_launch as al
 from trainer import train
 
 

@@ -100,7 +100,7 @@ def test_eval_without_split_evaluates_test():
     the evaluation, after the worker had started); its help says test is the default."""
     import argparse
 
-    from launch.cli_adapter import add_parsers, eval_splits
+    from launch.offline.commands import add_parsers, eval_splits
 
     parser = argparse.ArgumentParser()
     add_parsers(parser.add_subparsers())

@@ -1,12 +1,12 @@
-"""CPU workers get disjoint cores (launch/cpu_cores.py) in the specs the launcher starts."""
+"""CPU workers get disjoint cores (launch/run/cpu_cores.py) in the specs the launcher starts."""
 
 from __future__ import annotations
 
 import pytest
 
-from launch.cpu_cores import BIND_VAR, split_cores, worker_bindings
-from launch.plan import local_plan
-from launch.runner import worker_specs
+from launch.run.cpu_cores import BIND_VAR, split_cores, worker_bindings
+from launch.run.plan import local_plan
+from launch.run.runner import worker_specs
 from trainer.config import load_config
 
 DEMO = "configs/demo/stage1.yaml"
@@ -35,7 +35,7 @@ def _specs(*sets):
 
 
 def test_launcher_binds_two_cpu_workers_to_their_own_cores(monkeypatch):
-    monkeypatch.setattr("launch.runner.allowed_cpus", lambda: [0, 1, 2, 3])
+    monkeypatch.setattr("launch.run.runner.allowed_cpus", lambda: [0, 1, 2, 3])
     specs = _specs()
     assert [s.env.get(BIND_VAR) for s in specs] == ["0-1", "2-3"]
     assert all(s.env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0" for s in specs)  # config env kept

@@ -3,7 +3,7 @@ windows, and a plain verdict on the real prices."""
 
 import json
 
-from launch.demo import summary
+from launch.run.demo import summary
 
 
 def _same(verdicts: dict[str, str]) -> dict:

@@ -1,4 +1,4 @@
-"""The shipped embedded models (launch/embedded.py, models/embedded.json): a checkout holds
+"""The shipped embedded models (launch/embedded/manifest.py, models/embedded.json): a checkout holds
 exactly the recorded bytes, a changed or missing file is one line naming it, a changed recipe
 is a note, and a rebuild records what it built."""
 
@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from launch import embedded
-from launch.embedded import EmbeddedError
+from launch.embedded import manifest as embedded
+from launch.embedded.manifest import EmbeddedError
 from tests.conftest import REPO
 
 
@@ -102,7 +102,7 @@ def test_record_lists_what_the_folder_holds_with_the_machine(shipped_copy):
 
 
 def test_make_embedded_is_quiet_when_everything_is_shipped():
-    done = subprocess.run([sys.executable, "-m", "launch.embedded", "check"], cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "launch.embedded.manifest", "check"], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert (done.stdout, done.stderr) == ("", "")  # no recipe note either

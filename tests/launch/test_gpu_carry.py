@@ -1,6 +1,6 @@
 """The GPU machine's carry and the gpu profile's vLLM range: benchmarks/gpu_carry.py's split and
 join on small files (pieces, batches, manifest, a corrupt or missing piece), its install
-commands; launch/setup_profile.py's VLLM=X pins and steps; launch/gpu/wheels.py's minimal set
+commands; launch/install/setup_profile.py's VLLM=X pins and steps; launch/install/gpu/wheels.py's minimal set
 (the file each checked torch maps to, and its errors). Nothing is installed or downloaded."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from launch import setup_profile as sp
-from launch.gpu import wheels as gw
-from launch.setup_profile import SetupError
+from launch.install import setup_profile as sp
+from launch.install.gpu import wheels as gw
+from launch.install.setup_profile import SetupError
 
 REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = REPO / "pyproject.toml"
@@ -77,7 +77,7 @@ def test_install_is_no_deps_in_a_venv_that_sees_the_image(tmp_path):
     assert cmds[-1][-3:] == ["--no-build-isolation", "-e", str(gc.REPO)]
 
 
-# ---- the gpu profile's vLLM range (launch/setup_profile.py)
+# ---- the gpu profile's vLLM range (launch/install/setup_profile.py)
 def test_vllm_picks_its_own_torch_and_the_extra_stays_the_default():
     extra = sp.gpu_pins(PYPROJECT)
     assert sp.pin(extra, "vllm", "gpu") == max(sp.VLLM_RANGE, key=lambda v: v.split("."))
@@ -116,7 +116,7 @@ def test_gpu_requirements_follow_vllm(tmp_path):
     assert "vllm==0.26.0" in reqs and "torch==2.11.0" in reqs
 
 
-# ---- the minimal worker set (launch/gpu/)
+# ---- the minimal worker set (launch/install/gpu/)
 def test_each_minimal_set_is_exact_pins_for_its_torch(tmp_path):
     path = gw.min_file(PYPROJECT, "2.11.0")
     assert path.name == "vllm-0.26.0-min.txt"

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from launch.cli import set_nproc
-from launch.plan import LearnerSlot, expand_hostlist, local_plan, slurm_plan
-from launch.runner import accelerate_files, api_key, dry_run
+from launch.run.plan import LearnerSlot, expand_hostlist, local_plan, slurm_plan
+from launch.run.runner import accelerate_files, api_key, dry_run
 from trainer.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -240,7 +240,7 @@ def test_stage2_slurm_dry_run_uses_the_stage2_recipe():
 def test_a_worker_node_binds_where_the_learner_nodes_reach_it(monkeypatch):
     """Never to what the node's own name resolves to (127.0.1.1 on some clusters): to the
     address that routes to the first learner node, or to launch.worker_host."""
-    from launch.plan import routed_address
+    from launch.run.plan import routed_address
 
     assert routed_address("127.0.0.1") == "127.0.0.1"
     assert routed_address("no-such-node.invalid") == "0.0.0.0"  # every interface

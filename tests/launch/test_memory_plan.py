@@ -1,4 +1,4 @@
-"""The memory plan (launch/memory.py, memory_terms.py, model_shape.py): every GPU config fits
+"""The memory plan (launch/planning/memory.py, memory_terms.py, model_shape.py): every GPU config fits
 the card its header names, the terms against figures worked out by hand and against the
 tensors autograd really keeps, preflight's refusal, and `stonk plan`."""
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from launch.memory import plan_memory
-from launch.memory_terms import GIB, activation_bytes, learner_memory, worker_memory
-from launch.model_shape import PromptLength, architecture, byte_bound, chatml
+from launch.planning.memory import plan_memory
+from launch.planning.memory_terms import GIB, activation_bytes, learner_memory, worker_memory
+from launch.planning.model_shape import PromptLength, architecture, byte_bound, chatml
 from tests.conftest import REPO
 from trainer.config import ConfigError, from_dict, load_config
 
@@ -116,7 +116,7 @@ def test_learner_terms_by_hand():
 
 
 def test_activation_formula_by_hand_on_a_toy_shape():
-    from launch.model_shape import Architecture
+    from launch.planning.model_shape import Architecture
 
     toy = Architecture(vocab=10, hidden=8, intermediate=16, layers=2, heads=2, kv_heads=1,
                        head_dim=4, tied=True, dtype="float32", source="test")
@@ -167,7 +167,7 @@ def test_activations_equal_what_autograd_keeps_on_the_embedded_model(warm_model,
 def test_prompt_length_is_the_models_tokens_with_the_chat_template(warm_model):
     from transformers import AutoTokenizer
 
-    from launch.model_shape import _tokenizer
+    from launch.planning.model_shape import _tokenizer
     from trainer.rollouts import encode_prompt
     from trainer.tasks.base import Sample
 
@@ -192,10 +192,10 @@ def test_prompt_length_is_the_models_tokens_with_the_chat_template(warm_model):
 
 
 def test_preflight_refuses_naming_the_setting_with_the_numbers(monkeypatch):
-    from launch.preflight import PreflightError, check, memory_problems
+    from launch.planning.preflight import PreflightError, check, memory_problems
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr("launch.memory._gpus_visible", lambda: False)  # the card named
+    monkeypatch.setattr("launch.planning.memory._gpus_visible", lambda: False)  # the card named
     cfg = _stage1(**{"train.gradient_checkpointing": "false"})
     with pytest.raises(PreflightError) as err:
         check(cfg, "stage1.yaml")
@@ -212,7 +212,7 @@ def test_preflight_refuses_naming_the_setting_with_the_numbers(monkeypatch):
 def test_gpu_memory_field_is_validated_and_needed_without_a_gpu():
     with pytest.raises(ConfigError, match=r"launch\.gpu_memory_gb: must be >= 0"):
         from_dict({"launch": {"gpu_memory_gb": -1}}, "x.yaml")
-    from launch.memory import _gpus_visible
+    from launch.planning.memory import _gpus_visible
 
     if not _gpus_visible():
         with pytest.raises(ConfigError, match=r"launch\.gpu_memory_gb: 0 asks the GPU"):
@@ -240,7 +240,7 @@ def test_stonk_plan_on_the_demo_config_and_the_exit_codes():
 
 
 def test_plan_and_help_import_no_torch():
-    code = ("import sys, launch.cli, launch.memory, launch.preflight; "
+    code = ("import sys, launch.cli, launch.planning.memory, launch.planning.preflight; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.stdout.strip() == "False"
@@ -253,7 +253,7 @@ def test_dry_run_prints_the_plan():
 
 
 def test_tiny_model_with_a_full_vocabulary(tmp_path):
-    from launch.tiny_model import build
+    from launch.embedded.tiny_model import build
 
     out = build(str(tmp_path / "v"), model_vocab=2048, layers=1)
     cfg = json.loads((out / "config.json").read_text())

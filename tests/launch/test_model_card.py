@@ -1,4 +1,4 @@
-"""The exported model card's base (launch/export.py): a hub id as it is, a local base folder
+"""The exported model card's base (launch/offline/export.py): a hub id as it is, a local base folder
 by its name and said to be local, never this machine's absolute path; for a Stage II adapter,
 the Stage I base it was merged onto."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from launch.export import model_card
+from launch.offline.export import model_card
 from trainer.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]

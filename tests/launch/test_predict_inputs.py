@@ -10,8 +10,8 @@ from datetime import date
 import pytest
 
 from launch.cli import main
-from launch.offline import run_adapter
-from launch.predict import load_prices, queries
+from launch.offline.evaluate import run_adapter
+from launch.offline.predict import load_prices, queries
 from tests.conftest import REPO
 from trainer.config import ConfigError, load_config
 from trainer.tasks.stock.problems import DataError
@@ -167,7 +167,7 @@ def test_cli_bad_price_file_is_one_line_naming_row_and_field(fake_run, tmp_path,
 def test_rows_are_written_as_csv_or_jsonl_by_suffix(tmp_path):
     import csv
 
-    from launch.predict import FIELDS, write_rows
+    from launch.offline.predict import FIELDS, write_rows
 
     rows = [{**dict.fromkeys(FIELDS, ""), "ticker": "ACME", "reasoning": 'up, "strongly"\nok',
              "prompt": "P", "completion": "C"}]
@@ -182,7 +182,7 @@ def test_stage2_reads_a_stated_confidence_against_the_runs_up_ratio(tmp_path):
     """As evaluation does: with reward.market_aware_confidence (Stage II) an answer's
     P(UP) is its confidence moved from 50/50 to the training split's natural up ratio, which
     training keeps in the run's data.json; without that file, 50/50, and the line says so."""
-    from launch.predict import _row, confidence_prior
+    from launch.offline.predict import _row, confidence_prior
 
     cfg = _cfg()
     run = tmp_path / "run"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from launch import preflight
+from launch.planning import preflight
 from rollout.client import NoWorkersError, RolloutClient
 from rollout.server import WorkerError, WorkerSpec
 from trainer.config import ConfigError, StageConfig, from_dict, load_config, mixed_precision
@@ -47,7 +47,7 @@ def test_incompatible_options_name_the_field_and_what_is_allowed(data, message):
 
 
 def test_seeded_requests_are_the_default_and_cpu_workers_then_skip_chunked_prefill():
-    from launch.runner import chunked_prefill
+    from launch.run.runner import chunked_prefill
 
     cfg = load_config(REPO / "configs/demo/stage1.yaml")
     assert cfg.rollout.seed_requests and chunked_prefill(cfg) is False
@@ -169,7 +169,7 @@ def test_no_pickle_loading_in_project_code():
     """torch.load only with weights_only=True; no pickle module; safetensors for weights."""
     offenders = []
     for path in [*REPO.glob("trainer/**/*.py"), *REPO.glob("rollout/*.py"),
-                 *REPO.glob("launch/*.py")]:
+                 *REPO.glob("launch/**/*.py")]:
         text = path.read_text()
         for m in re.finditer(r"torch\.load\(([^)]*)\)", text):
             if "weights_only=True" not in m.group(1):
@@ -182,8 +182,8 @@ def test_no_pickle_loading_in_project_code():
 
 
 def test_workers_bind_loopback_by_default_and_remote_ones_need_a_key(monkeypatch):
-    from launch.plan import local_plan
-    from launch.runner import api_key
+    from launch.run.plan import local_plan
+    from launch.run.runner import api_key
 
     cfg = StageConfig()
     assert WorkerSpec("m", 1).host == cfg.rollout.host == "127.0.0.1"
@@ -230,8 +230,8 @@ def test_only_the_gpus_the_run_uses_are_judged():
     ("cuda", "bfloat16", "bf16"), ("cuda", "float16", "fp16"), ("cuda", "float32", "no"),
     ("cpu", "bfloat16", "no"), ("cpu", "float32", "no")])
 def test_the_learner_launch_takes_its_mixed_precision_from_model_dtype(device, dtype, flag):
-    from launch.plan import local_plan
-    from launch.runner import learner_command
+    from launch.run.plan import local_plan
+    from launch.run.runner import learner_command
 
     cfg = StageConfig()
     cfg.launch.device, cfg.model.dtype = device, dtype
@@ -247,7 +247,7 @@ def test_the_learner_launch_takes_its_mixed_precision_from_model_dtype(device, d
 
 
 def test_a_fresh_run_refuses_a_folder_that_holds_a_run(tmp_path):
-    from launch.runner import fresh_run_problem
+    from launch.run.runner import fresh_run_problem
 
     run = tmp_path / "r"
     assert fresh_run_problem(run, "stage1") is None  # not there yet

@@ -1,4 +1,4 @@
-"""`make setup`'s installer (launch/setup_profile.py): uv by default, bootstrapped by pip and
+"""`make setup`'s installer (launch/install/setup_profile.py): uv by default, bootstrapped by pip and
 given pip's own index settings (uv reads no pip.conf), pip where uv cannot be installed, for
 offline WHEELS installs and with INSTALLER=pip. pip and uv are fake scripts that log their
 arguments; the real install runs in every fresh clone's `make setup` (CI starts from one).
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from launch import setup_profile as sp
-from launch.setup_profile import SetupError
+from launch.install import setup_profile as sp
+from launch.install.setup_profile import SetupError
 
 REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = REPO / "pyproject.toml"

@@ -1,4 +1,4 @@
-"""`make setup`'s profile choice (launch/setup_profile.py): detection through nvidia-smi, the
+"""`make setup`'s profile choice (launch/install/setup_profile.py): detection through nvidia-smi, the
 stamp that records what .venv holds, the refusal of the other profile, the command sequences
 (the cpu one as before: torch==2.13.0 first), WHEELS=dir offline installs, and the Makefile's
 wiring of it. nvidia-smi is a fake script on PATH here (this machine has no GPU); pip is a
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from launch import setup_profile as sp
-from launch.gpu import wheels as gw
-from launch.setup_profile import SetupError
+from launch.install import setup_profile as sp
+from launch.install.gpu import wheels as gw
+from launch.install.setup_profile import SetupError
 
 REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = REPO / "pyproject.toml"
@@ -248,7 +248,7 @@ def test_gpu_requirements_replace_the_sdist_by_its_own_needs(tmp_path):
 # ---- the Makefile's wiring, in a copy of the repo's install files
 @pytest.fixture
 def repo_copy(tmp_path):
-    for name in ("Makefile", "pyproject.toml", "launch/setup_profile.py"):
+    for name in ("Makefile", "pyproject.toml", "launch/install/setup_profile.py"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, tmp_path / name)
     venv = fake_venv(tmp_path)

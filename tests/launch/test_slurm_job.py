@@ -1,4 +1,4 @@
-"""Slurm attempts (launch/slurm_job.py): node 0's start decision, what an earlier attempt
+"""Slurm attempts (launch/slurm/job.py): node 0's start decision, what an earlier attempt
 left, the waits between nodes, the time-limit warning and the requeue. Resuming and a
 finished run are exercised end to end in tests/integration/test_slurm_requeue.py."""
 
@@ -10,8 +10,8 @@ import signal
 
 import pytest
 
-from launch import slurm_job
-from launch.plan import slurm_plan
+from launch.slurm import job as slurm_job
+from launch.run.plan import slurm_plan
 from trainer.config import ConfigError, load_config
 
 DEMO = "configs/demo/stage1.yaml"

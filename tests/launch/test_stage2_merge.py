@@ -12,7 +12,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from launch.stage2 import merge_adapter
+from launch.run.stage2 import merge_adapter
 from tests.conftest import REPO
 
 
@@ -54,7 +54,7 @@ def test_merged_model_matches_base_plus_adapter(tiny_model, adapter, tmp_path, d
 def test_stage2_continues_the_stage1_runs_task(tmp_path):
     """A Stage II config of another task than the Stage I run's is one error line, before
     anything is merged."""
-    from launch.stage2 import prepare
+    from launch.run.stage2 import prepare
     from trainer.config import ConfigError, load_config, save_config
     from trainer.run_folder import RunFolder
 
@@ -75,7 +75,7 @@ def test_stage2_of_the_prompts_task_merges_its_stage1_adapter(tmp_path, tiny_mod
     written; the merged model's logits are the base's plus the adapter's (as above)."""
     import shutil
 
-    from launch.stage2 import prepare
+    from launch.run.stage2 import prepare
     from trainer.config import load_config, save_config
     from trainer.run_folder import RunFolder
 

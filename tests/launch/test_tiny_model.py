@@ -3,7 +3,7 @@
 import hashlib
 import json
 
-from launch.tiny_model import build
+from launch.embedded.tiny_model import build
 
 
 def _digests(folder):

@@ -17,8 +17,8 @@ def test_there_are_configs():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.relative_to(REPO).as_posix())
 def test_config_loads_validates_and_places(path):
-    from launch.plan import local_plan, slurm_plan
-    from launch.runner import accelerate_files
+    from launch.run.plan import local_plan, slurm_plan
+    from launch.run.runner import accelerate_files
 
     cfg = load_config(path)
     assert cfg.train.steps >= 1

@@ -27,7 +27,7 @@ BF16_GAP = 0.05
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from launch.tiny_model import build
+    from launch.embedded.tiny_model import build
 
     return build(str(tmp_path_factory.mktemp("model") / "tiny"))
 

@@ -46,7 +46,7 @@ def test_trackers_default_to_files_under_the_run(tmp_path, monkeypatch):
 
 
 def test_report_to_names_are_checked_and_a_missing_package_is_one_line():
-    from launch.preflight import tracker_problem
+    from launch.planning.preflight import tracker_problem
 
     with pytest.raises(ConfigError, match=r"run\.report_to\[0\]: 'comet'"):
         from_dict({"run": {"report_to": ["comet"]}})

@@ -92,7 +92,7 @@ class RolloutConfig:
     max_worker_restarts: int = setting(3, ge=0, hint="0: never restart a worker", resumable=True)
     request_retries: int = setting(3, ge=0, hint="0: a failed request fails the step",
                                    resumable=True)
-    # CPU nodes with 2+ workers: each worker's threads on its own cores (launch/cpu_cores.py);
+    # CPU nodes with 2+ workers: each worker's threads on its own cores (launch/run/cpu_cores.py);
     # a VLLM_CPU_OMP_THREADS_BIND in env wins.
     cpu_bind: bool = True
     # CPU workers: LoRA ops as one dense matmul when every token uses the same adapter (ours

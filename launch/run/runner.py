@@ -1,4 +1,4 @@
-"""Run a stage from a :class:`launch.plan.Plan`: run folder, workers, learner, teardown.
+"""Run a stage from a :class:`launch.run.plan.Plan`: run folder, workers, learner, teardown.
 
 The launcher owns the worker processes and the ``accelerate launch`` learner tree on its
 node. Workers and learners each run in their own process session; on every exit path
@@ -10,7 +10,7 @@ workers and restarts a dead or hung one on its port with the current adapter; ev
 ``faults.jsonl`` and worker states to ``workers_status.json`` in the run folder. When the
 learner fails, the launcher names the last complete checkpoint and the command that resumes.
 
-Slurm jobs run ``launch/slurm_job.py`` on every node (``srun stonk slurm``), built from
+Slurm jobs run ``launch/slurm/job.py`` on every node (``srun stonk slurm``), built from
 the parts here.
 """
 
@@ -25,14 +25,14 @@ import time
 from pathlib import Path
 
 from common.processes import die_with_parent, group_alive
-from launch.cpu_cores import BIND_VAR, allowed_cpus, worker_bindings
-from launch.plan import LearnerSlot, Plan, WorkerSlot
+from launch.run.cpu_cores import BIND_VAR, allowed_cpus, worker_bindings
+from launch.run.plan import LearnerSlot, Plan, WorkerSlot
 from rollout.server import StartAborted, WorkerError, WorkerPool, WorkerSpec
 from rollout.supervisor import Supervisor
 from trainer.config import ConfigError, StageConfig, mixed_precision, save_config
 from trainer.run_folder import RunFolder
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DONE = "DONE"
 
 
@@ -157,8 +157,8 @@ def learner_command(cfg: StageConfig, run_dir: Path, module: str, slot: LearnerS
     acc, ds = accelerate_files(cfg, slot)
     cmd = [
         # accelerate launch, but a clean stop exits with its own code and no torchrun
-        # traceback above the ranks' one-line reason (launch/accelerate_launch.py)
-        sys.executable, "-m", "launch.accelerate_launch",
+        # traceback above the ranks' one-line reason (launch/run/learner_launch.py)
+        sys.executable, "-m", "launch.run.learner_launch",
         "--config_file", str(REPO_ROOT / acc),
         "--deepspeed_config_file", str(REPO_ROOT / ds),
         "--mixed_precision", mixed_precision(cfg),
@@ -196,7 +196,7 @@ def dry_run(cfg: StageConfig, plan: Plan, module: str, run_dir: Path) -> str:
         cmd = learner_command(cfg, run_dir, module, plan.learner, probe_port=False)
         lines.append(f"start learner (CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '')}): "
                      + " ".join(cmd))
-    from launch.memory import describe  # here: dry_run is its only use in this module
+    from launch.planning.memory import describe  # here: dry_run is its only use in this module
 
     lines.append(describe(cfg))
     return "\n".join(lines)
@@ -242,7 +242,7 @@ def _start_pool(pool: WorkerPool, cfg: StageConfig, while_loading=None,
                 stop_waiting=None) -> bool:
     """Start the workers; on failure say why, with the settings to change if it was memory.
     ``StartAborted`` (``stop_waiting`` gave a reason) is left to the caller."""
-    from launch.preflight import worker_failure_hint
+    from launch.planning.preflight import worker_failure_hint
 
     try:
         pool.start(while_loading, stop_waiting)

@@ -150,7 +150,7 @@ def predict_batch(cfg: StageConfig, adapter: Path, prices: Path, tickers: list[s
     ``run``, when there is one); write ``out``."""
     from transformers import AutoTokenizer
 
-    from launch.offline import serving
+    from launch.offline.evaluate import serving
     from trainer.rollouts import encode_prompt
     from trainer.tasks.base import Sample
     from trainer.tasks.stock.task import window_messages

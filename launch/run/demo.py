@@ -25,7 +25,7 @@ from pathlib import Path
 
 from trainer.run_folder import RunFolder
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TARGET_OF_BAYES = 0.90
 TARGET_PARSE = 0.95
 

@@ -1,5 +1,5 @@
 """What one vLLM worker and one learner rank hold at their peak, as named terms in bytes:
-the estimators behind the memory plan (launch/memory.py). Pure arithmetic, no torch.
+the estimators behind the memory plan (launch/planning/memory.py). Pure arithmetic, no torch.
 
 S = longest prompt + rollout.max_tokens (every completion may run to the limit), H hidden,
 I intermediate, L layers, nh heads, kv = KV heads x head_dim, V vocabulary, r = lora.r,
@@ -61,7 +61,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from launch.model_shape import Architecture
+from launch.planning.model_shape import Architecture
 from trainer.config import StageConfig
 
 GIB = 2**30
@@ -176,7 +176,7 @@ def _ds_bucket(cfg: StageConfig, grad_bytes: int) -> Term | None:
     la = cfg.launch
     name = la.ds_config if la.ds_config != "auto" else (
         "launch/accelerate/ds_zero3.json" if la.zero_stage == 3 else "ds_config.json")
-    path = Path(name) if Path(name).is_absolute() else Path(__file__).parents[1] / name
+    path = Path(name) if Path(name).is_absolute() else Path(__file__).parents[2] / name
     try:
         zero = json.loads(path.read_text()).get("zero_optimization", {})
     except (OSError, ValueError):

@@ -75,8 +75,8 @@ class Plan:
 
 
 def expand_hostlist(text: str) -> list[str]:
-    """The nodes of ``SLURM_JOB_NODELIST`` (``launch/hostlist.py``), or a ConfigError."""
-    from launch.hostlist import HostListError, hostnames
+    """The nodes of ``SLURM_JOB_NODELIST`` (``launch/slurm/hostlist.py``), or a ConfigError."""
+    from launch.slurm.hostlist import HostListError, hostnames
 
     try:
         hosts = hostnames(text)

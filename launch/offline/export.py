@@ -147,7 +147,7 @@ def neutral_sampling(model_dir: Path) -> None:
 
 
 def export(cfg: StageConfig, run: Path | None, adapter: Path, out: Path) -> Path:
-    from launch.stage2 import merge_adapter  # Stage II's merge: safetensors only, atomic
+    from launch.run.stage2 import merge_adapter  # Stage II's merge: safetensors only, atomic
 
     if out.exists():
         raise ConfigError(f"--out {out}: exists; remove it or choose another folder")

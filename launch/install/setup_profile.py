@@ -9,7 +9,7 @@ from a folder of carried wheels with ``WHEELS=dir``; the gpu profile's checked v
 (``VLLM=X``, :data:`VLLM_RANGE`: each with the torch it pins); the installer (``INSTALLER=uv``,
 the default: pip bootstraps a pinned uv that installs the rest, with pip's own index settings;
 ``INSTALLER=pip``: pip throughout; offline ``WHEELS`` installs use pip). The GPU machine's resolution
-check and wheel sets (``make check-gpu-deps``, ``make gpu-wheels``) are launch/gpu/wheels.py.
+check and wheel sets (``make check-gpu-deps``, ``make gpu-wheels``) are launch/install/gpu/wheels.py.
 
 The Makefile runs this file with the system python, before .venv may exist, so it imports
 the standard library only. Errors are one line on stderr with exit code 2.

@@ -2,7 +2,7 @@
 
 Are the model and the data there, are there enough GPUs for the listed indices, do they
 support the configured precision (bf16 needs compute capability 8.0), is 4-bit possible, does the model need custom code the config did not allow, does the workers' KV
-cache fit in this machine's free RAM (CPU), does the memory plan fit (launch/memory.py: each
+cache fit in this machine's free RAM (CPU), does the memory plan fit (launch/planning/memory.py: each
 GPU's workers and learner ranks against its memory, this machine's GPUs or else the card
 the config names)? All problems are reported together. The demo
 config runs on this machine with the embedded model.
@@ -172,7 +172,7 @@ def memory_problems(cfg: StageConfig, gpu_memory_gb: float | None = None) -> lis
     """The memory plan's problems, one line each naming the setting to change. Nothing when
     there is no plan to make: the model is missing, or no GPU and no card named (the model
     and GPU checks say so)."""
-    from launch.memory import plan_memory
+    from launch.planning.memory import plan_memory
     from trainer.config import ConfigError
 
     try:

@@ -1,12 +1,12 @@
 """The memory plan: what each process of a config needs, per GPU, before anything starts.
 
 ``plan_memory(cfg)`` returns a :class:`MemoryPlan`: the vLLM worker's and the learner rank's
-estimates as named terms (launch/memory_terms.py has each term's formula), the GPUs they share
+estimates as named terms (launch/planning/memory_terms.py has each term's formula), the GPUs they share
 and what is left, and one line per problem naming the setting to change with the numbers.
 ``stonk plan`` and ``--dry-run`` print it; preflight refuses a config whose plan does not fit.
 No torch at import: it is asked for the GPUs' memory only where an NVIDIA driver is present
 and no figure was given. The model's shape and the prompt length come from
-launch/model_shape.py. Units: GiB (2^30 bytes; a "24 GB" card has 24 GiB as nvidia-smi
+launch/planning/model_shape.py. Units: GiB (2^30 bytes; a "24 GB" card has 24 GiB as nvidia-smi
 counts them).
 
 Which memory: ``--gpu-memory`` (stonk plan) if given; else on a machine with GPUs each GPU's
@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from launch.memory_terms import (
+from launch.planning.memory_terms import (
     GIB,
     ProcessMemory,
     WorkerMemory,
@@ -27,7 +27,7 @@ from launch.memory_terms import (
     step_sequences,
     worker_memory,
 )
-from launch.model_shape import Architecture, PromptLength, architecture, prompt_length
+from launch.planning.model_shape import Architecture, PromptLength, architecture, prompt_length
 from trainer.config import ConfigError, StageConfig
 
 

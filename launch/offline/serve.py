@@ -63,8 +63,8 @@ def serve(cfg: StageConfig, adapter: Path, name: str, host: str, port: int,
           out_dir: Path) -> int:
     """Start the server, print how to call it, keep it up until Ctrl-C / SIGTERM (0) or
     until it dies (1, with its log's tail)."""
-    from launch.offline import offline_plan, offline_spec
-    from launch.plan import LOOPBACK
+    from launch.offline.evaluate import offline_plan, offline_spec
+    from launch.run.plan import LOOPBACK
     from rollout.server import StartAborted, WorkerError, WorkerProcess
 
     key_env = cfg.rollout.api_key_env

@@ -1,4 +1,4 @@
-"""What the memory plan (launch/memory.py) needs to know about a config's model and prompts,
+"""What the memory plan (launch/planning/memory.py) needs to know about a config's model and prompts,
 without torch: the architecture and the longest prompt in tokens.
 
 - Architecture: from the model's ``config.json`` (a local folder, or the Hugging Face cache

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.files import read_json
-from launch.plan import Plan
+from launch.run.plan import Plan
 from rollout.manifest import attempt_of, write_workers
 from rollout.server import health_ok
 from trainer.config import ConfigError, StageConfig
@@ -180,7 +180,7 @@ class SlurmNode:
     @property
     def done(self) -> Path:
         """The learner's end of this attempt, for the worker nodes: it names the attempt."""
-        from launch.runner import DONE
+        from launch.run.runner import DONE
 
         return self.run_dir / DONE
 
@@ -190,7 +190,7 @@ def run_slurm_node(cfg: StageConfig, stage: str, module: str, plan: Plan, run_di
     """This node's part of attempt ``attempt`` of the job (every node runs this under srun):
     worker nodes serve until the learner writes this attempt's ``DONE``; learner nodes start
     their ranks (continuing from the latest checkpoint when ``resume``)."""
-    from launch import runner as r
+    from launch.run import runner as r
 
     tag = f"[launch] {plan.this_node}:"
     ignore_time_limit_warning(tag)
@@ -208,7 +208,7 @@ def run_slurm_node(cfg: StageConfig, stage: str, module: str, plan: Plan, run_di
 def worker_node(node: SlurmNode, cleanups: list) -> int:
     """Serve this node's workers until the learner ends the attempt (or shows no sign of
     life for launch.node_wait_s, or every worker failed for good)."""
-    from launch import runner as r
+    from launch.run import runner as r
     from rollout.server import WorkerPool
 
     cfg, plan, run_dir, tag = node.cfg, node.plan, node.run_dir, node.tag
@@ -244,7 +244,7 @@ def worker_node(node: SlurmNode, cleanups: list) -> int:
 def learner_node(node: SlurmNode, cleanups: list) -> int:
     """Start this node's learner ranks (the first learner node names the attempt's workers
     and, at its end, writes DONE); said which workers never came up if they did not."""
-    from launch import runner as r
+    from launch.run import runner as r
 
     cfg, plan, run_dir, tag = node.cfg, node.plan, node.run_dir, node.tag
     urls = [w.url for w in plan.workers]

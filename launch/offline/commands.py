@@ -1,6 +1,6 @@
 """``stonk`` subcommands that use a trained adapter: ``eval``, ``predict``, ``serve`` and
 ``export``. Each takes ``--run RUN`` and ``--adapter best|latest|DIR`` the same way
-(``launch/offline.run_adapter``) and turns a user error into one ``error:`` line, exit 2.
+(``launch/offline/evaluate.run_adapter``) and turns a user error into one ``error:`` line, exit 2.
 Heavy imports happen inside the handlers.
 """
 
@@ -28,7 +28,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     no network or token for the hub (HTTP errors are OSErrors)."""
     from huggingface_hub.errors import HFValidationError
 
-    from launch.preflight import PreflightError
+    from launch.planning.preflight import PreflightError
     from rollout.server import WorkerError
     from trainer.config import ConfigError
     from trainer.tasks.hub import DataError
@@ -44,7 +44,7 @@ def _fail(exc: Exception) -> int:
 
 def _resolve(args: argparse.Namespace):
     """(config, adapter folder, run folder or None: --run, else the run holding --adapter)."""
-    from launch.offline import run_adapter
+    from launch.offline.evaluate import run_adapter
 
     return run_adapter(Path(args.run) if args.run else None, args.adapter,
                        Path(args.config) if args.config else None, args.set)
@@ -57,7 +57,7 @@ def eval_splits(args: argparse.Namespace) -> list[str]:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from launch.offline import evaluate_run
+    from launch.offline.evaluate import evaluate_run
 
     try:
         report = evaluate_run(Path(args.run), eval_splits(args), args.adapter, args.set,
@@ -70,7 +70,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from launch.predict import predict_batch
+    from launch.offline.predict import predict_batch
     from trainer.config import ConfigError
 
     try:
@@ -95,7 +95,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from launch.serve import serve
+    from launch.offline.serve import serve
 
     try:
         cfg, adapter, run = _resolve(args)
@@ -106,7 +106,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from launch.export import export, push_to_hub
+    from launch.offline.export import export, push_to_hub
 
     try:
         cfg, adapter, run = _resolve(args)

@@ -1,5 +1,5 @@
 """Use a trained adapter outside training: ``stonk eval`` (a run's report on a split) and
-``stonk predict`` (``launch/predict.py``); which adapter a run's ``--adapter`` names. Both
+``stonk predict`` (``launch/offline/predict.py``); which adapter a run's ``--adapter`` names. Both
 start one vLLM worker serving the adapter's base model, publish the adapter to it, and stop
 it on every exit path.
 """
@@ -37,7 +37,7 @@ def resolve_adapter(run_dir: Path, which: str) -> Path:
 @contextmanager
 def serving(cfg: StageConfig, adapter: Path, log_dir: Path):
     """A RolloutClient whose single worker serves ``adapter`` on ``cfg.model``."""
-    from launch.runner import api_key
+    from launch.run.runner import api_key
     from rollout.client import RolloutClient
     from rollout.server import WorkerPool
 
@@ -129,7 +129,7 @@ def adapter_base(run: Path, adapter: Path, cfg: StageConfig) -> str:
 def offline_plan(cfg: StageConfig):
     """This node's plan for an offline command's one worker (``cfg`` set to one worker, on
     the first of the config's worker GPUs)."""
-    from launch.plan import local_plan
+    from launch.run.plan import local_plan
 
     cfg.rollout.num_workers = 1
     if cfg.launch.worker_gpus:
@@ -143,7 +143,7 @@ def offline_spec(cfg: StageConfig, plan, key: str | None, probe_ports: bool):
     config's worker GPUs (which name a training node's layout, where GPU 0 may be busy)."""
     import os
 
-    from launch.runner import worker_specs
+    from launch.run.runner import worker_specs
 
     (spec,) = worker_specs(cfg, plan.local_workers[:1], key, probe_ports)
     if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:

@@ -3,10 +3,10 @@
 Owns: resolving the gpu profile (``make check-gpu-deps [VLLM=X]``: a pip dry run for CPython
 3.12 manylinux x86_64, installing nothing), downloading the set it resolved with the deepspeed
 sdist (``make gpu-wheels``), and downloading only a requirements file's exact pins
-(``make gpu-wheels MIN=file`` or ``TORCH=X``: the minimal worker set of launch/gpu/ for a
+(``make gpu-wheels MIN=file`` or ``TORCH=X``: the minimal worker set of launch/install/gpu/ for a
 machine that already has that torch). The profile's pins and VLLM=X's come from
-launch/setup_profile.py. Run by the Makefile with the system python
-(``python3 -m launch.gpu.wheels``): standard library only. Errors are one line, exit code 2.
+launch/install/setup_profile.py. Run by the Makefile with the system python
+(``python3 -m launch.install.gpu.wheels``): standard library only. Errors are one line, exit code 2.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from launch.setup_profile import (
+from launch.install.setup_profile import (
     BOOTSTRAP,
     KEY_PACKAGES,
     SDIST,
@@ -161,11 +161,11 @@ def download_wheels(venv: Path, pyproject: Path, python_version: str, report: Pa
 
 
 def min_file(pyproject: Path, torch: str) -> Path:
-    """``launch/gpu/vllm-X-min.txt`` of the checked vLLM release that pins ``torch``."""
+    """``launch/install/gpu/vllm-X-min.txt`` of the checked vLLM release that pins ``torch``."""
     found = [v for v, pins in VLLM_RANGE.items() if pins.get("torch") == torch]
-    path = pyproject.parent / "launch" / "gpu" / f"vllm-{found[0]}-min.txt" if found else None
+    path = pyproject.parent / "launch" / "install" / "gpu" / f"vllm-{found[0]}-min.txt" if found else None
     if path is None or not path.is_file():
-        raise SetupError(f"TORCH={torch}: no minimal wheel set for it in launch/gpu/ "
+        raise SetupError(f"TORCH={torch}: no minimal wheel set for it in launch/install/gpu/ "
                          f"(checked releases: {', '.join(VLLM_RANGE)})")
     return path
 
@@ -195,7 +195,7 @@ def download_listed(venv: Path, reqs: Path, python_version: str, dest: Path) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="launch.gpu.wheels", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="launch.install.gpu.wheels", description=__doc__.split("\n")[0])
     ap.add_argument("command", choices=["gpu-deps", "gpu-wheels"])
     ap.add_argument("--venv", type=Path, default=Path(".venv"))
     ap.add_argument("--pyproject", type=Path, default=Path("pyproject.toml"))
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vllm", default=os.environ.get("VLLM") or None,
                     help=f"the gpu profile's vLLM release (one of {', '.join(VLLM_RANGE)})")
     ap.add_argument("--min", type=Path, help="gpu-wheels: only this file's pins, --no-deps")
-    ap.add_argument("--torch", help="gpu-wheels: launch/gpu/'s minimal set for this torch")
+    ap.add_argument("--torch", help="gpu-wheels: launch/install/gpu/'s minimal set for this torch")
     args = ap.parse_args(argv)
     tag = f"-vllm{args.vllm}" if args.vllm else ""
     report = args.report or args.venv / f"gpu-deps-py{args.python}{tag}.json"

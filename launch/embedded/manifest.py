@@ -1,7 +1,7 @@
 """The shipped embedded models: their manifest, the check that a checkout holds them, rebuilds.
 
 Owns ``models/embedded.json`` and the two folders it describes, ``models/tiny-qwen2`` (the
-random-init Qwen2-architecture model, ``launch/tiny_model.py``) and ``models/tiny-qwen2-fmt``
+random-init Qwen2-architecture model, ``launch/embedded/tiny_model.py``) and ``models/tiny-qwen2-fmt``
 (its format warm start, ``trainer/tasks/stock/warmstart.py``). Both are committed: training
 them follows the CPU's kernels (an AVX-512 box and an AVX2 box gave different random inits
 and different warm-start weights from the same seed), so a per-machine build made the demo's
@@ -29,11 +29,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MANIFEST = REPO / "models" / "embedded.json"
 # what the tokenizer and the warm start read: the builder, the prompt and answer text, the
 # series and the bundled prices they are rendered from
-TOKEN_TEXT = ("launch/tiny_model.py", "trainer/tasks/stock/answer.py",
+TOKEN_TEXT = ("launch/embedded/tiny_model.py", "trainer/tasks/stock/answer.py",
               "trainer/tasks/stock/prompt.py", "trainer/tasks/stock/warm_answers.py",
               "trainer/tasks/stock/synthetic.py", "trainer/tasks/stock/task.py",
               "trainer/tasks/stock/series.py", "trainer/tasks/stock/sources.py",
@@ -181,7 +181,7 @@ def rebuild(model: Embedded) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m launch.embedded",
+    p = argparse.ArgumentParser(prog="python -m launch.embedded.manifest",
                                 description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("check", help="the shipped embedded models are in place, unchanged")
