@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
 from pathlib import Path
@@ -129,9 +128,9 @@ def _slurm(args: argparse.Namespace) -> int:
         if args.resume:  # the run's own config.yaml, whatever the batch file passes
             args.config = None
         cfg = _load(args)
-        from launch.slurm import job as slurm_job
         from launch.run.plan import slurm_plan
         from launch.run.runner import api_key, dry_run, run_dir_for
+        from launch.slurm import job as slurm_job
 
         env = dict(os.environ)
         name, module = STAGE_MODULES[cfg.stage]
@@ -204,20 +203,10 @@ def _workers(args: argparse.Namespace) -> int:
 def _data(args: argparse.Namespace) -> int:
     from trainer.config import ConfigError, load_config
     from trainer.tasks.hub import DataError
+    from trainer.tasks.registry import task_usage
 
     try:
-        cfg = load_config(args.config, args.set)
-        if cfg.task == "stock":
-            from trainer.tasks.stock.summary import render
-            from trainer.tasks.stock.task import StockTask
-
-            print(render(StockTask(cfg.data, cfg.reward)))
-        else:
-            from trainer.tasks import build_task
-
-            task = build_task(cfg)
-            print(json.dumps(task.describe(), indent=2, default=str))
-            print("first training prompt:", json.dumps(task.split("train")[0].messages))
+        print(task_usage(load_config(args.config, args.set)).data_summary())
     except (ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

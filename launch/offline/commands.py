@@ -75,7 +75,9 @@ def _predict(args: argparse.Namespace) -> int:
 
     try:
         cfg, adapter, run = _resolve(args)
-        if cfg.task != "stock":
+        from trainer.tasks.registry import task_usage
+
+        if not task_usage(cfg).reads_prices:
             raise ConfigError(f"stonk predict reads market prices for the stock task; this "
                               f"adapter was trained on task {cfg.task!r} (use `stonk serve`)")
         if args.window is not None and args.window != cfg.data.window:

@@ -58,6 +58,7 @@ def evaluate_run(run_dir: Path, splits: list[str], which: str, overrides: list[s
     from trainer.evaluate import evaluate_and_report, headline
     from trainer.gate import read_gate
     from trainer.tasks import build_task
+    from trainer.tasks.registry import task_usage
 
     cfg, adapter, _ = run_adapter(run_dir, which, None, overrides)
     out = out or run_dir
@@ -66,8 +67,7 @@ def evaluate_run(run_dir: Path, splits: list[str], which: str, overrides: list[s
                                         trust_remote_code=cfg.model.trust_remote_code)
     limit = cfg.eval.final_samples if samples is None else samples
     gate = read_gate(run_dir) if RunFolder(run_dir).gate.is_file() and out == run_dir else None
-    notes = [f"adapter: {adapter}", f"task: {cfg.task}"] + (
-        [f"data source: {cfg.data.source}"] if cfg.task == "stock" else [])
+    notes = [f"adapter: {adapter}", f"task: {cfg.task}", *task_usage(cfg).eval_notes()]
     with serving(cfg, adapter, out / "logs") as client:
         evals, report = evaluate_and_report(task, cfg, client, tok, out, splits, limit, notes,
                                             gate=gate)

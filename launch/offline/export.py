@@ -51,41 +51,6 @@ def card_base(base: str) -> tuple[str, str]:
     return base, f"`{base}`"
 
 
-def _stock_card(cfg: StageConfig) -> tuple[str, list[str], list[str]]:
-    """The stock task's (what the model does, data lines, intended-use lines)."""
-    d = cfg.data
-    data = (f"`{d.source}`" + (f" ({d.path})" if d.source == "local" else "")
-            + (f" ({d.hf_name})" if d.source == "hf" else "")
-            + (f", tickers {', '.join(d.tickers)}" if d.tickers else ""))
-    what = (f"Given a company's last {d.window} daily closes with their % changes, it answers "
-            "the next trading day's direction (UP/DOWN) with a confidence and a reasoning "
-            "that cites the data.")
-    data_lines = [
-        f"- source: {data}; windows of {d.window} trading days",
-        f"- splits by time per ticker: train up to {d.train_end}, validation up to "
-        f"{d.val_end}, test after (up to {d.test_end or 'the data end'})",
-        f"- stage {cfg.stage}: " + ("training prompts balanced 50/50 UP/DOWN" if cfg.stage == 1
-                                    else "training on the natural distribution")]
-    use = [
-        "Research on reinforcement learning for language models and on how such a model "
-        "reasons about price series. Prompts must look like training's: the system prompt and "
-        "window format of Stonk-Trainer (`stonk serve` writes an example request).", "",
-        "**Not investment advice.** Next-day direction is close to unpredictable on real "
-        "markets; accuracy on the splits above says nothing about future returns, costs or "
-        "risk. Do not trade on it.", ""]
-    return what, data_lines, use
-
-
-def _task_card(cfg: StageConfig) -> tuple[str, list[str], list[str]]:
-    """Any other task's: its data section and reward as configured."""
-    fields = ", ".join(f"{k}: `{v}`" for k, v in vars(cfg.data).items() if v not in ("", 0, []))
-    rewards = getattr(cfg.reward, "functions", None) or sorted(cfg.reward.weights)
-    return (f"Task `{cfg.task}`.", [f"- data: {fields}",
-                                    f"- rewards: {', '.join(f'`{r}`' for r in rewards)}"],
-            ["Research on reinforcement learning for language models. Prompts should look like "
-             "training's (`stonk serve` writes an example request).", ""])
-
-
 def model_card(cfg: StageConfig, run: Path | None, adapter: Path, base: str) -> str:
     """README.md for the exported folders: base, data and splits, stage and gate verdict,
     the run's evaluation with its same-sample baselines, intended use, and what it is not."""
@@ -108,11 +73,13 @@ def model_card(cfg: StageConfig, run: Path | None, adapter: Path, base: str) -> 
     trained_on = named if stage2 is None else (
         f"the merged Stage I model (from {named}); the adapter alone loads only on that "
         "model: use `merged/`")
-    what, data_lines, use = (_stock_card(cfg) if cfg.task == "stock"
-                              else _task_card(cfg))
+    from trainer.tasks.registry import task_usage
+
+    task = task_usage(cfg).card()
+    what, data_lines, use = task.what, task.data_lines, task.use
     lines = [
-        "---", f"base_model: {base}", "library_name: transformers", "tags: [grpo, lora, "
-        f"{'finance, ' if cfg.task == 'stock' else ''}stonk-trainer]", "---", "",
+        "---", f"base_model: {base}", "library_name: transformers",
+        f"tags: [{', '.join(('grpo', 'lora', *task.tags, 'stonk-trainer'))}]", "---", "",
         f"# Stonk-Trainer stage {cfg.stage} model", "",
         f"A LoRA adapter (r={cfg.lora.r}, alpha={cfg.lora.alpha}) trained with GRPO by "
         f"Stonk-Trainer on {trained_on}, exported from `{adapter}`. {what}", "",

@@ -15,34 +15,19 @@ import os
 import signal
 import time
 from dataclasses import replace
-from datetime import date
 from pathlib import Path
 
 from trainer.config import ConfigError, StageConfig
 
-EXAMPLE_CLOSES = [100.0, 101.5, 100.9, 102.3, 103.0, 102.1, 102.8, 103.9, 103.2, 104.6, 105.1]
-
 
 def example_request(cfg: StageConfig, name: str) -> dict:
-    """A chat completion request answered greedily: for the stock task its system prompt and
-    a window of the run's length (made-up prices); for another task its first test prompt."""
-    if cfg.task == "stock":
-        from trainer.tasks.stock.series import Window
-        from trainer.tasks.stock.synthetic import business_days
-        from trainer.tasks.stock.task import window_messages
+    """A chat completion request answered greedily, with the task's example prompt
+    (``TaskUsage.example_messages``: e.g. the stock task's system prompt and a made-up window
+    of the run's length)."""
+    from trainer.tasks.registry import task_usage
 
-        n = cfg.data.window
-        closes = [EXAMPLE_CLOSES[i % len(EXAMPLE_CLOSES)] for i in range(n + 1)]
-        days = business_days(date(2024, 3, 28), n + 1, backward=True)
-        window = Window("ACME", "Acme Corp", days[1:], closes, "", closes[-1], base_date=days[0])
-        messages = window_messages(window)
-    else:
-        from trainer.tasks import build_task
-
-        task = build_task(cfg)
-        messages = (task.split("test") or task.split("train"))[0].messages
-    return {"model": name, "messages": messages, "temperature": 0.0,
-            "max_tokens": cfg.rollout.max_tokens}
+    return {"model": name, "messages": task_usage(cfg).example_messages(),
+            "temperature": 0.0, "max_tokens": cfg.rollout.max_tokens}
 
 
 def client_lines(url: str, request_path: Path, name: str, key_env: str | None) -> str:

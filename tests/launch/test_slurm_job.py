@@ -10,8 +10,8 @@ import signal
 
 import pytest
 
-from launch.slurm import job as slurm_job
 from launch.run.plan import slurm_plan
+from launch.slurm import job as slurm_job
 from trainer.config import ConfigError, load_config
 
 DEMO = "configs/demo/stage1.yaml"

@@ -52,6 +52,10 @@ class TaskEntry:
     contributions: tuple[str, ...] = ()
     # (StageConfig) -> a one-line problem with the task's data before a run starts, or None
     preflight: Callable[[Any], str | None] | None = None
+    # "module:Class": how the task presents itself outside training (stonk data, serve,
+    # export, eval, predict), a trainer.tasks.usage.TaskUsage; the default reads only the
+    # Task protocol
+    usage: str = "trainer.tasks.usage:TaskUsage"
     doc: str = ""  # one line for the config reference
 
 
@@ -107,6 +111,12 @@ def load_contributions(task: str) -> None:
     """Import what ``task`` contributes to the objective (``TaskEntry.contributions``)."""
     for module in task_entry(task).contributions:
         importlib.import_module(module)
+
+
+def task_usage(cfg) -> Any:
+    """``cfg.task``'s :class:`trainer.tasks.usage.TaskUsage` for this config."""
+    module, _, attr = task_entry(cfg.task).usage.partition(":")
+    return getattr(importlib.import_module(module), attr)(cfg)
 
 
 def build_task(cfg) -> Any:
