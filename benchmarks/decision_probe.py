@@ -83,7 +83,7 @@ def _lean_batch(tok, ws, prompt_ids, leans, logp, reward, adv, reasoning_prefix,
     lean token (the only marked decision, a choice between the two leans, with the
     sampler's log-prob of it)."""
     from rollout.client import Completion
-    from trainer.credit import decision_extras
+    from trainer.tasks.decision_marks import decision_extras
     from trainer.types import RolloutBatch
 
     groups, marks, choices = [], [], []

@@ -52,7 +52,7 @@ RULES = [
     # the GRPO core reaches task code (a task, the decision machinery a task contributes)
     # only through trainer/tasks/registry.py
     ("trainer", "tasks", ("launch", "trainer.tasks.stock", "trainer.tasks.prompts",
-                          "trainer.tasks.decisions")),
+                          "trainer.tasks.decisions", "trainer.tasks.decision_marks")),
     # a task reaches others only through the registry: neither imports the other
     ("trainer/tasks/stock", None, ("launch", "trainer.tasks.prompts")),
     ("trainer/tasks/prompts", None, ("launch", "trainer.tasks.stock")),

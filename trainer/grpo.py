@@ -43,6 +43,7 @@ PolicyLossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
 ADVANTAGE_ESTIMATORS: dict[str, AdvantageFn] = {}
 LOSS_AGGREGATIONS: dict[str, AggregateFn] = {}
 TOKEN_SELECTIONS: dict[str, SelectFn] = {}
+SELECTION_MARKS: dict[str, str | None] = {}  # selection -> the batch extra it reads
 
 
 @dataclass(frozen=True)
@@ -86,9 +87,13 @@ def register_aggregation(name: str) -> Callable[[AggregateFn], AggregateFn]:
     return deco
 
 
-def register_selection(name: str) -> Callable[[SelectFn], SelectFn]:
+def register_selection(name: str, marks: str | None = None
+                       ) -> Callable[[SelectFn], SelectFn]:
+    """Register a token selection; ``marks``: the batch extra (``RolloutBatch.extras``) it
+    reads as the marked tokens (a task's contribution attaches it), else None."""
     def deco(fn: SelectFn) -> SelectFn:
         TOKEN_SELECTIONS[name] = fn
+        SELECTION_MARKS[name] = marks
         return fn
 
     return deco

@@ -27,7 +27,7 @@ import torch
 from trainer.config import StageConfig, check_zero3
 from trainer.dist import rank_and_world
 from trainer.logprobs import TokenScores, score_tokens, token_logprobs
-from trainer.objective import Scored, active_terms, compose, needed_scores
+from trainer.objective import SCORES, Scored, active_terms, compose, needed_scores
 from trainer.safe_state import only_trainable_in_module_state, safe_torch_load
 from trainer.schedules import lr_factor
 from trainer.tasks.registry import load_contributions
@@ -116,13 +116,22 @@ class Learner:
             return token_logprobs(self.model, batch, self.pad_id, self.cfg.rollout.temperature,
                                   self.device, chunk_tokens=self.cfg.train.logits_chunk_tokens)
 
-    def scores(self, batch: RolloutBatch, extra: set[str] = frozenset()) -> TokenScores:
+    def scores(self, batch: RolloutBatch, extra: set[str] = frozenset()
+               ) -> tuple[TokenScores, dict[str, torch.Tensor]]:
         """The policy's log-probs with their sampling entropy, and the ``extra`` scores the
-        objective's enabled terms read where the batch has them (``choice_lse``)."""
-        return score_tokens(self.model, batch, self.pad_id, self.cfg.rollout.temperature,
-                            self.device, entropy=True,
-                            choice_lse="choice_lse" in extra and "choice_ids" in batch.extras,
-                            chunk_tokens=self.cfg.train.logits_chunk_tokens)
+        objective's enabled terms read (``objective.SCORES``: each from the log-probs of the
+        alternative tokens the batch names), those the batch has the alternatives for."""
+        specs = [SCORES[name] for name in sorted(extra)
+                 if SCORES[name].alternatives in batch.extras]
+        keys = {spec.alternatives for spec in specs}
+        if len(keys) > 1:  # one scoring pass gathers one set of alternatives
+            raise ValueError(f"the enabled scores read different alternatives: {sorted(keys)}")
+        alt_ids = batch.extras[keys.pop()] if keys else None
+        scored = score_tokens(self.model, batch, self.pad_id, self.cfg.rollout.temperature,
+                              self.device, entropy=True, alternatives=alt_ids,
+                              chunk_tokens=self.cfg.train.logits_chunk_tokens)
+        return scored, {spec.name: spec.fn(scored.alternatives, alt_ids.to(self.device))
+                        for spec in specs}
 
     def set_step(self, step: int) -> float:
         """Set the learning rate of optimizer step ``step`` (1-based, ``train.lr_schedule``);
@@ -187,12 +196,11 @@ class Learner:
                 n_micro: int, extra: set[str]) -> Scored:
         """Micro-batch ``k`` of ``n_micro`` as the terms see it: one scoring pass of the
         policy, the reference's log-probs (``kl_coef`` > 0), each side batch's share."""
-        scored = self.scores(mb, extra)
+        scored, extras = self.scores(mb, extra)
         ref = None
         if self.cfg.train.kl_coef > 0:
             with torch.no_grad():
                 ref = self.logprobs(mb, adapter=False)
-        extras = {"choice_lse": scored.choice_lse} if scored.choice_lse is not None else {}
         shares = {}
         for name, b in side.items():
             per = -(-len(b) // n_micro) if b is not None and len(b) else 0

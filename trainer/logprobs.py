@@ -97,16 +97,16 @@ def output_head(model):
 
 
 def _chunk_scores(head, temperature: float, entropy: bool, h: torch.Tensor,
-                  ids: torch.Tensor, choices: torch.Tensor | None):
-    """One chunk of K positions: (log p of ``ids`` [K], log p of each option [K, C] with -inf
-    where none (or None), the sampling entropy [K] detached (or None))."""
+                  ids: torch.Tensor, alt_ids: torch.Tensor | None):
+    """One chunk of K positions: (log p of ``ids`` [K], log p of each alternative [K, A] with
+    -inf at padding (or None), the sampling entropy [K] detached (or None))."""
     logits = head(h).float() / temperature  # [K, vocab]: the only full-vocabulary tensor
     lse = torch.logsumexp(logits, dim=-1, keepdim=True)
     picked = (logits.gather(-1, ids[:, None]) - lse).squeeze(-1)
     alts = None
-    if choices is not None:
-        alts = (logits.gather(-1, choices.clamp(min=0)) - lse).masked_fill(choices < 0,
-                                                                         float("-inf"))
+    if alt_ids is not None:
+        alts = (logits.gather(-1, alt_ids.clamp(min=0)) - lse).masked_fill(alt_ids < 0,
+                                                                          float("-inf"))
     ent = None
     if entropy:
         with torch.no_grad():
@@ -119,18 +119,15 @@ def _chunk_scores(head, temperature: float, entropy: bool, h: torch.Tensor,
 class TokenScores:
     """One scoring pass over a batch's completions, each ``[n, T]`` (float32):
 
-    - ``logp``: log p(sampled token) at each completion position; in ``options`` mode, at a
-      choice's position log p(any of its options) instead of the written token's;
+    - ``logp``: log p(sampled token) at each completion position;
     - ``entropy`` (``entropy=True``): the detached sampling entropy at each position;
-    - ``choice_lse`` (``choice_lse=True``): log p(any of the options) where
-      ``batch.extras["choice_ids"]`` names a choice's options, 0 elsewhere, with grad;
-    - ``options`` (``options=True``, when the batch has choices): ``[n, T, K]``, each
-      option's log-prob at its choice's position, -inf where there is no option."""
+    - ``alternatives`` (given ``alternatives`` ids ``[n, T, A]``, -1 padded): ``[n, T, A]``,
+      each alternative token's log-prob at its position, -inf at padding, with grad. A
+      task's contribution names them (e.g. a decision's options: trainer/tasks/decisions.py)."""
 
     logp: torch.Tensor
     entropy: torch.Tensor | None = None
-    choice_lse: torch.Tensor | None = None
-    options: torch.Tensor | None = None
+    alternatives: torch.Tensor | None = None
 
 
 def token_logprobs(model, batch: RolloutBatch, pad_id: int, temperature: float,
@@ -141,41 +138,28 @@ def token_logprobs(model, batch: RolloutBatch, pad_id: int, temperature: float,
 
 
 def score_tokens(model, batch: RolloutBatch, pad_id: int, temperature: float,
-                 device: torch.device, *, entropy: bool = False, options: bool = False,
-                 choice_lse: bool = False, chunk_tokens: int = 0) -> TokenScores:
-    """:class:`TokenScores` of the batch's completions; the flags add its optional parts
-    (``options``: the anchor's mode). ``chunk_tokens``: positions per pass of the output head
-    (0: all at once)."""
+                 device: torch.device, *, entropy: bool = False,
+                 alternatives: torch.Tensor | None = None,
+                 chunk_tokens: int = 0) -> TokenScores:
+    """:class:`TokenScores` of the batch's completions; ``entropy`` and ``alternatives``
+    add its optional parts. ``chunk_tokens``: positions per pass of the output head (0: all
+    at once)."""
     h = completion_hidden(model, batch, pad_id, device)
     n, t = batch.completion_ids.shape
     flat_h = h.reshape(n * t, h.shape[-1])
     ids = batch.completion_ids.to(device).reshape(-1)
-    choice_ids = batch.extras.get("choice_ids")
-    want_choices = (options or choice_lse) and choice_ids is not None
-    choices = choice_ids.to(device).reshape(n * t, -1) if want_choices else None
+    alt = None if alternatives is None else alternatives.to(device).reshape(n * t, -1)
     score = partial(_chunk_scores, output_head(model), temperature, entropy)
     size = chunk_tokens if chunk_tokens > 0 else max(n * t, 1)
     recompute = torch.is_grad_enabled() and flat_h.requires_grad and size < n * t
     parts = []
     for s in range(0, n * t, size):
-        args = (flat_h[s:s + size], ids[s:s + size],
-                None if choices is None else choices[s:s + size])
+        args = (flat_h[s:s + size], ids[s:s + size], None if alt is None else alt[s:s + size])
         parts.append(checkpoint(score, *args, use_reentrant=False) if recompute
                      else score(*args))
-    picked = torch.cat([p[0] for p in parts]).view(n, t)
-    alts = None if choices is None else torch.cat([p[1] for p in parts]).view(n, t, -1)
-    if options:
-        if alts is None:
-            return TokenScores(picked)
-        at = choice_ids.to(device)[..., 0] >= 0
-        return TokenScores(torch.where(at, torch.logsumexp(alts, -1), picked), options=alts)
-    out = TokenScores(picked)
+    out = TokenScores(torch.cat([p[0] for p in parts]).view(n, t))
+    if alt is not None:
+        out.alternatives = torch.cat([p[1] for p in parts]).view(n, t, -1)
     if entropy:
         out.entropy = torch.cat([p[2] for p in parts]).view(n, t)
-    if choice_lse:
-        out.choice_lse = torch.zeros_like(picked)
-        if alts is not None:
-            at = choice_ids.to(device)[..., 0] >= 0
-            out.choice_lse = torch.where(
-                at, torch.logsumexp(alts.masked_fill(~at[..., None], 0.0), -1), out.choice_lse)
     return out

@@ -12,8 +12,9 @@ adds them (:func:`compose`). Shapes: N completions of at most T tokens.
   weights against the workers, plus ``kl_coef`` x the k3 KL to the reference on every token,
   in one aggregation (``trainer/grpo.grpo_loss``: the math and each variant's paper), on the
   tokens ``train.pg_tokens`` selects.
-- A task's contributions register more and may view the policy gradient's log-probs
-  differently (:func:`register_pg_view`): the stock task's decision machinery (the
+- A task's contributions register more, may view the policy gradient's log-probs
+  differently (:func:`register_pg_view`), add scores computed from alternative tokens
+  (:func:`register_score`) and per-row extras of each rollout batch (:func:`register_marker`): the stock task's decision machinery (the
   among-options view, the ``decision`` token selection, the anchor and balance terms) is
   ``trainer/tasks/decisions.py``, imported where the task's entry names it
   (``TaskEntry.contributions``).
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from trainer.config import TrainConfig
-from trainer.grpo import TOKEN_SELECTIONS, LossSettings, PgView, grpo_loss
+from trainer.grpo import SELECTION_MARKS, TOKEN_SELECTIONS, LossSettings, PgView, grpo_loss
 from trainer.types import RolloutBatch
 
 
@@ -84,8 +85,47 @@ class PgViewSpec:
     scores: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class ScoreSpec:
+    """An extra per-token score (``Scored.extra[name]``, [N, T] with grad) computed from the
+    policy's log-probs of alternative tokens the batch names per position: ``alternatives``
+    is the batch extra holding their ids ([N, T, K] long, -1 padding); ``fn`` maps (their
+    log-probs [N, T, K], -inf at padding; their ids) to the score. Computed where the batch
+    has that extra, absent elsewhere."""
+
+    name: str
+    alternatives: str
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class MarkerSpec:
+    """Per-row extras a contribution attaches to each step's rollout batch when the config
+    turns it on: ``fn(task, tokenizer, completions)`` -> {name: [N, ...] tensor}."""
+
+    name: str
+    fn: Callable[[object, object, list], dict[str, torch.Tensor]]
+    enabled: Callable[[TrainConfig], bool]
+
+
 TERMS: dict[str, TermSpec] = {}
 PG_VIEWS: dict[str, PgViewSpec] = {}
+SCORES: dict[str, ScoreSpec] = {}
+MARKERS: dict[str, MarkerSpec] = {}
+
+
+def register_score(spec: ScoreSpec) -> ScoreSpec:
+    SCORES[spec.name] = spec
+    return spec
+
+
+def register_marker(spec: MarkerSpec) -> MarkerSpec:
+    MARKERS[spec.name] = spec
+    return spec
+
+
+def active_markers(tc: TrainConfig) -> list[MarkerSpec]:
+    return [m for m in MARKERS.values() if m.enabled(tc)]
 
 
 def register_term(spec: TermSpec) -> TermSpec:
@@ -129,7 +169,8 @@ def rl_term(s: Scored) -> Term:
     is_weight, is_truncated_frac; logp_gap (mean |learner - worker| log-prob), entropy,
     pg_token_frac."""
     tc, mask = s.tc, s.mask
-    marked = s.batch.extras.get("decision_mask")  # the tokens the task marked, if any
+    key = SELECTION_MARKS.get(tc.pg_tokens)  # the tokens a task marked, if it reads any
+    marked = s.batch.extras.get(key) if key else None
     pg_weight = TOKEN_SELECTIONS[tc.pg_tokens](s.entropy, mask, tc.entropy_top_frac, marked)
     view = next((v for spec in PG_VIEWS.values() if spec.enabled(tc)
                  if (v := spec.fn(s)) is not None), None)

@@ -43,7 +43,7 @@ from trainer.evaluate import (
     scalar_metrics,
 )
 from trainer.metrics import MetricsWriter, PhaseTimer, Progress, gpu_memory
-from trainer.objective import active_terms
+from trainer.objective import active_markers, active_terms
 from trainer.parity import ParityAlarm, ParityError
 from trainer.rollouts import (
     Background,
@@ -205,7 +205,7 @@ class GRPORecipe:
         batch = build_batch(self.task, self.learner.tokenizer, drawn,
                             group_size=rc.group_size, advantage=self.tc.advantage,
                             pad_id=self.learner.pad_id,
-                            mark_decisions=self.tc.pg_tokens == "decision")
+                            markers=active_markers(self.tc))
         return StepRollout(samples, batch, drawn[2], drawn[1], stats)
 
     def score(self, step: int, got: StepRollout) -> dict[str, float]:

@@ -11,7 +11,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +19,8 @@ from typing import Any
 import torch
 
 from rollout.source import RolloutSource
-from trainer.credit import decision_choices, decision_extras
 from trainer.grpo import ADVANTAGE_ESTIMATORS, overlong_penalty
+from trainer.objective import MarkerSpec
 from trainer.tasks.base import Sample, Task
 from trainer.types import RolloutBatch
 
@@ -208,19 +208,17 @@ def informative_groups(samples: list[Sample], draw: Callable[[list[Sample], int]
 
 
 def build_batch(task: Task, tokenizer, drawn: Drawn, *, group_size: int, advantage: str,
-                pad_id: int, mark_decisions: bool = False) -> RolloutBatch:
-    """The batch of scored groups, advantages per group. ``mark_decisions``: also mark the
-    tokens of each completion that state its decision (``Task.decision_spans``) and the
-    options it chose among (``Task.decision_options``): the batch's decision extras."""
+                pad_id: int, markers: Sequence[MarkerSpec] = ()) -> RolloutBatch:
+    """The batch of scored groups, advantages per group. ``markers``: the enabled
+    contributions' per-row extras (``objective.active_markers``; e.g. the tokens that state
+    a decision), each computed over the batch's completions in row order."""
     prompt_ids, groups, components = drawn
     rewards = [total_reward(c) for c in components]
     adv = ADVANTAGE_ESTIMATORS[advantage](torch.tensor(rewards), group_size)
+    completions = [c for group in groups for c in group]
     extras = {}
-    if mark_decisions:
-        marked = [decision_choices(tokenizer, c.token_ids, task.decision_spans,
-                                   task.decision_options) for group in groups for c in group]
-        extras = decision_extras([m for m, _ in marked], [c for _, c in marked],
-                                 empty_choices=False)
+    for marker in markers:
+        extras.update(marker.fn(task, tokenizer, completions))
     return RolloutBatch.from_groups(prompt_ids, groups, rewards, adv, pad_id, extras)
 
 

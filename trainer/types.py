@@ -22,7 +22,7 @@ class RolloutBatch:
     adapter_version: torch.Tensor  # [N] long, version of the adapter that sampled each row
     group_size: int
     # per-row tensors a task's contribution attaches (first dimension N), sliced with the
-    # batch; the decision machinery's (trainer/tasks/decisions.py, trainer/credit.py):
+    # batch; the decision machinery's (trainer/tasks/decisions.py, trainer/tasks/decision_marks.py):
     # "decision_mask" [N, T] float, 1.0 on the tokens that state the decision;
     # "choice_ids" [N, T, K] long, at the token where a choice is made (an anchor's free
     # choice, a rollout's decision) the token ids of its options, -1 padded, -1 elsewhere;

@@ -183,13 +183,16 @@ def test_anchor_is_a_warm_answer_without_its_choices_and_the_warm_model_knows_it
 
 
 def test_choice_lse_is_log_p_of_any_option_where_a_choice_is_made(tiny_model):
+    from trainer.tasks.decisions import choice_lse
+
     model = load_policy(_cfg(tiny_model), torch.device("cpu")).eval()
     batch = _batch([[1, 40, 41]], [[60, 61, 62]])
     batch.extras["choice_ids"] = torch.full((1, 3, 2), -1, dtype=torch.long)
     batch.extras["choice_ids"][0, 1] = torch.tensor([61, 70])  # token 1 chose between 61 and 70
     with torch.no_grad():
-        scored = score_tokens(model, batch, 0, 1.0, torch.device("cpu"), choice_lse=True)
-        logp, lse = scored.logp, scored.choice_lse
+        scored = score_tokens(model, batch, 0, 1.0, torch.device("cpu"),
+                              alternatives=batch.extras["choice_ids"])
+        logp, lse = scored.logp, choice_lse(scored.alternatives, batch.extras["choice_ids"])
         full = torch.log_softmax(model(input_ids=torch.tensor([[1, 40, 41, 60, 61, 62]]))
                                  .logits[0, 2:5].float(), -1)
     assert torch.allclose(logp[0], full.gather(-1, torch.tensor([[60], [61], [62]]))[:, 0],

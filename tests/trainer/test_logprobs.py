@@ -27,9 +27,10 @@ def _batch() -> RolloutBatch:
     zeros = torch.zeros(len(COMPLETIONS))
     batch = RolloutBatch(PROMPTS, ids, mask, torch.zeros_like(mask), zeros, zeros, zeros.long(),
                          group_size=1)
-    batch.extras["choice_ids"] = torch.full((len(COMPLETIONS), t, 2), -1, dtype=torch.long)
-    batch.extras["choice_ids"][0, 1] = torch.tensor([61, 90])  # a choice between two options
-    batch.extras["choice_ids"][1, 3] = torch.tensor([73, 20])
+    # alternative tokens named at two positions (e.g. a decision's options), -1 padding
+    batch.extras["alt"] = torch.full((len(COMPLETIONS), t, 2), -1, dtype=torch.long)
+    batch.extras["alt"][0, 1] = torch.tensor([61, 90])
+    batch.extras["alt"][1, 3] = torch.tensor([73, 20])
     return batch
 
 
@@ -43,12 +44,9 @@ def naive(model, batch: RolloutBatch, temperature: float):
     logp = torch.log_softmax(out.logits[:, :t].float() / temperature, -1)
     picked = logp.gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)
     ent = -(logp.exp() * logp).sum(-1)
-    choices = batch.extras["choice_ids"]
-    alts = logp.gather(-1, choices.clamp(min=0)).masked_fill(choices < 0, float("-inf"))
-    at = choices[..., 0] >= 0
-    lse = torch.where(at, torch.logsumexp(alts.masked_fill(~at[..., None], 0.0), -1),
-                      torch.zeros_like(picked))
-    return picked, ent.detach(), lse, alts
+    named = batch.extras["alt"]
+    alts = logp.gather(-1, named.clamp(min=0)).masked_fill(named < 0, float("-inf"))
+    return picked, ent.detach(), alts
 
 
 def _model(model_path, **train):
@@ -75,33 +73,31 @@ def _grads(model, loss) -> dict[str, torch.Tensor]:
 def test_chunked_values_and_gradients_equal_the_full_vocabulary_ones(tiny_model, chunk):
     model = _model(tiny_model).train()
     batch = _batch()
-    scored = score_tokens(model, batch, 0, 0.7, CPU, entropy=True, choice_lse=True,
-                          chunk_tokens=chunk)
-    picked, ent, lse = scored.logp, scored.entropy, scored.choice_lse
-    ref_picked, ref_ent, ref_lse, _ = naive(model, batch, 0.7)
+    scored = score_tokens(model, batch, 0, 0.7, CPU, entropy=True,
+                          alternatives=batch.extras["alt"], chunk_tokens=chunk)
+    picked, ent, alts = scored.logp, scored.entropy, scored.alternatives
+    ref_picked, ref_ent, ref_alts = naive(model, batch, 0.7)
+    named = batch.extras["alt"] >= 0
     assert torch.allclose(picked, ref_picked, atol=1e-5)
     assert torch.allclose(ent, ref_ent, atol=1e-5)
-    assert torch.allclose(lse, ref_lse, atol=1e-5)
+    assert torch.equal(torch.isinf(alts), ~named)  # -inf exactly at the padding
+    assert torch.allclose(alts[named], ref_alts[named], atol=1e-5)
     assert not ent.requires_grad
-    got = _grads(model, (picked * batch.completion_mask).sum() + lse.sum())
-    want = _grads(model, (ref_picked * batch.completion_mask).sum() + ref_lse.sum())
+    got = _grads(model, (picked * batch.completion_mask).sum() + alts[named].sum())
+    want = _grads(model, (ref_picked * batch.completion_mask).sum() + ref_alts[named].sum())
     assert got.keys() == want.keys() and got
     for name in want:
         assert torch.allclose(got[name], want[name], atol=1e-5), name
 
 
-def test_options_mode_equals_the_full_vocabulary_one(tiny_model):
+def test_without_alternatives_the_pass_scores_the_sampled_tokens_only(tiny_model):
     model = _model(tiny_model).eval()
     batch = _batch()
     with torch.no_grad():
-        scored = score_tokens(model, batch, 0, 1.0, CPU, options=True, chunk_tokens=4)
-        logp, alts = scored.logp, scored.options
-        ref_picked, _, _, ref_alts = naive(model, batch, 1.0)
-    at = batch.extras["choice_ids"][..., 0] >= 0
-    assert torch.equal(torch.isinf(alts), torch.isinf(ref_alts))
-    assert torch.allclose(alts[~torch.isinf(alts)], ref_alts[~torch.isinf(ref_alts)], atol=1e-5)
-    assert torch.allclose(logp[~at], ref_picked[~at], atol=1e-5)
-    assert torch.allclose(logp[at], torch.logsumexp(ref_alts[at], -1), atol=1e-5)
+        scored = score_tokens(model, batch, 0, 1.0, CPU, chunk_tokens=4)
+        ref_picked, _, _ = naive(model, batch, 1.0)
+    assert scored.alternatives is None and scored.entropy is None
+    assert torch.allclose(scored.logp, ref_picked, atol=1e-5)
 
 
 def test_gradient_checkpointing_changes_memory_not_values(tiny_model):

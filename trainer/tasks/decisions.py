@@ -22,25 +22,29 @@ import random
 
 import torch
 
-from trainer.credit import decision_extras, marks, option_ids
 from trainer.dist import all_reduce_, rank_and_world
 from trainer.grpo import register_selection
 from trainer.logprobs import score_tokens
 from trainer.objective import (
+    MarkerSpec,
     PgViewSpec,
     Scored,
+    ScoreSpec,
     Term,
     TermSpec,
+    register_marker,
     register_pg_view,
+    register_score,
     register_term,
 )
 from trainer.tasks.base import DecisionTask, Sample
+from trainer.tasks.decision_marks import decision_extras, mark_completions, marks, option_ids
 from trainer.types import RolloutBatch
 
 MAX_OPTIONS = 8  # options of a balanced choice (the balance term reduces a fixed width)
 
 
-@register_selection("decision")
+@register_selection("decision", marks="decision_mask")
 def decision_tokens(entropy: torch.Tensor, mask: torch.Tensor, top_frac: float,
                     marked: torch.Tensor | None) -> torch.Tensor:
     """The tokens the task marked as stating the decision (``Task.decision_spans``, e.g. the
@@ -53,7 +57,7 @@ def decision_tokens(entropy: torch.Tensor, mask: torch.Tensor, top_frac: float,
     that states no decision gets no policy gradient."""
     if marked is None:
         raise ValueError("pg_tokens 'decision' needs the batch's decision marks "
-                         "(collect(..., mark_decisions=True))")
+                         "(trainer/tasks/decision_marks.py, attached for pg_tokens decision)")
     picked = (marked.to(mask.device) > 0).to(torch.float32) * (mask > 0)
     share = mask.sum(dim=1, keepdim=True) / picked.sum(dim=1, keepdim=True).clamp(min=1)
     return picked * share
@@ -70,6 +74,17 @@ def among_options(s: Scored):
     return lambda logp, old: (logp - lse.to(logp.dtype), old - old_lse.to(logp.dtype))
 
 
+def choice_lse(alts: torch.Tensor, choice_ids: torch.Tensor) -> torch.Tensor:
+    """log p(any of the options) where ``choice_ids`` names a choice's options, 0 elsewhere
+    ([N, T], from the options' log-probs ``alts`` [N, T, K])."""
+    at = choice_ids[..., 0] >= 0
+    return torch.where(at, torch.logsumexp(alts.masked_fill(~at[..., None], 0.0), -1),
+                       torch.zeros(at.shape, dtype=alts.dtype, device=alts.device))
+
+
+register_score(ScoreSpec("choice_lse", "choice_ids", choice_lse))
+register_marker(MarkerSpec("decisions", mark_completions,
+                           enabled=lambda tc: tc.pg_tokens == "decision"))
 register_pg_view(PgViewSpec("among_options", among_options,
                             enabled=lambda tc: tc.pg_tokens == "decision",
                             scores=("choice_lse",)))
@@ -115,11 +130,13 @@ def anchor_terms(model, anchor: RolloutBatch, pad_id: int, device: torch.device,
       probabilities renormalised over them) and their priors: ([M, K], [M, K]), M rows
       that have one (M = 0: empty tensors). ``balance_kl`` turns them into the balance term.
     """
-    scored = score_tokens(model, anchor, pad_id, 1.0, device, options=True,
-                          chunk_tokens=chunk_tokens)
-    logp, alts = scored.logp, scored.options
-    mask = anchor.completion_mask.to(device)
     marked, choice_ids = anchor.extras.get("decision_mask"), anchor.extras.get("choice_ids")
+    scored = score_tokens(model, anchor, pad_id, 1.0, device, alternatives=choice_ids,
+                          chunk_tokens=chunk_tokens)
+    logp, alts = scored.logp, scored.alternatives
+    if alts is not None:  # at a choice: log p(any of its options) instead of the written one
+        logp = torch.where(choice_ids.to(device)[..., 0] >= 0, torch.logsumexp(alts, -1), logp)
+    mask = anchor.completion_mask.to(device)
     if marked is not None:
         held = 1.0 - marked.to(device)
         if choice_ids is not None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from trainer.tasks.decision_marks import decision_extras, decision_mask, token_offsets
 from transformers import AutoTokenizer
 
-from trainer.credit import decision_extras, decision_mask, token_offsets
 from trainer.grpo import TOKEN_SELECTIONS
 from trainer.tasks import decisions  # noqa: F401 - registers the "decision" selection
 from trainer.tasks.stock.answer import decision_spans
@@ -97,7 +97,7 @@ def test_decision_selection_keeps_marked_valid_tokens_and_needs_marks():
 
 
 def test_option_ids_find_the_choice_token_and_what_could_stand_there(tok):
-    from trainer.credit import option_ids
+    from trainer.tasks.decision_marks import option_ids
 
     enc = tok(ANSWER, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
@@ -120,7 +120,8 @@ def test_option_ids_find_the_choice_token_and_what_could_stand_there(tok):
 
 
 def test_decision_choices_name_the_options_at_the_decision_token(tok):
-    from trainer.credit import decision_choices
+    from trainer.tasks.decision_marks import decision_choices
+
     from trainer.tasks.stock.answer import decision_options
 
     ids = tok(ANSWER, add_special_tokens=False)["input_ids"]
@@ -148,7 +149,8 @@ def test_the_confidence_figure_is_a_decision_among_the_warm_starts_figures(tok):
     stated probability among them; off, only the direction is marked."""
     from functools import partial
 
-    from trainer.credit import decision_choices
+    from trainer.tasks.decision_marks import decision_choices
+
     from trainer.tasks.stock.answer import CONFIDENCE_OPTIONS, decision_options
 
     spans = partial(decision_spans, confidence=True)

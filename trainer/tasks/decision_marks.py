@@ -1,6 +1,9 @@
 """Which completion tokens state the decision: character spans named by the task, mapped
 onto the sampled token ids (``train.pg_tokens: decision``), and the options each decision
 chose among (their first tokens, so the policy gradient can move probability among them).
+Part of the decision machinery (trainer/tasks/decisions.py registers it as the rollout
+batch's marker); the batch extras it writes are ``decision_mask``, ``choice_ids`` and
+``choice_prior`` (``decision_extras``).
 
 The text is decoded from the token ids themselves (not the worker's detokenised text), so
 offsets and spans always refer to the same string.
@@ -132,3 +135,12 @@ def decision_extras(decision_masks: list[list[float]], choices: list[dict[int, l
                 shares[i, j, :len(v)] = torch.tensor(v, dtype=torch.float32)
         out["choice_prior"] = shares
     return out
+
+
+def mark_completions(task, tokenizer, completions: list) -> dict[str, torch.Tensor]:
+    """A rollout batch's decision extras: the tokens of each completion that state its
+    decision (``DecisionTask.decision_spans``) and the options it chose among
+    (``decision_options``), rows in the batch's order."""
+    marked = [decision_choices(tokenizer, c.token_ids, task.decision_spans,
+                               task.decision_options) for c in completions]
+    return decision_extras([m for m, _ in marked], [c for _, c in marked], empty_choices=False)
