@@ -153,7 +153,11 @@ def all_tokens(entropy: torch.Tensor, mask: torch.Tensor, top_frac: float,
 def high_entropy_tokens(entropy: torch.Tensor, mask: torch.Tensor, top_frac: float,
                         marked: torch.Tensor | None) -> torch.Tensor:
     """entropy [N, T], mask [N, T] -> 0/1 [N, T]: the ``top_frac`` share of the batch's
-    completion tokens with the highest sampling entropy (ties kept), at least one token.
+    completion tokens with the highest sampling entropy, at least one token. Ties are kept,
+    to float rounding (within 1e-4 relative): completions of one group that share a prefix
+    have mathematically equal entropies there, which one layout computes bit for bit equal
+    and another (trainer/shared_prefix.py) a rounding apart; either way all or none of them
+    is in.
 
     Wang et al. 2025 ("Beyond the 80/20 rule"): the policy gradient of the few "forking" tokens
     where the sampler really chooses carries the learning; the near-deterministic rest adds
@@ -166,6 +170,7 @@ def high_entropy_tokens(entropy: torch.Tensor, mask: torch.Tensor, top_frac: flo
         return torch.zeros_like(mask, dtype=torch.float32)
     k = max(1, int(round(top_frac * values.numel())))
     threshold = torch.topk(values, k).values[-1]
+    threshold = threshold - (1e-4 * threshold.abs() + 1e-7)
     return ((entropy >= threshold) & valid).to(torch.float32)
 
 

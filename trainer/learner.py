@@ -24,12 +24,13 @@ from pathlib import Path
 
 import torch
 
-from trainer.config import StageConfig, check_zero3
+from trainer.config import ConfigError, StageConfig, check_zero3
 from trainer.dist import rank_and_world
 from trainer.logprobs import TokenScores, score_tokens, token_logprobs
 from trainer.objective import SCORES, Scored, active_terms, compose, needed_scores
 from trainer.safe_state import only_trainable_in_module_state, safe_torch_load
 from trainer.schedules import lr_factor
+from trainer.shared_prefix import mismatch, prompt_runs, unsupported
 from trainer.tasks.registry import load_contributions
 from trainer.types import RolloutBatch
 
@@ -103,6 +104,47 @@ class Learner:
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.is_deepspeed = plugin is not None
         self.zero_stage = plugin.zero_stage if plugin is not None else 0
+        self.shared_prefix = self._shared_prefix(model.config)
+        self._layout_checked = not self.shared_prefix
+
+    def _shared_prefix(self, config) -> bool:
+        """``train.shared_prefix`` resolved against the model's attention; says which."""
+        want, why = self.cfg.train.shared_prefix, unsupported(config)
+        if want == "on" and why:
+            raise ConfigError(f"train.shared_prefix: on, but {why}; use auto or off")
+        on = want == "on" or (want == "auto" and why is None)
+        if rank_and_world()[0] == 0:
+            print("[learner] shared prefix: " + (
+                f"on ({config._attn_implementation} attention): each group's prompt is "
+                "forwarded once, its completions packed after it" if on else
+                f"off ({'train.shared_prefix: off' if want == 'off' else why}): one row per "
+                "completion"), flush=True)
+        return on
+
+    def _check_layout(self, mb: RolloutBatch) -> None:
+        """Once, at the run's first micro-batch: score its first group both ways and go
+        back to one row per completion, with one warning line, if they differ (a mask or
+        position regression must not train silently)."""
+        self._layout_checked = True
+        a, b = prompt_runs(mb.prompt_ids)[0]
+        group = mb.slice(a, b)
+        training = self.model.training
+        self.model.eval()  # no dropout: both ways must see the same function
+        try:
+            with torch.no_grad():
+                per_row, grouped = (token_logprobs(
+                    self.model, group, self.pad_id, self.cfg.rollout.temperature, self.device,
+                    self.cfg.train.logits_chunk_tokens, shared_prefix=sp) for sp in (False, True))
+        finally:
+            self.model.train(training)
+        problem = mismatch(per_row, grouped, group.completion_mask.to(self.device),
+                           self.peft_model.get_input_embeddings().weight.dtype)
+        if problem:
+            self.shared_prefix = False
+            print(f"[learner] warning: rank {rank_and_world()[0]}: the shared-prefix layout's "
+                  f"log-probs differ from one row per completion on this run's first group "
+                  f"({problem}); training continues with one row per completion "
+                  f"(train.shared_prefix: off silences this)", flush=True)
 
     @property
     def peft_model(self):
@@ -114,7 +156,8 @@ class Learner:
         ctx = nullcontext() if adapter else self.peft_model.disable_adapter()
         with ctx:
             return token_logprobs(self.model, batch, self.pad_id, self.cfg.rollout.temperature,
-                                  self.device, chunk_tokens=self.cfg.train.logits_chunk_tokens)
+                                  self.device, chunk_tokens=self.cfg.train.logits_chunk_tokens,
+                                  shared_prefix=self.shared_prefix)
 
     def scores(self, batch: RolloutBatch, extra: set[str] = frozenset()
                ) -> tuple[TokenScores, dict[str, torch.Tensor]]:
@@ -129,7 +172,8 @@ class Learner:
         alt_ids = batch.extras[keys.pop()] if keys else None
         scored = score_tokens(self.model, batch, self.pad_id, self.cfg.rollout.temperature,
                               self.device, entropy=True, alternatives=alt_ids,
-                              chunk_tokens=self.cfg.train.logits_chunk_tokens)
+                              chunk_tokens=self.cfg.train.logits_chunk_tokens,
+                              shared_prefix=self.shared_prefix)
         return scored, {spec.name: spec.fn(scored.alternatives, alt_ids.to(self.device))
                         for spec in specs}
 
@@ -196,6 +240,8 @@ class Learner:
                 n_micro: int, extra: set[str]) -> Scored:
         """Micro-batch ``k`` of ``n_micro`` as the terms see it: one scoring pass of the
         policy, the reference's log-probs (``kl_coef`` > 0), each side batch's share."""
+        if not self._layout_checked:
+            self._check_layout(mb)
         scored, extras = self.scores(mb, extra)
         ref = None
         if self.cfg.train.kl_coef > 0:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from trainer.shared_prefix import attention_mask, pack
 from trainer.types import RolloutBatch
 
 
@@ -55,26 +56,40 @@ def _inner(model):
     return getattr(model, "module", model)
 
 
-def completion_hidden(model, batch: RolloutBatch, pad_id: int,
-                      device: torch.device) -> torch.Tensor:
+def completion_hidden(model, batch: RolloutBatch, pad_id: int, device: torch.device,
+                      shared_prefix: bool = False) -> torch.Tensor:
     """The decoder's last hidden state at each position that predicts a completion token:
     [n, T, H] (position j predicts completion token j). The forward goes through ``model``
-    itself (DeepSpeed's engine included) and computes logits at one position only."""
-    input_ids, attn, pos, _ = build_inputs(batch.prompt_ids, batch.completion_ids,
-                                           batch.completion_mask, pad_id)
-    t = batch.completion_ids.shape[1]
+    itself (DeepSpeed's engine included) and computes logits at one position only.
+    ``shared_prefix``: the rows sharing a prompt are forwarded as one packed row
+    (trainer/shared_prefix.py); the hidden states are the same, padding positions zero."""
     kept: dict[str, torch.Tensor] = {}
 
     def keep(module, args, output):
         kept["h"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
 
-    handle = _inner(model).get_decoder().register_forward_hook(keep)
+    inner = _inner(model)
+    if shared_prefix:
+        packed = pack(batch.prompt_ids, batch.completion_ids, batch.completion_mask, pad_id)
+        mask = attention_mask(packed, inner.get_input_embeddings().weight.dtype)
+        inputs = (packed.input_ids, mask, packed.position_ids)
+    else:
+        input_ids, attn, pos, _ = build_inputs(batch.prompt_ids, batch.completion_ids,
+                                               batch.completion_mask, pad_id)
+        inputs = (input_ids, attn, pos)
+    handle = inner.get_decoder().register_forward_hook(keep)
     try:
-        model(input_ids=input_ids.to(device), attention_mask=attn.to(device),
-              position_ids=pos.to(device), logits_to_keep=1, use_cache=False)
+        model(input_ids=inputs[0].to(device), attention_mask=inputs[1].to(device),
+              position_ids=inputs[2].to(device), logits_to_keep=1, use_cache=False)
     finally:
         handle.remove()
-    return kept["h"][:, -(t + 1):-1]
+    h = kept["h"]
+    if not shared_prefix:
+        return h[:, -(batch.completion_ids.shape[1] + 1):-1]
+    source = packed.source.to(device)
+    picked = h.reshape(-1, h.shape[-1])[source.clamp(min=0).reshape(-1)].view(
+        *source.shape, h.shape[-1])
+    return picked * (source >= 0).unsqueeze(-1).to(picked.dtype)
 
 
 def output_head(model):
@@ -131,20 +146,21 @@ class TokenScores:
 
 
 def token_logprobs(model, batch: RolloutBatch, pad_id: int, temperature: float,
-                   device: torch.device, chunk_tokens: int = 0) -> torch.Tensor:
+                   device: torch.device, chunk_tokens: int = 0,
+                   shared_prefix: bool = False) -> torch.Tensor:
     """log p(sampled token) for every completion position: [n, T] (float32)."""
-    return score_tokens(model, batch, pad_id, temperature, device,
-                        chunk_tokens=chunk_tokens).logp
+    return score_tokens(model, batch, pad_id, temperature, device, chunk_tokens=chunk_tokens,
+                        shared_prefix=shared_prefix).logp
 
 
 def score_tokens(model, batch: RolloutBatch, pad_id: int, temperature: float,
                  device: torch.device, *, entropy: bool = False,
-                 alternatives: torch.Tensor | None = None,
-                 chunk_tokens: int = 0) -> TokenScores:
+                 alternatives: torch.Tensor | None = None, chunk_tokens: int = 0,
+                 shared_prefix: bool = False) -> TokenScores:
     """:class:`TokenScores` of the batch's completions; ``entropy`` and ``alternatives``
     add its optional parts. ``chunk_tokens``: positions per pass of the output head (0: all
-    at once)."""
-    h = completion_hidden(model, batch, pad_id, device)
+    at once). ``shared_prefix``: one forward of each prompt (``completion_hidden``)."""
+    h = completion_hidden(model, batch, pad_id, device, shared_prefix)
     n, t = batch.completion_ids.shape
     flat_h = h.reshape(n * t, h.shape[-1])
     ids = batch.completion_ids.to(device).reshape(-1)

@@ -46,6 +46,10 @@ Learner rank:
   input, the kept hidden states). With train.gradient_checkpointing: b x H per layer and
   token (each layer's input) + one layer's set, recomputed in the backward. Checked against
   autograd's saved tensors in tests/launch/test_memory_plan.py.
+  With train.shared_prefix (auto counts as on) a micro-batch forwards each prompt once: its
+  rows that share a prompt are one packed row of P + (their number) x R tokens, so it holds
+  (packed rows) x P + micro_batch_size x R tokens, plus the grouped mask, b per (query, key)
+  pair of each packed row, kept once for every layer's backward (trainer/shared_prefix.py).
 - logits: the output head scores K = train.logits_chunk_tokens completion positions at a
   time (0: the whole micro-batch); the peak, in a chunk's backward, is five float32 [K, V]
   tensors (the recomputed logits, exp(logits - logsumexp) and its product with the
@@ -209,6 +213,20 @@ def activation_bytes(arch: Architecture, cfg: StageConfig, tokens: int, b_res: i
     return tokens * (arch.layers * layer + after)
 
 
+def micro_batch_tokens(cfg: StageConfig, prompt: int) -> tuple[int, int, int]:
+    """(tokens a learner micro-batch forwards at most, its packed rows, the longest packed
+    row): one row of prompt + max_tokens per completion, or with train.shared_prefix one
+    packed row per group a micro-batch touches (rows 0 when off)."""
+    tc, r = cfg.train, cfg.rollout.max_tokens
+    micro, g = tc.micro_batch_size, cfg.rollout.group_size
+    if tc.shared_prefix == "off":
+        return micro * (prompt + r), 0, 0
+    n_micro = max(1, tc.prompts_per_rank * g // micro)
+    # micro-batch k holds rows k*micro .. (k+1)*micro - 1: the groups it touches
+    rows = max(((k + 1) * micro - 1) // g - (k * micro) // g + 1 for k in range(n_micro))
+    return rows * prompt + micro * r, rows, prompt + min(micro, g) * r
+
+
 def learner_memory(arch: Architecture, cfg: StageConfig, prompt: int,
                    deepspeed: bool = True, world: int | None = None) -> ProcessMemory:
     """One learner rank (module doc); ``deepspeed``: under DeepSpeed as launched (the CPU
@@ -238,7 +256,7 @@ def learner_memory(arch: Architecture, cfg: StageConfig, prompt: int,
     if deepspeed and (bucket := _ds_bucket(cfg, lora_b)):
         terms.append(bucket)
     seq = prompt + cfg.rollout.max_tokens
-    tokens = tc.micro_batch_size * seq
+    tokens, rows, width = micro_batch_tokens(cfg, prompt)
     n_micro = tc.prompts_per_rank * cfg.rollout.group_size // tc.micro_batch_size
     if tc.anchor_coef > 0 or tc.balance_coef > 0:
         tokens += math.ceil(tc.prompts_per_rank / n_micro) * seq
@@ -247,6 +265,9 @@ def learner_memory(arch: Architecture, cfg: StageConfig, prompt: int,
     gc = tc.gradient_checkpointing
     terms.append(Term("activations", acts[gc],
                       f"{tokens} tokens, gradient checkpointing {'on' if gc else 'off'}"))
+    if rows:
+        terms.append(Term("shared-prefix mask", rows * width * width * b,
+                          f"{rows} packed row(s) of {width} tokens, squared, x {b} B"))
     positions = tc.micro_batch_size * cfg.rollout.max_tokens
     chunk = min(tc.logits_chunk_tokens or positions, positions)
     terms.append(Term("logits", LOGITS_COPIES * chunk * arch.vocab * 4,
@@ -254,8 +275,10 @@ def learner_memory(arch: Architecture, cfg: StageConfig, prompt: int,
     terms.append(Term("backward working set", 2 * tokens * (arch.hidden + arch.intermediate) * b,
                       "one layer's gradients"))
     p = ProcessMemory("learner rank", terms)
+    layout = (f"shared prefix: {rows} packed row(s) of at most {width} tokens instead of "
+              f"{tc.micro_batch_size} x {seq}" if rows else f"{tc.micro_batch_size} x {seq}")
     p.notes.append(f"activations: {acts[True] / GIB:.2f} GiB with gradient checkpointing, "
-                   f"{acts[False] / GIB:.2f} GiB without (micro-batch "
-                   f"{tc.micro_batch_size} x {seq} tokens)")
+                   f"{acts[False] / GIB:.2f} GiB without (micro-batch of {tokens} tokens: "
+                   f"{layout})")
     return p
 

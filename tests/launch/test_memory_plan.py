@@ -115,6 +115,25 @@ def test_learner_terms_by_hand():
     assert chunk0.get("logits") == 5 * (8 * 384) * 151936 * 4  # the whole micro-batch
 
 
+def test_shared_prefix_tokens_by_hand():
+    from launch.planning.memory_terms import micro_batch_tokens
+
+    # configs/stage1.yaml's shape: 8 prompts x 8 completions, micro-batches of 8: one group
+    # each, one packed row of P + 8 R instead of 8 rows of P + R
+    cfg = _stage1()
+    assert (cfg.rollout.group_size, cfg.train.micro_batch_size, cfg.rollout.max_tokens) == \
+        (8, 8, 384)
+    assert micro_batch_tokens(cfg, 400) == (400 + 8 * 384, 1, 400 + 8 * 384)
+    # micro-batches of 6 over groups of 8: the second (rows 6-11) touches two groups
+    six = _stage1(**{"train.micro_batch_size": 6, "train.prompts_per_rank": 3})
+    assert micro_batch_tokens(six, 400) == (2 * 400 + 6 * 384, 2, 400 + 6 * 384)
+    off = _stage1(**{"train.shared_prefix": "off"})
+    assert micro_batch_tokens(off, 400) == (8 * (400 + 384), 0, 0)
+    on, per_row = (learner_memory(architecture(QWEN), c, 400) for c in (cfg, off))
+    assert on.get("shared-prefix mask") == (400 + 8 * 384) ** 2 * 2  # bf16
+    assert on.get("activations") < per_row.get("activations")
+
+
 def test_activation_formula_by_hand_on_a_toy_shape():
     from launch.planning.model_shape import Architecture
 
@@ -128,8 +147,9 @@ def test_activation_formula_by_hand_on_a_toy_shape():
     assert activation_bytes(toy, cfg, 10, 4, 4, True) == 10 * (2 * 32 + 64) + 10 * 416
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.05])
-def test_activations_equal_what_autograd_keeps_on_the_embedded_model(warm_model, dropout):
+@pytest.mark.parametrize("dropout,shared", [(0.0, False), (0.05, False), (0.0, True)])
+def test_activations_equal_what_autograd_keeps_on_the_embedded_model(warm_model, dropout,
+                                                                      shared):
     """float32 on CPU: the bytes of every tensor the policy forward saves for the backward
     (autograd's saved-tensor hooks, parameters left out) against the formula."""
     import torch
@@ -158,8 +178,11 @@ def test_activations_equal_what_autograd_keeps_on_the_embedded_model(warm_model,
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
         score_tokens(model, batch, 0, 1.0, torch.device("cpu"), entropy=True,
-                     chunk_tokens=1024)
-    want = activation_bytes(architecture(str(warm_model)), cfg, n * (p + t), 4, 4, False)
+                     chunk_tokens=1024, shared_prefix=shared)
+    # the shared-prefix layout: one packed row of p + n t tokens, and its float32 [L, L] mask
+    tokens = p + n * t if shared else n * (p + t)
+    want = activation_bytes(architecture(str(warm_model)), cfg, tokens, 4, 4, False) + (
+        tokens * tokens * 4 if shared else 0)
     # the first layer's input needs no gradient, so it keeps less: within 10 %
     assert sum(kept.values()) == pytest.approx(want, rel=0.10)
 
@@ -196,7 +219,7 @@ def test_preflight_refuses_naming_the_setting_with_the_numbers(monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr("launch.planning.memory._gpus_visible", lambda: False)  # the card named
-    cfg = _stage1(**{"train.gradient_checkpointing": "false"})
+    cfg = _stage1(**{"train.gradient_checkpointing": "false", "train.shared_prefix": "off"})
     with pytest.raises(PreflightError) as err:
         check(cfg, "stage1.yaml")
     line = next(x for x in str(err.value).splitlines() if "learner rank" in x)

@@ -63,9 +63,11 @@ def _vocab_logps(model, row, temperature: float, dtype) -> torch.Tensor:
 
 
 def _top_entropy(entropies: list[torch.Tensor], frac: float) -> float:
-    """The entropy at or above which a token is among the batch's top ``frac`` share."""
+    """The entropy at or above which a token is among the batch's top ``frac`` share, ties
+    to float rounding (1e-4 relative) kept, as the high_entropy selection's rule says."""
     flat = torch.cat(entropies)
-    return torch.topk(flat, max(1, round(frac * flat.numel()))).values[-1]
+    threshold = torch.topk(flat, max(1, round(frac * flat.numel()))).values[-1]
+    return threshold - (1e-4 * threshold.abs() + 1e-7)
 
 
 def _picked(logps: torch.Tensor, row) -> torch.Tensor:

@@ -42,6 +42,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return _build(tp, value, where)
     if origin is Literal:
         allowed = typing.get_args(tp)
+        if isinstance(value, bool) and {"on", "off"} <= set(allowed):
+            value = "on" if value else "off"  # YAML 1.1 reads a bare on / off as a boolean
         if value not in allowed:
             raise ConfigError(f"{where}: {value!r} is not allowed; use {_describe(tp)}")
         return value

@@ -133,6 +133,10 @@ class TrainConfig:
     # bounds the float32 [positions, vocab] logits, ~0.6 GB at 1024 x Qwen2.5's 151,936;
     # 0 = a whole micro-batch at once
     logits_chunk_tokens: int = setting(1024, ge=0, hint="0: a whole micro-batch at once")
+    # forward each group's prompt once in every learner pass, its completions packed after it
+    # with a mask (trainer/shared_prefix.py; same log-probs and gradients, fewer tokens):
+    # auto = on where the model's attention takes the mask (sdpa, eager), else per-row
+    shared_prefix: Literal["auto", "on", "off"] = "auto"
     learning_rate: float = setting(1e-5, gt=0.0)  # the peak; lr_schedule shapes it over the steps
     # trainer/schedules.py: constant | linear | cosine after a linear warm-up of warmup_steps,
     # down to min_lr_ratio x learning_rate; a function of the step (nothing to checkpoint)

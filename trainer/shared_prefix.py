@@ -1,0 +1,155 @@
+"""The shared-prefix layout (``train.shared_prefix``): each group's prompt forwarded once.
+
+The G completions of a group share one prompt, so the per-row layout (one row per
+completion, prompt + completion) forwards and back-propagates that prompt G times in every
+learner pass. Here the rows of a micro-batch that share a prompt (consecutive rows with equal
+``prompt_ids``: a group, or the part of one a micro-batch holds) become one packed row::
+
+    prompt p0..p3 | completion a: a0 a1 a2 | completion b: b0 b1 | padding
+
+                  p0 p1 p2 p3 a0 a1 a2 b0 b1 .
+        p0         x
+        p1         x  x
+        p2         x  x  x
+        p3         x  x  x  x
+        a0         x  x  x  x  x
+        a1         x  x  x  x  x  x
+        a2         x  x  x  x  x  x  x
+        b0         x  x  x  x           x
+        b1         x  x  x  x           x  x
+        .                                   x   (padding sees itself: no empty row)
+
+Each completion attends to the whole prompt and causally to itself, never to another
+completion; its position ids continue from the prompt's end (P, P+1, ...), as if it stood
+alone. So every hidden state equals the per-row layout's, and the gradients of the G
+completions sum into the one prompt computation: the same forward outputs and gradients
+(Prefix Grouper, arXiv 2506.05433) from P + sum(R_i) tokens instead of G * P + sum(R_i).
+
+The mask goes to the model as a 4-D ``[B, 1, L, L]`` tensor, which transformers passes to the
+attention as it is: additive (0 / the dtype's min) in the model's dtype, which SDPA and eager
+both take. Not boolean: SDPA would convert a boolean mask to an additive one in every layer,
+and autograd would keep each layer's copy for the backward (28 x L^2 x 2 bytes at Qwen2.5-1.5B's
+shapes); the one additive tensor is kept once.
+FlashAttention's varlen kernels cannot express "the prompt plus my own segment", and a
+sliding-window layer would need the window in the mask: for those ``auto`` stays per-row.
+A group that a micro-batch boundary cuts becomes one packed row in each micro-batch, each
+with the prompt (``micro_batch_size`` a multiple of ``rollout.group_size`` avoids it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+SUPPORTED_ATTENTION = ("sdpa", "eager")
+
+
+@dataclass
+class Packed:
+    """A micro-batch in the shared-prefix layout: B packed rows of L tokens."""
+
+    input_ids: torch.Tensor  # [B, L] long, pad_id after each row's last completion
+    position_ids: torch.Tensor  # [B, L] long: prompt 0..P-1, each completion P, P+1, ...
+    allowed: torch.Tensor  # [B, L, L] bool: query i may attend to key j
+    # [n, T] long: for completion row r's token j, the flat index (b * L + column) of the
+    # hidden state that predicts it (the prompt's last token for j = 0); -1 at padding
+    source: torch.Tensor
+
+    @property
+    def tokens(self) -> int:
+        return self.input_ids.numel()
+
+
+def prompt_runs(prompt_ids: list[list[int]]) -> list[tuple[int, int]]:
+    """[start, stop) of each run of consecutive rows with the same prompt, in row order."""
+    runs, start = [], 0
+    for i in range(1, len(prompt_ids) + 1):
+        if i == len(prompt_ids) or prompt_ids[i] != prompt_ids[start]:
+            runs.append((start, i))
+            start = i
+    return runs
+
+
+def pack(prompt_ids: list[list[int]], completion_ids: torch.Tensor,
+         completion_mask: torch.Tensor, pad_id: int, align: int = 8) -> Packed:
+    """The shared-prefix layout of a batch whose completions are right padded (each row's
+    ``completion_mask`` a run of ones from its first column). ``align``: the packed width
+    is a multiple of it (CUDA's memory-efficient SDPA kernel wants the mask's last dimension
+    aligned to 16 bytes, else it pads a copy of the mask in every layer)."""
+    n, t = completion_ids.shape
+    lengths = completion_mask.sum(1).long().tolist()
+    for r, m in enumerate(lengths):
+        if m and not bool(completion_mask[r, :m].all()):
+            raise ValueError(f"row {r}: completion_mask is not a run of ones from column 0; "
+                             f"the shared-prefix layout needs right-padded completions")
+    runs = prompt_runs(prompt_ids)
+    width = max(len(prompt_ids[a]) + sum(lengths[a:b]) for a, b in runs)
+    width = -(-width // align) * align
+    ids = torch.full((len(runs), width), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(runs), width), dtype=torch.long)
+    allowed = torch.zeros((len(runs), width, width), dtype=torch.bool)
+    source = torch.full((n, t), -1, dtype=torch.long)
+    for b, (a, stop) in enumerate(runs):
+        prompt = prompt_ids[a]
+        p = len(prompt)
+        if p == 0:
+            raise ValueError(f"row {a}: an empty prompt; the shared-prefix layout needs one")
+        ids[b, :p] = torch.tensor(prompt, dtype=torch.long)
+        pos[b, :p] = torch.arange(p)
+        allowed[b, :p, :p] = torch.ones(p, p, dtype=torch.bool).tril()
+        col = p
+        for r in range(a, stop):
+            m = lengths[r]
+            if m == 0:
+                continue
+            ids[b, col:col + m] = completion_ids[r, :m]
+            pos[b, col:col + m] = torch.arange(p, p + m)
+            allowed[b, col:col + m, :p] = True
+            allowed[b, col:col + m, col:col + m] = torch.ones(m, m, dtype=torch.bool).tril()
+            source[r, 0] = b * width + p - 1
+            source[r, 1:m] = b * width + torch.arange(col, col + m - 1)
+            col += m
+        pad = torch.arange(col, width)
+        allowed[b, pad, pad] = True
+    return Packed(ids, pos, allowed, source)
+
+
+def attention_mask(packed: Packed, dtype: torch.dtype) -> torch.Tensor:
+    """The additive ``[B, 1, L, L]`` mask (0: attend; the dtype's min: not)."""
+    out = torch.zeros((packed.allowed.shape[0], 1, *packed.allowed.shape[1:]), dtype=dtype)
+    return out.masked_fill_(~packed.allowed[:, None], torch.finfo(dtype).min)
+
+
+def unsupported(config) -> str | None:
+    """Why a model with this transformers ``config`` cannot use the layout, or None."""
+    impl = getattr(config, "_attn_implementation", None) or "eager"
+    if impl not in SUPPORTED_ATTENTION:
+        return (f"its attention is {impl!r}; the grouped mask needs one of "
+                f"{', '.join(SUPPORTED_ATTENTION)}")
+    if getattr(config, "use_sliding_window", False) or any(
+            kind != "full_attention" for kind in getattr(config, "layer_types", None) or ()):
+        return "it has sliding-window layers, which the grouped mask does not carry"
+    return None
+
+
+def per_row_tokens(prompt_ids: list[list[int]], completion_mask: torch.Tensor) -> int:
+    """Tokens the per-row layout forwards (padding to the longest row included)."""
+    return len(prompt_ids) * (max(map(len, prompt_ids)) + completion_mask.shape[1])
+
+
+def mismatch(per_row: torch.Tensor, grouped: torch.Tensor, mask: torch.Tensor,
+             dtype: torch.dtype) -> str | None:
+    """Whether one group's log-probs, scored both ways, differ by more than ``dtype``'s
+    rounding (float32: 1e-4 mean absolute; half precision: 0.05, where a wrong mask or wrong
+    positions move them by tenths of a nat and more); a line saying by how much, or None."""
+    m = mask.bool()
+    diff = (per_row - grouped).abs()[m]
+    if not diff.numel():
+        return None
+    tol = 1e-4 if dtype == torch.float32 else 0.05
+    mean, worst = float(diff.mean()), float(diff.max())
+    if mean <= tol and torch.isfinite(grouped[m]).all():
+        return None
+    return (f"mean |difference| {mean:.2e} nats (max {worst:.2e}) over {diff.numel()} tokens "
+            f"against {tol:g} allowed")
