@@ -20,7 +20,11 @@ configs/stage1.yaml's settings. It:
 Writes ``OUT/learner.json``; prints one line per part.
 
     accelerate launch --config_file launch/accelerate/gpu_single.yaml \\
-        benchmarks/gpu_learner.py --model DIR --out DIR [--steps 2]
+        benchmarks/gpu_learner.py --model DIR --out DIR [--steps 2] [--compare-layouts]
+
+``--compare-layouts``: each step runs twice, with the shared-prefix layout and with one row
+per completion, alternating on the same learner (``train.shared_prefix``), each with its own
+time and peak memory: the learner's speed-up from forwarding each prompt once, one command.
 """
 
 from __future__ import annotations
@@ -97,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="configs/stage1.yaml")
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--set", action="append", default=[])
+    p.add_argument("--compare-layouts", action="store_true",
+                   help="each step with train.shared_prefix on and off, alternating")
     a = p.parse_args(argv)
     import bitsandbytes as bnb
     import torch
@@ -141,18 +147,27 @@ def main(argv: list[str] | None = None) -> int:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     steps = []
+    layouts = [True, False] if a.compare_layouts and learner.shared_prefix else \
+        [learner.shared_prefix]
     for step in range(1, a.steps + 1):
         learner.set_step(step)
-        sync()
-        t = time.perf_counter()
-        stats = learner.train_step(batch)
-        sync()
-        record = mean_across_ranks(stats, learner.device)
-        steps.append({"seconds": time.perf_counter() - t, **record})
-        print(f"[gpu-learner] 3 step {step}: {steps[-1]['seconds']:.2f} s, loss "
-              f"{record['loss']:.4g}, logp_gap {record['logp_gap']:.2e}, grad_norm "
-              f"{record.get('grad_norm', float('nan')):.3g}", flush=True)
-    peak = {"allocated_gib": torch.cuda.max_memory_allocated() / GIB if cuda else 0.0,
+        for layout in layouts:
+            learner.shared_prefix = layout
+            sync()
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            t = time.perf_counter()
+            stats = learner.train_step(batch)
+            sync()
+            record = mean_across_ranks(stats, learner.device)
+            steps.append({"seconds": time.perf_counter() - t, "shared_prefix": layout,
+                          "peak_gib": torch.cuda.max_memory_allocated() / GIB if cuda else 0.0,
+                          **record})
+            print(f"[gpu-learner] 3 step {step} (shared prefix {'on' if layout else 'off'}): "
+                  f"{steps[-1]['seconds']:.2f} s, peak {steps[-1]['peak_gib']:.2f} GiB, loss "
+                  f"{record['loss']:.4g}, logp_gap {record['logp_gap']:.2e}, grad_norm "
+                  f"{record.get('grad_norm', float('nan')):.3g}", flush=True)
+    peak = {"allocated_gib": max(s["peak_gib"] for s in steps),
             "reserved_gib": torch.cuda.max_memory_reserved() / GIB if cuda else 0.0}
 
     saved = {k: v.detach().float().cpu().clone() for k, v in learner.adapter_tensors().items()}

@@ -20,17 +20,18 @@ is set from the batch shape below) and gradient clipping (``ds_config.json``).
 from __future__ import annotations
 
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from trainer.config import ConfigError, StageConfig, check_zero3
+from trainer.config import StageConfig, check_zero3
 from trainer.dist import rank_and_world
 from trainer.logprobs import TokenScores, score_tokens, token_logprobs
 from trainer.objective import SCORES, Scored, active_terms, compose, needed_scores
 from trainer.safe_state import only_trainable_in_module_state, safe_torch_load
 from trainer.schedules import lr_factor
-from trainer.shared_prefix import mismatch, prompt_runs, unsupported
+from trainer.shared_prefix import check_layout, prompt_runs, resolve
 from trainer.tasks.registry import load_contributions
 from trainer.types import RolloutBatch
 
@@ -109,36 +110,30 @@ class Learner:
 
     def _shared_prefix(self, config) -> bool:
         """``train.shared_prefix`` resolved against the model's attention; says which."""
-        want, why = self.cfg.train.shared_prefix, unsupported(config)
-        if want == "on" and why:
-            raise ConfigError(f"train.shared_prefix: on, but {why}; use auto or off")
-        on = want == "on" or (want == "auto" and why is None)
+        on, line = resolve(self.cfg.train.shared_prefix, config, self.micro,
+                           self.cfg.rollout.group_size)
         if rank_and_world()[0] == 0:
-            print("[learner] shared prefix: " + (
-                f"on ({config._attn_implementation} attention): each group's prompt is "
-                "forwarded once, its completions packed after it" if on else
-                f"off ({'train.shared_prefix: off' if want == 'off' else why}): one row per "
-                "completion"), flush=True)
+            print(f"[learner] shared prefix: {line}", flush=True)
         return on
 
     def _check_layout(self, mb: RolloutBatch) -> None:
-        """Once, at the run's first micro-batch: score its first group both ways and go
-        back to one row per completion, with one warning line, if they differ (a mask or
-        position regression must not train silently)."""
+        """Once, at the run's first micro-batch: score its first group both ways (no
+        dropout) and go back to one row per completion, with one warning line, if they
+        differ: a mask or position regression must not train silently."""
         self._layout_checked = True
         a, b = prompt_runs(mb.prompt_ids)[0]
         group = mb.slice(a, b)
         training = self.model.training
-        self.model.eval()  # no dropout: both ways must see the same function
+        self.model.eval()
         try:
-            with torch.no_grad():
-                per_row, grouped = (token_logprobs(
-                    self.model, group, self.pad_id, self.cfg.rollout.temperature, self.device,
-                    self.cfg.train.logits_chunk_tokens, shared_prefix=sp) for sp in (False, True))
+            problem = check_layout(
+                partial(token_logprobs, self.model, group, self.pad_id,
+                        self.cfg.rollout.temperature, self.device,
+                        self.cfg.train.logits_chunk_tokens),
+                group.completion_mask.to(self.device),
+                self.peft_model.get_input_embeddings().weight.dtype)
         finally:
             self.model.train(training)
-        problem = mismatch(per_row, grouped, group.completion_mask.to(self.device),
-                           self.peft_model.get_input_embeddings().weight.dtype)
         if problem:
             self.shared_prefix = False
             print(f"[learner] warning: rank {rank_and_world()[0]}: the shared-prefix layout's "

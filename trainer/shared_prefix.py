@@ -38,6 +38,7 @@ with the prompt (``micro_batch_size`` a multiple of ``rollout.group_size`` avoid
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -153,3 +154,35 @@ def mismatch(per_row: torch.Tensor, grouped: torch.Tensor, mask: torch.Tensor,
         return None
     return (f"mean |difference| {mean:.2e} nats (max {worst:.2e}) over {diff.numel()} tokens "
             f"against {tol:g} allowed")
+
+
+def resolve(want: str, config, micro: int, group: int) -> tuple[bool, str]:
+    """``train.shared_prefix`` (``want``) for a model with this transformers ``config``:
+    (on, the run's line saying which and why). ``on`` where the attention cannot take the
+    mask is a config error."""
+    from trainer.config import ConfigError
+
+    why = unsupported(config)
+    if want == "on" and why:
+        raise ConfigError(f"train.shared_prefix: on, but {why}; use auto or off")
+    if want == "off" or why:
+        return False, (f"off ({'train.shared_prefix: off' if want == 'off' else why}): one "
+                       f"row per completion")
+    cut = (f"; micro-batches of {micro} do not hold whole groups of {group}: a group's prompt "
+           f"is forwarded once in each micro-batch it spans (a multiple of {group} avoids it)"
+           if micro % group else "")
+    return True, (f"on ({config._attn_implementation} attention): each group's prompt is "
+                  f"forwarded once, its completions packed after it{cut}")
+
+
+def check_layout(score: Callable[..., torch.Tensor], mask: torch.Tensor,
+                 dtype: torch.dtype) -> str | None:
+    """One group's log-probs both ways (``score(shared_prefix=...)``, no grad): why the
+    layout cannot be trusted on this run (they differ, or its forward fails), or None."""
+    with torch.no_grad():
+        per_row = score(shared_prefix=False)
+        try:
+            grouped = score(shared_prefix=True)
+        except RuntimeError as exc:  # e.g. a kernel that refuses the 4-D mask
+            return f"its forward failed: {str(exc).strip().splitlines()[0][:200]}"
+    return mismatch(per_row, grouped, mask, dtype)

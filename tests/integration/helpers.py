@@ -145,3 +145,11 @@ def worker_logprob_gaps(base_model: Path, run_dir: Path, rows: list[dict],
         gaps[version] = torch.cat(diffs).mean().item()
         base = model.unload()
     return gaps
+
+
+def assert_shared_prefix_held(out: str) -> None:
+    """The learner ran with the shared-prefix layout (train.shared_prefix auto on the embedded
+    model's SDPA) and its first-micro-batch check found it equal to one row per completion:
+    no fallback warning."""
+    assert "[learner] shared prefix: on" in out, out[-3000:]
+    assert "shared-prefix layout's log-probs differ" not in out, out[-3000:]

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from rollout.adapter_store import AdapterStore
-from tests.integration.helpers import DEMO, REPO, TEST_SETS, set_flags
+from tests.integration.helpers import DEMO, REPO, TEST_SETS, assert_shared_prefix_held, set_flags
 from tests.integration.test_scale_cpu import _wait_healthy
 from trainer.config import load_config
 from trainer.grpo import LossSettings, grpo_loss
@@ -94,8 +94,9 @@ def _finite(rows, *keys):
 
 
 def test_every_variant_trains_and_logs_its_terms(variant_runs):
-    for name, (_, rows, _) in variant_runs.items():
+    for name, (_, rows, out) in variant_runs.items():
         assert [r["step"] for r in rows] == list(range(1, STEPS + 1)), name
+        assert_shared_prefix_held(out)  # GSPO's sequence ratios and two updates included
         _finite(rows, "loss", "policy_loss", "clip_frac", "is_weight", "grad_norm")
 
 

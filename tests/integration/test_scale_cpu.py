@@ -16,7 +16,7 @@ import pytest
 from safetensors.torch import load_file
 
 from rollout.server import health_ok
-from tests.integration.helpers import DEMO, REPO, TEST_SETS, set_flags
+from tests.integration.helpers import DEMO, REPO, TEST_SETS, assert_shared_prefix_held, set_flags
 
 pytestmark = pytest.mark.integration
 PORT = 8420
@@ -56,6 +56,7 @@ def test_two_stonk_workers_and_zero3_ranks_by_hand_serve_the_same_gathered_adapt
         proc = subprocess.run(cmd, cwd=REPO, env=dict(env, DS_ACCELERATOR="cpu"),
                               capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+        assert_shared_prefix_held(proc.stdout + proc.stderr)  # under ZeRO-3's gathers
     finally:
         workers.send_signal(signal.SIGTERM)
         assert workers.wait(timeout=120) == 130

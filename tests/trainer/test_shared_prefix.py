@@ -17,7 +17,7 @@ from tests.conftest import REPO
 from trainer.config import ConfigError, StageConfig, from_dict
 from trainer.learner import load_policy
 from trainer.logprobs import score_tokens
-from trainer.shared_prefix import pack, prompt_runs, unsupported
+from trainer.shared_prefix import check_layout, pack, prompt_runs, resolve, unsupported
 from trainer.types import RolloutBatch
 
 CPU = torch.device("cpu")
@@ -187,6 +187,37 @@ def test_auto_is_off_where_the_attention_cannot_take_the_mask(tiny_model):
     cfg._attn_implementation = "sdpa"
     cfg.layer_types = ["full_attention", "sliding_attention"]
     assert "sliding-window" in unsupported(cfg)
+
+
+def test_the_runs_line_says_which_layout_and_why(tiny_model):
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(tiny_model)
+    cfg._attn_implementation = "sdpa"
+    on, line = resolve("auto", cfg, micro=32, group=8)
+    assert on and line.startswith("on (sdpa attention)") and "do not hold" not in line
+    on, line = resolve("auto", cfg, micro=6, group=8)
+    assert on and "micro-batches of 6 do not hold whole groups of 8" in line
+    assert resolve("off", cfg, 8, 8) == (False, "off (train.shared_prefix: off): one row per "
+                                                "completion")
+    cfg._attn_implementation = "flash_attention_2"
+    on, line = resolve("auto", cfg, 8, 8)
+    assert not on and "flash_attention_2" in line
+    with pytest.raises(ConfigError, match="train.shared_prefix: on, but its attention is "
+                                          "'flash_attention_2'"):
+        resolve("on", cfg, 8, 8)
+
+
+def test_a_grouped_forward_that_fails_is_a_reason_to_fall_back():
+    def score(shared_prefix):
+        if shared_prefix:
+            raise RuntimeError("Expected attn_mask dtype to be bool or float or to match "
+                               "query dtype\nmore")
+        return torch.zeros(1, 3)
+
+    problem = check_layout(score, torch.ones(1, 3), torch.float32)
+    assert problem == ("its forward failed: Expected attn_mask dtype to be bool or float or "
+                       "to match query dtype")
 
 
 def test_on_and_off_read_from_yaml_as_written():

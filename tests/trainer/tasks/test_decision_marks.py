@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from trainer.tasks.decision_marks import decision_extras, decision_mask, token_offsets
 from transformers import AutoTokenizer
 
 from trainer.grpo import TOKEN_SELECTIONS
 from trainer.tasks import decisions  # noqa: F401 - registers the "decision" selection
+from trainer.tasks.decision_marks import decision_extras, decision_mask, token_offsets
 from trainer.tasks.stock.answer import decision_spans
 from trainer.types import RolloutBatch
 
@@ -121,7 +121,6 @@ def test_option_ids_find_the_choice_token_and_what_could_stand_there(tok):
 
 def test_decision_choices_name_the_options_at_the_decision_token(tok):
     from trainer.tasks.decision_marks import decision_choices
-
     from trainer.tasks.stock.answer import decision_options
 
     ids = tok(ANSWER, add_special_tokens=False)["input_ids"]
@@ -150,7 +149,6 @@ def test_the_confidence_figure_is_a_decision_among_the_warm_starts_figures(tok):
     from functools import partial
 
     from trainer.tasks.decision_marks import decision_choices
-
     from trainer.tasks.stock.answer import CONFIDENCE_OPTIONS, decision_options
 
     spans = partial(decision_spans, confidence=True)
