@@ -80,7 +80,7 @@ def test_without_cuda_it_says_so_in_one_line(capsys):
 def test_the_learner_alone_runs_under_accelerate_on_the_cpu(tiny_model, tmp_path):
     """benchmarks/gpu_learner.py (`make gpu-check`'s part 4) through accelerate launch with the
     CPU DeepSpeed config: the real learner at configs/stage1.yaml's settings (4-bit base,
-    ZeRO-2) at a small shape trains two steps, each with the shared-prefix layout and without
+    ZeRO-2) at a small shape trains a step with the shared-prefix layout and one without
     (--compare-layouts), restores its adapter from its DeepSpeed state and writes
     learner.json. On a GPU the same script runs under gpu_single.yaml."""
     import subprocess
@@ -94,7 +94,7 @@ def test_the_learner_alone_runs_under_accelerate_on_the_cpu(tiny_model, tmp_path
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            "launch/accelerate/cpu_deepspeed.yaml", "--num_processes", "1",
            "benchmarks/gpu_learner.py", "--model", str(tiny_model), "--out", str(out),
-           "--compare-layouts", *[x for s in sets for x in ("--set", s)]]
+           "--steps", "1", "--compare-layouts", *[x for s in sets for x in ("--set", s)]]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "DS_ACCELERATOR": "cpu",
                                "CUDA_VISIBLE_DEVICES": ""})
@@ -104,6 +104,6 @@ def test_the_learner_alone_runs_under_accelerate_on_the_cpu(tiny_model, tmp_path
     layers = json.loads((tiny_model / "config.json").read_text())["num_hidden_layers"]
     # every linear of every decoder layer (q, k, v, o, gate, up, down) in 4 bits
     assert result["four_bit_layers"] == 7 * layers and result["mixed_precision"] == "no"
-    assert [s["shared_prefix"] for s in result["steps"]] == [True, False, True, False]
+    assert [s["shared_prefix"] for s in result["steps"]] == [True, False]
     assert all(s["grad_norm"] > 0 for s in result["steps"])
     assert (out / "adapter" / "adapter_config.json").is_file()
