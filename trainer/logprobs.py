@@ -71,7 +71,7 @@ def completion_hidden(model, batch: RolloutBatch, pad_id: int, device: torch.dev
     inner = _inner(model)
     if shared_prefix:
         packed = pack(batch.prompt_ids, batch.completion_ids, batch.completion_mask, pad_id)
-        mask = attention_mask(packed, inner.get_input_embeddings().weight.dtype)
+        mask = attention_mask(packed, inner.get_input_embeddings().weight.dtype, device)
         inputs = (packed.input_ids, mask, packed.position_ids)
     else:
         input_ids, attn, pos, _ = build_inputs(batch.prompt_ids, batch.completion_ids,

@@ -114,28 +114,23 @@ SCORES: dict[str, ScoreSpec] = {}
 MARKERS: dict[str, MarkerSpec] = {}
 
 
-def register_score(spec: ScoreSpec) -> ScoreSpec:
-    SCORES[spec.name] = spec
-    return spec
+def _registry(table: dict):
+    """``register(spec)``: adds ``spec`` to ``table`` under its name and returns it."""
+    def register(spec):
+        table[spec.name] = spec
+        return spec
+
+    return register
 
 
-def register_marker(spec: MarkerSpec) -> MarkerSpec:
-    MARKERS[spec.name] = spec
-    return spec
+register_term = _registry(TERMS)
+register_pg_view = _registry(PG_VIEWS)
+register_score = _registry(SCORES)
+register_marker = _registry(MARKERS)
 
 
 def active_markers(tc: TrainConfig) -> list[MarkerSpec]:
     return [m for m in MARKERS.values() if m.enabled(tc)]
-
-
-def register_term(spec: TermSpec) -> TermSpec:
-    TERMS[spec.name] = spec
-    return spec
-
-
-def register_pg_view(spec: PgViewSpec) -> PgViewSpec:
-    PG_VIEWS[spec.name] = spec
-    return spec
 
 
 def active_terms(tc: TrainConfig) -> list[TermSpec]:

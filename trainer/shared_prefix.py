@@ -57,10 +57,6 @@ class Packed:
     # hidden state that predicts it (the prompt's last token for j = 0); -1 at padding
     source: torch.Tensor
 
-    @property
-    def tokens(self) -> int:
-        return self.input_ids.numel()
-
 
 def prompt_runs(prompt_ids: list[list[int]]) -> list[tuple[int, int]]:
     """[start, stop) of each run of consecutive rows with the same prompt, in row order."""
@@ -116,10 +112,13 @@ def pack(prompt_ids: list[list[int]], completion_ids: torch.Tensor,
     return Packed(ids, pos, allowed, source)
 
 
-def attention_mask(packed: Packed, dtype: torch.dtype) -> torch.Tensor:
-    """The additive ``[B, 1, L, L]`` mask (0: attend; the dtype's min: not)."""
-    out = torch.zeros((packed.allowed.shape[0], 1, *packed.allowed.shape[1:]), dtype=dtype)
-    return out.masked_fill_(~packed.allowed[:, None], torch.finfo(dtype).min)
+def attention_mask(packed: Packed, dtype: torch.dtype,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+    """The additive ``[B, 1, L, L]`` mask (0: attend; the dtype's min: not), made on
+    ``device`` (only the boolean layout crosses from the host)."""
+    allowed = packed.allowed.to(device)
+    out = torch.zeros((allowed.shape[0], 1, *allowed.shape[1:]), dtype=dtype, device=device)
+    return out.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
 
 
 def unsupported(config) -> str | None:
@@ -132,11 +131,6 @@ def unsupported(config) -> str | None:
             kind != "full_attention" for kind in getattr(config, "layer_types", None) or ()):
         return "it has sliding-window layers, which the grouped mask does not carry"
     return None
-
-
-def per_row_tokens(prompt_ids: list[list[int]], completion_mask: torch.Tensor) -> int:
-    """Tokens the per-row layout forwards (padding to the longest row included)."""
-    return len(prompt_ids) * (max(map(len, prompt_ids)) + completion_mask.shape[1])
 
 
 def mismatch(per_row: torch.Tensor, grouped: torch.Tensor, mask: torch.Tensor,
