@@ -28,7 +28,8 @@ import torch
 from trainer.config import StageConfig, check_zero3
 from trainer.dist import rank_and_world
 from trainer.logprobs import TokenScores, score_tokens, token_logprobs
-from trainer.objective import SCORES, Scored, active_terms, compose, needed_scores
+from trainer.joint import join
+from trainer.objective import SCORES, TERMS, Scored, active_terms, compose, needed_scores
 from trainer.safe_state import only_trainable_in_module_state, safe_torch_load
 from trainer.schedules import lr_factor
 from trainer.shared_prefix import check_layout, prompt_runs, resolve
@@ -154,23 +155,33 @@ class Learner:
                                   self.device, chunk_tokens=self.cfg.train.logits_chunk_tokens,
                                   shared_prefix=self.shared_prefix)
 
-    def scores(self, batch: RolloutBatch, extra: set[str] = frozenset()
-               ) -> tuple[TokenScores, dict[str, torch.Tensor]]:
-        """The policy's log-probs with their sampling entropy, and the ``extra`` scores the
+    def scores(self, batch: RolloutBatch, extra: set[str] = frozenset(),
+               side: dict[str, RolloutBatch | None] | None = None
+               ) -> tuple[TokenScores, dict[str, torch.Tensor], dict[str, TokenScores]]:
+        """The policy's log-probs with their sampling entropy, the ``extra`` scores the
         objective's enabled terms read (``objective.SCORES``: each from the log-probs of the
-        alternative tokens the batch names), those the batch has the alternatives for."""
+        alternative tokens the batch names), those the batch has the alternatives for, and
+        the scores of the ``side`` slices whose terms have them scored in this pass (the
+        shared-prefix layout on; trainer/joint.py)."""
         specs = [SCORES[name] for name in sorted(extra)
                  if SCORES[name].alternatives in batch.extras]
         keys = {spec.alternatives for spec in specs}
         if len(keys) > 1:  # one scoring pass gathers one set of alternatives
             raise ValueError(f"the enabled scores read different alternatives: {sorted(keys)}")
         alt_ids = batch.extras[keys.pop()] if keys else None
-        scored = score_tokens(self.model, batch, self.pad_id, self.cfg.rollout.temperature,
-                              self.device, entropy=True, alternatives=alt_ids,
+        joined = {t.name: (side[t.name], side[t.name].extras.get(t.side_alternatives))
+                  for t in TERMS.values() if t.side_in_policy_pass and self.shared_prefix
+                  and (side or {}).get(t.name) is not None and len(side[t.name])}
+        temp = self.cfg.rollout.temperature
+        j = join(batch, alt_ids, temp, joined, self.pad_id) if joined else None
+        scored = score_tokens(self.model, j.batch if j else batch, self.pad_id,
+                              j.temperature if j else temp, self.device, entropy=True,
+                              alternatives=j.alternatives if j else alt_ids,
                               chunk_tokens=self.cfg.train.logits_chunk_tokens,
                               shared_prefix=self.shared_prefix)
+        scored, side_scores = j.split(scored) if j else (scored, {})
         return scored, {spec.name: spec.fn(scored.alternatives, alt_ids.to(self.device))
-                        for spec in specs}
+                        for spec in specs}, side_scores
 
     def set_step(self, step: int) -> float:
         """Set the learning rate of optimizer step ``step`` (1-based, ``train.lr_schedule``);
@@ -237,19 +248,19 @@ class Learner:
         policy, the reference's log-probs (``kl_coef`` > 0), each side batch's share."""
         if not self._layout_checked:
             self._check_layout(mb)
-        scored, extras = self.scores(mb, extra)
-        ref = None
-        if self.cfg.train.kl_coef > 0:
-            with torch.no_grad():
-                ref = self.logprobs(mb, adapter=False)
         shares = {}
         for name, b in side.items():
             per = -(-len(b) // n_micro) if b is not None and len(b) else 0
             shares[name] = None if b is None else b.slice(k * per, (k + 1) * per)
+        scored, extras, side_scores = self.scores(mb, extra, shares)
+        ref = None
+        if self.cfg.train.kl_coef > 0:
+            with torch.no_grad():
+                ref = self.logprobs(mb, adapter=False)
         return Scored(self.cfg.train, mb, mb.completion_mask.to(self.device), scored.logp,
                       scored.entropy, {"logp": scored.logp.detach(),
                                        **{n: v.detach() for n, v in extras.items()}},
-                      ref, extras, shares, self.model, self.pad_id, self.device)
+                      ref, extras, shares, self.model, self.pad_id, self.device, side_scores)
 
     def _accumulate(self, loss: torch.Tensor, n_micro: int) -> None:
         """Add the gradient of ``loss / n_micro``: a step's loss is the mean over its

@@ -111,10 +111,13 @@ def output_head(model):
     return partial(F.linear, weight=w, bias=b)
 
 
-def _chunk_scores(head, temperature: float, entropy: bool, h: torch.Tensor,
-                  ids: torch.Tensor, alt_ids: torch.Tensor | None):
+def _chunk_scores(head, entropy: bool, h: torch.Tensor, ids: torch.Tensor,
+                  alt_ids: torch.Tensor | None, temperature: float | torch.Tensor):
     """One chunk of K positions: (log p of ``ids`` [K], log p of each alternative [K, A] with
-    -inf at padding (or None), the sampling entropy [K] detached (or None))."""
+    -inf at padding (or None), the sampling entropy [K] detached (or None)). ``temperature``:
+    one for every position, or each position's [K]."""
+    if isinstance(temperature, torch.Tensor):
+        temperature = temperature[:, None]
     logits = head(h).float() / temperature  # [K, vocab]: the only full-vocabulary tensor
     lse = torch.logsumexp(logits, dim=-1, keepdim=True)
     picked = (logits.gather(-1, ids[:, None]) - lse).squeeze(-1)
@@ -153,24 +156,30 @@ def token_logprobs(model, batch: RolloutBatch, pad_id: int, temperature: float,
                         shared_prefix=shared_prefix).logp
 
 
-def score_tokens(model, batch: RolloutBatch, pad_id: int, temperature: float,
+def score_tokens(model, batch: RolloutBatch, pad_id: int, temperature: float | torch.Tensor,
                  device: torch.device, *, entropy: bool = False,
                  alternatives: torch.Tensor | None = None, chunk_tokens: int = 0,
                  shared_prefix: bool = False) -> TokenScores:
     """:class:`TokenScores` of the batch's completions; ``entropy`` and ``alternatives``
-    add its optional parts. ``chunk_tokens``: positions per pass of the output head (0: all
-    at once). ``shared_prefix``: one forward of each prompt (``completion_hidden``)."""
+    add its optional parts. ``temperature``: one for every row, or each row's ``[n]``
+    (trainer/joint.py scores rows of several terms in one pass). ``chunk_tokens``: positions
+    per pass of the output head (0: all at once). ``shared_prefix``: one forward of each
+    prompt (``completion_hidden``)."""
     h = completion_hidden(model, batch, pad_id, device, shared_prefix)
     n, t = batch.completion_ids.shape
     flat_h = h.reshape(n * t, h.shape[-1])
     ids = batch.completion_ids.to(device).reshape(-1)
     alt = None if alternatives is None else alternatives.to(device).reshape(n * t, -1)
-    score = partial(_chunk_scores, output_head(model), temperature, entropy)
+    temp = temperature
+    if isinstance(temp, torch.Tensor):
+        temp = temp.to(device, torch.float32).repeat_interleave(t)
+    score = partial(_chunk_scores, output_head(model), entropy)
     size = chunk_tokens if chunk_tokens > 0 else max(n * t, 1)
     recompute = torch.is_grad_enabled() and flat_h.requires_grad and size < n * t
     parts = []
     for s in range(0, n * t, size):
-        args = (flat_h[s:s + size], ids[s:s + size], None if alt is None else alt[s:s + size])
+        args = (flat_h[s:s + size], ids[s:s + size], None if alt is None else alt[s:s + size],
+                temp[s:s + size] if isinstance(temp, torch.Tensor) else temp)
         parts.append(checkpoint(score, *args, use_reentrant=False) if recompute
                      else score(*args))
     out = TokenScores(torch.cat([p[0] for p in parts]).view(n, t))

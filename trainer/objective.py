@@ -29,6 +29,7 @@ import torch
 
 from trainer.config import TrainConfig
 from trainer.grpo import SELECTION_MARKS, TOKEN_SELECTIONS, LossSettings, PgView, grpo_loss
+from trainer.logprobs import TokenScores
 from trainer.types import RolloutBatch
 
 
@@ -57,6 +58,9 @@ class Scored:
     model: object
     pad_id: int
     device: torch.device
+    # a side slice's scores from the policy's pass (TermSpec.side_in_policy_pass, shared-prefix
+    # layout on): temperature 1, with grad; a term scores its slice itself when absent
+    side_scores: dict[str, TokenScores] = field(default_factory=dict)
 
 
 TermFn = Callable[[Scored], "Term | list[Term]"]
@@ -74,6 +78,12 @@ class TermSpec:
     # builds its side batch for a step: (task, samples, prompt_ids, tokenizer, pad_id, rng)
     # -> RolloutBatch or None; the learner hands each micro-batch its share of the rows
     side: Callable | None = None
+    # the side rows continue the batch's prompts and the term reads only their scores (at
+    # temperature 1; ``side_alternatives``: the extras key of the alternative tokens it
+    # reads): under the shared-prefix layout the learner scores them in the policy's pass,
+    # each after its group (trainer/joint.py), and hands them over as Scored.side_scores
+    side_in_policy_pass: bool = False
+    side_alternatives: str | None = None
 
 
 @dataclass(frozen=True)

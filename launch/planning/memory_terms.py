@@ -37,7 +37,8 @@ Learner rank:
   overlap_comm (DeepSpeed allocates it whole; ds_config.json, or launch.ds_config).
 - activations kept for the backward, per micro-batch of train.micro_batch_size x S tokens
   (with train.anchor_coef or balance_coef > 0, plus its share of the anchor answers,
-  prompts_per_rank / micro-batches of S tokens): per layer and token
+  prompts_per_rank / micro-batches of S tokens; of max_tokens each with the shared prefix,
+  where each is one more completion in its group's packed row): per layer and token
   4(2H + nh + 2) + b(3H + 3I + 2kv + 4r) bytes (float32 RMSNorm inputs and attention
   log-sum-exps; the rest in b: the frozen base keeps no inputs of its own, each LoRA A
   keeps its input, the MLP keeps gate, up and SiLU); an adapted MLP projection keeps its
@@ -51,9 +52,10 @@ Learner rank:
   (packed rows) x P + micro_batch_size x R tokens, plus the grouped mask, b per (query, key)
   pair of each packed row, kept once for every layer's backward (trainer/shared_prefix.py).
 - logits: the output head scores K = train.logits_chunk_tokens completion positions at a
-  time (0: the whole micro-batch); the peak, in a chunk's backward, is five float32 [K, V]
-  tensors (the recomputed logits, exp(logits - logsumexp) and its product with the
-  gradient, the gather's scattered gradient, their sum; the forward's entropy holds four).
+  time (0: the whole micro-batch, with the shared prefix its anchor answers too); the peak,
+  in a chunk's backward, is five float32 [K, V] tensors (the recomputed logits,
+  exp(logits - logsumexp) and its product with the gradient, the gather's scattered
+  gradient, their sum; the forward's entropy holds four).
 - backward working set: gradients through one layer, 2 x (H + I) x b per token.
 The process's figure is the sum of its terms: the logits and backward peaks are counted on
 top of all kept activations (they overlap them in time; the CPU benchmark, BENCHMARKS.md
@@ -258,8 +260,12 @@ def learner_memory(arch: Architecture, cfg: StageConfig, prompt: int,
     seq = prompt + cfg.rollout.max_tokens
     tokens, rows, width = micro_batch_tokens(cfg, prompt)
     n_micro = tc.prompts_per_rank * cfg.rollout.group_size // tc.micro_batch_size
-    if tc.anchor_coef > 0 or tc.balance_coef > 0:
-        tokens += math.ceil(tc.prompts_per_rank / n_micro) * seq
+    anchors = (math.ceil(tc.prompts_per_rank / n_micro)
+               if tc.anchor_coef > 0 or tc.balance_coef > 0 else 0)
+    # the anchor's answers: under the shared prefix one more completion in their groups'
+    # packed rows (trainer/joint.py), scored in the policy's pass; else a pass of their own
+    tokens += anchors * (cfg.rollout.max_tokens if rows else seq)
+    width += cfg.rollout.max_tokens if rows and anchors else 0
     b_res = b if mixed or not mc.load_in_4bit else 4
     acts = {gc: activation_bytes(arch, cfg, tokens, b_res, b, gc) for gc in (False, True)}
     gc = tc.gradient_checkpointing
@@ -268,7 +274,7 @@ def learner_memory(arch: Architecture, cfg: StageConfig, prompt: int,
     if rows:
         terms.append(Term("shared-prefix mask", rows * width * width * b,
                           f"{rows} packed row(s) of {width} tokens, squared, x {b} B"))
-    positions = tc.micro_batch_size * cfg.rollout.max_tokens
+    positions = (tc.micro_batch_size + (anchors if rows else 0)) * cfg.rollout.max_tokens
     chunk = min(tc.logits_chunk_tokens or positions, positions)
     terms.append(Term("logits", LOGITS_COPIES * chunk * arch.vocab * 4,
                       f"{LOGITS_COPIES} x {chunk} positions x {arch.vocab} x 4 B"))

@@ -132,6 +132,18 @@ def test_shared_prefix_tokens_by_hand():
     on, per_row = (learner_memory(architecture(QWEN), c, 400) for c in (cfg, off))
     assert on.get("shared-prefix mask") == (400 + 8 * 384) ** 2 * 2  # bf16
     assert on.get("activations") < per_row.get("activations")
+    # with the anchor, its answer is a ninth completion in each group's packed row (one
+    # group a micro-batch here: 8 micro-batches of 8 prompts, one answer each), its logits
+    # scored with the group's; per row it is a row of prompt + answer of its own
+    anchored = {"train.anchor_coef": 1.0, "train.logits_chunk_tokens": 0}
+    on = learner_memory(architecture(QWEN), _stage1(**anchored), 400)
+    off = learner_memory(architecture(QWEN), _stage1(**anchored, **{
+        "train.shared_prefix": "off"}), 400)
+    assert on.get("shared-prefix mask") == (400 + 9 * 384) ** 2 * 2
+    assert "micro-batch of 3856 tokens" in on.notes[0]  # 400 + 9 x 384
+    assert "micro-batch of 7056 tokens" in off.notes[0]  # 8 x 784 + 784
+    assert on.get("logits") == 5 * 9 * 384 * 151936 * 4
+    assert off.get("logits") == 5 * 8 * 384 * 151936 * 4
 
 
 def test_activation_formula_by_hand_on_a_toy_shape():

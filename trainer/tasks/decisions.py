@@ -24,7 +24,7 @@ import torch
 
 from trainer.dist import all_reduce_, rank_and_world
 from trainer.grpo import register_selection
-from trainer.logprobs import score_tokens
+from trainer.logprobs import TokenScores, score_tokens
 from trainer.objective import (
     MarkerSpec,
     PgViewSpec,
@@ -102,7 +102,7 @@ def anchor_term(s: Scored) -> list[Term]:
     metrics: dict[str, float] = {}
     if chunk is not None and len(chunk):
         nll, share, prior = anchor_terms(s.model, chunk, s.pad_id, device,
-                                         tc.logits_chunk_tokens)
+                                         tc.logits_chunk_tokens, s.side_scores.get("anchor"))
         if tc.anchor_coef > 0:
             loss = loss + tc.anchor_coef * nll
             metrics["anchor_nll"] = float(nll.detach())
@@ -118,8 +118,10 @@ def anchor_term(s: Scored) -> list[Term]:
 
 
 def anchor_terms(model, anchor: RolloutBatch, pad_id: int, device: torch.device,
-                 chunk_tokens: int = 0):
-    """The anchor's two terms from one forward (temperature 1, with grad):
+                 chunk_tokens: int = 0, scored: TokenScores | None = None):
+    """The anchor's two terms from one forward (temperature 1, with grad; ``scored``: the
+    rows' scores from the policy's pass, which the learner gives under the shared-prefix
+    layout, the ``choice_ids`` alternatives gathered):
 
     - the mean NLL per token of the reference answers. The tokens of their free choices
       (``decision_mask``) are not held as written: where a choice is made and ``choice_ids``
@@ -131,8 +133,9 @@ def anchor_terms(model, anchor: RolloutBatch, pad_id: int, device: torch.device,
       that have one (M = 0: empty tensors). ``balance_kl`` turns them into the balance term.
     """
     marked, choice_ids = anchor.extras.get("decision_mask"), anchor.extras.get("choice_ids")
-    scored = score_tokens(model, anchor, pad_id, 1.0, device, alternatives=choice_ids,
-                          chunk_tokens=chunk_tokens)
+    if scored is None:
+        scored = score_tokens(model, anchor, pad_id, 1.0, device, alternatives=choice_ids,
+                              chunk_tokens=chunk_tokens)
     logp, alts = scored.logp, scored.alternatives
     if alts is not None:  # at a choice: log p(any of its options) instead of the written one
         logp = torch.where(choice_ids.to(device)[..., 0] >= 0, torch.logsumexp(alts, -1), logp)
@@ -241,4 +244,5 @@ def _prior(choice, token_ids: list[int]) -> list[float]:
 register_term(TermSpec(
     "anchor", anchor_term, enabled=lambda tc: tc.anchor_coef > 0 or tc.balance_coef > 0,
     sparse={"anchor_nll": lambda tc: tc.anchor_coef > 0,
-            "balance_share": lambda tc: tc.balance_coef > 0}, side=anchor_batch))
+            "balance_share": lambda tc: tc.balance_coef > 0}, side=anchor_batch,
+    side_in_policy_pass=True, side_alternatives="choice_ids"))
