@@ -27,9 +27,10 @@ import torch
 
 from trainer.config import StageConfig, check_zero3
 from trainer.dist import rank_and_world
-from trainer.logprobs import TokenScores, score_tokens, token_logprobs
 from trainer.joint import join
+from trainer.logprobs import TokenScores, score_tokens, token_logprobs
 from trainer.objective import SCORES, TERMS, Scored, active_terms, compose, needed_scores
+from trainer.prefix_attention import use_blocks
 from trainer.safe_state import only_trainable_in_module_state, safe_torch_load
 from trainer.schedules import lr_factor
 from trainer.shared_prefix import check_layout, prompt_runs, resolve
@@ -106,13 +107,16 @@ class Learner:
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.is_deepspeed = plugin is not None
         self.zero_stage = plugin.zero_stage if plugin is not None else 0
-        self.shared_prefix = self._shared_prefix(model.config)
+        self.shared_prefix = self._shared_prefix(model)
         self._layout_checked = not self.shared_prefix
 
-    def _shared_prefix(self, config) -> bool:
-        """``train.shared_prefix`` resolved against the model's attention; says which."""
-        on, line = resolve(self.cfg.train.shared_prefix, config, self.micro,
+    def _shared_prefix(self, model) -> bool:
+        """``train.shared_prefix`` resolved against the model's attention (SDPA's goes by
+        blocks, trainer/prefix_attention.py); says which."""
+        on, line = resolve(self.cfg.train.shared_prefix, model.config, self.micro,
                            self.cfg.rollout.group_size)
+        if on and use_blocks(model.get_base_model()):
+            line += "; attention by blocks, no [L, L] mask"
         if rank_and_world()[0] == 0:
             print(f"[learner] shared prefix: {line}", flush=True)
         return on

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from trainer.prefix_attention import NAME as BLOCKS
 from trainer.shared_prefix import attention_mask, pack
 from trainer.types import RolloutBatch
 
@@ -69,9 +70,16 @@ def completion_hidden(model, batch: RolloutBatch, pad_id: int, device: torch.dev
         kept["h"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
 
     inner = _inner(model)
+    extra = {}
     if shared_prefix:
         packed = pack(batch.prompt_ids, batch.completion_ids, batch.completion_mask, pad_id)
-        mask = attention_mask(packed, inner.get_input_embeddings().weight.dtype, device)
+        if inner.config._attn_implementation == BLOCKS:  # by blocks: no [L, L] mask
+            # a 2-D mask of ones: transformers then makes none (SDPA's causal shortcut) and
+            # does not read the restarting position ids as packed sequences
+            mask = torch.ones(packed.input_ids.shape, dtype=torch.long)
+            extra = {"prefix_segments": packed.segments}
+        else:
+            mask = attention_mask(packed, inner.get_input_embeddings().weight.dtype, device)
         inputs = (packed.input_ids, mask, packed.position_ids)
     else:
         input_ids, attn, pos, _ = build_inputs(batch.prompt_ids, batch.completion_ids,
@@ -80,7 +88,7 @@ def completion_hidden(model, batch: RolloutBatch, pad_id: int, device: torch.dev
     handle = inner.get_decoder().register_forward_hook(keep)
     try:
         model(input_ids=inputs[0].to(device), attention_mask=inputs[1].to(device),
-              position_ids=inputs[2].to(device), logits_to_keep=1, use_cache=False)
+              position_ids=inputs[2].to(device), logits_to_keep=1, use_cache=False, **extra)
     finally:
         handle.remove()
     h = kept["h"]

@@ -25,7 +25,9 @@ alone. So every hidden state equals the per-row layout's, and the gradients of t
 completions sum into the one prompt computation: the same forward outputs and gradients
 (Prefix Grouper, arXiv 2506.05433) from P + sum(R_i) tokens instead of G * P + sum(R_i).
 
-The mask goes to the model as a 4-D ``[B, 1, L, L]`` tensor, which transformers passes to the
+A model whose attention is ``sdpa`` computes the layout by blocks, only the pairs the
+picture allows, from :attr:`Packed.segments` (trainer/prefix_attention.py). Otherwise the
+mask goes to the model as a 4-D ``[B, 1, L, L]`` tensor, which transformers passes to the
 attention as it is: additive (0 / the dtype's min) in the model's dtype, which SDPA and eager
 both take. Not boolean: SDPA would convert a boolean mask to an additive one in every layer,
 and autograd would keep each layer's copy for the backward (28 x L^2 x 2 bytes at Qwen2.5-1.5B's
@@ -43,7 +45,10 @@ from dataclasses import dataclass
 
 import torch
 
-SUPPORTED_ATTENTION = ("sdpa", "eager")
+from trainer.prefix_attention import NAME as BLOCKS
+from trainer.prefix_attention import Segments
+
+SUPPORTED_ATTENTION = ("sdpa", "eager", BLOCKS)
 
 
 @dataclass
@@ -56,6 +61,7 @@ class Packed:
     # [n, T] long: for completion row r's token j, the flat index (b * L + column) of the
     # hidden state that predicts it (the prompt's last token for j = 0); -1 at padding
     source: torch.Tensor
+    segments: Segments  # each row's prompt length and completions' columns (for the blocks)
 
 
 def prompt_runs(prompt_ids: list[list[int]]) -> list[tuple[int, int]]:
@@ -87,6 +93,7 @@ def pack(prompt_ids: list[list[int]], completion_ids: torch.Tensor,
     pos = torch.zeros((len(runs), width), dtype=torch.long)
     allowed = torch.zeros((len(runs), width, width), dtype=torch.bool)
     source = torch.full((n, t), -1, dtype=torch.long)
+    prompts, segments = [], []
     for b, (a, stop) in enumerate(runs):
         prompt = prompt_ids[a]
         p = len(prompt)
@@ -96,10 +103,13 @@ def pack(prompt_ids: list[list[int]], completion_ids: torch.Tensor,
         pos[b, :p] = torch.arange(p)
         allowed[b, :p, :p] = torch.ones(p, p, dtype=torch.bool).tril()
         col = p
+        prompts.append(p)
+        segments.append([])
         for r in range(a, stop):
             m = lengths[r]
             if m == 0:
                 continue
+            segments[-1].append((col, m))
             ids[b, col:col + m] = completion_ids[r, :m]
             pos[b, col:col + m] = torch.arange(p, p + m)
             allowed[b, col:col + m, :p] = True
@@ -109,7 +119,8 @@ def pack(prompt_ids: list[list[int]], completion_ids: torch.Tensor,
             col += m
         pad = torch.arange(col, width)
         allowed[b, pad, pad] = True
-    return Packed(ids, pos, allowed, source)
+    return Packed(ids, pos, allowed, source,
+                  Segments(tuple(prompts), tuple(tuple(x) for x in segments)))
 
 
 def attention_mask(packed: Packed, dtype: torch.dtype,

@@ -49,8 +49,12 @@ Learner rank:
   autograd's saved tensors in tests/launch/test_memory_plan.py.
   With train.shared_prefix (auto counts as on) a micro-batch forwards each prompt once: its
   rows that share a prompt are one packed row of P + (their number) x R tokens, so it holds
-  (packed rows) x P + micro_batch_size x R tokens, plus the grouped mask, b per (query, key)
-  pair of each packed row, kept once for every layer's backward (trainer/shared_prefix.py).
+  (packed rows) x P + micro_batch_size x R tokens. Its attention runs by blocks (sdpa models,
+  trainer/prefix_attention.py): per packed row of C completions each layer keeps the
+  completions' queries gathered (b x H x C x R) and the keys and values each completion reads,
+  heads repeated (2 x b x H x C x (P + R)); for one layer with gradient checkpointing, every
+  layer without. (An eager model takes the dense mask instead: b per (query, key) pair of
+  each packed row, once for every layer; the plan counts the blocks.)
 - logits: the output head scores K = train.logits_chunk_tokens completion positions at a
   time (0: the whole micro-batch, with the shared prefix its anchor answers too); the peak,
   in a chunk's backward, is five float32 [K, V] tensors (the recomputed logits,
@@ -272,8 +276,13 @@ def learner_memory(arch: Architecture, cfg: StageConfig, prompt: int,
     terms.append(Term("activations", acts[gc],
                       f"{tokens} tokens, gradient checkpointing {'on' if gc else 'off'}"))
     if rows:
-        terms.append(Term("shared-prefix mask", rows * width * width * b,
-                          f"{rows} packed row(s) of {width} tokens, squared, x {b} B"))
+        per_row = min(tc.micro_batch_size, cfg.rollout.group_size) + (1 if anchors else 0)
+        r = cfg.rollout.max_tokens
+        kept = 1 if gc else arch.layers
+        blocks = kept * rows * b_res * arch.hidden * per_row * (r + 2 * (prompt + r))
+        terms.append(Term("shared-prefix blocks", blocks,
+                          f"{kept} layer(s) x {rows} packed row(s) x {per_row} completions: "
+                          f"queries, and the keys and values each reads"))
     positions = (tc.micro_batch_size + (anchors if rows else 0)) * cfg.rollout.max_tokens
     chunk = min(tc.logits_chunk_tokens or positions, positions)
     terms.append(Term("logits", LOGITS_COPIES * chunk * arch.vocab * 4,

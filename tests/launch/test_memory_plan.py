@@ -130,7 +130,10 @@ def test_shared_prefix_tokens_by_hand():
     off = _stage1(**{"train.shared_prefix": "off"})
     assert micro_batch_tokens(off, 400) == (8 * (400 + 384), 0, 0)
     on, per_row = (learner_memory(architecture(QWEN), c, 400) for c in (cfg, off))
-    assert on.get("shared-prefix mask") == (400 + 8 * 384) ** 2 * 2  # bf16
+    # by blocks (Qwen's sdpa): one layer's (gradient checkpointing) queries of the 8
+    # completions and the keys and values each reads (prompt + its own), Qwen's 1536 wide, bf16
+    assert cfg.train.gradient_checkpointing
+    assert on.get("shared-prefix blocks") == 2 * 1536 * 8 * (384 + 2 * (400 + 384))
     assert on.get("activations") < per_row.get("activations")
     # with the anchor, its answer is a ninth completion in each group's packed row (one
     # group a micro-batch here: 8 micro-batches of 8 prompts, one answer each), its logits
@@ -139,7 +142,7 @@ def test_shared_prefix_tokens_by_hand():
     on = learner_memory(architecture(QWEN), _stage1(**anchored), 400)
     off = learner_memory(architecture(QWEN), _stage1(**anchored, **{
         "train.shared_prefix": "off"}), 400)
-    assert on.get("shared-prefix mask") == (400 + 9 * 384) ** 2 * 2
+    assert on.get("shared-prefix blocks") == 2 * 1536 * 9 * (384 + 2 * (400 + 384))
     assert "micro-batch of 3856 tokens" in on.notes[0]  # 400 + 9 x 384
     assert "micro-batch of 7056 tokens" in off.notes[0]  # 8 x 784 + 784
     assert on.get("logits") == 5 * 9 * 384 * 151936 * 4
@@ -159,7 +162,8 @@ def test_activation_formula_by_hand_on_a_toy_shape():
     assert activation_bytes(toy, cfg, 10, 4, 4, True) == 10 * (2 * 32 + 64) + 10 * 416
 
 
-@pytest.mark.parametrize("dropout,shared", [(0.0, False), (0.05, False), (0.0, True)])
+@pytest.mark.parametrize("dropout,shared", [(0.0, False), (0.05, False), (0.0, "mask"),
+                                            (0.0, "blocks")])
 def test_activations_equal_what_autograd_keeps_on_the_embedded_model(warm_model, dropout,
                                                                       shared):
     """float32 on CPU: the bytes of every tensor the policy forward saves for the backward
@@ -175,6 +179,10 @@ def test_activations_equal_what_autograd_keeps_on_the_embedded_model(warm_model,
     cfg.model.name_or_path, cfg.model.dtype, cfg.launch.device = str(warm_model), "float32", "cpu"
     cfg.lora.dropout = dropout
     model = load_policy(cfg, torch.device("cpu")).train()
+    if shared == "blocks":
+        from trainer.prefix_attention import use_blocks
+
+        assert use_blocks(model.get_base_model())
     n, p, t = 4, 24, 40
     ids = torch.randint(3, 400, (n, t))
     batch = RolloutBatch([list(range(3, 3 + p))] * n, ids, torch.ones(n, t), torch.zeros(n, t),
@@ -190,11 +198,15 @@ def test_activations_equal_what_autograd_keeps_on_the_embedded_model(warm_model,
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
         score_tokens(model, batch, 0, 1.0, torch.device("cpu"), entropy=True,
-                     chunk_tokens=1024, shared_prefix=shared)
-    # the shared-prefix layout: one packed row of p + n t tokens, and its float32 [L, L] mask
+                     chunk_tokens=1024, shared_prefix=bool(shared))
+    # the shared-prefix layout: one packed row of p + n t tokens, and its float32 [L, L]
+    # mask; by blocks instead each layer's gathered queries and the keys and values each
+    # completion reads (heads repeated)
+    arch = architecture(str(warm_model))
     tokens = p + n * t if shared else n * (p + t)
-    want = activation_bytes(architecture(str(warm_model)), cfg, tokens, 4, 4, False) + (
-        tokens * tokens * 4 if shared else 0)
+    extra = {False: 0, "mask": tokens * tokens * 4,
+             "blocks": arch.layers * 4 * arch.hidden * n * (t + 2 * (p + t))}[shared]
+    want = activation_bytes(arch, cfg, tokens, 4, 4, False) + extra
     # the first layer's input needs no gradient, so it keeps less: within 10 %
     assert sum(kept.values()) == pytest.approx(want, rel=0.10)
 

@@ -154,7 +154,7 @@ def test_the_learner_scores_the_anchor_in_the_policy_pass(warm_model, capsys):
         batch, side = _stock_step(warm_model)
         forwards = []
         learner.peft_model.get_decoder().register_forward_hook(
-            lambda *_: forwards.append(1))
+            lambda *_, seen=forwards: seen.append(1))
         learner._layout_checked = True  # count the training passes only
         learner.set_step(1)
         before = {n: t.clone() for n, t in learner.adapter_tensors().items()}

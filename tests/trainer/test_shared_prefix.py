@@ -17,6 +17,7 @@ from tests.conftest import REPO
 from trainer.config import ConfigError, StageConfig, from_dict
 from trainer.learner import load_policy
 from trainer.logprobs import score_tokens
+from trainer.prefix_attention import use_blocks
 from trainer.shared_prefix import check_layout, pack, prompt_runs, resolve, unsupported
 from trainer.types import RolloutBatch
 
@@ -75,7 +76,7 @@ def _qwen_shaped(tmp_path, tied: bool):
     return path
 
 
-def _policy(path, device=CPU, dtype="float32", **settings):
+def _policy(path, device=CPU, dtype="float32", blocks=False, **settings):
     cfg = StageConfig()
     cfg.model.name_or_path, cfg.model.dtype = str(path), dtype
     cfg.lora.target_modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
@@ -89,6 +90,8 @@ def _policy(path, device=CPU, dtype="float32", **settings):
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.1)
+    if blocks:  # the layout's attention by blocks instead of SDPA with the dense mask
+        assert use_blocks(model.get_base_model())
     return model.train()
 
 
@@ -138,21 +141,24 @@ def _assert_same(model, batch):
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
-def test_the_embedded_model_scores_the_same_both_ways(tiny_model, checkpointing):
-    model = _policy(tiny_model, train__gradient_checkpointing=checkpointing)
+@pytest.mark.parametrize("blocks", [False, True], ids=["mask", "blocks"])
+def test_the_embedded_model_scores_the_same_both_ways(tiny_model, checkpointing, blocks):
+    model = _policy(tiny_model, blocks=blocks, train__gradient_checkpointing=checkpointing)
     _assert_same(model, _groups(model.config.vocab_size))
 
 
+@pytest.mark.parametrize("blocks", [False, True], ids=["mask", "blocks"])
 @pytest.mark.parametrize("tied", [True, False])
-def test_a_qwen_shaped_model_scores_the_same_both_ways(tmp_path, tied):
+def test_a_qwen_shaped_model_scores_the_same_both_ways(tmp_path, tied, blocks):
     path = _qwen_shaped(tmp_path, tied)
-    model = _policy(path)
+    model = _policy(path, blocks=blocks)
     assert model.config.tie_word_embeddings is tied
     _assert_same(model, _groups(320, seed=int(tied)))
 
 
-def test_a_4bit_base_scores_the_same_both_ways(tiny_model):
-    model = _policy(tiny_model, model__load_in_4bit=True)
+@pytest.mark.parametrize("blocks", [False, True], ids=["mask", "blocks"])
+def test_a_4bit_base_scores_the_same_both_ways(tiny_model, blocks):
+    model = _policy(tiny_model, blocks=blocks, model__load_in_4bit=True)
     batch = _groups(model.config.vocab_size)
     (lp, _, grads), (lp2, _, grads2) = _both_ways(model, batch)
     # bitsandbytes dequantises the same weights either way; only the layout differs
@@ -161,10 +167,11 @@ def test_a_4bit_base_scores_the_same_both_ways(tiny_model):
         assert (g - grads2[name]).norm() <= 1e-4 * g.norm() + 1e-9, name
 
 
-def test_a_group_cut_by_a_micro_batch_boundary_packs_once_per_micro_batch(tiny_model):
+@pytest.mark.parametrize("blocks", [False, True], ids=["mask", "blocks"])
+def test_a_group_cut_by_a_micro_batch_boundary_packs_once_per_micro_batch(tiny_model, blocks):
     """Two groups of 4 in micro-batches of 3: the middle micro-batch holds the end of the
     first group and the start of the second: two packed rows, each with its prompt."""
-    model = _policy(tiny_model)
+    model = _policy(tiny_model, blocks=blocks)
     batch = _groups(model.config.vocab_size)
     middle = batch.slice(3, 6)
     assert prompt_runs(middle.prompt_ids) == [(0, 1), (1, 3)]
@@ -254,10 +261,16 @@ def _replay_batch(learner, step=1) -> RolloutBatch:
                                     learner.pad_id)
 
 
-def test_a_layout_regression_falls_back_with_one_warning(warm_model, monkeypatch, capsys):
-    """A mask that lets completions see each other (a regression the check must catch):
-    the first micro-batch's check says so in one line and the run trains per row."""
+@pytest.mark.parametrize("regression", ["leaky mask", "completion seen whole",
+                                        "positions run on"])
+def test_a_layout_regression_falls_back_with_one_warning(warm_model, monkeypatch, capsys,
+                                                         regression):
+    """Regressions the check must catch: a mask that lets completions see each other (the
+    dense mask's path), a completion that sees its own later tokens (the blocks' path),
+    position ids that run on across completions (both): the first micro-batch's check says
+    so in one line and the run trains per row."""
     import trainer.logprobs as logprobs
+    import trainer.prefix_attention as blocks
 
     learner = _learner(warm_model)
     assert learner.shared_prefix
@@ -265,8 +278,17 @@ def test_a_layout_regression_falls_back_with_one_warning(warm_model, monkeypatch
 
     def leaky(*args):
         packed = real(*args)
-        packed.allowed = torch.ones_like(packed.allowed).tril()  # plain causal: leaks
+        if regression == "leaky mask":
+            learner.peft_model.get_base_model().set_attn_implementation("sdpa")  # dense mask
+            packed.allowed = torch.ones_like(packed.allowed).tril()  # plain causal: leaks
+        elif regression == "positions run on":
+            packed.position_ids = torch.arange(packed.position_ids.shape[1]).expand_as(
+                packed.position_ids)
         return packed
+
+    if regression == "completion seen whole":  # each completion reads its later tokens
+        monkeypatch.setattr(blocks, "_causal",
+                            lambda n, device: torch.ones(n, n, dtype=torch.bool, device=device))
 
     monkeypatch.setattr(logprobs, "pack", leaky)
     learner.set_step(1)
