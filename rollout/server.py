@@ -249,8 +249,14 @@ class WorkerPool:
             w.wait_healthy(self.startup_timeout, stop_waiting)
 
     def stop(self) -> None:
-        for w in self.workers:
-            w.close()
+        """Stop every worker for good, together: each shutdown (vLLM's server, then its
+        engine process) takes seconds, and one after another they would add up on a node
+        with eight."""
+        threads = [threading.Thread(target=w.close, daemon=True) for w in self.workers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
 
     def describe(self) -> list[dict]:
         return [{"url": w.url, "pid": w.pid, "log": str(w.log_path)} for w in self.workers]

@@ -27,6 +27,8 @@ REFERENCE_SETS = ("train.steps=4", "run.checkpoint_every=2", "train.learning_rat
                   "run.keep_adapter_versions=10", "rollout.health_check_interval_s=2",
                   "train.kl_coef=0.05",  # the demo runs KL 0: with it the reference pass runs
                   "run.report_to=[tensorboard]")
+# steps of the session's prompts-task run with sampling overlapped (conftest.prompts_run)
+PROMPTS_RUN_STEPS = 3
 
 
 def set_flags(*sets: str) -> list[str]:

@@ -1,34 +1,25 @@
 """``rollout.overlap``: each rank samples step k+1 while its learner trains step k, one
-adapter version behind, and nothing mixes versions: a real Stage I run (1 vLLM worker, 2
-DeepSpeed ZeRO-2 ranks) whose last batch the worker sampled under exactly v(k-2), and whose
+adapter version behind, and nothing mixes versions: a real run (1 vLLM worker, 2 DeepSpeed
+ZeRO-2 ranks; the session's ``prompts_run``, plain GRPO on the prompts task: overlap is the
+recipe's, not a task's) whose last batch the worker sampled under exactly v(k-2), and whose
 checkpoint records the trained position of the prompt sampler, not the prefetched one."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 
 import pytest
 
-from tests.integration.helpers import REPO, cli_command, worker_logprob_gaps
+from tests.integration.helpers import PROMPTS_RUN_STEPS as STEPS
+from tests.integration.helpers import worker_logprob_gaps
 
 pytestmark = pytest.mark.integration
-STEPS = 3
-PROMPTS = 4  # the demo's train.prompts_per_rank
+PROMPTS = 4  # train.prompts_per_rank of the integration runs (helpers.TEST_SETS)
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, warm_model):
-    root = tmp_path_factory.mktemp("overlap")
-    sets = (f"train.steps={STEPS}", "rollout.overlap=true", "run.checkpoint_every=2",
-            "train.learning_rate=5.0e-3", "run.keep_adapter_versions=10",
-            f"train.prompts_per_rank={PROMPTS}", "rollout.base_port=8440",
-            "launch.main_process_port=29640")
-    proc = subprocess.run(cli_command(root, "ov", *sets), cwd=REPO, capture_output=True,
-                          text=True, timeout=900, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return root / "ov"
+def run(prompts_run):
+    return prompts_run[0]
 
 
 def _metrics(run_dir):

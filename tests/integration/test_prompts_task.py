@@ -1,35 +1,27 @@
 """The prompts task end to end through the launcher: the shipped arithmetic example on the
 embedded model with plain GRPO (every token's policy gradient, KL to the base, no decision
 terms), 1 real vLLM worker + 2 DeepSpeed learner ranks: the user's reward functions score
-the samples, the adapter changes and is served, the evaluation and the gate come out."""
+the samples, the adapter changes and is served, the evaluation and the gate come out. The
+run is the session's ``prompts_run`` (tests/integration/conftest.py), whose sampling is also
+overlapped with training (tests/integration/test_overlap.py reads it too)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 
 import pytest
 from safetensors.torch import load_file
 
-from tests.integration.helpers import REPO, cli_command
+from tests.integration.helpers import PROMPTS_RUN_STEPS as STEPS
+from tests.integration.helpers import REPO
 from trainer.tasks.prompts.arithmetic import close_answer, exact_answer
 
 pytestmark = pytest.mark.integration
-STEPS = 3
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, warm_model):
-    root = tmp_path_factory.mktemp("prompts")
-    cmd = cli_command(root, "p", f"train.steps={STEPS}", "eval.every_steps=0",
-                      "run.keep_adapter_versions=10",
-                      config="configs/demo/prompts.yaml")
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
-                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
-    return root / "p", out
+def run(prompts_run):
+    return prompts_run
 
 
 def test_the_reward_functions_score_every_sampled_answer(run):

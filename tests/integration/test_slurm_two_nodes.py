@@ -2,11 +2,19 @@
 the job's environment; node 0 (``localhost``) serves the worker, node 1 (``127.0.0.1``) runs
 the learner ranks against it over the API key, both in one run folder (the shared
 filesystem). The learner ranks load while the worker node starts; the worker node stops when
-the learner node marks the run done."""
+the learner node marks the run done.
+
+The job's learner is 4-bit (nf4, as configs/stage1.yaml's) beside full-precision workers:
+step 1 samples under v0 (LoRA still zero), so its ``logp_gap`` is the gap between the
+learner's quantized base and the base the workers serve. On the embedded model (float32
+workers) it measured 1.3e-3 nats per token (2026-12-02, this CPU box; the float32 learner's
+is ~1e-6), far below the bound here. On Qwen2.5-1.5B on a GPU (bf16 workers) `make
+gpu-check` prints it. (One job serves both checks: each stack start costs ~30 s here.)"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -17,12 +25,16 @@ from tests.integration.helpers import DEMO, REPO, TEST_SETS, alive, processes_me
 
 pytestmark = pytest.mark.integration
 PORT = 8460
+BOUND = 0.05  # nats per token; the importance weight corrects a gap, but not an unbounded one
 
 
-def test_worker_node_and_learner_node_run_one_job(tmp_path, warm_model):
+@pytest.fixture(scope="module")
+def job(tmp_path_factory, warm_model):
+    """(run folder, worker node's log, learner node's log) of a one-step two-node job."""
+    tmp_path = tmp_path_factory.mktemp("two-nodes")
     sets = ["launch.slurm_worker_nodes=1", f"rollout.base_port={PORT}",
             "launch.main_process_port=29660", f"run.output_dir={tmp_path}", "train.steps=1",
-            *TEST_SETS]
+            "model.load_in_4bit=true", *TEST_SETS]
     cmd = [sys.executable, "-m", "launch.cli", "slurm", "--config", DEMO,
            *set_flags(*sets)]
     env = dict(os.environ, PYTHONUNBUFFERED="1", SLURM_JOB_NODELIST="localhost,127.0.0.1",
@@ -38,8 +50,15 @@ def test_worker_node_and_learner_node_run_one_job(tmp_path, warm_model):
         for p in nodes:
             if p.poll() is None:
                 p.kill()
-    worker_log, learner_log = (p.read_text() for p in logs)
-    run_dir = tmp_path / "stage1-job4242"
+    return tmp_path / "stage1-job4242", *(p.read_text() for p in logs)
+
+
+def _step1(run_dir):
+    return json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+
+
+def test_worker_node_and_learner_node_run_one_job(job):
+    run_dir, worker_log, learner_log = job
     url = f"http://localhost:{PORT}"
     assert f"serving {url} (bound to 127.0.0.1) until" in worker_log  # routes to 127.0.0.1
     assert "rank(s) while the workers start" in learner_log
@@ -47,10 +66,21 @@ def test_worker_node_and_learner_node_run_one_job(tmp_path, warm_model):
     assert json.loads((run_dir / "served_adapters.json").read_text()) == {
         url: str((run_dir / "adapters/v000001").resolve())}
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1] and rows[-1]["logp_gap"] < 1e-3
+    assert [r["step"] for r in rows] == [1]
     assert (run_dir / "DONE").is_file()  # the learner node marked the run done
     assert (run_dir / "logs" / "localhost").is_dir()  # each worker node logs in its own folder
     assert not [p for p in processes_mentioning(str(run_dir)) if alive(p.pid)]
+
+
+def test_nf4_learner_logs_its_base_gap_at_step_1(job, reference_run):
+    run_dir, _, learner_log = job
+    row = _step1(run_dir)
+    gap, full = row["logp_gap"], _step1(reference_run[0])["logp_gap"]
+    assert row["step"] == 1 and row["sampled_with_version"] == 0
+    assert math.isfinite(gap) and gap < BOUND, gap
+    # the same check on the float32 learner's reference run: 4-bit visibly quantized the base
+    assert gap > 10 * full, (gap, full)
+    assert f"(nf4 4-bit base) vs workers (float32) log-prob gap {gap:.2e}" in learner_log
 
 
 def test_a_node_whose_peers_never_come_stops_naming_what_it_waited_for(tmp_path, warm_model):
