@@ -308,7 +308,8 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
     old_logp [N, T]: learner log-probs before this update (detached)
     ref_logp [N, T] or None: reference policy log-probs (None when kl_coef == 0)
     rollout_logp [N, T]: the worker's log-probs of the same tokens
-    advantages [N]; mask [N, T] (1.0 on completion tokens, 0.0 on padding)
+    advantages [N], or [N, T] per token (``train.credit``); mask [N, T] (1.0 on completion
+    tokens, 0.0 on padding)
     pg_weight [N, T] or None: per-token weight of the policy-gradient term only (the KL term
     keeps every token), e.g. from ``TOKEN_SELECTIONS``; the aggregation divides by ``mask``.
     pg_view or None: ``(logp, old_logp) -> (the log-probs the policy-gradient ratio reads
@@ -317,7 +318,8 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
     Returns the scalar loss and detached stats.
     """
     mask = mask.to(logp.dtype)
-    adv = advantages.to(logp.dtype).unsqueeze(1)  # [N, 1]
+    adv = advantages.to(logp.dtype)  # [N] -> [N, 1]; [N, T] (credit by span) as it is
+    adv = adv.unsqueeze(1) if adv.dim() == 1 else adv
     pg_logp, pg_old = (logp, old_logp) if pg_view is None else pg_view(logp, old_logp)
     pg, outside = POLICY_LOSSES[settings.policy_loss].fn(pg_logp, pg_old, adv, mask,
                                                          settings.clip_low, settings.clip_high)

@@ -181,7 +181,8 @@ def rl_term(s: Scored) -> Term:
                  if (v := spec.fn(s)) is not None), None)
     rollout = s.batch.rollout_logp.to(s.device)
     loss, stats = grpo_loss(s.logp, s.old["logp"], s.ref_logp, rollout,
-                            s.batch.advantages.to(s.device), mask, LossSettings.of(tc),
+                            s.batch.extras.get("token_advantages", s.batch.advantages)
+                            .to(s.device), mask, LossSettings.of(tc),
                             pg_weight=pg_weight, pg_view=view)
     with torch.no_grad():
         n = mask.sum().clamp(min=1)

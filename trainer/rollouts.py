@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from rollout.source import RolloutSource
+from trainer.credit import token_advantages
 from trainer.grpo import ADVANTAGE_ESTIMATORS, overlong_penalty
 from trainer.objective import MarkerSpec
 from trainer.tasks.base import Sample, Task
@@ -208,10 +209,13 @@ def informative_groups(samples: list[Sample], draw: Callable[[list[Sample], int]
 
 
 def build_batch(task: Task, tokenizer, drawn: Drawn, *, group_size: int, advantage: str,
-                pad_id: int, markers: Sequence[MarkerSpec] = ()) -> RolloutBatch:
+                pad_id: int, markers: Sequence[MarkerSpec] = (),
+                credit: dict[str, str] | None = None) -> RolloutBatch:
     """The batch of scored groups, advantages per group. ``markers``: the enabled
     contributions' per-row extras (``objective.active_markers``; e.g. the tokens that state
-    a decision), each computed over the batch's completions in row order."""
+    a decision), each computed over the batch's completions in row order. ``credit``
+    (``train.credit``): per-token advantages by span (trainer/credit.py), the extra
+    ``token_advantages``."""
     prompt_ids, groups, components = drawn
     rewards = [total_reward(c) for c in components]
     adv = ADVANTAGE_ESTIMATORS[advantage](torch.tensor(rewards), group_size)
@@ -219,6 +223,10 @@ def build_batch(task: Task, tokenizer, drawn: Drawn, *, group_size: int, advanta
     extras = {}
     for marker in markers:
         extras.update(marker.fn(task, tokenizer, completions))
+    if credit:
+        extras["token_advantages"] = token_advantages(
+            task, tokenizer, completions, components, credit, group_size,
+            ADVANTAGE_ESTIMATORS[advantage])
     return RolloutBatch.from_groups(prompt_ids, groups, rewards, adv, pad_id, extras)
 
 

@@ -182,6 +182,13 @@ class TrainConfig:
     # decision, never one prompt's choice; 0 = off. Uses the anchor's reference answers
     # (built when either is > 0).
     balance_coef: float = setting(0.0, ge=0.0)
+    # credit by span: reward component -> a span the task marks in each completion
+    # (TaskEntry.credit_spans; the stock task: "confidence", the stated figure's digits). The
+    # span's tokens take that component's own group advantage, the rest of the completion
+    # the advantage of the other components (trainer/credit.py); {}: one advantage a
+    # completion (GRPO). E.g. {calibration: confidence}: the figure learns from its scoring
+    # rule alone, the direction from the rest
+    credit: dict[str, str] = field(default_factory=dict)
     seed: int = 0  # LoRA init, prompt order, sampling seeds
 
 

@@ -80,8 +80,25 @@ def validate(cfg: StageConfig) -> None:
                 raise ConfigError(f"train.{name}: {said} needs a task that marks decisions; "
                                   f"task {cfg.task!r} does not (use pg_tokens all or "
                                   f"high_entropy, anchor_coef 0, balance_coef 0)")
+    _validate_credit(cfg, entry)
     if entry.validate is not None:
         entry.validate(cfg)
+
+
+def _validate_credit(cfg: StageConfig, entry) -> None:
+    """train.credit: weighted components of the task, sent to spans it marks, under a
+    policy loss that weighs each token by its own advantage."""
+    for component, span in cfg.train.credit.items():
+        if cfg.reward.weights.get(component, 0) <= 0:
+            raise ConfigError(f"train.credit.{component}: not a reward component with a "
+                              f"weight > 0 (reward.weights)")
+        if span not in entry.credit_spans:
+            raise ConfigError(f"train.credit.{component}: {span!r} is not a span task "
+                              f"{cfg.task!r} marks; use any of "
+                              f"{', '.join(entry.credit_spans) or '(none)'}")
+    if cfg.train.credit and cfg.train.policy_loss == "gspo":
+        raise ConfigError("train.credit: gspo's ratio is one per sequence; credit by span "
+                          "needs a token-level policy loss (grpo, dapo or cispo)")
 
 
 def _validate_devices(cfg: StageConfig) -> None:

@@ -4,9 +4,7 @@ chose among (their first tokens, so the policy gradient can move probability amo
 Part of the decision machinery (trainer/tasks/decisions.py registers it as the rollout
 batch's marker); the batch extras it writes are ``decision_mask``, ``choice_ids`` and
 ``choice_prior`` (``decision_extras``).
-
-The text is decoded from the token ids themselves (not the worker's detokenised text), so
-offsets and spans always refer to the same string.
+Spans map onto tokens through trainer/spans.py.
 """
 
 from __future__ import annotations
@@ -15,39 +13,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from trainer.spans import Spans, marks, token_offsets
 from trainer.types import right_pad_floats
-
-Spans = list[tuple[int, int]]
-
-
-def token_offsets(tokenizer, token_ids: Sequence[int]) -> tuple[str, Spans]:
-    """The decoded completion and each token's character span [start, end) in it.
-
-    Tokens are decoded one by one (one batched call); when their concatenation is not the
-    whole decode (a multi-byte character split across tokens), offsets come from decoding
-    growing prefixes instead, which is exact and quadratic, so only taken then.
-    """
-    ids = [int(t) for t in token_ids]
-    text = tokenizer.decode(ids)
-    pieces = tokenizer.batch_decode([[t] for t in ids])
-    if "".join(pieces) != text:
-        pieces, done = [], 0
-        for k in range(1, len(ids) + 1):
-            upto = len(tokenizer.decode(ids[:k]))
-            pieces.append(text[done:upto])
-            done = max(done, upto)
-    out, pos = [], 0
-    for piece in pieces:
-        out.append((pos, pos + len(piece)))
-        pos += len(piece)
-    return text, out
-
-
-def decision_mask(tokenizer, token_ids: Sequence[int],
-                  spans_of: Callable[[str], Spans]) -> list[float]:
-    """1.0 for every token that overlaps a span ``spans_of(text)`` names, else 0.0."""
-    text, offsets = token_offsets(tokenizer, token_ids)
-    return marks(offsets, spans_of(text))
 
 
 def decision_choices(tokenizer, token_ids: Sequence[int], spans_of: Callable[[str], Spans],
@@ -73,12 +40,6 @@ def decision_choices(tokenizer, token_ids: Sequence[int], spans_of: Callable[[st
         if ids[at] in alts and len(alts) == len(options):
             choices[at] = alts
     return marks(offsets, spans), choices
-
-
-def marks(offsets: Spans, spans: Spans) -> list[float]:
-    """1.0 for every token span in ``offsets`` that overlaps one of ``spans``, else 0.0."""
-    return [1.0 if any(s < e and a < e and s < b for a, b in spans) else 0.0
-            for s, e in offsets]
 
 
 def option_ids(tokenizer, text: str, ids: Sequence[int], offsets: Spans, start: int,

@@ -50,6 +50,8 @@ class TaskEntry:
     # modules the learner imports for this task: they register objective terms, policy-
     # gradient views and token selections (trainer/objective.py); e.g. the decision machinery
     contributions: tuple[str, ...] = ()
+    # the spans Task.credit_spans marks, by name: what train.credit may send a component to
+    credit_spans: tuple[str, ...] = ()
     # (StageConfig) -> a one-line problem with the task's data before a run starts, or None
     preflight: Callable[[Any], str | None] | None = None
     # "module:Class": how the task presents itself outside training (stonk data, serve,

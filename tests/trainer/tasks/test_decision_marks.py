@@ -8,8 +8,9 @@ import torch
 from transformers import AutoTokenizer
 
 from trainer.grpo import TOKEN_SELECTIONS
+from trainer.spans import span_marks, token_offsets
 from trainer.tasks import decisions  # noqa: F401 - registers the "decision" selection
-from trainer.tasks.decision_marks import decision_extras, decision_mask, token_offsets
+from trainer.tasks.decision_marks import decision_extras
 from trainer.tasks.stock.answer import decision_spans
 from trainer.types import RolloutBatch
 
@@ -49,13 +50,13 @@ def test_token_offsets_survive_a_character_split_across_tokens(tok):
     assert "".join(tok.batch_decode([[i] for i in ids])) != text  # the split case is real
     decoded, offsets = token_offsets(tok, ids)
     assert decoded == text and offsets[-1][1] == len(text)
-    mask = decision_mask(tok, ids, decision_spans)
+    mask = span_marks(tok, ids, decision_spans)
     assert "".join(decoded[s:e] for (s, e), m in zip(offsets, mask, strict=True) if m) == " UP"
 
 
 def test_decision_mask_marks_exactly_the_decision_tokens(tok):
     ids = tok(ANSWER, add_special_tokens=False)["input_ids"]
-    mask = decision_mask(tok, ids, decision_spans)
+    mask = span_marks(tok, ids, decision_spans)
     marked = [tok.decode([i]) for i, m in zip(ids, mask, strict=True) if m]
     assert marked == [" bullish"]
     assert len(mask) == len(ids)
@@ -125,7 +126,7 @@ def test_decision_choices_name_the_options_at_the_decision_token(tok):
 
     ids = tok(ANSWER, add_special_tokens=False)["input_ids"]
     mask, choices = decision_choices(tok, ids, decision_spans, decision_options)
-    assert mask == decision_mask(tok, ids, decision_spans)
+    assert mask == span_marks(tok, ids, decision_spans)
     (at, alts), = choices.items()
     assert mask[at] == 1.0 and tok.decode([ids[at]]) == " bullish"
     assert alts == [tok(f" {w}", add_special_tokens=False)["input_ids"][0]

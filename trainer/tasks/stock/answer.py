@@ -137,6 +137,13 @@ def decision_spans(text: str, confidence: bool = False) -> list[tuple[int, int]]
     return spans + ([conf.span(1)] if conf is not None else [])
 
 
+def confidence_span(text: str) -> list[tuple[int, int]]:
+    """The stated confidence figure's digits ("Confidence: 80%" -> the span of "80"), the
+    span ``train.credit`` calls "confidence"; empty when the answer states none."""
+    conf = _CONF.search(text[:MAX_PARSE_CHARS])
+    return [] if conf is None else [conf.span(1)]
+
+
 _OPTIONS = (("UP", "DOWN"), ("BULLISH", "BEARISH"))
 # the confidence figures the warm start writes (warm_answers.CONFIDENCES): distinct first digits
 CONFIDENCE_OPTIONS = ("50", "60", "70", "80", "90")

@@ -134,6 +134,7 @@ register_task(TaskEntry(
     "stock", {"data": DataConfig, "reward": StockRewardConfig, "gate": StockGateConfig},
     build="trainer.tasks.stock.task:from_config", validate=validate,
     reward_components=REWARD_COMPONENTS, decisions=True, preflight=data_problem,
-    contributions=("trainer.tasks.decisions",), usage="trainer.tasks.stock.usage:StockUsage",
+    contributions=("trainer.tasks.decisions",), credit_spans=("confidence",),
+    usage="trainer.tasks.stock.usage:StockUsage",
     doc="a company's recent market data -> the next day's direction, a confidence and a "
         "data-grounded reasoning"))

@@ -22,6 +22,7 @@ from typing import Any
 from trainer.tasks.base import Sample
 from trainer.tasks.stock.answer import (
     SYSTEM_PROMPT,
+    confidence_span,
     decision_options,
     decision_spans,
     parse_answer,
@@ -159,6 +160,11 @@ class StockTask:
 
     def decision_options(self, word: str) -> tuple[str, ...]:
         return decision_options(word)
+
+    def credit_spans(self, completion: str) -> dict[str, list[tuple[int, int]]]:
+        """The spans ``train.credit`` may send a reward component to (TaskEntry.credit_spans):
+        "confidence", the stated figure's digits."""
+        return {"confidence": confidence_span(completion)}
 
     def anchor_text(self, sample: Sample,
                     rng: random.Random) -> tuple[str, list[tuple[int, int]]] | None:

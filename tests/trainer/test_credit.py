@@ -1,0 +1,92 @@
+"""Credit by span (trainer/credit.py, ``train.credit``): the tokens of the span a component is
+sent to take that component's own group advantage, the other tokens the advantage of the
+remaining components; the policy gradient reads them per token; the config names real
+components, spans the task marks and a token-level loss."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rollout.client import Completion
+from trainer.config import ConfigError, from_dict
+from trainer.credit import token_advantages
+from trainer.grpo import ADVANTAGE_ESTIMATORS, LossSettings, grpo_loss
+from trainer.tasks.stock.answer import confidence_span
+
+ANSWERS = ["The stock rose. Prediction: UP\nConfidence: 80%",
+           "The stock fell. Prediction: DOWN\nConfidence: 60%",
+           "Prediction: UP\nConfidence: 90%",
+           "Prediction: UP and nothing else"]  # no figure: no span
+
+
+class Spans:
+    def credit_spans(self, text):
+        return {"confidence": confidence_span(text)}
+
+
+def _completions(tok):
+    return [Completion(tok(t, add_special_tokens=False)["input_ids"], [], t, "stop", 0, "w")
+            for t in ANSWERS]
+
+
+def test_the_figure_takes_its_components_advantage_and_the_rest_the_others(warm_model):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(warm_model)
+    comps = [{"accuracy": 1.0, "calibration": 0.18}, {"accuracy": 0.0, "calibration": 0.10},
+             {"accuracy": 1.0, "calibration": 0.02}, {"accuracy": 0.0, "calibration": 0.06}]
+    got = token_advantages(Spans(), tok, _completions(tok), comps, {"calibration": "confidence"},
+                           2, ADVANTAGE_ESTIMATORS["grpo"])
+    assert got.shape == (4, max(len(tok(t, add_special_tokens=False)["input_ids"])
+                                for t in ANSWERS))
+    # groups of 2 with unequal values: (r - mean) / (unbiased std + 1e-6) = +-1/sqrt(2)
+    half = 1 / math.sqrt(2)
+    rest = [half, -half, half, -half]  # accuracy alone
+    own = [half, -half, -half, half]  # calibration alone: 0.18 > 0.10, 0.02 < 0.06
+    for i, text in enumerate(ANSWERS):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        figure = {j for j, (s, e) in enumerate(_offsets(tok, ids))
+                  for a, b in confidence_span(text) if s < b and a < e}
+        assert bool(figure) == (i < 3)
+        for j in range(len(ids)):
+            want = own[i] if j in figure else rest[i]
+            assert float(got[i, j]) == pytest.approx(want, rel=1e-4), (i, j, text)
+        assert (got[i, len(ids):] == 0).all()  # padding
+
+
+def _offsets(tok, ids):
+    from trainer.spans import token_offsets
+
+    return token_offsets(tok, ids)[1]
+
+
+def test_the_policy_gradient_reads_each_tokens_advantage():
+    """grpo_loss with [N, T] advantages: each token's gradient is -A_t (first update, ratio 1,
+    token-mean over 4 tokens); with [N] advantages every token of a row gets the row's."""
+    logp = torch.zeros(1, 4, requires_grad=True)
+    adv = torch.tensor([[1.0, -2.0, 0.5, 3.0]])
+    mask = torch.ones(1, 4)
+    settings = LossSettings(clip_low=0.2, clip_high=0.2, is_cap=2.0, kl_coef=0.0,
+                            policy_loss="grpo", aggregation="token-mean")
+    loss, _ = grpo_loss(logp, logp.detach(), None, logp.detach(), adv, mask, settings)
+    loss.backward()
+    assert logp.grad[0].tolist() == pytest.approx([-1.0 / 4, 2.0 / 4, -0.5 / 4, -3.0 / 4])
+
+
+@pytest.mark.parametrize("credit,problem", [
+    ({"calibration": "confidence"}, "not a reward component with a weight > 0"),
+    ({"accuracy": "reasoning"}, "'reasoning' is not a span task 'stock' marks"),
+])
+def test_credit_names_a_weighted_component_and_a_span_the_task_marks(credit, problem):
+    with pytest.raises(ConfigError, match=problem):
+        from_dict({"train": {"credit": credit}})
+
+
+def test_credit_needs_a_token_level_policy_loss():
+    with pytest.raises(ConfigError, match="gspo's ratio is one per sequence"):
+        from_dict({"train": {"credit": {"accuracy": "confidence"}, "policy_loss": "gspo"}})
+    cfg = from_dict({"train": {"credit": {"accuracy": "confidence"}}})
+    assert cfg.train.credit == {"accuracy": "confidence"}
