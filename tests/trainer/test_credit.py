@@ -14,7 +14,7 @@ from rollout.client import Completion
 from trainer.config import ConfigError, from_dict
 from trainer.credit import token_advantages
 from trainer.grpo import ADVANTAGE_ESTIMATORS, LossSettings, grpo_loss
-from trainer.tasks.stock.answer import confidence_span
+from trainer.tasks.stock.answer import confidence_span, decision_spans
 
 ANSWERS = ["The stock rose. Prediction: UP\nConfidence: 80%",
            "The stock fell. Prediction: DOWN\nConfidence: 60%",
@@ -23,6 +23,11 @@ ANSWERS = ["The stock rose. Prediction: UP\nConfidence: 80%",
 
 
 class Spans:
+    """The stock task's spans: its decision (the prediction) and its confidence figure."""
+
+    def decision_spans(self, text):
+        return decision_spans(text)
+
     def credit_spans(self, text):
         return {"confidence": confidence_span(text)}
 
@@ -39,21 +44,23 @@ def test_the_figure_takes_its_components_advantage_and_the_rest_the_others(warm_
     comps = [{"accuracy": 1.0, "calibration": 0.18}, {"accuracy": 0.0, "calibration": 0.10},
              {"accuracy": 1.0, "calibration": 0.02}, {"accuracy": 0.0, "calibration": 0.06}]
     got = token_advantages(Spans(), tok, _completions(tok), comps, {"calibration": "confidence"},
-                           2, ADVANTAGE_ESTIMATORS["grpo"])
+                           4, ADVANTAGE_ESTIMATORS["grpo"])
     assert got.shape == (4, max(len(tok(t, add_special_tokens=False)["input_ids"])
                                 for t in ANSWERS))
-    # groups of 2 with unequal values: (r - mean) / (unbiased std + 1e-6) = +-1/sqrt(2)
-    half = 1 / math.sqrt(2)
-    rest = [half, -half, half, -half]  # accuracy alone
-    own = [half, -half, -half, half]  # calibration alone: 0.18 > 0.10, 0.02 < 0.06
+    # the rest (accuracy alone), one group of 4: (r - 0.5) / (unbiased std sqrt(1/3) + 1e-6)
+    rest = [x * 0.5 / math.sqrt(1 / 3) for x in (1, -1, 1, -1)]
+    # the figure: its calibration minus the mean over the group's answers that predicted the
+    # same before it: rows 0 and 2 (UP): 0.18 - 0.10 = +0.08, 0.02 - 0.10 = -0.08; row 1
+    # (DOWN) alone: 0; row 3 has no figure
+    own = [0.08, 0.0, -0.08, None]
     for i, text in enumerate(ANSWERS):
         ids = tok(text, add_special_tokens=False)["input_ids"]
         figure = {j for j, (s, e) in enumerate(_offsets(tok, ids))
                   for a, b in confidence_span(text) if s < b and a < e}
-        assert bool(figure) == (i < 3)
+        assert bool(figure) == (own[i] is not None)
         for j in range(len(ids)):
             want = own[i] if j in figure else rest[i]
-            assert float(got[i, j]) == pytest.approx(want, rel=1e-4), (i, j, text)
+            assert float(got[i, j]) == pytest.approx(want, rel=1e-4, abs=1e-6), (i, j, text)
         assert (got[i, len(ids):] == 0).all()  # padding
 
 
