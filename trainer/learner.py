@@ -67,6 +67,8 @@ def load_policy(cfg: StageConfig, device: torch.device):
         )
         kwargs["device_map"] = {"": device}
     model = AutoModelForCausalLM.from_pretrained(cfg.model.name_or_path, **kwargs)
+    if cfg.model.load_in_4bit and device.type == "cpu":
+        keep_4bit_training_layout(model)
     # non-reentrant: works with frozen inputs (no enable_input_require_grads) and DeepSpeed
     checkpointing = {"use_reentrant": False}
     if cfg.model.load_in_4bit:
@@ -78,6 +80,18 @@ def load_policy(cfg: StageConfig, device: torch.device):
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
     return get_peft_model(model, lora)
+
+
+def keep_4bit_training_layout(model) -> None:
+    """On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit layer's weight for inference
+    (bf16 block scales) the first time the layer runs in eval mode without gradients, and
+    keeps it so: a later training forward then fails (an in-place bias add on a tensor that
+    requires grad) and eval and training passes would differ. The learner needs both (the
+    shared-prefix check and the reference scores run in eval mode), so it keeps the one
+    layout bitsandbytes trains with."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 class Learner:

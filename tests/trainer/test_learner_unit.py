@@ -91,6 +91,23 @@ def test_4bit_base_loads_nf4_and_lora_gets_gradients(tiny_model):
     assert not any(p.requires_grad for n, p in model.named_parameters() if "lora" not in n)
 
 
+def test_4bit_base_trains_after_an_eval_pass_and_scores_alike_in_both_modes(tiny_model):
+    """The learner scores in eval mode (the shared-prefix check, reference passes) and then
+    trains: on CPUs with AVX512-BF16 bitsandbytes repacked the weights at the eval pass and
+    the training forward failed (benchmarks/gpu_learner.py on 4 bits stopped there)."""
+    model = load_policy(_cfg(tiny_model, load_in_4bit=True), torch.device("cpu"))
+    batch = _batch([[1, 40, 41, 42]], [[60, 61, 62]])
+    model.eval()
+    with torch.no_grad():
+        scored = token_logprobs(model, batch, 0, 1.0, torch.device("cpu"))
+    model.train()
+    logp = token_logprobs(model, batch, 0, 1.0, torch.device("cpu"))
+    logp.sum().backward()  # raised on such CPUs
+    # one layout in both modes (LoRA dropout is 0): float32 arithmetic, same kernels
+    assert torch.allclose(logp.detach(), scored, atol=1e-5)
+    assert all(p.grad is not None for n, p in model.named_parameters() if "lora_B" in n)
+
+
 def test_anchor_is_a_warm_answer_without_its_choices_and_the_warm_model_knows_it(warm_model,
                                                                                tiny_model):
     from transformers import AutoModelForCausalLM, AutoTokenizer
