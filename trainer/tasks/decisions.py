@@ -50,17 +50,23 @@ def decision_tokens(entropy: torch.Tensor, mask: torch.Tensor, top_frac: float,
     """The tokens the task marked as stating the decision (``Task.decision_spans``, e.g. the
     lean word): the reward judges the decision, so only the tokens that choose it get its
     credit, and the rest of the answer is not pushed around by a noisy advantage. Each
-    row's marked tokens share its whole length's weight (``L / n_marked`` each), so after the
-    aggregation divides by the length a decision weighs what a whole answer does under
-    ``all``, however long the answer around it: the policy gradient's scale, and so what a
-    given ``anchor_coef`` means against it, does not shrink with the answer. A completion
+    decision (a run of consecutive marked tokens) shares the row's whole length (``L /
+    its tokens`` each), so after the aggregation divides by the length a decision weighs
+    what a whole answer does under ``all``, however long the answer around it: the policy
+    gradient's scale, and so what a given ``anchor_coef`` means against it, does not shrink
+    with the answer, and a second decision (the stock task's figure, with
+    ``reward.confidence_is_decision``) does not thin the first's gradient. A completion
     that states no decision gets no policy gradient."""
     if marked is None:
         raise ValueError("pg_tokens 'decision' needs the batch's decision marks "
                          "(trainer/tasks/decision_marks.py, attached for pg_tokens decision)")
     picked = (marked.to(mask.device) > 0).to(torch.float32) * (mask > 0)
-    share = mask.sum(dim=1, keepdim=True) / picked.sum(dim=1, keepdim=True).clamp(min=1)
-    return picked * share
+    starts = picked * (1.0 - torch.nn.functional.pad(picked[:, :-1], (1, 0)))
+    run = (torch.cumsum(starts, dim=1) * picked).long()  # 1, 2, ... a decision; 0 elsewhere
+    sizes = torch.zeros(picked.shape[0], picked.shape[1] + 1, device=picked.device)
+    sizes.scatter_add_(1, run, picked)  # [N, T + 1]: index k holds decision k's tokens
+    own = sizes.gather(1, run).clamp(min=1)
+    return picked * mask.sum(dim=1, keepdim=True) / own
 
 
 def among_options(s: Scored):

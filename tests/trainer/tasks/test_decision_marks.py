@@ -82,16 +82,21 @@ def test_batch_carries_marks_through_padding_and_slicing():
 
 
 def test_decision_selection_keeps_marked_valid_tokens_and_needs_marks():
-    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0]])
-    # second row: mark on padding; third: two marked tokens share the row's weight
-    marked = torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [1.0, 0.0, 1.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0],
+                         [1.0, 1.0, 1.0, 1.0]])
+    # second row: mark on padding; third: one decision of two tokens shares the row's
+    # weight; fourth: two decisions (one token, then two), each weighs the whole row
+    marked = torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0],
+                           [1.0, 0.0, 1.0, 1.0]])
     pick = TOKEN_SELECTIONS["decision"]
-    w = pick(torch.zeros(3, 4), mask, 0.2, marked)
-    assert w.tolist() == [[0, 4, 0, 0], [0, 0, 0, 0], [1.5, 0, 1.5, 0]]
+    w = pick(torch.zeros(4, 4), mask, 0.2, marked)
+    assert w.tolist() == [[0, 4, 0, 0], [0, 0, 0, 0], [1.5, 1.5, 0, 0], [4, 0, 2, 2]]
     # under seq-mean-token-mean a row's decision weighs what the whole row does under "all"
-    per_token = torch.tensor([[0.0, 2.0, 0.0, 0.0], [5.0, 0, 0, 0], [1.0, 0, 3.0, 0]])
+    per_token = torch.tensor([[0.0, 2.0, 0.0, 0.0], [5.0, 0, 0, 0], [1.0, 3.0, 0, 0],
+                              [1.0, 0, 2.0, 4.0]])
     rows = (per_token * w).sum(1) / mask.sum(1)
-    assert rows.tolist() == [2.0, 0.0, 2.0]  # the mean of the marked tokens' terms
+    # each decision's mean term; two decisions add up
+    assert rows.tolist() == [2.0, 0.0, 2.0, 1.0 + 3.0]
     with pytest.raises(ValueError, match="decision marks"):
         pick(torch.zeros(2, 3), mask, 0.2, None)
 
