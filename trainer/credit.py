@@ -61,11 +61,14 @@ def span_advantages(task, texts: list[str], values: list[float], span: str,
 
 def token_advantages(task, tokenizer, completions: list, components: list[dict[str, float]],
                      credit: dict[str, str], group_size: int,
-                     estimator: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
+                     estimator: Callable[[torch.Tensor, int], torch.Tensor],
+                     options: bool = False) -> torch.Tensor:
     """``[N, T]``: for each row's tokens, the advantage of the component whose span
-    (``task.credit_spans``) covers the token (:func:`span_advantages`), else of the
-    components ``credit`` does not send anywhere (``estimator``: rewards ``[N]`` and the
-    group size -> advantages ``[N]``). ``components``: each row's weighted components."""
+    (``task.credit_spans``) covers the token (:func:`span_advantages`; 0 with ``options``,
+    ``train.credit_options``: the span learns from every option's value instead,
+    trainer/credit_options.py), else of the components ``credit`` does not send anywhere
+    (``estimator``: rewards ``[N]`` and the group size -> advantages ``[N]``).
+    ``components``: each row's weighted components."""
     credited = set(credit)
     rest = torch.tensor([sum(v for k, v in c.items() if k not in credited)
                          for c in components])
@@ -78,6 +81,8 @@ def token_advantages(task, tokenizer, completions: list, components: list[dict[s
         for i, c in enumerate(completions):
             if own[i] is None:
                 continue
+            if options:
+                own[i] = 0.0
             marks = span_marks(tokenizer, c.token_ids,
                                lambda text, s=span: task.credit_spans(text).get(s, []))
             rows[i] = [own[i] if m > 0 else a for a, m in zip(rows[i], marks, strict=True)]

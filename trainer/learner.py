@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from trainer import credit_options  # noqa: F401  (registers its term and score)
 from trainer.config import StageConfig, check_zero3
 from trainer.dist import rank_and_world
 from trainer.joint import join
@@ -182,7 +183,8 @@ class Learner:
         the scores of the ``side`` slices whose terms have them scored in this pass (the
         shared-prefix layout on; trainer/joint.py)."""
         specs = [SCORES[name] for name in sorted(extra)
-                 if SCORES[name].alternatives in batch.extras]
+                 if SCORES[name].alternatives in batch.extras
+                 and (SCORES[name].reads is None or SCORES[name].reads in batch.extras)]
         keys = {spec.alternatives for spec in specs}
         if len(keys) > 1:  # one scoring pass gathers one set of alternatives
             raise ValueError(f"the enabled scores read different alternatives: {sorted(keys)}")
@@ -198,7 +200,10 @@ class Learner:
                               chunk_tokens=self.cfg.train.logits_chunk_tokens,
                               shared_prefix=self.shared_prefix)
         scored, side_scores = j.split(scored) if j else (scored, {})
-        return scored, {spec.name: spec.fn(scored.alternatives, alt_ids.to(self.device))
+        ids = alt_ids.to(self.device) if alt_ids is not None else None
+        return scored, {spec.name: spec.fn(scored.alternatives, ids,
+                                           *([batch.extras[spec.reads].to(self.device)]
+                                             if spec.reads else []))
                         for spec in specs}, side_scores
 
     def set_step(self, step: int) -> float:

@@ -101,11 +101,13 @@ class ScoreSpec:
     policy's log-probs of alternative tokens the batch names per position: ``alternatives``
     is the batch extra holding their ids ([N, T, K] long, -1 padding); ``fn`` maps (their
     log-probs [N, T, K], -inf at padding; their ids) to the score. Computed where the batch
-    has that extra, absent elsewhere."""
+    has that extra, absent elsewhere. ``reads``: a further batch extra ``fn`` takes as its
+    third argument (e.g. a value per alternative)."""
 
     name: str
     alternatives: str
-    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    fn: Callable[..., torch.Tensor]
+    reads: str | None = None
 
 
 @dataclass(frozen=True)

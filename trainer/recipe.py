@@ -205,7 +205,8 @@ class GRPORecipe:
         batch = build_batch(self.task, self.learner.tokenizer, drawn,
                             group_size=rc.group_size, advantage=self.tc.advantage,
                             pad_id=self.learner.pad_id,
-                            markers=active_markers(self.tc), credit=self.tc.credit)
+                            markers=active_markers(self.tc), credit=self.tc.credit,
+                            credit_options=self.tc.credit_options, samples=samples)
         return StepRollout(samples, batch, drawn[2], drawn[1], stats)
 
     def score(self, step: int, got: StepRollout) -> dict[str, float]:

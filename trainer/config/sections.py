@@ -189,6 +189,11 @@ class TrainConfig:
     # completion (GRPO). E.g. {calibration: confidence}: the figure learns from its scoring
     # rule alone, the direction from the rest
     credit: dict[str, str] = field(default_factory=dict)
+    # credit over every option: a credited span that is a choice among options (a decision
+    # the task marks with its options, train.pg_tokens decision) learns from its
+    # component's value at each option, computed for every answer, instead of the option
+    # it sampled (trainer/credit_options.py: the exact expected gradient, no sampling noise)
+    credit_options: bool = False
     seed: int = 0  # LoRA init, prompt order, sampling seeds
 
 

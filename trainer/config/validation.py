@@ -96,6 +96,12 @@ def _validate_credit(cfg: StageConfig, entry) -> None:
             raise ConfigError(f"train.credit.{component}: {span!r} is not a span task "
                               f"{cfg.task!r} marks; use any of "
                               f"{', '.join(entry.credit_spans) or '(none)'}")
+    if cfg.train.credit_options and not cfg.train.credit:
+        raise ConfigError("train.credit_options: needs train.credit (a component sent to a "
+                          "span)")
+    if cfg.train.credit_options and cfg.train.pg_tokens != "decision":
+        raise ConfigError("train.credit_options: needs train.pg_tokens: decision (the "
+                          "decision marker names each choice's options)")
     if cfg.train.credit and cfg.train.policy_loss == "gspo":
         raise ConfigError("train.credit: gspo's ratio is one per sequence; credit by span "
                           "needs a token-level policy loss (grpo, dapo or cispo)")
