@@ -17,10 +17,17 @@ thousand answers (BENCHMARKS.md 12c).
   weighted like the reward), NaN elsewhere; K and the options' order are those of the
   decision marker's ``choice_ids`` at that token.
 - score ``choice_value``: ``sum_k p_k v_k`` there, 0 elsewhere, with grad.
-- term ``credit_options``: minus the micro-batch's sum of it over its rows (the policy loss's
-  scale: a mean over rows of one value each), centred so that its logged value is 0 as a
-  policy-gradient surrogate's; the span's sampled tokens take advantage 0
-  (trainer/credit.py). Metric ``credit/option_value``: its mean where rows have one.
+- score ``choice_entropy``: the entropy of those shares.
+- term ``credit_options``: minus the micro-batch's sum over its rows of the value plus
+  ``train.credit_options_entropy`` x the entropy (the policy loss's scale: a mean over rows
+  of one value each), centred so that its logged value is 0 as a policy-gradient
+  surrogate's; the span's sampled tokens take advantage 0 (trainer/credit.py). Metric
+  ``credit/option_value``: the value's mean where rows have one. The entropy bonus makes
+  the shares' optimum a softmax of the options' expected values at temperature beta
+  instead of the best option alone: the shares settle early on the option best for the
+  policy as it was (BENCHMARKS.md 12d: 70 % while the lean was half learned), and the
+  expectation's gradient at an option is its share times its advantage, so a nearly
+  dropped option comes back slowly once it becomes the best.
 """
 
 from __future__ import annotations
@@ -72,6 +79,15 @@ def choice_value(alts: torch.Tensor, ids: torch.Tensor, values: torch.Tensor) ->
     return torch.where(at, (shares * v).sum(-1), torch.zeros_like(alts[..., 0]))
 
 
+def choice_entropy(alts: torch.Tensor, ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``[N, T]``: the entropy of the policy's shares among the options where ``values`` has
+    one; 0 elsewhere."""
+    at = ~torch.isnan(values).all(-1) & (ids[..., 0] >= 0)
+    logs = torch.log_softmax(alts.masked_fill(~at[..., None], 0.0), dim=-1)
+    ent = -(logs.exp() * logs.masked_fill(torch.isinf(logs), 0.0)).sum(-1)
+    return torch.where(at, ent, torch.zeros_like(ent))
+
+
 def options_term(s: Scored) -> Term:
     value = s.extra.get("choice_value")
     if value is None:
@@ -79,7 +95,12 @@ def options_term(s: Scored) -> Term:
         return Term(zero, 0.0, {})
     # its value is 0 (the gradient's is the expected value's): a logged loss that holds the
     # reward's level would never settle, and the gate reads the loss's mean magnitude
-    loss = -(value - value.detach()).sum() / max(len(s.batch), 1)
+    objective = value - value.detach()
+    beta = s.tc.credit_options_entropy
+    if beta > 0 and "choice_entropy" in s.extra:
+        ent = s.extra["choice_entropy"]
+        objective = objective + beta * (ent - ent.detach())
+    loss = -objective.sum() / max(len(s.batch), 1)
     values = s.batch.extras.get("option_values")
     has = (~torch.isnan(values).all(-1)).to(value.device) if values is not None else None
     metrics = {}
@@ -89,7 +110,8 @@ def options_term(s: Scored) -> Term:
 
 
 register_score(ScoreSpec("choice_value", "choice_ids", choice_value, reads="option_values"))
+register_score(ScoreSpec("choice_entropy", "choice_ids", choice_entropy, reads="option_values"))
 register_term(TermSpec("credit_options", options_term,
                        enabled=lambda tc: bool(tc.credit) and tc.credit_options,
-                       scores=("choice_value",),
+                       scores=("choice_value", "choice_entropy"),
                        sparse={"credit/option_value": lambda tc: True}))

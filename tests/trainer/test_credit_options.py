@@ -11,7 +11,7 @@ import torch
 
 from rollout.client import Completion
 from trainer.config import ConfigError, from_dict
-from trainer.credit_options import choice_value
+from trainer.credit_options import choice_entropy, choice_value
 
 SETS = ["launch.num_processes=1", "reward.confidence_is_decision=true",
         "reward.weights={calibration: 20.0}", "train.credit={calibration: confidence}",
@@ -21,7 +21,7 @@ SETS = ["launch.num_processes=1", "reward.confidence_is_decision=true",
 FIGURES = (50, 60, 70, 80, 90)
 
 
-def _setup(warm_model):
+def _setup(warm_model, *extra):
     from accelerate import Accelerator
 
     from trainer.config import load_config
@@ -31,7 +31,8 @@ def _setup(warm_model):
     from trainer.tasks.registry import build_task
     from trainer.tasks.stock.warm_answers import answer_and_choices
 
-    cfg = load_config("configs/demo/stage1.yaml", [f"model.name_or_path={warm_model}", *SETS])
+    cfg = load_config("configs/demo/stage1.yaml", [f"model.name_or_path={warm_model}", *SETS,
+                                                     *extra])
     learner = Learner(cfg, Accelerator(cpu=True))
     task, tok = build_task(cfg), learner.tokenizer
     sample = task.split("train")[0]
@@ -100,7 +101,35 @@ def test_the_gradient_is_each_options_share_times_its_value_above_the_mean():
     assert float(none) == 0.0
 
 
+def test_the_entropy_bonus_keeps_the_shares_among_the_options_wider(warm_model):
+    """One step from the same start with and without ``credit_options_entropy``: with a
+    large bonus the shares at the figure end wider than with the value alone."""
+    def entropy_change(*extra):
+        learner, batch, _, _ = _setup(warm_model, *extra)
+        with torch.no_grad():
+            before = learner.scores(batch, {"choice_entropy"})[1]["choice_entropy"].sum()
+        learner.set_step(1)
+        learner.train_step(batch)
+        with torch.no_grad():
+            after = learner.scores(batch, {"choice_entropy"})[1]["choice_entropy"].sum()
+        return float(after - before)
+
+    plain, held = entropy_change(), entropy_change("train.credit_options_entropy=50")
+    assert held > plain + 0.02, (plain, held)
+
+
+def test_the_entropy_is_over_the_options_only():
+    alts = torch.log(torch.tensor([[[0.1, 0.3, 0.0]]])).masked_fill(
+        torch.tensor([[[False, False, True]]]), float("-inf"))
+    ids = torch.tensor([[[4, 5, -1]]])
+    got = choice_entropy(alts, ids, torch.tensor([[[1.0, 0.0, float("nan")]]]))
+    s = torch.tensor([0.25, 0.75])
+    assert float(got) == pytest.approx(float(-(s * s.log()).sum()), abs=1e-6)
+    assert float(choice_entropy(alts, ids, torch.full((1, 1, 3), float("nan")))) == 0.0
+
+
 @pytest.mark.parametrize("train,problem", [
+    ({"credit_options_entropy": 0.1}, "needs train.credit_options: true"),
     ({"credit_options": True}, "needs train.credit"),
     ({"credit_options": True, "credit": {"accuracy": "confidence"}, "pg_tokens": "all"},
      "needs train.pg_tokens: decision"),

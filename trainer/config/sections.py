@@ -194,6 +194,11 @@ class TrainConfig:
     # component's value at each option, computed for every answer, instead of the option
     # it sampled (trainer/credit_options.py: the exact expected gradient, no sampling noise)
     credit_options: bool = False
+    # with credit_options: this weight x the entropy of the policy's shares among a credited
+    # choice's options joins the objective, so the shares follow the options' expected values
+    # (a softmax at this temperature, in the reward's units) instead of collapsing onto the
+    # best of an early policy; 0 = off
+    credit_options_entropy: float = setting(0.0, ge=0.0)
     seed: int = 0  # LoRA init, prompt order, sampling seeds
 
 
