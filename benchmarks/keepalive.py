@@ -96,7 +96,7 @@ def main() -> int:
 
     from benchmarks.serving import serving
     from trainer.config import load_config
-    from trainer.learner import load_tokenizer
+    from trainer.policy import load_tokenizer
     from trainer.rollouts import encode_prompt
     from trainer.tasks import build_task
 

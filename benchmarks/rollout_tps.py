@@ -57,7 +57,7 @@ def main() -> int:
     from benchmarks import hf_generate
     from benchmarks.serving import policy, serving
     from trainer.config import load_config
-    from trainer.learner import load_tokenizer
+    from trainer.policy import load_tokenizer
     from trainer.rollouts import encode_prompt
     from trainer.tasks import build_task
 

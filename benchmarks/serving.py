@@ -13,7 +13,7 @@ def policy(cfg):
     """The learner's model (base + fresh LoRA from ``cfg.lora``), seeded as the learner does."""
     import torch
 
-    from trainer.learner import load_policy
+    from trainer.policy import load_policy
 
     torch.manual_seed(cfg.train.seed)
     return load_policy(cfg, torch.device("cpu"))

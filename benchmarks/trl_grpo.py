@@ -5,7 +5,7 @@ Reads the same config as our recipe and maps it onto ``GRPOConfig``:
   as conversational prompts; the chat template is the model's own.
 - rewards: our task's ``score_batch`` (all components, weighted as configured) wrapped as one
   TRL reward function; groups are rebuilt from the contiguous repeats TRL produces.
-- model: ``trainer.learner.load_policy`` (the same base, 4-bit setting, LoRA r/alpha/targets,
+- model: ``trainer.policy.load_policy`` (the same base, 4-bit setting, LoRA r/alpha/targets,
   seeded init), passed to TRL as a PeftModel; the reference is the adapter disabled, as ours.
 - one optimizer step per ``ranks x prompts_per_rank x G`` completions (generation_batch_size),
   micro-batches of ``train.micro_batch_size``; lr, KL beta = ``train.kl_coef``,
@@ -114,7 +114,7 @@ def main() -> int:
 
     from trainer.config import load_config
     from trainer.evaluate import eval_samples
-    from trainer.learner import load_policy, load_tokenizer
+    from trainer.policy import load_policy, load_tokenizer
     from trainer.tasks import build_task
 
     t_start = time.perf_counter()

@@ -51,7 +51,7 @@ def merge_adapter(base: str, adapter: Path, out: Path, dtype: str,
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainer.learner import DTYPES
+    from trainer.policy import DTYPES
 
     model = AutoModelForCausalLM.from_pretrained(base, dtype=DTYPES[dtype],
                                                  trust_remote_code=trust_remote_code,

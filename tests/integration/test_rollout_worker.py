@@ -11,7 +11,7 @@ from rollout.client import RolloutClient
 from rollout.server import WorkerError, WorkerPool, WorkerSpec
 from tests.integration.helpers import demo_worker_env, hf_logprobs
 from trainer.config import StageConfig
-from trainer.learner import load_policy
+from trainer.policy import load_policy
 
 pytestmark = pytest.mark.integration
 LOGP_TOL_MEAN = 1e-3  # float32 on both sides

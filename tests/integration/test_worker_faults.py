@@ -40,7 +40,7 @@ from tests.integration.helpers import (
 )
 from trainer import checkpoint
 from trainer.config import StageConfig
-from trainer.learner import load_policy
+from trainer.policy import load_policy
 
 pytestmark = pytest.mark.integration
 PORTS = (8680, 8681)

@@ -171,8 +171,8 @@ def test_activations_equal_what_autograd_keeps_on_the_embedded_model(warm_model,
     import torch
 
     from trainer.config import StageConfig
-    from trainer.learner import load_policy
     from trainer.logprobs import score_tokens
+    from trainer.policy import load_policy
     from trainer.types import RolloutBatch
 
     cfg = StageConfig()

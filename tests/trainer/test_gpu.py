@@ -13,8 +13,8 @@ import torch
 
 from rollout.adapter_store import AdapterStore
 from trainer.config import StageConfig
-from trainer.learner import load_policy
 from trainer.logprobs import build_inputs, token_logprobs
+from trainer.policy import load_policy
 from trainer.tasks.decisions import balance_kl
 from trainer.types import RolloutBatch
 

@@ -9,8 +9,8 @@ import torch
 
 from tests.conftest import REPO
 from trainer.config import StageConfig
-from trainer.learner import load_policy
 from trainer.logprobs import build_inputs, score_tokens, token_logprobs
+from trainer.policy import load_policy
 from trainer.types import RolloutBatch
 
 DEMO_CONFIG = REPO / "configs" / "demo" / "stage1.yaml"

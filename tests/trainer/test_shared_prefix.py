@@ -15,8 +15,8 @@ import torch
 
 from tests.conftest import REPO
 from trainer.config import ConfigError, StageConfig, from_dict
-from trainer.learner import load_policy
 from trainer.logprobs import score_tokens
+from trainer.policy import load_policy
 from trainer.prefix_attention import use_blocks
 from trainer.shared_prefix import check_layout, pack, prompt_runs, resolve, unsupported
 from trainer.types import RolloutBatch
