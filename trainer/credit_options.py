@@ -73,17 +73,18 @@ def option_values(task, tokenizer, samples: list, completions: list,
 def _option_logs(alts: torch.Tensor, ids: torch.Tensor,
                  values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Where a row has option values and a choice ([N, T] bool), and the log shares among
-    the options there ([N, T, K]; -inf at padding options)."""
+    the options there ([N, T, K] float32, also under a bf16 learner; -inf at padding
+    options)."""
     at = ~torch.isnan(values).all(-1) & (ids[..., 0] >= 0)
-    return at, torch.log_softmax(alts.masked_fill(~at[..., None], 0.0), dim=-1)
+    return at, torch.log_softmax(alts.float().masked_fill(~at[..., None], 0.0), dim=-1)
 
 
 def choice_value(alts: torch.Tensor, ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """``[N, T]``: the options' expected value under the policy's shares among them, where
     ``values`` has one; 0 elsewhere."""
     at, logs = _option_logs(alts, ids, values)
-    v = torch.nan_to_num(values.to(alts.dtype), nan=0.0)
-    return torch.where(at, (logs.exp() * v).sum(-1), torch.zeros_like(alts[..., 0]))
+    v = torch.nan_to_num(values.float(), nan=0.0)
+    return torch.where(at, (logs.exp() * v).sum(-1), torch.zeros_like(logs[..., 0]))
 
 
 def choice_entropy(alts: torch.Tensor, ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
