@@ -76,13 +76,12 @@ def token_advantages(task, tokenizer, completions: list, components: list[dict[s
     rows = [[float(base[i])] * len(c.token_ids) for i, c in enumerate(completions)]
     texts = [c.text for c in completions]
     for component, span in credit.items():
-        own = span_advantages(task, texts, [c.get(component, 0.0) for c in components], span,
-                              group_size)
+        own = ([0.0 if task.credit_spans(t).get(span) else None for t in texts] if options
+               else span_advantages(task, texts, [c.get(component, 0.0) for c in components],
+                                    span, group_size))
         for i, c in enumerate(completions):
             if own[i] is None:
                 continue
-            if options:
-                own[i] = 0.0
             marks = span_marks(tokenizer, c.token_ids,
                                lambda text, s=span: task.credit_spans(text).get(s, []))
             rows[i] = [own[i] if m > 0 else a for a, m in zip(rows[i], marks, strict=True)]

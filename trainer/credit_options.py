@@ -57,13 +57,13 @@ def option_values(task, tokenizer, samples: list, completions: list,
             if not found:
                 continue
             a, b = found[0]
-            at = next((j for j, (s, e) in enumerate(offsets) if s < e and e > a), None)
+            # the token where the decision marker found this span's choice (its options in
+            # task.decision_options' order, as here); none: the span is not a marked choice
+            at = next((j for j, (s, e) in enumerate(offsets[:choice_ids.shape[1]])
+                       if s < b and a < e and choice_ids[i, j, 0] >= 0), None)
             options = tuple(task.decision_options(text[a:b]))
-            if at is None or at >= choice_ids.shape[1]:
+            if at is None or int((choice_ids[i, at] >= 0).sum()) != len(options):
                 continue
-            ids = choice_ids[i, at]
-            if int((ids >= 0).sum()) != len(options) or len(options) < 2:
-                continue  # the marker named no choice here, or other options
             texts = [text[:a] + o + text[b:] for o in options]
             scored = task.score_batch([sample], [texts])[0]
             out[i, at, :len(options)] = torch.tensor([s.get(component, 0.0) for s in scored])
