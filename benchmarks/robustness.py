@@ -14,13 +14,15 @@ table says per run whether it holds.
 
 ``--stage2 CONFIG`` also runs Stage II from each seed's Stage I (``--force``: measured whether
 or not the gate passed; same ``train.seed``; ``--stage2-set`` overrides its config) and prints
-the same figures for it, on the natural distribution's test windows. Writes
+the same figures for it, on the natural distribution's test windows; ``--stage1-from NAME``
+takes the Stage I runs of an earlier matrix (results/NAME.json) instead of running them. Writes
 ``benchmarks/results/robustness.json`` (``--name``: another name) after every run; each
 run's folder and log under ``benchmarks/results/``.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import time
@@ -73,6 +75,14 @@ def run_stage2(config: str, stage1: dict, sets: list[str], tag: str) -> dict:
     return out
 
 
+def stage1_runs(name: str) -> dict[int, dict]:
+    """{seed: its Stage I run} from an earlier matrix's results/NAME.json."""
+    path = RESULTS / f"{name}.json"
+    if not path.is_file():
+        raise SystemExit(f"--stage1-from {name}: {path} does not exist")
+    return {r["seed"]: r for r in json.loads(path.read_text())["runs"] if r["exit_code"] == 0}
+
+
 def spread(runs: list[dict]) -> list[list]:
     rows = []
     for name, pick in (("min", min), ("median", statistics.median), ("max", max)):
@@ -105,11 +115,17 @@ def main() -> int:
     p.add_argument("--name", default="robustness", help="results/<name>.json and run tag")
     p.add_argument("--stage2", metavar="CONFIG", help="also Stage II from each Stage I")
     p.add_argument("--stage2-set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--stage1-from", metavar="NAME",
+                   help="take each seed's Stage I from results/NAME.json instead of running it")
     a = p.parse_args()
+    earlier = stage1_runs(a.stage1_from) if a.stage1_from else {}
     runs: list[dict] = []
     runs2: list[dict] = []
     for seed in seeds_of(a.seeds):
-        runs.append(run_one(a.config, "seed", seed, a.set, arm_sets=[], tag=a.name))
+        if a.stage1_from and seed not in earlier:
+            raise SystemExit(f"--stage1-from {a.stage1_from}: no Stage I run of seed {seed}")
+        runs.append(earlier.get(seed) or run_one(a.config, "seed", seed, a.set, arm_sets=[],
+                                                 tag=a.name))
         runs[-1].update(bars(runs[-1]))
         if a.stage2 and runs[-1]["exit_code"] == 0:
             runs2.append(run_stage2(a.stage2, runs[-1], a.stage2_set, a.name))

@@ -5,6 +5,8 @@ interval of a run."""
 import json
 import sys
 
+import pytest
+
 from benchmarks.common import (
     cumulative,
     first_crossing,
@@ -211,6 +213,17 @@ def test_robustness_reads_seed_ranges_and_judges_each_run_by_the_issues_bars():
     assert bars({**good, "gate": None})["decision"] is True  # Stage II: no gate of its own
     runs = [{"accuracy": a} for a in (0.7, 0.9, 0.8)]
     assert [row[:2] for row in spread(runs)] == [["min", 0.7], ["median", 0.8], ["max", 0.9]]
+
+
+def test_robustness_takes_stage1_runs_from_an_earlier_matrix(tmp_path, monkeypatch):
+    import benchmarks.robustness as rob
+
+    monkeypatch.setattr(rob, "RESULTS", tmp_path)
+    (tmp_path / "m.json").write_text(json.dumps({"runs": [
+        {"seed": 0, "exit_code": 0, "run": "a"}, {"seed": 1, "exit_code": 1, "run": "b"}]}))
+    assert rob.stage1_runs("m") == {0: {"seed": 0, "exit_code": 0, "run": "a"}}  # failed: left
+    with pytest.raises(SystemExit, match="--stage1-from nope: .*nope.json does not exist"):
+        rob.stage1_runs("nope")
 
 
 def test_run_figures_come_from_the_runs_test_evaluation_and_gate(tmp_path):
