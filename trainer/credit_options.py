@@ -36,6 +36,7 @@ import math
 
 import torch
 
+from trainer.logprobs import option_entropy
 from trainer.objective import Scored, ScoreSpec, Term, TermSpec, register_score, register_term
 from trainer.spans import token_offsets
 
@@ -90,9 +91,7 @@ def choice_value(alts: torch.Tensor, ids: torch.Tensor, values: torch.Tensor) ->
 def choice_entropy(alts: torch.Tensor, ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """``[N, T]``: the entropy of the policy's shares among the options where ``values`` has
     one; 0 elsewhere."""
-    at, logs = _option_logs(alts, ids, values)
-    ent = -(logs.exp() * logs.masked_fill(torch.isinf(logs), 0.0)).sum(-1)
-    return torch.where(at, ent, torch.zeros_like(ent))
+    return option_entropy(alts, ~torch.isnan(values).all(-1) & (ids[..., 0] >= 0))
 
 
 def options_term(s: Scored) -> Term:

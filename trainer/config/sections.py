@@ -170,6 +170,12 @@ class TrainConfig:
     pg_tokens: Literal["all", "high_entropy", "decision"] = "all"
     # pg_tokens high_entropy: the share of tokens kept
     entropy_top_frac: float = setting(0.2, gt=0.0, le=1.0)
+    # pg_tokens decision: this weight x the entropy of the policy's shares among each
+    # decision's options joins the objective (per answer, as the policy gradient weighs
+    # it), so no prompt's decision sets to one option before the reward has told its
+    # prompts apart: a group whose answers all agree has no advantage and cannot correct it
+    # (trainer/tasks/decisions.py); 0 = off
+    decision_entropy_coef: float = setting(0.0, ge=0.0)
     # supervised anchor: this weight x the NLL of a label-free reference answer to each
     # step's prompts (Task.anchor_text; the stock task: a warm-start answer, ending at
     # end-of-sequence) joins the loss, like PPO-ptx's pretraining term; at its free choices

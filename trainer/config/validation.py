@@ -74,12 +74,13 @@ def validate(cfg: StageConfig) -> None:
     if not entry.decisions:
         tc = cfg.train
         for bad, name, said in ((tc.pg_tokens == "decision", "pg_tokens", "'decision'"),
+                                (tc.decision_entropy_coef > 0, "decision_entropy_coef", "> 0"),
                                 (tc.anchor_coef > 0, "anchor_coef", "> 0"),
                                 (tc.balance_coef > 0, "balance_coef", "> 0")):
             if bad:
                 raise ConfigError(f"train.{name}: {said} needs a task that marks decisions; "
                                   f"task {cfg.task!r} does not (use pg_tokens all or "
-                                  f"high_entropy, anchor_coef 0, balance_coef 0)")
+                                  f"high_entropy and leave the decision terms at 0)")
     _validate_credit(cfg, entry)
     if entry.validate is not None:
         entry.validate(cfg)
@@ -96,6 +97,9 @@ def _validate_credit(cfg: StageConfig, entry) -> None:
             raise ConfigError(f"train.credit.{component}: {span!r} is not a span task "
                               f"{cfg.task!r} marks; use any of "
                               f"{', '.join(entry.credit_spans) or '(none)'}")
+    if cfg.train.decision_entropy_coef > 0 and cfg.train.pg_tokens != "decision":
+        raise ConfigError("train.decision_entropy_coef: needs train.pg_tokens: decision (the "
+                          "entropy among the options of the decisions the task marks)")
     if cfg.train.credit_options and not cfg.train.credit:
         raise ConfigError("train.credit_options: needs train.credit (a component sent to a "
                           "span)")

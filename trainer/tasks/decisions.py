@@ -24,7 +24,7 @@ import torch
 
 from trainer.dist import all_reduce_, rank_and_world
 from trainer.grpo import register_selection
-from trainer.logprobs import TokenScores, score_tokens
+from trainer.logprobs import TokenScores, option_entropy, score_tokens
 from trainer.objective import (
     MarkerSpec,
     PgViewSpec,
@@ -88,7 +88,36 @@ def choice_lse(alts: torch.Tensor, choice_ids: torch.Tensor) -> torch.Tensor:
                        torch.zeros(at.shape, dtype=alts.dtype, device=alts.device))
 
 
+def decision_entropy(alts: torch.Tensor, choice_ids: torch.Tensor) -> torch.Tensor:
+    """``[N, T]``: the entropy of the policy's shares among a choice's options where
+    ``choice_ids`` names them, 0 elsewhere."""
+    return option_entropy(alts, choice_ids[..., 0] >= 0)
+
+
+def entropy_term(s: Scored) -> Term:
+    """``decision_entropy_coef`` x the entropy among each decision's options, summed over a
+    row's decisions and averaged over rows as the ``decision`` selection weighs the policy
+    gradient (a decision counts as a whole answer). Departure from GRPO, and why: a
+    prompt's decision that has set on one option samples it in every answer of its group,
+    the group's rewards then differ only by the rest of the answers, and the policy
+    gradient cannot move that decision any more; on the embedded model a decision
+    generalised from the prompts that share one feature (the first of the last three
+    moves) set on the wrong option for one pattern that way and stayed (BENCHMARKS.md
+    section 12e). The bonus makes the optimum a softmax of the options' advantages at this
+    temperature instead of their argmax. Logged as 0 (its gradient is the entropy's; a
+    level in the loss would move the gate's loss indicators); metric
+    ``decision_entropy``: the mean entropy at the decisions."""
+    ent = s.extra.get("decision_entropy")
+    if ent is None:
+        return Term(torch.zeros((), device=s.device), 0.0, {})
+    loss = -s.tc.decision_entropy_coef * (ent - ent.detach()).sum() / max(len(s.batch), 1)
+    at = s.batch.extras["choice_ids"][..., 0].to(ent.device) >= 0
+    metrics = {"decision_entropy": float(ent.detach()[at].mean())} if bool(at.any()) else {}
+    return Term(loss, 0.0, metrics)
+
+
 register_score(ScoreSpec("choice_lse", "choice_ids", choice_lse))
+register_score(ScoreSpec("decision_entropy", "choice_ids", decision_entropy))
 register_marker(MarkerSpec("decisions", mark_completions,
                            enabled=lambda tc: tc.pg_tokens == "decision"))
 register_pg_view(PgViewSpec("among_options", among_options,
@@ -247,6 +276,10 @@ def _prior(choice, token_ids: list[int]) -> list[float]:
     return [x / total for x in choice.prior]
 
 
+register_term(TermSpec("decision_entropy", entropy_term,
+                       enabled=lambda tc: tc.decision_entropy_coef > 0,
+                       scores=("decision_entropy",),
+                       sparse={"decision_entropy": lambda tc: True}))
 register_term(TermSpec(
     "anchor", anchor_term, enabled=lambda tc: tc.anchor_coef > 0 or tc.balance_coef > 0,
     sparse={"anchor_nll": lambda tc: tc.anchor_coef > 0,
