@@ -1,7 +1,8 @@
 """Stage II preparation: the promotion gate, the merged Stage I model, the Stage II record.
 
-Stage II starts from the Stage I model: its adapter (``checkpoints/best`` if evaluation kept
-one, else the latest checkpoint) is merged once into a copy of the base loaded in
+Stage II starts from the Stage I model: the adapter the promotion gate judged (the final one,
+which the last step always checkpoints; ``checkpoints/best``, picked on the periodic
+evaluation's small subset, stays for ``stonk eval/serve/predict``) is merged once into a copy of the base loaded in
 ``model.dtype`` of the Stage II config (bfloat16 in production: merging into a 4-bit base
 would be lossy), and saved with ``save_pretrained`` as ``<stage2 run>/base``. Workers serve it
 and the learner loads it (4-bit again if the config says so) with a new, smaller adapter;
@@ -20,11 +21,14 @@ from trainer.run_folder import RunFolder
 
 
 def stage1_adapter(stage1_run: Path) -> Path:
-    adapter = RunFolder(stage1_run).adapter("best")
+    """The final adapter: the one the final evaluation and the gate judged (a run's last
+    step always checkpoints). Promoting best/ instead would start Stage II from a model
+    the gate never saw (in the demo, step 12, 24 or 36's, picked on 64 windows)."""
+    adapter = RunFolder(stage1_run).adapter("latest")
     if adapter is not None:
         return adapter
-    raise ConfigError(f"{stage1_run}: no Stage I checkpoint (checkpoints/best or "
-                      f"checkpoints/LATEST); is this a Stage I run folder?")
+    raise ConfigError(f"{stage1_run}: no Stage I checkpoint (checkpoints/LATEST); is this a "
+                      f"Stage I run folder?")
 
 
 def check_promotion(stage1_run: Path, force: bool) -> dict:

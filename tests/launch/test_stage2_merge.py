@@ -70,9 +70,10 @@ def test_stage2_continues_the_stage1_runs_task(tmp_path):
 
 
 def test_stage2_of_the_prompts_task_merges_its_stage1_adapter(tmp_path, tiny_model, adapter):
-    """Stage II is any task's: a prompts run's adapter is merged into its base and the Stage
-    II config (configs/demo/prompts_stage2.yaml) trains on the merged model, the record
-    written; the merged model's logits are the base's plus the adapter's (as above)."""
+    """Stage II is any task's: a prompts run's final adapter (the one its gate judged, not
+    best/) is merged into its base and the Stage II config (configs/demo/prompts_stage2.yaml)
+    trains on the merged model, the record written; the merged model's logits are the
+    base's plus the adapter's (as above)."""
     import shutil
 
     from launch.run.stage2 import prepare
@@ -83,6 +84,8 @@ def test_stage2_of_the_prompts_task_merges_its_stage1_adapter(tmp_path, tiny_mod
     ckpt = s1 / "checkpoints" / "step_000003"
     shutil.copytree(adapter, ckpt / "adapter")
     (s1 / "checkpoints" / "LATEST").write_text("step_000003\n")
+    # a best/ from an earlier evaluation: the gate judged the final adapter, which is merged
+    shutil.copytree(adapter, s1 / "checkpoints" / "best" / "adapter")
     save_config(load_config(REPO / "configs/demo/prompts.yaml",
                             [f"model.name_or_path={tiny_model}"]), RunFolder(s1).config)
     RunFolder(s1).gate.write_text(json.dumps({"passed": True, "indicators": []}))
