@@ -174,7 +174,7 @@ class TrainConfig:
     # decision's options joins the objective (per answer, as the policy gradient weighs
     # it), so no prompt's decision sets to one option before the reward has told its
     # prompts apart: a group whose answers all agree has no advantage and cannot correct it
-    # (trainer/tasks/decisions.py); 0 = off
+    # (trainer/tasks/decisions.py); 0 = off (the demo's hardest seeds: no help, BENCHMARKS 12e)
     decision_entropy_coef: float = setting(0.0, ge=0.0)
     # supervised anchor: this weight x the NLL of a label-free reference answer to each
     # step's prompts (Task.anchor_text; the stock task: a warm-start answer, ending at

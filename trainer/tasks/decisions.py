@@ -99,14 +99,13 @@ def entropy_term(s: Scored) -> Term:
     row's decisions and averaged over rows as the ``decision`` selection weighs the policy
     gradient (a decision counts as a whole answer). Departure from GRPO, and why: a
     prompt's decision that has set on one option samples it in every answer of its group,
-    the group's rewards then differ only by the rest of the answers, and the policy
-    gradient cannot move that decision any more; on the embedded model a decision
-    generalised from the prompts that share one feature (the first of the last three
-    moves) set on the wrong option for one pattern that way and stayed (BENCHMARKS.md
-    section 12e). The bonus makes the optimum a softmax of the options' advantages at this
-    temperature instead of their argmax. Logged as 0 (its gradient is the entropy's; a
-    level in the loss would move the gate's loss indicators); metric
-    ``decision_entropy``: the mean entropy at the decisions."""
+    the group's rewards then do not tell the options apart, and the policy gradient cannot
+    move that decision any more; the bonus makes the optimum a softmax of the options'
+    advantages at this temperature instead of their argmax. Off by default: on the demo it
+    kept every pattern's lean soft and still did not lift the hardest seeds, whose wrong lean
+    was generalised from other patterns, not set (BENCHMARKS.md 12e). Logged as 0 (its
+    gradient is the entropy's; a level in the loss would move the gate's loss indicators);
+    metric ``decision_entropy``: the mean entropy at the decisions."""
     ent = s.extra.get("decision_entropy")
     if ent is None:
         return Term(torch.zeros((), device=s.device), 0.0, {})
