@@ -5,8 +5,9 @@ which the last step always checkpoints; ``checkpoints/best``, picked on the peri
 evaluation's small subset, stays for ``stonk eval/serve/predict``) is merged once into a
 copy of the base loaded in ``model.dtype`` of the Stage II config (bfloat16 in production:
 merging into a 4-bit base would be lossy), and saved with ``save_pretrained`` as ``<stage2
-run>/base``. Workers serve it and the learner loads it (4-bit again if the config says so) with a new, smaller adapter;
-the adapter disabled gives the Stage I model, which is the KL reference.
+run>/base``. Workers serve it and the learner loads it (4-bit again if the config says so)
+with a new, smaller adapter; the adapter disabled gives the Stage I model, which is the KL
+reference.
 """
 
 from __future__ import annotations
