@@ -7,11 +7,11 @@ STAMP := $(VENV)/.stonk-setup
 CONFIG ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup embedded lock demo stage1 stage2 eval predict serve export tiny-model warmstart test test-fast test-integration lint fix bench clean help
+.PHONY: setup embedded lock demo stage1 stage2 eval predict serve export tiny-model warmstart test test-fast test-integration test-learning lint fix bench clean help
 .PHONY: bench-model bench-trl bench-rollout bench-push bench-learning bench-memory bench-decision bench-overlap bench-learner-memory bench-reward-share bench-robustness bench-variants bench-all plan gpu-check
 
 help:
-	@echo "make demo | test | setup [PROFILE=cpu|gpu] [WHEELS=dir] [VLLM=x] | embedded | lock | gpu-carry | bench-robustness | check-gpu-deps | gpu-wheels | gpu-check [WHEELS=dir] | plan [CONFIG=...] | stage1 [CONFIG=...] [NPROC=n] [RESUME=run] | stage2 STAGE1=run [FORCE=1] [RESUME=run] | eval RUN=run | predict RUN=.. PRICES=csv|dir | serve RUN=.. | export RUN=.. [HUB=repo] | data | tiny-model | warmstart | test-fast | lint | fix | bench | bench-all | clean"
+	@echo "make demo | test | setup [PROFILE=cpu|gpu] [WHEELS=dir] [VLLM=x] | embedded | lock | gpu-carry | bench-robustness | check-gpu-deps | gpu-wheels | gpu-check [WHEELS=dir] | plan [CONFIG=...] | stage1 [CONFIG=...] [NPROC=n] [RESUME=run] | stage2 STAGE1=run [FORCE=1] [RESUME=run] | eval RUN=run | predict RUN=.. PRICES=csv|dir | serve RUN=.. | export RUN=.. [HUB=repo] | data | tiny-model | warmstart | test-fast | test-learning | lint | fix | bench | bench-all | clean"
 
 # ---- install (idempotent: a stamp that depends on pyproject.toml; seconds when done)
 # launch/install/setup_profile.py (system python, standard library) picks the profile: PROFILE=cpu|gpu,
@@ -133,13 +133,17 @@ export: setup
 
 # ---- tests: unit tests first (fast), then integration (real vLLM workers + DeepSpeed)
 test: setup embedded
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not learning" $(PYTEST_ARGS)
 
 test-fast: setup embedded
 	$(BIN)/python -m pytest -q -m "not integration" $(PYTEST_ARGS)
 
 test-integration: setup embedded
-	$(BIN)/python -m pytest -q -m integration $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "integration and not learning" $(PYTEST_ARGS)
+
+# the demo's whole Stage I against its learning bar (tests/integration/test_learning.py, ~4.5 min)
+test-learning: setup embedded
+	$(BIN)/python -m pytest -q -m learning $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .
