@@ -8,12 +8,12 @@ the suite CI runs has no room for yet. The bar follows from the task and the mea
 not from one run: the Bayes rule is the best any policy can do on these windows, and over
 train.seed 0-9 the recipe's worst run reached 94.4 % of it (BENCHMARKS.md 12b), so below 90 %
 learning broke (a sign flipped, an advantage zeroed, an adapter not pushed). The same run at
-`train.learning_rate=1e-9` (the warm start's answers) scored 0.621, 74.0 % of the Bayes rule,
-ROC-AUC 0.512, gate not passed: each learning assertion here fails on it. Issue 32 asks 95 % of every
-seed; the bar rises to it once the recipe holds it. The stated P(UP) must rank the windows
-(ROC-AUC >= 0.70: the worst of 12b's ten seeds 0.769, the posterior's 0.842), which it does
-only when the lean follows the evidence; issue 32's "within 0.03 of the posterior's" holds
-in 4 of those 10 and becomes the bar with them. Nothing is compared exactly: floating point
+`train.learning_rate=1e-9` (the warm start's answers) scored 0.621, 74.0 % of the Bayes
+rule, ROC-AUC 0.512, gate not passed: each learning assertion here fails on it. Issue 32
+asks 95 % of every seed; the bar rises to it once the recipe holds it. The stated P(UP)
+must rank the windows (ROC-AUC >= 0.70: the worst of 12b's ten seeds 0.769, the
+posterior's 0.842), which it does only when the lean follows the evidence; issue 32's
+"within 0.03 of the posterior's" holds in 4 of those 10 and becomes the bar with them. Nothing is compared exactly: floating point
 differs between CPUs, the margin over the bar is what holds on any box.
 """
 
