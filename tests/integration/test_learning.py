@@ -13,8 +13,9 @@ rule, ROC-AUC 0.512, gate not passed: each learning assertion here fails on it. 
 asks 95 % of every seed; the bar rises to it once the recipe holds it. The stated P(UP)
 must rank the windows (ROC-AUC >= 0.70: the worst of 12b's ten seeds 0.769, the
 posterior's 0.842), which it does only when the lean follows the evidence; issue 32's
-"within 0.03 of the posterior's" holds in 4 of those 10 and becomes the bar with them. Nothing is compared exactly: floating point
-differs between CPUs, the margin over the bar is what holds on any box.
+"within 0.03 of the posterior's" holds in 4 of those 10 and becomes the bar with them.
+Nothing is compared exactly: floating point differs between CPUs, the margin over the bar is
+what holds on any box.
 """
 
 from __future__ import annotations
