@@ -36,7 +36,7 @@ import math
 
 import torch
 
-from trainer.logprobs import option_entropy
+from trainer.logprobs import option_entropy, option_log_shares
 from trainer.objective import Scored, ScoreSpec, Term, TermSpec, register_score, register_term
 from trainer.spans import token_offsets
 
@@ -71,19 +71,16 @@ def option_values(task, tokenizer, samples: list, completions: list,
     return out
 
 
-def _option_logs(alts: torch.Tensor, ids: torch.Tensor,
-                 values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Where a row has option values and a choice ([N, T] bool), and the log shares among
-    the options there ([N, T, K] float32, also under a bf16 learner; -inf at padding
-    options)."""
-    at = ~torch.isnan(values).all(-1) & (ids[..., 0] >= 0)
-    return at, torch.log_softmax(alts.float().masked_fill(~at[..., None], 0.0), dim=-1)
+def _credited(ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``[N, T]`` bool: where a row has option values and a choice."""
+    return ~torch.isnan(values).all(-1) & (ids[..., 0] >= 0)
 
 
 def choice_value(alts: torch.Tensor, ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """``[N, T]``: the options' expected value under the policy's shares among them, where
     ``values`` has one; 0 elsewhere."""
-    at, logs = _option_logs(alts, ids, values)
+    at = _credited(ids, values)
+    logs = option_log_shares(alts, at)
     v = torch.nan_to_num(values.float(), nan=0.0)
     return torch.where(at, (logs.exp() * v).sum(-1), torch.zeros_like(logs[..., 0]))
 
@@ -91,7 +88,7 @@ def choice_value(alts: torch.Tensor, ids: torch.Tensor, values: torch.Tensor) ->
 def choice_entropy(alts: torch.Tensor, ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """``[N, T]``: the entropy of the policy's shares among the options where ``values`` has
     one; 0 elsewhere."""
-    return option_entropy(alts, ~torch.isnan(values).all(-1) & (ids[..., 0] >= 0))
+    return option_entropy(alts, _credited(ids, values))
 
 
 def options_term(s: Scored) -> Term:

@@ -198,11 +198,17 @@ def score_tokens(model, batch: RolloutBatch, pad_id: int, temperature: float | t
     return out
 
 
+def option_log_shares(alts: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """``[N, T, K]``: the log of the policy's shares among a choice's options (its options'
+    log-probs ``alts`` [N, T, K] renormalised, -inf at padding options) where ``at`` ([N, T]
+    bool), 0 elsewhere. In float32, also under a bf16 learner: the shares are a softmax of
+    a few nearly equal log-probs."""
+    return torch.log_softmax(alts.float().masked_fill(~at[..., None], 0.0), dim=-1)
+
+
 def option_entropy(alts: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
-    """``[N, T]``: the entropy of the policy's shares among a choice's options where ``at``
-    ([N, T] bool), 0 elsewhere; ``alts`` [N, T, K] the options' log-probs (-inf at padding
-    options). In float32, also under a bf16 learner: the shares are a softmax of a few
-    nearly equal log-probs."""
-    logs = torch.log_softmax(alts.float().masked_fill(~at[..., None], 0.0), dim=-1)
+    """``[N, T]``: the entropy of the policy's shares among a choice's options where ``at``,
+    0 elsewhere (:func:`option_log_shares`)."""
+    logs = option_log_shares(alts, at)
     ent = -(logs.exp() * logs.masked_fill(torch.isinf(logs), 0.0)).sum(-1)
     return torch.where(at, ent, torch.zeros_like(ent))
