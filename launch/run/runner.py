@@ -124,11 +124,13 @@ def worker_specs(cfg: StageConfig, slots: list[WorkerSlot], key: str | None,
 
 
 def worker_flags(cfg: StageConfig) -> dict[str, str]:
-    """Environment our vLLM plugin reads: the dense LoRA ops on CPU workers."""
-    from rollout.dense_lora import ENV
+    """Environment our vLLM plugins read: on CPU workers, the dense LoRA ops and the forked
+    engine core."""
+    from rollout import cpu_engine_fork, dense_lora
 
-    on = cfg.launch.device == "cpu" and cfg.rollout.cpu_dense_lora
-    return {ENV: "1" if on else "0"}
+    cpu = cfg.launch.device == "cpu"
+    return {dense_lora.ENV: "1" if cpu and cfg.rollout.cpu_dense_lora else "0",
+            cpu_engine_fork.ENV: "1" if cpu and cfg.rollout.cpu_engine_fork else "0"}
 
 
 def accelerate_files(cfg: StageConfig, slot: LearnerSlot) -> tuple[str, str]:

@@ -37,12 +37,16 @@ def set_flags(*sets: str) -> list[str]:
 
 
 def demo_worker_env() -> dict[str, str]:
-    """The environment the demo config gives its vLLM workers (rollout.env), for tests that
-    start workers themselves: both cores for compute, the engine in-process (41 s a start
-    instead of 56 s on 2 cores)."""
+    """The environment the launcher gives the demo's vLLM workers, for tests that start
+    workers themselves: rollout.env (both cores for compute) and the forked engine core
+    (rollout/cpu_engine_fork.py), but vLLM's own LoRA ops (tests that want the dense ops ask
+    for them)."""
+    from launch.run.runner import worker_flags
+    from rollout import dense_lora
     from trainer.config import load_config
 
-    return dict(load_config(REPO / DEMO).rollout.env)
+    cfg = load_config(REPO / DEMO)
+    return {**worker_flags(cfg), dense_lora.ENV: "0", **cfg.rollout.env}
 
 
 def cli_command(run_root: Path, name: str, *sets: str, config: str = DEMO) -> list[str]:

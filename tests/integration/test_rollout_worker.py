@@ -34,12 +34,13 @@ def worker(warm_model, tmp_path_factory):
 @pytest.fixture(scope="module")
 def dense_worker(warm_model, tmp_path_factory):
     """The same worker with the dense single-adapter LoRA ops (as the launcher starts CPU
-    workers by default; the fixture above runs vLLM's own ops)."""
-    from rollout.dense_lora import ENV
+    workers by default; the fixture above runs vLLM's own ops), its engine core spawned as
+    vLLM-CPU does (the fixture above forks it: rollout/cpu_engine_fork.py)."""
+    from rollout import cpu_engine_fork, dense_lora
 
     spec = WorkerSpec(model=str(warm_model), port=8310, max_lora_rank=16, max_model_len=1024,
                       dtype="float32", gpu_memory_utilization=0.1, enforce_eager=True,
-                      env={**demo_worker_env(), ENV: "1"})
+                      env={**demo_worker_env(), dense_lora.ENV: "1", cpu_engine_fork.ENV: "0"})
     pool = WorkerPool([spec], tmp_path_factory.mktemp("dense-logs"), startup_timeout=600)
     with pool:
         yield pool
@@ -163,6 +164,7 @@ def test_dense_lora_ops_sample_the_same_tokens_with_the_same_logprobs(worker, de
     """Seeded requests to a worker on vLLM's LoRA ops and to one on the dense ops, under the
     same adapter (non-zero B): the same tokens up to a sampling near-tie, and every token's
     log-prob the same on both within float32 rounding."""
+    from rollout import cpu_engine_fork
     from rollout.dense_lora import APPLIED
 
     _, store, _ = adapters
@@ -199,9 +201,13 @@ def test_dense_lora_ops_sample_the_same_tokens_with_the_same_logprobs(worker, de
     # a token splits only where the race is within ~1e-6 of a tie (about that chance per
     # token): 12 answers of 24 tokens may show one such split, not a pattern of them
     assert len(diverged) <= 1, f"sampled tokens split at (prompt, position): {diverged}"
-    assert APPLIED in dense.workers[0].log_path.read_text(errors="replace"), "the dense worker's log does not show the plugin applied"
+    dense_logs = dense.workers[0].log_path.read_text(errors="replace")
     plain_logs = worker.workers[0].log_path.read_text(errors="replace")
+    assert APPLIED in dense_logs, "the dense worker's log does not show the plugin applied"
     assert APPLIED not in plain_logs
+    # the other plugin, the other way round: these samples came from a forked engine core
+    # (plain) and a spawned one (dense), and agree as above
+    assert cpu_engine_fork.APPLIED in plain_logs and cpu_engine_fork.APPLIED not in dense_logs
 
 
 def test_an_adapter_every_worker_refuses_stops_at_once_with_the_workers_error(worker,

@@ -98,3 +98,4 @@ def test_vllm_finds_the_plugin_by_its_entry_point():
 
     found = {e.name: e.value for e in entry_points(group="vllm.general_plugins")}
     assert found.get("stonk_dense_lora") == "rollout.dense_lora:register"
+    assert found.get("stonk_cpu_engine_fork") == "rollout.cpu_engine_fork:register"

@@ -99,6 +99,10 @@ class RolloutConfig:
     # always do) instead of vLLM-CPU's per-token gather (rollout/dense_lora.py); vLLM's own
     # ops on any version it was not checked on, and on GPUs
     cpu_dense_lora: bool = True
+    # CPU workers: vLLM's engine-core process forked from the server, as vLLM does on GPUs,
+    # instead of spawned (vLLM-CPU's choice), which imports vLLM a second time: ~19 s of a
+    # ~41 s start on 2 cores (rollout/cpu_engine_fork.py); tensor parallel 1 only
+    cpu_engine_fork: bool = True
     # The parity alarm (trainer/parity.py): logp_gap, the mean per-token |learner - worker|
     # log-prob, above max_logp_gap for logp_gap_steps steps in a row stops the run (the
     # workers' samples are not the learner's policy). ~1e-7 in float32, ~1e-3 with a 4-bit
