@@ -69,7 +69,11 @@ def test_signal_stops_everything(tmp_path, warm_model, sig, when):
 def test_learner_crash_stops_workers(tmp_path, warm_model):
     run_dir = tmp_path / "crash"
     log = tmp_path / "launcher.log"
-    proc = start_cli(tmp_path, "crash", "lora.target_modules=[no_such_proj]", log=log)
+    # the worker's engine core spawned, not forked: its start (~41 s here) outlasts the
+    # learner's load-and-crash (~20 s); a forked one (~23 s) can be healthy first, and then
+    # there is no loading left to stop waiting for
+    proc = start_cli(tmp_path, "crash", "lora.target_modules=[no_such_proj]",
+                     "rollout.cpu_engine_fork=false", log=log)
     assert proc.wait(timeout=600) not in (0, 130)
     text = log.read_text()
     assert "learner exited with code" in text and "workers stopped" in text
