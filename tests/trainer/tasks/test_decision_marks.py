@@ -15,7 +15,7 @@ from trainer.tasks.stock.answer import decision_spans
 from trainer.types import RolloutBatch
 
 ANSWER = ("Reasoning: The trend is up over 4 days. The last three days went up, down, up: "
-          "down 1, up 2 bullish.\nPrediction: UP\nConfidence: 70%")
+          "down 1, up 2, mostly up bullish.\nPrediction: UP\nConfidence: 70%")
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +26,9 @@ def tok(warm_model):
 def test_decision_span_is_the_first_statement_of_the_direction():
     spans = decision_spans(ANSWER)
     assert [ANSWER[a:b] for a, b in spans] == ["bullish"]  # the prediction restates it
+    # right after the count, without the majority word (the earlier template), too
+    short = ANSWER.replace(", mostly up", "")
+    assert [short[a:b] for a, b in decision_spans(short)] == ["bullish"]
     bold = "Reasoning: falling.\n**Prediction:** down\nConfidence: 60%. Bearish."
     assert [bold[a:b] for a, b in decision_spans(bold)] == ["down"]
     # "up" in the reasoning and words that merely contain a lean are not decisions

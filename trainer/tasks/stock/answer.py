@@ -49,8 +49,9 @@ _PRED = re.compile(_label("prediction") + r"(up|down)\b", re.IGNORECASE)
 _CONF = re.compile(_label("confidence") + r"(\d{1,3}(?:\.\d+)?)\s*%?", re.IGNORECASE)
 _CHANGE = re.compile(_label(r"expected(?:\s?%)?\s?(?:change|move)")
                      + r"([-+\u2212]?)\s*(\d{1,6}(?:\.\d+)?)\s*%?", re.IGNORECASE)
-# a lean counts as the decision where it rests on the facts: right after a stated up count
-_LEAN = re.compile(r"\bup \d+ (bullish|bearish)\b", re.IGNORECASE)
+# a lean counts as the decision where it rests on the facts: right after a stated up count,
+# or after the majority the count gives ("up 1, mostly down bearish", the warm start's form)
+_LEAN = re.compile(r"\bup \d+(?:, mostly (?:up|down))? (bullish|bearish)\b", re.IGNORECASE)
 _REASON = re.compile(_label("reasoning")
                      + r"(.*?)(?=\n[ \t]*\*{0,2}(?:prediction|confidence|expected)\b|\Z)",
                      re.IGNORECASE | re.DOTALL)
@@ -122,8 +123,8 @@ def _expected_change(text: str, out: ParsedAnswer) -> None:
 
 def decision_spans(text: str, confidence: bool = False) -> list[tuple[int, int]]:
     """The character span [start, end) of the first word that states the direction: a
-    "bullish" / "bearish" lean right after the stated up count ("up 2 bullish") or the
-    ``Prediction`` value, whichever comes first (later ones restate it). ``train.pg_tokens:
+    "bullish" / "bearish" lean right after the stated up count ("up 2 bullish") or after
+    the majority it states ("up 2, mostly up bullish"), or the ``Prediction`` value, whichever comes first (later ones restate it). ``train.pg_tokens:
     decision`` puts the policy gradient on its tokens; empty when the answer states no
     direction. A lean written anywhere else (before the count, in place of it) is not the
     decision: rewarding it there taught the demo model to skip the count ("down 0,

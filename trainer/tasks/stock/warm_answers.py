@@ -1,15 +1,19 @@
 """Templated answers for the format warm start; they never leak the label.
 
 The reasoning restates facts from the prompt, computed correctly: the window's trend, the
-direction of each of the last three days and how many were down and up. The word right after
-the up count is a lean ("bullish" / "bearish") that the prediction then repeats. The
-prediction, its lean and the confidence are drawn at random, independently of the data and
-of the next day's move: which direction the facts imply is left to reinforcement learning.
+direction of each of the last three days, how many were down and up, and which way most of
+them went ("mostly down"). The word right after that is a lean ("bullish" / "bearish") that
+the prediction then repeats. The prediction, its lean and the confidence are drawn at
+random, independently of the data and of the next day's move: which direction the facts
+imply (momentum or reversal, and from which fact) is left to reinforcement learning.
 
-Why the lean sits right after the count: GRPO has to learn a decision that depends on the
-count, and a small model learns that fastest where the count's own token is the input
-(``benchmarks/decision_probe.py``). The warm start learns the lean -> prediction copy
-(``trainer/tasks/stock/warmstart.py`` weights those two tokens).
+Why the lean sits right after the majority word: GRPO has to learn a decision that depends
+on the count, and a small model learns that fastest where its input is the token right
+before (``benchmarks/decision_probe.py``). Right after the up count digit, six of ten seeds
+stopped one pattern short of the Bayes rule: the lean read the first of the three moves, a
+direction word, instead of the digit (BENCHMARKS.md 12e); "mostly up/down" states the same
+fact as a direction word, and the lean reads it (12f). The warm start learns the lean ->
+prediction copy (``trainer/tasks/stock/warmstart.py`` weights those two tokens).
 
 Why no price figures: the embedded model copied their digits wrong, and their sampling
 entropy drowned the decision's in the policy gradient. The measurements behind both:
@@ -31,15 +35,17 @@ CONFIDENCES = (50, 60, 70, 80, 90)  # the stated confidence, in %
 
 
 def reasoning_prefix(closes: list[float]) -> str:
-    """The answer up to the lean: the window's trend, the last three days' directions and
-    their down/up count, all read from ``closes``. No label in it."""
+    """The answer up to the lean: the window's trend, the last three days' directions,
+    their down/up count and their majority, all read from ``closes``. No label in it."""
     rises = [b > a for a, b in zip(closes[:-1], closes[1:], strict=True)]
     last = rises[-3:]
     ups = sum(last)
     trend = "up" if closes[-1] > closes[0] else "down"
     days = ", ".join("up" if r else "down" for r in last)
+    most = "up" if 2 * ups > len(last) else "down"
     return (f"Reasoning: The trend is {trend} over {len(rises)} days. "
-            f"The last three days went {days}: down {len(last) - ups}, up {ups}")
+            f"The last three days went {days}: down {len(last) - ups}, up {ups}, "
+            f"mostly {most}")
 
 
 def templated_answer(closes: list[float], rng: random.Random) -> str:

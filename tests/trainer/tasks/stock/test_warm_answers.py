@@ -1,4 +1,4 @@
-"""The warm-start template: correct facts, a lean word next to the count, no label."""
+"""The warm-start template: correct facts, a lean word next to the majority, no label."""
 
 import random
 import re
@@ -9,15 +9,22 @@ from trainer.tasks.stock.warm_answers import LEAN, reasoning_prefix, templated_a
 RISING_THEN_MIXED = [100.0, 101.0, 102.0, 101.0, 103.0, 104.0]  # last three: -, +, +
 
 
-def test_reasoning_states_the_count_and_the_lean_follows_it_directly():
+def test_reasoning_states_the_count_and_majority_and_the_lean_follows_directly():
     text = templated_answer(RISING_THEN_MIXED, random.Random(0))
-    m = re.search(r"went (\w+), (\w+), (\w+): down (\d), up (\d) (\w+)\.\nPrediction: (UP|DOWN)\n",
-                  text)
+    m = re.search(r"went (\w+), (\w+), (\w+): down (\d), up (\d), mostly (\w+) (\w+)\.\n"
+                  r"Prediction: (UP|DOWN)\n", text)
     assert m, text
-    assert m.groups()[:5] == ("down", "up", "up", "1", "2")
-    assert m.group(6) == LEAN[m.group(7)]  # the word after the count announces the prediction
+    assert m.groups()[:6] == ("down", "up", "up", "1", "2", "up")
+    assert m.group(7) == LEAN[m.group(8)]  # the word after the majority announces the prediction
     assert "The trend is up over 5 days." in text
     assert parse_answer(text).valid
+
+
+def test_the_majority_is_the_last_three_moves_not_the_trend():
+    falling_then_up = [104.0, 103.0, 102.0, 101.0, 102.0, 101.5]  # last three: -, +, -
+    assert reasoning_prefix(falling_then_up).endswith("down 2, up 1, mostly down")
+    assert reasoning_prefix([100.0, 99.0, 100.0, 101.0]).endswith("down 1, up 2, mostly up")
+    assert reasoning_prefix([100.0, 101.0, 102.0, 103.0]).endswith("down 0, up 3, mostly up")
 
 
 def test_prediction_and_confidence_do_not_depend_on_the_data():
@@ -53,7 +60,7 @@ def test_reasoning_prefix_is_the_answer_up_to_its_lean():
         text = templated_answer(RISING_THEN_MIXED, random.Random(seed))
         assert text.startswith(prefix)
         assert text[len(prefix):].split(".")[0].strip() in LEAN.values()
-    assert prefix.endswith("down 1, up 2")
+    assert prefix.endswith("down 1, up 2, mostly up")
 
 
 def test_choices_are_the_lean_and_the_confidence_figure_with_their_options():
