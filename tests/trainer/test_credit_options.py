@@ -4,6 +4,7 @@ learner step that raises the expected value while the span's sampled tokens carr
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -103,19 +104,23 @@ def test_the_gradient_is_each_options_share_times_its_value_above_the_mean():
 
 def test_the_entropy_bonus_keeps_the_shares_among_the_options_wider(warm_model):
     """One step from the same start with and without ``credit_options_entropy``: with a
-    large bonus the shares at the figure end wider than with the value alone."""
+    large bonus the shares at the figure end wider than with the value alone. The warm
+    start leaves them near uniform (1.601 nats of ln 5 = 1.609 on the shipped model), so
+    the margin is a share of the room left to widen, not a fixed amount."""
     def entropy_change(*extra):
         learner, batch, _, _ = _setup(warm_model, *extra)
         with torch.no_grad():
-            before = learner.scores(batch, {"choice_entropy"})[1]["choice_entropy"].sum()
+            before = learner.scores(batch, {"choice_entropy"})[1]["choice_entropy"]
+        room = float((before > 0).sum()) * math.log(len(FIGURES)) - float(before.sum())
         learner.set_step(1)
         learner.train_step(batch)
         with torch.no_grad():
             after = learner.scores(batch, {"choice_entropy"})[1]["choice_entropy"].sum()
-        return float(after - before)
+        return float(after - before.sum()), room
 
-    plain, held = entropy_change(), entropy_change("train.credit_options_entropy=50")
-    assert held > plain + 0.02, (plain, held)
+    (plain, room), (held, _) = entropy_change(), entropy_change("train.credit_options_entropy=50")
+    assert room > 0.01
+    assert held > plain + 0.1 * room, (plain, held, room)
 
 
 def test_the_entropy_is_over_the_options_only():

@@ -140,7 +140,7 @@ def test_anchor_is_a_warm_answer_without_its_choices_and_the_warm_model_knows_it
     assert all(float(batch.extras["decision_mask"][i, j]) == 0.0 for i, j in enumerate(last))
     assert all(t.startswith(reasoning_prefix(s.meta["closes"]))
                for t, s in zip(texts, samples, strict=True))
-    leans = {re.search(r"up \d (\w+)\.", t).group(1) for t in texts}
+    leans = {re.search(r"up \d, mostly (?:up|down) (\w+)\.", t).group(1) for t in texts}
     assert leans == set(LEAN.values()), texts  # both leans drawn across the batch
     # exactly the choices, the lean word and the confidence figure, are marked (the
     # prediction that restates the lean is not); each choice's first token carries its
