@@ -124,8 +124,9 @@ def _expected_change(text: str, out: ParsedAnswer) -> None:
 def decision_spans(text: str, confidence: bool = False) -> list[tuple[int, int]]:
     """The character span [start, end) of the first word that states the direction: a
     "bullish" / "bearish" lean right after the stated up count ("up 2 bullish") or after
-    the majority it states ("up 2, mostly up bullish"), or the ``Prediction`` value, whichever comes first (later ones restate it). ``train.pg_tokens:
-    decision`` puts the policy gradient on its tokens; empty when the answer states no
+    the majority it states ("up 2, mostly up bullish"), or the ``Prediction`` value,
+    whichever comes first (later ones restate it). ``train.pg_tokens: decision`` puts the
+    policy gradient on its tokens; empty when the answer states no
     direction. A lean written anywhere else (before the count, in place of it) is not the
     decision: rewarding it there taught the demo model to skip the count ("down 0,
     bullish."), and the anchor alone did not hold the format against it. With
