@@ -16,6 +16,13 @@ moves (BENCHMARKS.md section 12b: the figure stayed the warm start's in 40 steps
   anything before the token it is for, so the gradient stays unbiased, and it takes out what
   the span cannot change: whether the direction already written was right decides most of a
   calibration score, and would otherwise be the span's noise;
+- with ``train.credit_modal``, only the answers whose decisions before the span are their
+  group's most frequent (ties: every tied one) learn the span; the others' span tokens take
+  advantage 0. The evaluation decodes greedily, which writes the likeliest decisions: a
+  figure that learns from every sampled answer is calibrated for the sampler, whose answers
+  against the evidence pull it down (BENCHMARKS.md 12d: 70 % where the greedy answers were
+  right 83 % of the time), while one that learns from the modal answers is calibrated for
+  the answer the evaluation reads;
 - no division by the group's std there: a proper scoring rule keeps its optimum (the stated
   figure equal to the chance of being right) only in the raw difference; its weight in
   ``reward.weights`` sets the span's step size.
@@ -26,6 +33,7 @@ reads instead of the per-completion advantage (trainer/objective.py ``rl_term``)
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 
 import torch
@@ -38,6 +46,23 @@ def _decided(task, text: str, before: int) -> tuple[str, ...]:
     """The decisions ``text`` wrote before character ``before``, as written (lower case)."""
     spans = getattr(task, "decision_spans", lambda _: [])(text)
     return tuple(text[a:b].lower() for a, b in spans if b <= before)
+
+
+def modal_rows(task, texts: list[str], span: str, group_size: int) -> list[bool]:
+    """Whether each row has ``span`` and decided before it what most of its group's rows
+    with the span decided (every tied decision counts as the most frequent)."""
+    keys = []
+    for text in texts:
+        found = task.credit_spans(text).get(span, [])
+        keys.append(None if not found else _decided(task, text, found[0][0]))
+    out = [False] * len(texts)
+    for g in range(0, len(texts), group_size):
+        rows = range(g, min(g + group_size, len(texts)))
+        counts = Counter(keys[i] for i in rows if keys[i] is not None)
+        top = max(counts.values(), default=0)
+        for i in rows:
+            out[i] = keys[i] is not None and counts[keys[i]] == top
+    return out
 
 
 def span_advantages(task, texts: list[str], values: list[float], span: str,
@@ -62,12 +87,13 @@ def span_advantages(task, texts: list[str], values: list[float], span: str,
 def token_advantages(task, tokenizer, completions: list, components: list[dict[str, float]],
                      credit: dict[str, str], group_size: int,
                      estimator: Callable[[torch.Tensor, int], torch.Tensor],
-                     options: bool = False) -> torch.Tensor:
+                     options: bool = False, modal: bool = False) -> torch.Tensor:
     """``[N, T]``: for each row's tokens, the advantage of the component whose span
     (``task.credit_spans``) covers the token (:func:`span_advantages`; 0 with ``options``,
     ``train.credit_options``: the span learns from every option's value instead,
-    trainer/credit_options.py), else of the components ``credit`` does not send anywhere
-    (``estimator``: rewards ``[N]`` and the group size -> advantages ``[N]``).
+    trainer/credit_options.py; 0 with ``modal`` on a row whose earlier decisions are not
+    its group's most frequent: :func:`modal_rows`), else of the components ``credit`` does
+    not send anywhere (``estimator``: rewards ``[N]`` and the group size -> advantages ``[N]``).
     ``components``: each row's weighted components."""
     credited = set(credit)
     rest = torch.tensor([sum(v for k, v in c.items() if k not in credited)
@@ -79,6 +105,9 @@ def token_advantages(task, tokenizer, completions: list, components: list[dict[s
         own = ([0.0 if task.credit_spans(t).get(span) else None for t in texts] if options
                else span_advantages(task, texts, [c.get(component, 0.0) for c in components],
                                     span, group_size))
+        if modal:
+            own = [None if o is None else (o if m else 0.0)
+                   for o, m in zip(own, modal_rows(task, texts, span, group_size), strict=True)]
         for i, c in enumerate(completions):
             if own[i] is None:
                 continue

@@ -36,6 +36,7 @@ import math
 
 import torch
 
+from trainer.credit import modal_rows
 from trainer.logprobs import option_entropy, option_log_shares
 from trainer.objective import Scored, ScoreSpec, Term, TermSpec, register_score, register_term
 from trainer.spans import token_offsets
@@ -43,19 +44,23 @@ from trainer.spans import token_offsets
 
 def option_values(task, tokenizer, samples: list, completions: list,
                   credit: dict[str, str], group_size: int,
-                  choice_ids: torch.Tensor | None) -> torch.Tensor | None:
+                  choice_ids: torch.Tensor | None, modal: bool = False) -> torch.Tensor | None:
     """``[N, T, K]``: each credited span's component value per option at its choice token
-    (``choice_ids``' options there, in their order), NaN elsewhere; None without
-    ``choice_ids`` (no row names a choice)."""
+    (``choice_ids``' options there, in their order), NaN elsewhere (with ``modal``, also on
+    the rows whose earlier decisions are not their group's most frequent:
+    ``credit.modal_rows``); None without ``choice_ids`` (no row names a choice)."""
     if choice_ids is None:
         return None
     out = torch.full(choice_ids.shape, math.nan)
+    texts = [c.text for c in completions]
+    kept = {span: (modal_rows(task, texts, span, group_size) if modal
+                   else [True] * len(texts)) for span in credit.values()}
     for i, c in enumerate(completions):
         sample = samples[i // group_size]
         text, offsets = token_offsets(tokenizer, c.token_ids)
         for component, span in credit.items():
             found = task.credit_spans(text).get(span, [])
-            if not found:
+            if not found or not kept[span][i]:
                 continue
             a, b = found[0]
             # the token where the decision marker found this span's choice (its options in

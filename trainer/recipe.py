@@ -206,7 +206,8 @@ class GRPORecipe:
                             group_size=rc.group_size, advantage=self.tc.advantage,
                             pad_id=self.learner.pad_id,
                             markers=active_markers(self.tc), credit=self.tc.credit,
-                            credit_options=self.tc.credit_options, samples=samples)
+                            credit_options=self.tc.credit_options,
+                            credit_modal=self.tc.credit_modal, samples=samples)
         return StepRollout(samples, batch, drawn[2], drawn[1], stats)
 
     def score(self, step: int, got: StepRollout) -> dict[str, float]:

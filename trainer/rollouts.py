@@ -211,13 +211,15 @@ def informative_groups(samples: list[Sample], draw: Callable[[list[Sample], int]
 def build_batch(task: Task, tokenizer, drawn: Drawn, *, group_size: int, advantage: str,
                 pad_id: int, markers: Sequence[MarkerSpec] = (),
                 credit: dict[str, str] | None = None, credit_options: bool = False,
+                credit_modal: bool = False,
                 samples: list[Sample] | None = None) -> RolloutBatch:
     """The batch of scored groups, advantages per group. ``markers``: the enabled
     contributions' per-row extras (``objective.active_markers``; e.g. the tokens that state
     a decision), each computed over the batch's completions in row order. ``credit``
     (``train.credit``): per-token advantages by span (trainer/credit.py), the extra
     ``token_advantages``; with ``credit_options`` (``train.credit_options``, needs the
-    ``samples`` the groups answer) also ``option_values`` (trainer/credit_options.py)."""
+    ``samples`` the groups answer) also ``option_values`` (trainer/credit_options.py);
+    ``credit_modal`` (``train.credit_modal``): only the modal answers learn a span."""
     prompt_ids, groups, components = drawn
     rewards = [total_reward(c) for c in components]
     adv = ADVANTAGE_ESTIMATORS[advantage](torch.tensor(rewards), group_size)
@@ -228,12 +230,12 @@ def build_batch(task: Task, tokenizer, drawn: Drawn, *, group_size: int, advanta
     if credit:
         extras["token_advantages"] = token_advantages(
             task, tokenizer, completions, components, credit, group_size,
-            ADVANTAGE_ESTIMATORS[advantage], options=credit_options)
+            ADVANTAGE_ESTIMATORS[advantage], options=credit_options, modal=credit_modal)
         if credit_options:
             from trainer.credit_options import option_values
 
             values = option_values(task, tokenizer, samples, completions, credit, group_size,
-                                   extras.get("choice_ids"))
+                                   extras.get("choice_ids"), modal=credit_modal)
             if values is not None:
                 extras["option_values"] = values
     return RolloutBatch.from_groups(prompt_ids, groups, rewards, adv, pad_id, extras)

@@ -12,7 +12,7 @@ import torch
 
 from rollout.client import Completion
 from trainer.config import ConfigError, from_dict
-from trainer.credit import token_advantages
+from trainer.credit import modal_rows, token_advantages
 from trainer.grpo import ADVANTAGE_ESTIMATORS, LossSettings, grpo_loss
 from trainer.tasks.stock.answer import confidence_span, decision_spans
 
@@ -70,6 +70,37 @@ def _offsets(tok, ids):
     return token_offsets(tok, ids)[1]
 
 
+def test_with_modal_only_the_groups_most_frequent_decision_learns_the_figure(warm_model):
+    """``train.credit_modal``: two UP answers and four DOWN ones in a group of 6; the UP
+    answers' figure tokens take 0 (without it: their calibration minus their mean), the
+    DOWN ones' as before, the rest of every answer unchanged. A tie counts every tied one."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(warm_model)
+    texts = [f"Prediction: {d}\nConfidence: {c}%" for d, c in
+             (("UP", 80), ("UP", 60), ("DOWN", 50), ("DOWN", 70), ("DOWN", 90), ("DOWN", 60))]
+    done = [Completion(tok(t, add_special_tokens=False)["input_ids"], [], t, "stop", 0, "w")
+            for t in texts]
+    assert modal_rows(Spans(), texts, "confidence", 6) == [False] * 2 + [True] * 4
+    assert modal_rows(Spans(), texts[:4], "confidence", 4) == [True] * 4  # 2 UP, 2 DOWN: a tie
+    assert modal_rows(Spans(), texts[:3] + ["Prediction: DOWN"], "confidence", 2) == [
+        True, True, True, False]  # groups of 2; no figure: no span
+    comps = [{"accuracy": float(i % 2), "calibration": 0.02 * (i + 1)} for i in range(6)]
+    plain, modal = (token_advantages(Spans(), tok, done, comps, {"calibration": "confidence"},
+                                     6, ADVANTAGE_ESTIMATORS["grpo"], modal=m)
+                    for m in (False, True))
+    for i, text in enumerate(texts):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        figure = [j for j, (s, e) in enumerate(_offsets(tok, ids))
+                  for a, b in confidence_span(text) if s < b and a < e]
+        assert figure, text
+        for j in range(len(ids)):
+            want = (0.0 if i < 2 else float(plain[i, j])) if j in figure else float(plain[i, j])
+            assert float(modal[i, j]) == pytest.approx(want, abs=1e-7), (i, j)
+        if i < 2:  # without modal the UP figures moved: +-0.01 about their mean
+            assert abs(float(plain[i, figure[0]])) == pytest.approx(0.01, abs=1e-6)
+
+
 def test_the_policy_gradient_reads_each_tokens_advantage():
     """grpo_loss with [N, T] advantages: each token's gradient is -A_t (first update, ratio 1,
     token-mean over 4 tokens); with [N] advantages every token of a row gets the row's."""
@@ -90,6 +121,11 @@ def test_the_policy_gradient_reads_each_tokens_advantage():
 def test_credit_names_a_weighted_component_and_a_span_the_task_marks(credit, problem):
     with pytest.raises(ConfigError, match=problem):
         from_dict({"train": {"credit": credit}})
+
+
+def test_credit_modal_needs_credit():
+    with pytest.raises(ConfigError, match="train.credit_modal: needs train.credit"):
+        from_dict({"train": {"credit_modal": True}})
 
 
 def test_credit_needs_a_token_level_policy_loss():

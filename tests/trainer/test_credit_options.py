@@ -22,7 +22,7 @@ SETS = ["launch.num_processes=1", "reward.confidence_is_decision=true",
 FIGURES = (50, 60, 70, 80, 90)
 
 
-def _setup(warm_model, *extra):
+def _setup(warm_model, *extra, right=4, modal=False):
     from accelerate import Accelerator
 
     from trainer.config import load_config
@@ -39,9 +39,9 @@ def _setup(warm_model, *extra):
     sample = task.split("train")[0]
     label = sample.meta["label"]
     texts = []
-    for i in range(8):  # 4 right and 4 wrong answers, every figure
+    for i in range(8):  # `right` right answers, the others wrong, every figure
         text, _ = answer_and_choices(sample.meta["closes"], random.Random(i),
-                                     label if i < 4 else ("DOWN" if label == "UP" else "UP"))
+                                     label if i < right else ("DOWN" if label == "UP" else "UP"))
         cut = text.rindex("Confidence: ") + len("Confidence: ")
         texts.append(f"{text[:cut]}{FIGURES[i % 5]}%")
     eos = tok.convert_tokens_to_ids("<|im_end|>")
@@ -52,7 +52,8 @@ def _setup(warm_model, *extra):
     drawn = ([encode_prompt(tok, sample)], [group], task.score_batch([sample], [texts])[0])
     batch = build_batch(task, tok, drawn, group_size=8, advantage=cfg.train.advantage,
                         pad_id=learner.pad_id, markers=active_markers(cfg.train),
-                        credit=cfg.train.credit, credit_options=True, samples=[sample])
+                        credit=cfg.train.credit, credit_options=True, credit_modal=modal,
+                        samples=[sample])
     return learner, batch, texts, label
 
 
@@ -83,6 +84,15 @@ def test_each_option_gets_its_value_at_the_figure_and_the_learner_raises_the_exp
         after = expected()
     assert metrics["credit/option_value"] == pytest.approx(before / 8, rel=1e-4)
     assert after > before + 1e-3  # the only gradient: up the options' expected value
+
+
+def test_with_modal_only_the_groups_most_frequent_direction_gets_option_values(warm_model):
+    """``train.credit_modal``: 5 right answers and 3 wrong ones; only the 5, whose direction
+    is the group's most frequent, get the figure's option values; without it all 8 do."""
+    for modal, want in ((True, [True] * 5 + [False] * 3), (False, [True] * 8)):
+        _, batch, texts, _ = _setup(warm_model, right=5, modal=modal)
+        has = (~torch.isnan(batch.extras["option_values"]).all(-1)).any(-1)
+        assert has.tolist() == want, modal
 
 
 def test_the_gradient_is_each_options_share_times_its_value_above_the_mean():

@@ -209,6 +209,11 @@ class TrainConfig:
     # (a softmax at this temperature, in the reward's units) instead of collapsing onto the
     # best of an early policy; 0 = off
     credit_options_entropy: float = setting(0.0, ge=0.0)
+    # credit by span from the modal answers only: a credited span learns on the answers whose
+    # decisions before it are their group's most frequent, the ones greedy decoding writes,
+    # so a stated figure is calibrated for the answer the evaluation reads, not for every
+    # sampled one (trainer/credit.py)
+    credit_modal: bool = False
     seed: int = 0  # LoRA init, prompt order, sampling seeds
 
 

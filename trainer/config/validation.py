@@ -105,6 +105,8 @@ def _validate_credit(cfg: StageConfig, entry) -> None:
                           "span)")
     if cfg.train.credit_options_entropy > 0 and not cfg.train.credit_options:
         raise ConfigError("train.credit_options_entropy: needs train.credit_options: true")
+    if cfg.train.credit_modal and not cfg.train.credit:
+        raise ConfigError("train.credit_modal: needs train.credit (a component sent to a span)")
     if cfg.train.credit_options and cfg.train.pg_tokens != "decision":
         raise ConfigError("train.credit_options: needs train.pg_tokens: decision (the "
                           "decision marker names each choice's options)")
