@@ -108,6 +108,34 @@ def test_4bit_base_trains_after_an_eval_pass_and_scores_alike_in_both_modes(tiny
     assert all(p.grad is not None for n, p in model.named_parameters() if "lora_B" in n)
 
 
+def test_a_choice_is_spelled_out_only_where_its_options_begin_apart(warm_model):
+    """The anchor marks only the token where a choice is made when each option begins with
+    a token of its own (the rest, its spelling, is held as written); when two options share
+    their first token, or a choice names no options, the whole span stays marked."""
+    from transformers import AutoTokenizer
+
+    from trainer.tasks.base import Choice
+    from trainer.tasks.decisions import anchor_batch
+
+    tok = AutoTokenizer.from_pretrained(warm_model)
+    text = "Confidence: 60%, then 55% and 72%"
+    a, b, c = text.index("60"), text.index("55"), text.index("72")
+    choices = [Choice(a, a + 2, ("50", "60", "70")),  # first digits apart
+               Choice(b, b + 2, ("50", "55")),  # both begin with "5"
+               Choice(c, c + 2)]  # no options
+
+    class Stub:
+        def anchor_text(self, sample, rng):
+            return text, choices
+
+    batch = anchor_batch(Stub(), [None], [tok("Q", add_special_tokens=False)["input_ids"]],
+                         tok, tok.pad_token_id, random.Random(0))
+    row = batch.completion_ids[0].tolist()
+    marked = [tok.decode([row[j]]) for j in batch.extras["decision_mask"][0].nonzero()
+              .flatten().tolist()]
+    assert marked == ["6", "5", "5", "7", "2"], marked
+
+
 def test_anchor_is_a_warm_answer_without_its_choices_and_the_warm_model_knows_it(warm_model,
                                                                                tiny_model):
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -142,20 +170,20 @@ def test_anchor_is_a_warm_answer_without_its_choices_and_the_warm_model_knows_it
                for t, s in zip(texts, samples, strict=True))
     leans = {re.search(r"up \d, mostly (?:up|down) (\w+)\.", t).group(1) for t in texts}
     assert leans == set(LEAN.values()), texts  # both leans drawn across the batch
-    # exactly the choices, the lean word and the confidence figure, are marked (the
-    # prediction that restates the lean is not); each choice's first token carries its
-    # options: both leans, the first digit of every confidence figure
+    # exactly the choices' tokens, the lean word and the confidence figure's first digit,
+    # are marked (the prediction that restates the lean is not, nor the figure's "0": every
+    # option begins with a digit of its own, so the rest is its spelling, held as written);
+    # each carries its options: both leans, the first digit of every confidence figure
     lean_ids = {tok(f" {w}", add_special_tokens=False)["input_ids"][0] for w in LEAN.values()}
     digit_ids = {tok(d, add_special_tokens=False)["input_ids"][0] for d in "56789"}
     for row, marks, sets, text in zip(batch.completion_ids, batch.extras["decision_mask"],
                                       batch.extras["choice_ids"], texts, strict=True):
         left_out = [tok.decode([int(t)]).strip() for t in row[marks > 0]]
-        lean, figure = left_out[0], "".join(left_out[1:])
+        lean, digit = left_out
         assert lean in LEAN.values() and f" {lean}." in text, (left_out, text)
-        assert text.endswith(f"Confidence: {figure}%") and figure in {"50", "60", "70", "80",
-                                                                      "90"}, (left_out, text)
+        assert text.endswith(f"Confidence: {digit}0%") and digit in "56789", (left_out, text)
         at = (sets[:, 0] >= 0).nonzero().flatten().tolist()
-        assert at == (marks > 0).nonzero().flatten().tolist()[:2], (at, marks)
+        assert at == (marks > 0).nonzero().flatten().tolist(), (at, marks)
         assert {int(t) for t in sets[at[0]] if t >= 0} == lean_ids
         assert {int(t) for t in sets[at[1]] if t >= 0} == digit_ids
         assert int(row[at[0]]) in lean_ids and int(row[at[1]]) in digit_ids
@@ -174,8 +202,7 @@ def test_anchor_is_a_warm_answer_without_its_choices_and_the_warm_model_knows_it
     # the warm start learned this text; the untrained model (same tokenizer) did not
     assert nll["warm"] < 0.1 < 2.0 < nll["untrained"], nll
     # by hand for one row: prompt + target, next-token NLL of the written tokens outside the
-    # choices, and -log p(any option) where a choice is made; a choice's other tokens
-    # (the figure's "0") are left out
+    # choices (the figure's "0" among them), and -log p(any option) where a choice is made
     real = batch.completion_mask[0] > 0
     row = batch.completion_ids[0][real]
     sets = batch.extras["choice_ids"][0][real]
