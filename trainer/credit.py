@@ -48,13 +48,19 @@ def _decided(task, text: str, before: int) -> tuple[str, ...]:
     return tuple(text[a:b].lower() for a, b in spans if b <= before)
 
 
-def modal_rows(task, texts: list[str], span: str, group_size: int) -> list[bool]:
-    """Whether each row has ``span`` and decided before it what most of its group's rows
-    with the span decided (every tied decision counts as the most frequent)."""
+def _span_keys(task, texts: list[str], span: str) -> list[tuple[str, ...] | None]:
+    """Per row, the decisions written before its ``span`` (None: the row has no span)."""
     keys = []
     for text in texts:
         found = task.credit_spans(text).get(span, [])
         keys.append(None if not found else _decided(task, text, found[0][0]))
+    return keys
+
+
+def modal_rows(task, texts: list[str], span: str, group_size: int) -> list[bool]:
+    """Whether each row has ``span`` and decided before it what most of its group's rows
+    with the span decided (every tied decision counts as the most frequent)."""
+    keys = _span_keys(task, texts, span)
     out = [False] * len(texts)
     for g in range(0, len(texts), group_size):
         rows = range(g, min(g + group_size, len(texts)))
@@ -69,10 +75,7 @@ def span_advantages(task, texts: list[str], values: list[float], span: str,
                     group_size: int) -> list[float | None]:
     """Each row's advantage for its ``span``: its value minus the mean over its group's rows
     that have the span and decided the same before it; None for a row without the span."""
-    keys = []
-    for text in texts:
-        found = task.credit_spans(text).get(span, [])
-        keys.append(None if not found else _decided(task, text, found[0][0]))
+    keys = _span_keys(task, texts, span)
     out: list[float | None] = [None] * len(texts)
     for g in range(0, len(texts), group_size):
         rows = range(g, min(g + group_size, len(texts)))
